@@ -1,0 +1,3 @@
+from kupd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""A real local Kubernetes control plane for the demo and the test suite.
+
+It runs the `kupd-testcp` binary built from the pinned upstream release (tests/controlplane):
+an embedded etcd, kube-apiserver with token authentication and Node,RBAC authorization, and
+kube-controller-manager running only the controllers kupd's behaviour depends on (the
+disruption controller, so PodDisruptionBudgets gate evictions). Nothing here is simulated:
+the simulated part of the demo is the nodes' hosts, not Kubernetes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kupd.host import runner
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = REPO_ROOT / "tests" / "controlplane" / "build.sh"
+
+
+def find_binary(build: bool = True) -> Path:
+    """The kupd-testcp binary: $KUPD_TESTCP, the cached build, or a build now."""
+    env = os.environ.get("KUPD_TESTCP")
+    if env:
+        return Path(env)
+    linked = REPO_ROOT / "tests" / "controlplane" / "bin" / "kupd-testcp"
+    if linked.exists():
+        return linked
+    if not build or not BUILD_SCRIPT.exists():
+        raise FileNotFoundError("kupd-testcp is not built; run tests/controlplane/build.sh")
+    res = runner.run(["bash", str(BUILD_SCRIPT)], timeout=3600)
+    return Path(res.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Identity:
+    user: str
+    token: str
+    groups: list[str]
+
+
+@dataclass
+class ControlPlane:
+    workdir: Path
+    binary: Path = field(default_factory=find_binary)
+    etcd_port: int = field(default_factory=free_port)
+    etcd_peer_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    identities: dict[str, Identity] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "certs" / "apiserver.crt"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.kubeconfig("admin")
+
+    # -- set-up -------------------------------------------------------------------------
+    def prepare(self, extra_users: dict[str, list[str]] | None = None) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.workdir / "certs").mkdir(exist_ok=True)
+        key = self.workdir / "sa.key"
+        if not key.exists():
+            runner.run(["openssl", "genrsa", "-out", str(key), "2048"], timeout=60)
+            runner.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(self.workdir / "sa.pub")],
+                       timeout=60)
+        users = {"admin": ["system:masters"], "kube-controller-manager": ["system:masters"]}
+        users.update(extra_users or {})
+        for user, groups in users.items():
+            if user not in self.identities:
+                self.identities[user] = Identity(user, secrets.token_hex(16), groups)
+        lines = [f'{i.token},{i.user},{i.user},"{",".join(i.groups)}"' for i in self.identities.values()]
+        (self.workdir / "tokens.csv").write_text("\n".join(lines) + "\n")
+        os.chmod(self.workdir / "tokens.csv", 0o600)
+
+    def kubeconfig(self, user: str) -> Path:
+        path = self.workdir / f"{user.replace(':', '_')}.kubeconfig"
+        if not path.exists():
+            ident = self.identities[user]
+            cfg = {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "local", "cluster": {
+                    "server": self.server, "certificate-authority": str(self.ca_file)}}],
+                "users": [{"name": user, "user": {"token": ident.token}}],
+                "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+                "current-context": "local",
+            }
+            path.write_text(yaml.safe_dump(cfg))
+            os.chmod(path, 0o600)
+        return path
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.procs[name] = subprocess.Popen(
+            [str(self.binary), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    # -- parts --------------------------------------------------------------------------
+    def start_etcd(self) -> None:
+        self._spawn("etcd", ["etcd", str(self.workdir / "etcd"), self.etcd_endpoint,
+                             f"http://127.0.0.1:{self.etcd_peer_port}"])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            self._check_alive("etcd")
+            try:
+                with urllib.request.urlopen(f"{self.etcd_endpoint}/health", timeout=2) as r:  # noqa: S310
+                    if b"true" in r.read():
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("etcd did not become healthy in 60s")
+
+    def start_apiserver(self, timeout: float = 120) -> None:
+        w = self.workdir
+        self._spawn("kube-apiserver", [
+            "kube-apiserver",
+            f"--etcd-servers={self.etcd_endpoint}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.api_port}",
+            f"--cert-dir={w / 'certs'}",
+            f"--token-auth-file={w / 'tokens.csv'}",
+            "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={w / 'sa.pub'}",
+            f"--service-account-signing-key-file={w / 'sa.key'}",
+            "--api-audiences=https://kubernetes.default.svc.cluster.local",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--enable-admission-plugins=NodeRestriction",
+            # No controller creates "default" service accounts in the simulated nodes' namespaces
+            # before pods are made, so pods name theirs explicitly or go without.
+            "--disable-admission-plugins=ServiceAccount",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--endpoint-reconciler-type=none",
+            "--v=1",
+        ])
+        self.wait_ready(timeout)
+
+    def start_controller_manager(self) -> None:
+        self._spawn("kube-controller-manager", [
+            "kube-controller-manager",
+            f"--kubeconfig={self.kubeconfig('kube-controller-manager')}",
+            "--controllers=disruption",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--use-service-account-credentials=false",
+            "--v=1",
+        ])
+        time.sleep(0.5)
+        self._check_alive("kube-controller-manager")
+
+    def start(self, extra_users: dict[str, list[str]] | None = None) -> None:
+        self.prepare(extra_users)
+        self.start_etcd()
+        self.start_apiserver()
+        self.start_controller_manager()
+
+    def _check_alive(self, name: str) -> None:
+        p = self.procs.get(name)
+        if p is not None and p.poll() is not None:
+            tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail}")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file.exists() else None
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            self._check_alive("kube-apiserver")
+            if ctx is None and self.ca_file.exists():
+                ctx = ssl.create_default_context(cafile=str(self.ca_file))
+            if ctx is not None:
+                req = urllib.request.Request(
+                    f"{self.server}/readyz",
+                    headers={"Authorization": f"Bearer {self.identities['admin'].token}"},
+                )
+                try:
+                    with urllib.request.urlopen(req, timeout=3, context=ctx) as r:  # noqa: S310
+                        if r.status == 200:
+                            return
+                except (urllib.error.URLError, OSError, ssl.SSLError) as e:
+                    last = str(e)
+            time.sleep(0.25)
+        raise TimeoutError(f"kube-apiserver not ready in {timeout}s: {last}")
+
+    def stop_part(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        p = self.procs.pop(name, None)
+        if p is None or p.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, sig)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+    def stop_apiserver(self) -> None:
+        self.stop_part("kube-apiserver")
+
+    def restart_apiserver(self) -> None:
+        self.stop_apiserver()
+        self.start_apiserver()
+
+    def stop(self) -> None:
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+            self.stop_part(name)
+
+    # -- helpers ------------------------------------------------------------------------
+    def kubectl(self, *args: str, user: str = "admin", check: bool = True,
+                input_text: str | None = None) -> runner.Result:
+        return runner.run(
+            [str(self.binary), "kubectl", f"--kubeconfig={self.kubeconfig(user)}", *args],
+            timeout=120, check=check, input_text=input_text,
+        )
+
+    def token(self, user: str) -> str:
+        return self.identities[user].token
+
+    def rss_bytes(self) -> dict[str, int]:
+        """Resident memory of each running part, from /proc."""
+        out: dict[str, int] = {}
+        for name, p in self.procs.items():
+            try:
+                for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        out[name] = int(line.split()[1]) * 1024
+            except FileNotFoundError:
+                pass
+        return out
+
+
+
+@contextlib.contextmanager
+def running(workdir: Path | None = None, extra_users: dict[str, list[str]] | None = None,
+            keep: bool = False) -> Iterator[ControlPlane]:
+    """Start a control plane for the duration of a with-block."""
+    tmp = workdir or Path(tempfile.mkdtemp(prefix="kupd-cp-"))
+    cp = ControlPlane(tmp)
+    try:
+        cp.start(extra_users)
+        yield cp
+    finally:
+        cp.stop()
+        if not keep and workdir is None:
+            shutil.rmtree(tmp, ignore_errors=True)

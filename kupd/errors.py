@@ -1,0 +1,65 @@
+"""The error types of kupd.
+
+Every failure is either retryable (the same action may succeed later: an API outage, a
+lock held by another process) or permanent (retrying cannot help: a version that does not
+exist, a hostile input). Callers decide on retries from the type, never from a message.
+"""
+
+from __future__ import annotations
+
+
+class KupdError(Exception):
+    """Base of every error kupd raises on purpose."""
+
+
+class PermanentError(KupdError):
+    """Retrying will not help; the operation must stop and say why."""
+
+
+class RetryableError(KupdError):
+    """The same action may succeed later."""
+
+    def __init__(self, message: str, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class ValidationError(PermanentError):
+    """An input (CR field, config value, command argument) is malformed or hostile.
+
+    `field` names the offending field so status Conditions and CLI errors can point at it.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class CommandError(KupdError):
+    """A subprocess exited non-zero, timed out or could not start."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        returncode: int | None,
+        stdout: str,
+        stderr: str,
+        timed_out: bool = False,
+    ) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.timed_out = timed_out
+        what = "timed out" if timed_out else f"exited {returncode}"
+        tail = _tail(stderr or stdout)
+        super().__init__(f"{argv[0]} {what}" + (f": {tail}" if tail else ""))
+
+
+def _tail(text: str, limit: int = 400) -> str:
+    """The last part of command output, which is where tools put the reason they failed."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    return "…" + text[-limit:]
