@@ -233,15 +233,18 @@ class ControlPlane:
             p.wait(10)
 
     def stop_apiserver(self) -> None:
-        self.stop_part("kube-apiserver")
+        """A hard stop, as a crash or a lost control-plane machine would be; etcd keeps its data."""
+        self.stop_part("kube-apiserver", signal.SIGKILL)
 
     def restart_apiserver(self) -> None:
         self.stop_apiserver()
         self.start_apiserver()
 
     def stop(self) -> None:
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
-            self.stop_part(name)
+        # The API server's graceful shutdown waits for watches to drain; nothing here needs it.
+        self.stop_part("kube-controller-manager", signal.SIGKILL)
+        self.stop_part("kube-apiserver", signal.SIGKILL)
+        self.stop_part("etcd")
 
     # -- helpers ------------------------------------------------------------------------
     def kubectl(self, *args: str, user: str = "admin", check: bool = True,

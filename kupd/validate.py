@@ -65,3 +65,63 @@ def safe_path(value: str, field: str = "path") -> str:
 
 def safe_url(value: str, field: str = "url") -> str:
     return _check(SAFE_URL, value, field, "http(s) URL", 2048)
+
+
+# --- Patterns of the custom resources (crds/*.yaml, kupd/api/models.py) -------------------
+# Every one is anchored, uses ASCII classes only (no \d, \w, \s: those match Unicode look-alikes
+# in some engines), and avoids nested ambiguous repetition so backtracking engines stay linear.
+
+# v1.31 or v1.31.2: an UpdateSchedule's template may name a minor, meaning its newest patch.
+K8S_VERSION_OR_MINOR = r"^v(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})(\.(0|[1-9][0-9]{0,3}))?$"
+# RFC 1123 label: namespaces, cloud regions.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_LABEL_PREFIX = r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)"
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+# A label key: optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
+LABEL_KEY = rf"^{_LABEL_PREFIX}?{_LABEL_NAME}$"
+# A label value: empty, or at most 63 characters of [-A-Za-z0-9_.] starting and ending alphanumeric.
+LABEL_VALUE = rf"^({_LABEL_NAME})?$"
+_SEL_KEY = r"([a-z0-9][-a-z0-9.]*/)?[A-Za-z0-9][-A-Za-z0-9_.]*"
+_SEL_VALUE = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?"
+_SEL_REQUIREMENT = (
+    rf"(!?{_SEL_KEY}|{_SEL_KEY}(=|==|!=){_SEL_VALUE}"
+    rf"|{_SEL_KEY} (in|notin) \({_SEL_VALUE}(,{_SEL_VALUE})*\))"
+)
+# A label selector string (`app=web,tier!=db,env in (a,b),!legacy`), as `kubectl -l` takes it.
+LABEL_SELECTOR = rf"^{_SEL_REQUIREMENT}(,{_SEL_REQUIREMENT})*$"
+# S3/GCS bucket: dot-separated labels of [a-z0-9_-] starting and ending alphanumeric (no "..").
+BUCKET_NAME = r"^[a-z0-9]([a-z0-9_-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9_-]*[a-z0-9])?)*$"
+# Object key prefix: relative, "/"-separated segments that never start with "." (so no "..").
+OBJECT_PREFIX = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*/?$"
+# IANA time zone name: UTC, Europe/Berlin, America/Argentina/Buenos_Aires, Etc/GMT+5.
+TIME_ZONE = r"^[A-Za-z][A-Za-z0-9_+-]{0,31}(/[A-Za-z0-9][A-Za-z0-9_+-]{0,31}){0,2}$"
+# RFC 3339 timestamp with an explicit offset (Z or +hh:mm), as user-written times must carry one.
+RFC3339_TIME = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+SHA256_HEX = r"^[a-f0-9]{64}$"
+# Operation progress as "done/total", like 3/6.
+PROGRESS = r"^[0-9]{1,6}/[0-9]{1,6}$"
+# metav1.Condition type and reason, as upstream validates them.
+CONDITION_TYPE = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+
+def _cron_field(atom: str) -> str:
+    item = rf"(\*|{atom}(-{atom})?)(/[1-9][0-9]?)?"
+    return rf"{item}(,{item})*"
+
+
+# Five-field cron (minute hour day-of-month month day-of-week) with in-range numbers, lists,
+# ranges, steps and English month/day abbreviations. No macros (@daily), no seconds field.
+CRON_SCHEDULE = "^" + " ".join(_cron_field(atom) for atom in (
+    r"[0-5]?[0-9]",
+    r"(2[0-3]|[01]?[0-9])",
+    r"(3[01]|[12][0-9]|0?[1-9])",
+    r"(1[0-2]|0?[1-9]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))",
+    r"([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat))",
+)) + "$"

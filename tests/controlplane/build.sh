@@ -12,7 +12,7 @@ if [ ! -x "$out" ]; then
   echo "building kupd-testcp (cold builds take 10-20 minutes; cached in $cache)" >&2
   mkdir -p "$cache/testcp-$hash"
   start=$(date +%s)
-  (cd "$here" && GOFLAGS=-mod=mod go build -trimpath -ldflags="-s -w" -o "$out.tmp" .)
+  (cd "$here" && GOFLAGS=-mod=mod go build -ldflags="-s -w" -o "$out.tmp" .)
   mv "$out.tmp" "$out"
   echo "built kupd-testcp in $(( $(date +%s) - start ))s" >&2
 fi

@@ -1,0 +1,117 @@
+"""Daemon configuration: TOML fragments merged in order, validated into one settings object.
+
+Fragments are read from /usr/lib/kupd/config.d (the package's defaults), /run/kupd/config.d
+(runtime, e.g. written by cloud-init), then /etc/kupd/config.d (the operator's), each folder's
+*.toml in name order; a later fragment overrides the keys it sets, tables merge key by key
+(the zincati convention). Unknown keys are errors: a typo must not silently keep a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kupd import validate
+from kupd.errors import ValidationError
+
+DEFAULT_DIRS = (Path("/usr/lib/kupd/config.d"), Path("/run/kupd/config.d"), Path("/etc/kupd/config.d"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LeaseSettings(_Strict):
+    namespace: str = Field("kupd-system", description="Namespace of the member and coordinator Leases.")
+    member_duration_seconds: int = Field(
+        20, ge=5, le=600, description="A member whose lease is older than this is considered lost."
+    )
+    coordinator_duration_seconds: int = Field(
+        15, ge=3, le=600, description="How long a coordinator lease stays valid without renewal."
+    )
+    renew_fraction: float = Field(
+        0.33, gt=0, lt=1, description="Renew when this fraction of the duration has passed."
+    )
+
+
+class SimulatedHostSettings(_Strict):
+    state_file: str = Field("", description="JSON file with the simulated host's versions and faults.")
+    step_seconds: float = Field(1.0, ge=0, le=3600, description="How long each simulated step takes.")
+    initial_version: str = Field("v1.31.2", description="Kubernetes version installed at first start.")
+    available_versions: list[str] = Field(
+        default_factory=lambda: ["v1.31.2", "v1.31.3", "v1.32.0", "v1.32.1", "v1.33.0"],
+        description="Versions the simulated package source offers.",
+    )
+
+
+class Settings(_Strict):
+    node_name: str = Field("", description="This node's Kubernetes Node name; defaults to the hostname.")
+    kubeconfig: str = Field("/etc/kupd/kubeconfig", description="Credentials the daemon uses.")
+    state_dir: str = Field("/var/lib/kupd", description="Checkpoints and the agent's state.")
+    host: Literal["real", "simulated"] = Field("real", description="Which host backend runs the steps.")
+    control_plane: bool | None = Field(
+        None, description="Whether this node is a control-plane node; None: read the Node's role label."
+    )
+    coordinator_eligible: Literal["control-plane", "any", "never"] = Field(
+        "control-plane", description="Which daemons may become coordinator."
+    )
+    metrics_address: str = Field("127.0.0.1:9464", description="host:port for /metrics; empty disables.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    lease: LeaseSettings = Field(default_factory=LeaseSettings)  # type: ignore[arg-type]
+    simulated: SimulatedHostSettings = Field(default_factory=SimulatedHostSettings)  # type: ignore[arg-type]
+
+    @field_validator("node_name")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        return validate.node_name(v, "node_name") if v else v
+
+    @field_validator("kubeconfig", "state_dir")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return validate.safe_path(v, "path")
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def fragments(dirs: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for d in dirs:
+        if d.is_dir():
+            files.extend(sorted(p for p in d.iterdir() if p.suffix == ".toml" and p.is_file()))
+    return files
+
+
+def load(dirs: Iterable[Path] = DEFAULT_DIRS, overrides: dict[str, Any] | None = None) -> Settings:
+    data: dict[str, Any] = {}
+    for path in fragments(dirs):
+        try:
+            with open(path, "rb") as f:
+                data = merge(data, tomllib.load(f))
+        except tomllib.TOMLDecodeError as e:
+            raise ValidationError(str(path), f"invalid TOML: {e}") from e
+    if overrides:
+        data = merge(data, overrides)
+    return parse(data)
+
+
+def parse(data: dict[str, Any]) -> Settings:
+    import pydantic
+
+    try:
+        return Settings.model_validate(data)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ValidationError(field, err["msg"]) from e

@@ -1,0 +1,184 @@
+"""The thin Kubernetes layer: client construction, error mapping and a small informer.
+
+API errors are mapped once, here: 409 (conflict) and 5xx/connection failures are retryable,
+403/422 permanent. Watches keep a local cache per resource; a dropped watch resumes from the
+last resourceVersion and relists on 410 Gone, so API outages cost one list when it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+from kupd.errors import PermanentError, RetryableError
+
+log = logging.getLogger(__name__)
+
+
+def api_client(kubeconfig: str, timeout: float = 10.0) -> client.ApiClient:
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    # Keep retries ours: urllib3's own retries would hide outages and stretch timeouts.
+    cfg.retries = 0
+    api = client.ApiClient(cfg)
+    api.rest_client.pool_manager.connection_pool_kw["timeout"] = urllib3.Timeout(connect=timeout, read=timeout)
+    return api
+
+
+class Conflict(RetryableError):
+    """Optimistic-concurrency conflict: re-read and try again."""
+
+
+class NotFound(PermanentError):
+    pass
+
+
+class Forbidden(PermanentError):
+    pass
+
+
+def map_error(e: Exception, what: str) -> Exception:
+    if isinstance(e, ApiException):
+        if e.status == 409:
+            return Conflict(f"{what}: conflict", delay=0.2)
+        if e.status == 404:
+            return NotFound(f"{what}: not found")
+        if e.status in (401, 403):
+            return Forbidden(f"{what}: forbidden ({e.status}): {_reason(e)}")
+        if e.status in (400, 422):
+            return PermanentError(f"{what}: refused ({e.status}): {_reason(e)}")
+        if e.status == 429:
+            return RetryableError(f"{what}: throttled", delay=1.0)
+        return RetryableError(f"{what}: API error {e.status}: {_reason(e)}", delay=2.0)
+    return RetryableError(f"{what}: API unreachable: {type(e).__name__}: {str(e)[:200]}", delay=2.0)
+
+
+def _reason(e: ApiException) -> str:
+    import json
+
+    try:
+        body = json.loads(e.body or "{}")
+        return str(body.get("message") or e.reason)[:500]
+    except ValueError:
+        return str(e.reason)
+
+
+def call(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one API call, mapping its errors to kupd's error types."""
+    try:
+        return fn(*args, **kwargs)
+    except (ApiException, urllib3.exceptions.HTTPError, OSError) as e:
+        raise map_error(e, what) from e
+
+
+def is_api_down(e: BaseException) -> bool:
+    return isinstance(e, RetryableError) and not isinstance(e, Conflict)
+
+
+Handler = Callable[[str, dict[str, Any]], None]
+
+
+class Informer:
+    """List+watch one resource into a dict cache keyed by namespace/name; call `on_change` on every change.
+
+    Objects are kept as plain dicts (the API's JSON), so custom and built-in resources look alike.
+    """
+
+    def __init__(self, name: str, list_fn: Callable[..., Any], on_change: Callable[[], None],
+                 **list_kwargs: Any) -> None:
+        self.name = name
+        self._list_fn = list_fn
+        self._kwargs = list_kwargs
+        self._on_change = on_change
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.synced = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"informer-{name}", daemon=True)
+        self._watch: watch.Watch | None = None
+
+    def start(self) -> Informer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+
+    def items(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._cache.values())
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._cache.get(key)
+
+    @staticmethod
+    def key(obj: dict[str, Any]) -> str:
+        md = obj.get("metadata", {})
+        ns = md.get("namespace")
+        return f"{ns}/{md['name']}" if ns else str(md["name"])
+
+    def _relist(self) -> str:
+        resp = self._list_fn(_preload_content=False, **self._kwargs)
+        import json
+
+        data = json.loads(resp.data)
+        with self._lock:
+            self._cache = {self.key(o): o for o in data.get("items", [])}
+        self.synced.set()
+        self._on_change()
+        return str(data["metadata"]["resourceVersion"])
+
+    def _run(self) -> None:
+        rv: str | None = None
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    rv = self._relist()
+                self._watch = watch.Watch()
+                for ev in self._watch.stream(self._list_fn, resource_version=rv, timeout_seconds=240,
+                                             allow_watch_bookmarks=True, _request_timeout=300,
+                                             deserialize=False, **self._kwargs):
+                    if self._stop.is_set():
+                        return
+                    typ, obj = ev["type"], ev["object"]
+                    if typ == "ERROR":
+                        if obj.get("code") == 410:
+                            rv = None
+                            break
+                        raise RuntimeError(f"watch error: {obj.get('message')}")
+                    rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                    if typ == "BOOKMARK":
+                        continue
+                    with self._lock:
+                        if typ == "DELETED":
+                            self._cache.pop(self.key(obj), None)
+                        else:
+                            self._cache[self.key(obj)] = obj
+                    self._on_change()
+                backoff = 0.5
+            except ApiException as e:
+                if e.status == 410:
+                    rv = None
+                    continue
+                log.debug("informer %s: %s; retrying in %.1fs", self.name, e.status, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as e:  # a dropped connection or an API outage: resume from rv
+                log.debug("informer %s: %s; retrying in %.1fs", self.name, e, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+def now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

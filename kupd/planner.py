@@ -1,0 +1,480 @@
+"""The planner: a pure function from observed state to the DirectUpdate status the coordinator
+should write, and the Events to emit with it.
+
+Nothing here does I/O or reads the clock; the coordinator gathers the inputs (the CR, Nodes,
+member Leases, the epoch, `now`) and applies the output. That keeps every rollout rule —
+control plane first, one control-plane node at a time, canaries, waves bounded by
+concurrency, lost nodes holding their slot — testable as a table.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kupd import windows
+from kupd.errors import ValidationError
+from kupd.protocol import STEP_BACKUP, Report
+from kupd.versions import SkewError, Version, check_target
+
+# Node phases.
+PENDING, GRANTED, UPGRADING, SUCCEEDED, FAILED, SKIPPED, LOST = (
+    "Pending", "Granted", "Upgrading", "Succeeded", "Failed", "Skipped", "Lost",
+)
+IN_FLIGHT = (GRANTED, UPGRADING, LOST)
+DONE = (SUCCEEDED, SKIPPED)
+# Operation phases.
+OP_PENDING, OP_RUNNING, OP_PAUSED, OP_SUCCEEDED, OP_FAILED, OP_ATTENTION = (
+    "Pending", "Running", "Paused", "Succeeded", "Failed", "RequiresAttention",
+)
+TERMINAL_OP = (OP_SUCCEEDED, OP_FAILED)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    labels: Mapping[str, str]
+    control_plane: bool
+
+
+@dataclass(frozen=True)
+class MemberView:
+    node: str
+    alive: bool
+    kubelet: Version | None
+    report: Report | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The parts of a DirectUpdate spec the planner acts on, with defaults applied."""
+
+    target: Version
+    concurrency: int = 1
+    node_selector: Mapping[str, Any] | None = None
+    canary_count: int = 0
+    canary_selector: Mapping[str, Any] | None = None
+    canary_bake_seconds: int = 0
+    backup_required: bool = True
+    paused: bool = False
+    default_node_seconds: float = 600.0
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Policy:
+        canary = spec.get("canary") or {}
+        backup = spec.get("backup") or {}
+        return cls(
+            target=Version.parse(str(spec.get("version", "")), "spec.version"),
+            concurrency=int(spec.get("concurrency", 1)),
+            node_selector=spec.get("nodeSelector"),
+            canary_count=int(canary.get("count", 0)),
+            canary_selector=canary.get("selector"),
+            canary_bake_seconds=int(canary.get("bakeSeconds", 0)),
+            backup_required=bool(backup.get("required", True)),
+            paused=bool(spec.get("paused", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    uid: str
+    generation: int
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlanEvent:
+    reason: str
+    message: str
+    node: str | None = None
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: dict[str, Any]
+    events: list[PlanEvent]
+
+
+# -- label selectors ------------------------------------------------------------------------
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """metav1.LabelSelector semantics; an empty or missing selector matches everything."""
+    if not selector:
+        return True
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+# -- hops -----------------------------------------------------------------------------------
+def hop_minors(current: Version, target: Version) -> list[tuple[int, int]]:
+    """Minors the upgrade passes through; the last is the target's. Same minor: one patch hop."""
+    check_target(current, target)
+    if current.minor_key == target.minor_key:
+        return [target.minor_key]
+    return [(current.major, m) for m in range(current.minor + 1, target.minor + 1)]
+
+
+def hops_for(current: Version, target: Version, resolved: Mapping[tuple[int, int], str]) -> list[str]:
+    """Hop versions: each intermediate minor at its resolved newest patch, the last at the target."""
+    minors = hop_minors(current, target)
+    out: list[str] = []
+    for mk in minors[:-1]:
+        out.append(resolved.get(mk) or f"v{mk[0]}.{mk[1]}.0")
+    out.append(str(target))
+    return out
+
+
+# -- the planner ----------------------------------------------------------------------------
+def _iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(s: str | None) -> datetime | None:
+    if not s:
+        return None
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def _condition(status: dict[str, Any], ctype: str, value: bool, reason: str, message: str,
+               generation: int, now: datetime) -> None:
+    conds: list[dict[str, Any]] = status.setdefault("conditions", [])
+    want = "True" if value else "False"
+    for c in conds:
+        if c["type"] == ctype:
+            if c["status"] != want:
+                c["lastTransitionTime"] = _iso(now)
+            c.update(status=want, reason=reason, message=message[:1000], observedGeneration=generation)
+            return
+    conds.append({"type": ctype, "status": want, "reason": reason, "message": message[:1000],
+                  "observedGeneration": generation, "lastTransitionTime": _iso(now)})
+
+
+def _fail(op: Operation, status: dict[str, Any], reason: str, message: str, now: datetime,
+          events: list[PlanEvent]) -> Plan:
+    if status.get("phase") != OP_FAILED:
+        events.append(PlanEvent(reason, message, warning=True))
+    status["phase"] = OP_FAILED
+    status["message"] = message[:1000]
+    status.setdefault("finishedAt", _iso(now))
+    _condition(status, "Progressing", False, reason, message, op.generation, now)
+    return Plan(status, events)
+
+
+def plan(
+    op: Operation,
+    nodes: Sequence[NodeView],
+    members: Mapping[str, MemberView],
+    *,
+    epoch: int,
+    coordinator: str,
+    now: datetime,
+    resolved_minors: Mapping[tuple[int, int], str] | None = None,
+    validate_spec: Any = None,
+) -> Plan:
+    """Compute the next status of one DirectUpdate.
+
+    `validate_spec`, when given, is the daemon's re-validation of the spec (raises
+    ValidationError naming the field); a failure ends the operation Failed with a Condition.
+    """
+    status: dict[str, Any] = copy.deepcopy(dict(op.status))
+    events: list[PlanEvent] = []
+    gen = op.generation
+    status["observedGeneration"] = gen
+    status["coordinator"] = coordinator
+    status["epoch"] = epoch
+    if status.get("phase") in TERMINAL_OP:
+        return Plan(status, events)
+
+    try:
+        if validate_spec is not None:
+            validate_spec(op.spec)
+        policy = Policy.from_spec(op.spec)
+    except ValidationError as e:
+        _condition(status, "Valid", False, "InvalidSpec", str(e), gen, now)
+        return _fail(op, status, "InvalidSpec", str(e), now, events)
+    _condition(status, "Valid", True, "SpecValid", "the spec passed the daemon's validation", gen, now)
+
+    # Which nodes, in which order: control plane first, then canaries, then the rest, by name.
+    selected = sorted((n for n in nodes if selector_matches(policy.node_selector, n.labels)),
+                      key=lambda n: (not n.control_plane, n.name))
+    workers = [n for n in selected if not n.control_plane]
+    canaries: set[str] = set()
+    if policy.canary_selector:
+        canaries = {n.name for n in workers if selector_matches(policy.canary_selector, n.labels)}
+    elif policy.canary_count:
+        canaries = {n.name for n in workers[: policy.canary_count]}
+    selected.sort(key=lambda n: (not n.control_plane, n.name not in canaries, n.name))
+
+    entries: dict[str, dict[str, Any]] = {e["name"]: e for e in status.get("nodes") or []}
+
+    # Hops are fixed when the operation starts, from the oldest member among the selected nodes.
+    if not status.get("hops"):
+        versions = [m.kubelet for n in selected if (m := members.get(n.name)) and m.kubelet]
+        if not versions:
+            status.setdefault("phase", OP_PENDING)
+            status["message"] = "waiting for kupd members on the selected nodes"
+            return Plan(status, events)
+        try:
+            status["hops"] = hops_for(min(versions), policy.target, resolved_minors or {})
+        except SkewError as e:
+            _condition(status, "Valid", False, e.rule, str(e), gen, now)
+            return _fail(op, status, "VersionSkew", str(e), now, events)
+    hops = [Version.parse(h) for h in status["hops"]]
+
+    # The kubelet-never-newer rule: a worker-only selection cannot pass the control plane.
+    if not any(n.control_plane for n in selected):
+        cp_versions = [m.kubelet for n in nodes if n.control_plane
+                       and (m := members.get(n.name)) and m.kubelet]
+        if cp_versions and policy.target.minor_key > min(cp_versions).minor_key:
+            msg = (f"target {policy.target} is newer than the control plane {min(cp_versions)}; "
+                   "select the control-plane nodes too (rule: kubelet-not-newer-than-apiserver)")
+            _condition(status, "Valid", False, "kubelet-not-newer-than-apiserver", msg, gen, now)
+            return _fail(op, status, "VersionSkew", msg, now, events)
+
+    # Bring every selected node's entry up to date with what its member reports.
+    for n in selected:
+        m = members.get(n.name)
+        e = entries.get(n.name)
+        if e is None:
+            e = {"name": n.name, "role": "ControlPlane" if n.control_plane else "Worker",
+                 "canary": n.name in canaries, "phase": PENDING, "attempts": 0,
+                 "toVersion": str(policy.target)}
+            if m and m.kubelet:
+                e["fromVersion"] = str(m.kubelet)
+                if m.kubelet >= policy.target:
+                    e["phase"] = SKIPPED
+                    e["message"] = f"already at {m.kubelet}"
+            entries[n.name] = e
+        _observe(e, m, op, policy, now, events, n.name)
+
+    ordered = [entries[n.name] for n in selected]
+    status["nodes"] = ordered
+    # Entries of nodes that left the selection or the cluster are kept for the record only.
+    for name, e in entries.items():
+        if all(name != o["name"] for o in ordered):
+            status["nodes"].append(e)
+
+    summary = {k: 0 for k in ("total", "pending", "upgrading", "succeeded", "failed", "skipped")}
+    for e in ordered:
+        summary["total"] += 1
+        key = {PENDING: "pending", SUCCEEDED: "succeeded", FAILED: "failed", SKIPPED: "skipped"}.get(
+            e["phase"], "upgrading")
+        summary[key] += 1
+    status["summary"] = summary
+
+    failed = [e for e in ordered if e["phase"] == FAILED]
+    backup_failed = [e for e in failed if e.get("step") == STEP_BACKUP]
+    if backup_failed:
+        msg = f"backup failed on {backup_failed[0]['name']}: {backup_failed[0].get('message', '')}"
+        _condition(status, "BackupSucceeded", False, "BackupFailed", msg, gen, now)
+        return _fail(op, status, "BackupFailed", msg, now, events)
+
+    if all(e["phase"] in DONE for e in ordered):
+        if status.get("phase") != OP_SUCCEEDED:
+            events.append(PlanEvent("Succeeded", f"all {len(ordered)} nodes at {policy.target}"))
+        status["phase"] = OP_SUCCEEDED
+        status["message"] = f"all {len(ordered)} selected nodes are at {policy.target}"
+        status.setdefault("finishedAt", _iso(now))
+        status["progress"] = f"{len(ordered)}/{len(ordered)}"
+        _condition(status, "Progressing", False, "Completed", status["message"], gen, now)
+        _condition(status, "RequiresAttention", False, "NoProblem", "", gen, now)
+        return Plan(status, events)
+
+    done_count = sum(1 for e in ordered if e["phase"] in DONE)
+    status["progress"] = f"{done_count}/{len(ordered)}"
+
+    attention = [e for e in ordered if e["phase"] in (FAILED, LOST)]
+    no_member = [e for e in ordered if e["phase"] == PENDING and e["name"] not in members]
+    if attention or no_member:
+        e0 = (attention or no_member)[0]
+        reason = {"Failed": "NodeFailed", "Lost": "NodeLost"}.get(e0["phase"], "NoMember")
+        msg = (f"node {e0['name']}: {e0.get('message') or reason}" if attention
+               else f"node {e0['name']} has no live kupd member; install or start kupd there")
+        if status.get("phase") != OP_ATTENTION:
+            events.append(PlanEvent(reason, msg, e0["name"], warning=True))
+        status["phase"] = OP_ATTENTION
+        status["message"] = msg
+        _condition(status, "RequiresAttention", True, reason, msg, gen, now)
+        if failed:
+            # A failed step stops all further grants until an operator acts.
+            return Plan(status, events)
+    else:
+        _condition(status, "RequiresAttention", False, "NoProblem", "", gen, now)
+
+    if policy.paused:
+        status["phase"] = OP_PAUSED
+        status["message"] = "paused by spec.paused; nodes already granted finish their turn"
+        _condition(status, "Progressing", False, "Paused", status["message"], gen, now)
+        return Plan(status, events)
+
+    window = _window_decision(op, ordered, policy, now)
+    if window is not None and not window.allowed:
+        if not attention:
+            status["phase"] = OP_PAUSED
+            status["message"] = window.reason
+        _condition(status, "Progressing", False, "OutsideWindow", window.reason, gen, now)
+        return Plan(status, events)
+
+    _grant(ordered, hops, policy, members, epoch, now, events, status, canaries)
+    in_flight = [e for e in ordered if e["phase"] in IN_FLIGHT]
+    if not attention:
+        status["phase"] = OP_RUNNING
+        status["message"] = (f"upgrading {', '.join(e['name'] for e in in_flight)}" if in_flight
+                             else status.get("message", ""))
+    status.setdefault("startedAt", _iso(now))
+    _condition(status, "Progressing", True, "Upgrading", f"{done_count}/{len(ordered)} nodes done", gen, now)
+    return Plan(status, events)
+
+
+def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Policy, now: datetime,
+             events: list[PlanEvent], name: str) -> None:
+    """Fold the member's report and liveness into the node's entry."""
+    if e["phase"] in (SUCCEEDED, SKIPPED, FAILED):
+        return
+    grant = e.get("grant")
+    if e["phase"] in IN_FLIGHT and grant:
+        if m is None or not m.alive:
+            if e["phase"] != LOST:
+                events.append(PlanEvent("NodeLost", f"kupd on {name} stopped renewing its lease mid-upgrade; "
+                                        "its turn is held, no other node replaces it", name, warning=True))
+            e["phase"] = LOST
+            e["message"] = "member lease expired; waiting for kupd on this node to come back"
+            return
+        r = m.report
+        if r is None or r.uid != op.uid or r.versions != grant.get("versions"):
+            if e["phase"] == LOST:
+                e["phase"] = GRANTED
+                e["message"] = "member is back"
+            return
+        if e["phase"] == LOST:
+            events.append(PlanEvent("NodeBack", f"kupd on {name} is back", name))
+        prev_step, prev_msg = e.get("step"), e.get("message")
+        e["step"], e["attempts"] = r.step, r.attempts
+        e["message"] = r.message[:1000]
+        if r.started_at:
+            e.setdefault("startedAt", r.started_at)
+        if r.phase == "Upgrading":
+            e["phase"] = UPGRADING
+            if r.step != prev_step:
+                events.append(PlanEvent("StepStarted", f"{name}: {r.step}", name))
+            if r.reason == "DrainBlocked" and r.message != prev_msg:
+                events.append(PlanEvent("DrainBlocked", f"{name}: {r.message}", name, warning=True))
+        elif r.phase == "Succeeded":
+            final = m.kubelet is not None and m.kubelet >= policy.target
+            if final:
+                e["phase"] = SUCCEEDED
+                e["finishedAt"] = r.finished_at or _iso(now)
+                e["message"] = f"upgraded to {policy.target}"
+                events.append(PlanEvent("NodeUpgraded", f"{name} upgraded to {policy.target}", name))
+            else:
+                # A control-plane node between hops: done with this hop, waits for the next.
+                e["phase"] = PENDING
+                e["message"] = f"at {m.kubelet}, waiting for the next hop"
+            e.pop("grant", None)
+        elif r.phase == "Failed":
+            e["phase"] = FAILED
+            e["finishedAt"] = r.finished_at or _iso(now)
+            events.append(PlanEvent("NodeFailed", f"{name} failed at step {r.step}: {r.message}", name,
+                                    warning=True))
+
+
+def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Policy,
+                     now: datetime) -> windows.WindowDecision | None:
+    start = _parse_iso(op.annotations.get("kupd.io/window-start"))
+    end = _parse_iso(op.annotations.get("kupd.io/window-end"))
+    if start is None and end is None:
+        return None
+    measured = []
+    for e in ordered:
+        s, f = _parse_iso(e.get("startedAt")), _parse_iso(e.get("finishedAt"))
+        if e["phase"] == SUCCEEDED and s and f:
+            measured.append((f - s).total_seconds())
+    expected = windows.expected_node_seconds(measured, policy.default_node_seconds)
+    return windows.can_start_node(now, start, end, expected)
+
+
+def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
+           members: Mapping[str, MemberView], epoch: int, now: datetime, events: list[PlanEvent],
+           status: dict[str, Any], canaries: set[str]) -> None:
+    def give(e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool) -> None:
+        e["phase"] = GRANTED
+        e["grant"] = {"epoch": epoch, "versions": [str(v) for v in versions], "firstControlPlane": first_cp,
+                      "backup": backup, "grantedAt": _iso(now)}
+        e["message"] = f"granted {', '.join(str(v) for v in versions)}"
+        e.setdefault("startedAt", _iso(now))
+        events.append(PlanEvent("NodeGranted", f"{e['name']} may upgrade to {versions[-1]}", e["name"]))
+
+    def current(e: dict[str, Any]) -> Version | None:
+        m = members.get(e["name"])
+        return m.kubelet if m else None
+
+    def eligible(e: dict[str, Any]) -> bool:
+        m = members.get(e["name"])
+        return e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
+
+    # Every in-flight grant is re-stamped with this coordinator's epoch: agents ignore older ones.
+    for e in ordered:
+        if e["phase"] in IN_FLIGHT and e.get("grant"):
+            e["grant"]["epoch"] = epoch
+
+    cps = [e for e in ordered if e["role"] == "ControlPlane"]
+    cp_busy = any(e["phase"] in IN_FLIGHT for e in cps)
+    cp_left = [e for e in cps if e["phase"] not in DONE]
+    if cp_left:
+        if cp_busy:
+            return
+        # Hop-major: every control-plane node reaches hop i before any starts hop i+1, so the
+        # API servers never drift more than one minor apart.
+        for hop in hops:
+            behind = [e for e in cp_left if (v := current(e)) is not None and v < hop]
+            if not behind:
+                continue
+            first_cp = all((v := current(e)) is None or v < hop for e in cps)
+            nxt = behind[0]
+            if eligible(nxt):
+                need_backup = (policy.backup_required and not status.get("backup")
+                               and hop == hops[0] and first_cp)
+                give(nxt, [hop], first_cp, need_backup)
+            return
+        return
+
+    workers = [e for e in ordered if e["role"] == "Worker"]
+    in_flight = [e for e in workers if e["phase"] in IN_FLIGHT]
+    slots = policy.concurrency - len(in_flight)
+    canary_entries = [e for e in workers if e["name"] in canaries]
+    canaries_done = all(e["phase"] in DONE for e in canary_entries)
+    candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]
+    if canaries_done:
+        if canary_entries and policy.canary_bake_seconds:
+            finished = [f for e in canary_entries if (f := _parse_iso(e.get("finishedAt")))]
+            if finished and now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
+                status["message"] = "canaries upgraded; baking before the other workers"
+                return
+        candidates = [e for e in workers if e["phase"] == PENDING]
+    for e in candidates:
+        if slots <= 0:
+            break
+        if not eligible(e):
+            continue
+        v = current(e)
+        assert v is not None
+        give(e, [h for h in hops if h > v], False, False)
+        slots -= 1

@@ -1,0 +1,97 @@
+"""The coordination protocol's wire format: object names, annotation keys, the agent report.
+
+docs/development/protocol.md explains who writes what and why. In short:
+- each daemon renews its own member Lease `kupd-node-<node>` and writes its progress report
+  into that Lease's annotations (one write per step change, piggybacked on renewals);
+- the coordinator (holder of Lease `kupd-coordinator`, whose leaseTransitions is the epoch)
+  is the only writer of DirectUpdate status, and a grant is an entry in `status.nodes[].grant`;
+- agents read grants by watching DirectUpdates and ignore grants older than the newest epoch seen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+GROUP = "kupd.io"
+VERSION = "v1alpha1"
+DIRECTUPDATES = "directupdates"
+SCHEDULEDUPDATES = "scheduledupdates"
+UPDATESCHEDULES = "updateschedules"
+
+COORDINATOR_LEASE = "kupd-coordinator"
+MEMBER_LEASE_PREFIX = "kupd-node-"
+
+# Member lease annotations.
+ANN_BOOT_ID = "kupd.io/boot-id"
+ANN_KUPD_VERSION = "kupd.io/version"
+ANN_PACKAGE_MANAGER = "kupd.io/package-manager"
+ANN_KUBEADM = "kupd.io/kubeadm-version"
+ANN_KUBELET = "kupd.io/kubelet-version"
+ANN_KUBECTL = "kupd.io/kubectl-version"
+ANN_CONTAINERD = "kupd.io/containerd-version"
+ANN_CONTROL_PLANE = "kupd.io/control-plane"
+ANN_REPORT = "kupd.io/report"
+
+# Node annotation: set when kupd cordoned the node, so it uncordons only what it cordoned.
+ANN_CORDONED_BY = "kupd.io/cordoned-by"
+
+# DirectUpdate annotations written by the scheduler to bound when nodes may start.
+ANN_WINDOW_START = "kupd.io/window-start"
+ANN_WINDOW_END = "kupd.io/window-end"
+
+LABEL_CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
+
+# Step names, in order. A reboot, where required, is a step like the others.
+STEP_PREFLIGHT = "preflight"
+STEP_BACKUP = "backup"
+STEP_REPOSITORY = "repository"
+STEP_KUBEADM_PACKAGE = "kubeadm-package"
+STEP_KUBEADM_UPGRADE = "kubeadm-upgrade"
+STEP_DRAIN = "drain"
+STEP_KUBELET_PACKAGE = "kubelet-package"
+STEP_RESTART = "restart"
+STEP_REBOOT = "reboot"
+STEP_VERIFY = "verify"
+STEP_UNCORDON = "uncordon"
+STEPS = (
+    STEP_PREFLIGHT, STEP_BACKUP, STEP_REPOSITORY, STEP_KUBEADM_PACKAGE, STEP_KUBEADM_UPGRADE, STEP_DRAIN,
+    STEP_KUBELET_PACKAGE, STEP_RESTART, STEP_REBOOT, STEP_VERIFY, STEP_UNCORDON,
+)
+
+
+def member_lease_name(node: str) -> str:
+    return MEMBER_LEASE_PREFIX + node
+
+
+@dataclass(frozen=True)
+class Report:
+    """What an agent says about the grant it works on; lives in its member Lease."""
+
+    operation: str
+    uid: str
+    epoch: int
+    versions: list[str]
+    phase: str  # Upgrading | Succeeded | Failed
+    step: str = ""
+    attempts: int = 0
+    started_at: str = ""
+    finished_at: str = ""
+    message: str = ""
+    reason: str = ""  # machine-readable cause of the message, e.g. DrainBlocked, StepFailed
+    backup: dict[str, Any] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str | None) -> Report | None:
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError):
+            return None
