@@ -254,6 +254,12 @@ class ControlPlane:
             timeout=120, check=check, input_text=input_text,
         )
 
+    def install_crds(self, crd_dir: Path = REPO_ROOT / "crds") -> None:
+        """Apply kupd's CRDs and wait until the API server serves them; safe to repeat."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd_dir))
+        self.kubectl("create", "namespace", "kupd-system", check=False)
+
     def token(self, user: str) -> str:
         return self.identities[user].token
 

@@ -125,3 +125,19 @@ CRON_SCHEDULE = "^" + " ".join(_cron_field(atom) for atom in (
     r"(1[0-2]|0?[1-9]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))",
     r"([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat))",
 )) + "$"
+
+
+def bucket_name(value: str, field: str = "bucket") -> str:
+    """S3 or GCS bucket name (the CRD's pattern; 3 to 222 characters as GCS allows with dots)."""
+    _check(BUCKET_NAME, value, field, "bucket name", 222)
+    if len(value) < 3:
+        raise ValidationError(field, f"{value!r} is shorter than 3 characters")
+    return value
+
+
+def object_prefix(value: str, field: str = "prefix") -> str:
+    """Object name prefix such as `kupd/backups/`: relative, no empty, '.' or '..' parts."""
+    _check(OBJECT_PREFIX, value, field, "object name prefix", 512)
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ValidationError(field, f"{value[:80]!r} must not contain '.' or '..' parts")
+    return value

@@ -79,3 +79,20 @@ def check_one_minor_step(current: Version, to: Version) -> None:
     """kubeadm upgrades one minor at a time."""
     if to.minor_key > (current.major, current.minor + 1):
         raise SkewError("one-minor-at-a-time", f"cannot skip a minor from {current} to {to}")
+
+
+def check_node_upgrade(
+    target: Version,
+    kubeadm: Version | None,
+    kubelet: Version | None,
+    apiserver: Version | None = None,
+) -> None:
+    """The skew rules for one node before anything runs: no downgrade and no skipped minor for the
+    installed kubeadm and kubelet, and (when the API server's version is known) a kubelet never
+    newer than the API server it will talk to."""
+    for installed in (kubeadm, kubelet):
+        if installed is not None:
+            check_target(installed, target)
+            check_one_minor_step(installed, target)
+    if apiserver is not None:
+        check_kubelet_not_newer(target, apiserver)

@@ -59,7 +59,7 @@ class _Progress:
         apt, _ = _apt()
         outer = self
 
-        class Install(apt.progress.base.InstallProgress):  # type: ignore[misc]
+        class Install(apt.progress.base.InstallProgress):  # type: ignore[misc,name-defined]
             def error(self, pkg: str, errormsg: str) -> None:
                 outer.errors.append(f"{pkg}: {errormsg.strip()}")
 
@@ -98,7 +98,7 @@ class AptManager:
                 os.makedirs(self.path(d), exist_ok=True)
             for f in ("var/lib/dpkg/status", "var/lib/dpkg/available"):
                 if not os.path.exists(self.path(f)):
-                    open(self.path(f), "a").close()  # noqa: SIM115
+                    open(self.path(f), "a").close()
             values = {
                 "Dir": self.root + "/",
                 "Dir::State": self.path("var/lib/apt") + "/",

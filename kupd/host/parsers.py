@@ -195,3 +195,17 @@ def systemctl_is_active(text: str) -> str:
     if not re.fullmatch(r"[a-z-]+", word):
         raise OutputError("systemctl is-active", text)
     return word
+
+
+def rpm_version_key(evr: str) -> tuple[int, list[tuple[int, int | str]]]:
+    """A sort key close to rpmvercmp: epoch first, then numeric and alphabetic segments in turn."""
+    epoch, _, rest = evr.rpartition(":") if ":" in evr else ("0", "", evr)
+    parts: list[tuple[int, int | str]] = []
+    for seg in re.findall(r"\d+|[A-Za-z]+|~", rest):
+        if seg == "~":
+            parts.append((-1, 0))
+        elif seg.isdigit():
+            parts.append((2, int(seg)))
+        else:
+            parts.append((1, seg))
+    return (int(epoch or 0), parts)

@@ -329,7 +329,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         key = iam.create_access_key(UserName="kupd")["AccessKey"]  # type: ignore[attr-defined]
         s3: object = _boto_client(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
         s3.create_bucket(Bucket="kupd-backups")  # type: ignore[attr-defined]
-        req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST")
+        req = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback test server
             resp.read()
         yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], "kupd-backups")

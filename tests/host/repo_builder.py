@@ -33,7 +33,8 @@ case "{name}" in
           echo "everything into the earlier state. Errors faced: timed out waiting for the condition" >&2
           exit 1
         fi
-        if [ "$2" = plan ] && [ -e "$root/etc/kupd-test/plan.txt" ]; then cat "$root/etc/kupd-test/plan.txt"; fi
+        plan="$root/etc/kupd-test/plan.txt"
+        if [ "$2" = plan ] && [ -e "$plan" ]; then cat "$plan"; fi
         ;;
     esac ;;
   kubelet) echo "Kubernetes v{upstream}" ;;
@@ -218,3 +219,80 @@ def fake_systemctl(directory: Path) -> Path:
     tool.write_text(_SYSTEMCTL.format(log=directory / "systemctl.log", state=directory))
     tool.chmod(0o755)
     return tool
+
+
+# -- fixtures (import them into a test module) -------------------------------------------------
+
+DEB_VERSIONS = {
+    "v1.30": [Pkg(n, "1.30.5-1.1") for n in K8S] + [Pkg("containerd", "1.7.20-1")],
+    "v1.31": [Pkg(n, v) for n in K8S for v in ("1.31.1-1.1", "1.31.2-1.1")] + [Pkg("containerd", "1.7.22-1")],
+}
+RPM_VERSIONS = {
+    "v1.30": [Pkg(n, "1.30.5-150500.1.1") for n in K8S] + [Pkg("containerd", "1.7.20-3.1")],
+    "v1.31": [Pkg(n, v) for n in K8S for v in ("1.31.1-150500.1.1", "1.31.2-150500.1.1")]
+    + [Pkg("containerd", "1.7.22-3.1")],
+}
+
+
+@dataclass(frozen=True)
+class Repos:
+    base: Path  # <base>/<minor>/deb/ signed, like pkgs.k8s.io; served over http by `repo_server`
+    unsigned: Path  # <unsigned>/<minor>/deb/ without InRelease / Release.gpg
+    bundle: Path  # air-gap bundle: <bundle>/<minor>/deb/ + manifest.sha256
+    key: Key
+
+
+def build_deb_repos(work: Path) -> Repos:
+    key = make_key(work)
+    base, unsigned, bundle = work / "repo", work / "unsigned", work / "bundle"
+    for minor, pkgs in DEB_VERSIONS.items():
+        build_apt_repo(base / minor / "deb", pkgs, key, work / "build" / minor)
+        shutil.copytree(base / minor / "deb", bundle / minor / "deb")
+    shutil.copytree(base / "v1.31" / "deb", unsigned / "v1.31" / "deb",
+                    ignore=shutil.ignore_patterns("InRelease", "Release.gpg"))
+    write_manifest(bundle)
+    return Repos(base, unsigned, bundle, key)
+
+
+@dataclass(frozen=True)
+class RpmRepos:
+    bundle: Path  # <bundle>/<minor>/rpm/ + manifest.sha256
+
+
+def build_rpm_repos(work: Path) -> RpmRepos:
+    bundle = work / "bundle"
+    for minor, pkgs in RPM_VERSIONS.items():
+        build_rpm_repo(bundle / minor / "rpm", pkgs, work / "build" / minor)
+    write_manifest(bundle)
+    return RpmRepos(bundle)
+
+
+class Server:
+    def __init__(self, directory: Path) -> None:
+        import functools
+        import http.server
+        import threading
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        handler = functools.partial(Quiet, directory=str(directory))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def closed_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port

@@ -1,0 +1,249 @@
+"""The node agent: runs its own node's steps once the coordinator grants it a turn.
+
+The steps form an explicit sequence (see `step_sequence`); each is checkpointed before it
+starts and after it ends. Errors are values of two kinds: a RetryableError (the API server is
+away, a lock is held) waits and tries again without spending an attempt, so a granted node
+finishes while the API is down; any other error spends an attempt, and after `maxAttempts`
+the node gives up (Failed, with the step and the reason) and the coordinator stops the rollout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kupd import protocol as p
+from kupd.checkpoint import Checkpoint, CheckpointStore
+from kupd.errors import CommandError, KupdError, RetryableError
+from kupd.host.base import Host
+from kupd.nodeops import DrainPolicy, NodeOps
+
+log = logging.getLogger(__name__)
+
+BackupFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class StepRef:
+    key: str  # "<hop>/<step>", the checkpoint key
+    hop: str
+    step: str
+
+
+def step_sequence(versions: list[str], backup: bool, control_plane: bool, reboot: str) -> list[StepRef]:
+    """The ordered steps of one grant. Pure.
+
+    The node is drained once, before the first kubelet change, and uncordoned once, after the
+    last hop is verified: a worker walking several hops is out of service only once.
+    """
+    out: list[StepRef] = []
+    for i, hop in enumerate(versions):
+        names = [p.STEP_PREFLIGHT]
+        if backup and i == 0:
+            names.append(p.STEP_BACKUP)
+        names += [p.STEP_REPOSITORY, p.STEP_KUBEADM_PACKAGE, p.STEP_KUBEADM_UPGRADE]
+        if i == 0:
+            names.append(p.STEP_DRAIN)
+        names += [p.STEP_KUBELET_PACKAGE, p.STEP_RESTART]
+        if reboot != "Never" and i == len(versions) - 1:
+            names.append(p.STEP_REBOOT)
+        names.append(p.STEP_VERIFY)
+        if i == len(versions) - 1:
+            names.append(p.STEP_UNCORDON)
+        out += [StepRef(f"{hop}/{n}", hop, n) for n in names]
+    return out
+
+
+class Agent:
+    def __init__(self, node: str, host: Host, nodeops: NodeOps, store: CheckpointStore,
+                 backup_fn: BackupFn | None = None, on_report: Callable[[], None] | None = None,
+                 retry_delay: float = 2.0) -> None:
+        self.node = node
+        self.host = host
+        self.nodeops = nodeops
+        self.store = store
+        self.backup_fn = backup_fn
+        self.on_report = on_report or (lambda: None)
+        self.retry_delay = retry_delay
+        self.cp = store.load()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._reason = ""
+        self.step_seconds: dict[str, float] = {}
+
+    # -- what the member lease publishes -------------------------------------------------
+    def report(self) -> p.Report | None:
+        cp = self.cp
+        if not cp.uid:
+            return None
+        current = next((k for k, s in cp.steps.items() if s.state == "started"), "")
+        step = current.split("/", 1)[-1] if current else (cp.message and "" or "")
+        if not current and cp.phase != "Upgrading":
+            step = next((k.split("/", 1)[-1] for k, s in reversed(cp.steps.items()) if s.state != "pending"), "")
+        attempts = cp.steps[current].attempts if current else 0
+        return p.Report(operation=cp.operation, uid=cp.uid, epoch=cp.epoch, versions=cp.versions,
+                        phase=cp.phase, step=step, attempts=attempts, started_at=cp.started_at,
+                        finished_at=cp.finished_at, message=cp.message, reason=cp.reason,
+                        backup=cp.backup_record, step_seconds=self.step_seconds)
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- grants ----------------------------------------------------------------------------
+    def offer(self, op: dict[str, Any]) -> None:
+        """Look at one DirectUpdate; start work if it grants this node a turn we have not done."""
+        status = op.get("status") or {}
+        epoch = int(status.get("epoch") or 0)
+        entry = next((e for e in status.get("nodes") or [] if e.get("name") == self.node), None)
+        with self._lock:
+            if epoch > self.cp.max_epoch_seen:
+                self.cp.max_epoch_seen = epoch
+            grant = entry.get("grant") if entry else None
+            if not grant or self.busy:
+                return
+            if int(grant.get("epoch", 0)) < self.cp.max_epoch_seen:
+                log.info("ignoring a grant of epoch %s older than epoch %s", grant.get("epoch"),
+                         self.cp.max_epoch_seen)
+                return
+            uid, versions = op["metadata"]["uid"], list(grant.get("versions") or [])
+            if self.cp.same_grant(uid, versions) and self.cp.phase in ("Succeeded", "Failed"):
+                return  # done already; the coordinator has not caught up with our report yet
+            if not (self.cp.same_grant(uid, versions) and self.cp.active):
+                self.cp = Checkpoint(
+                    operation=op["metadata"]["name"], uid=uid, epoch=int(grant["epoch"]), versions=versions,
+                    first_control_plane=bool(grant.get("firstControlPlane")),
+                    control_plane=entry.get("role") == "ControlPlane" if entry else False,
+                    backup=bool(grant.get("backup")), spec=dict(op.get("spec") or {}), phase="Upgrading",
+                    started_at=utcnow(), max_epoch_seen=self.cp.max_epoch_seen)
+            else:
+                self.cp.epoch = int(grant["epoch"])
+            self.store.save(self.cp)
+            self._start()
+
+    def resume(self) -> bool:
+        """After a restart: carry on with an unfinished grant, API or not."""
+        if self.cp.active and not self.busy:
+            log.info("resuming %s at %s", self.cp.operation, self.cp.versions)
+            self._start()
+            return True
+        return False
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="agent", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- execution -------------------------------------------------------------------------
+    def _set(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self.cp, k, v)
+        self.store.save(self.cp)
+        self.on_report()
+
+    def _run(self) -> None:
+        cp = self.cp
+        spec = cp.spec
+        max_attempts = int(spec.get("maxAttempts", 3))
+        for ref in step_sequence(cp.versions, cp.backup, cp.control_plane, str(spec.get("reboot", "IfRequired"))):
+            rec = cp.step(ref.key)
+            if rec.state == "done":
+                continue
+            while True:
+                if self._stop.is_set():
+                    return
+                if rec.state != "started" or rec.attempts == 0:
+                    rec.attempts += 1
+                rec.state, rec.started_at = "started", rec.started_at or utcnow()
+                if ref.step == p.STEP_REBOOT and not rec.boot_id:
+                    rec.boot_id = self.host.facts().boot_id
+                self._set(message=f"{ref.hop}: {ref.step}", reason="")
+                t0 = time.monotonic()
+                try:
+                    self._do(ref, rec.boot_id)
+                except RetryableError as e:
+                    # Not the node's fault (API away, lock held): wait, spend no attempt.
+                    log.warning("step %s waiting: %s", ref.key, e)
+                    self._set(message=f"{ref.hop}: {ref.step}: waiting: {e}", reason="Waiting")
+                    self._stop.wait(max(e.delay, self.retry_delay))
+                    continue
+                except (KupdError, OSError) as e:
+                    msg = _describe(e)
+                    log.error("step %s failed (attempt %d/%d): %s", ref.key, rec.attempts, max_attempts, msg)
+                    rec.message = msg
+                    if rec.attempts >= max_attempts:
+                        rec.state = "started"
+                        self._set(phase="Failed", finished_at=utcnow(),
+                                  message=f"step {ref.step} failed after {rec.attempts} attempts: {msg}",
+                                  reason="StepFailed")
+                        return
+                    rec.state = "pending"
+                    self._set(message=f"{ref.hop}: {ref.step}: attempt {rec.attempts} failed: {msg}",
+                              reason="Retrying")
+                    self._stop.wait(self.retry_delay)
+                    continue
+                rec.state, rec.finished_at = "done", utcnow()
+                rec.seconds = round(time.monotonic() - t0, 3)
+                self.step_seconds[ref.step] = self.step_seconds.get(ref.step, 0.0) + rec.seconds
+                self.store.save(cp)
+                break
+        self._set(phase="Succeeded", finished_at=utcnow(), message=f"at {cp.versions[-1]}", reason="")
+
+    def _do(self, ref: StepRef, boot_id: str) -> None:
+        cp, hop, step = self.cp, ref.hop, ref.step
+        containerd = cp.spec.get("containerdVersion")
+        if step == p.STEP_PREFLIGHT:
+            self.host.preflight(hop)
+        elif step == p.STEP_BACKUP:
+            if self.backup_fn is None:
+                raise KupdError("this daemon has no backup store configured")
+            self.cp.backup_record = self.backup_fn(dict(cp.spec.get("backup") or {}))
+        elif step == p.STEP_REPOSITORY:
+            self.host.configure_repository(hop)
+        elif step == p.STEP_KUBEADM_PACKAGE:
+            self.host.install_kubeadm(hop)
+        elif step == p.STEP_KUBEADM_UPGRADE:
+            self.host.kubeadm_upgrade(hop, cp.first_control_plane, cp.control_plane)
+        elif step == p.STEP_DRAIN:
+            policy = DrainPolicy.from_spec(cp.spec.get("drain"))
+            self.nodeops.drain(policy, lambda reason, msg: self._set(message=msg, reason=reason),
+                               sleep=self._stop.wait)
+        elif step == p.STEP_KUBELET_PACKAGE:
+            self.host.install_kubelet(hop, containerd)
+        elif step == p.STEP_RESTART:
+            self.host.restart_services()
+        elif step == p.STEP_REBOOT:
+            policy = str(cp.spec.get("reboot", "IfRequired"))
+            if self.host.facts().boot_id != boot_id:
+                return  # we are past the reboot
+            if policy == "Always" or self.host.reboot_required():
+                self.host.reboot()
+                while self.host.facts().boot_id == boot_id:
+                    # A real reboot ends this process; the checkpoint carries us on after boot.
+                    if self._stop.wait(5):
+                        raise RetryableError("stopping during reboot")
+        elif step == p.STEP_VERIFY:
+            self.host.verify(hop)
+            self.nodeops.wait_ready(hop, sleep=self._stop.wait)
+        elif step == p.STEP_UNCORDON:
+            self.nodeops.uncordon()
+        else:
+            raise KupdError(f"unknown step {step}")
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, CommandError):
+        return str(e)
+    return f"{e}" if isinstance(e, KupdError) else f"{type(e).__name__}: {e}"

@@ -1,0 +1,296 @@
+"""Coordinator election and the coordinator's reconcile loop.
+
+Election: a Lease, `kupd-coordinator`. A candidate takes it over only when it has watched the
+holder's renewTime stand still for a whole lease duration (measured on its own clock, so clock
+skew between nodes does not matter), and every takeover increments leaseTransitions: the epoch.
+Writes use resourceVersion, so two candidates cannot both win.
+
+Reconcile: informers keep DirectUpdates, member Leases and Nodes in memory; any change (or a
+1 s tick, for lease expiry, bake times and windows) runs the pure planner on the oldest
+unfinished DirectUpdate and writes its status once if it changed, then emits the Events.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from kupd import kube, planner
+from kupd import protocol as p
+from kupd.errors import KupdError
+from kupd.member import micro_time
+from kupd.versions import Version
+
+log = logging.getLogger(__name__)
+
+
+def _parse_time(s: str | None) -> datetime | None:
+    if not s:
+        return None
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+class Elector:
+    def __init__(self, api: client.ApiClient, namespace: str, identity: str, duration: int) -> None:
+        self.coord = client.CoordinationV1Api(api)
+        self.namespace = namespace
+        self.identity = identity
+        self.duration = duration
+        self.epoch = -1
+        self._observed: tuple[str, str] | None = None
+        self._observed_at = 0.0
+        self._renewed_at = 0.0
+
+    @property
+    def leading(self) -> bool:
+        return self.epoch >= 0 and time.monotonic() - self._renewed_at < self.duration
+
+    def try_acquire_or_renew(self) -> bool:
+        """One election round; returns whether this daemon is the coordinator afterwards."""
+        now = micro_time()
+        try:
+            lease = self.coord.read_namespaced_lease(p.COORDINATOR_LEASE, self.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise kube.map_error(e, "read coordinator lease") from e
+            body = client.V1Lease(
+                metadata=client.V1ObjectMeta(name=p.COORDINATOR_LEASE, namespace=self.namespace),
+                spec=client.V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.duration,
+                                        acquire_time=now, renew_time=now, lease_transitions=0))
+            try:
+                self.coord.create_namespaced_lease(self.namespace, body)
+            except ApiException as e2:
+                if e2.status == 409:
+                    return False
+                raise kube.map_error(e2, "create coordinator lease") from e2
+            return self._won(0)
+        except Exception as e:
+            raise kube.map_error(e, "read coordinator lease") from e
+
+        spec = lease.spec
+        holder, renew = spec.holder_identity or "", str(spec.renew_time or "")
+        mono = time.monotonic()
+        if (holder, renew) != self._observed:
+            self._observed, self._observed_at = (holder, renew), mono
+        transitions = int(spec.lease_transitions or 0)
+        if holder == self.identity:
+            spec.renew_time = now
+            if self._replace(lease):
+                return self._won(transitions)
+            return False
+        expired = not holder or mono - self._observed_at > (spec.lease_duration_seconds or self.duration)
+        if not expired:
+            self.epoch = -1
+            return False
+        spec.holder_identity = self.identity
+        spec.acquire_time = now
+        spec.renew_time = now
+        spec.lease_duration_seconds = self.duration
+        spec.lease_transitions = transitions + 1
+        if self._replace(lease):
+            log.info("became coordinator at epoch %d (previous holder %r)", transitions + 1, holder)
+            return self._won(transitions + 1)
+        return False
+
+    def _replace(self, lease: Any) -> bool:
+        try:
+            self.coord.replace_namespaced_lease(p.COORDINATOR_LEASE, self.namespace, lease)
+            return True
+        except ApiException as e:
+            if e.status == 409:
+                self.epoch = -1
+                return False
+            raise kube.map_error(e, "update coordinator lease") from e
+        except Exception as e:
+            raise kube.map_error(e, "update coordinator lease") from e
+
+    def _won(self, epoch: int) -> bool:
+        self.epoch = epoch
+        self._renewed_at = time.monotonic()
+        return True
+
+    def release(self) -> None:
+        """Give the lease up on a clean shutdown so the next coordinator need not wait it out."""
+        if self.epoch < 0:
+            return
+        try:
+            lease = self.coord.read_namespaced_lease(p.COORDINATOR_LEASE, self.namespace)
+            if lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = ""
+                self.coord.replace_namespaced_lease(p.COORDINATOR_LEASE, self.namespace, lease)
+        except Exception as e:
+            log.debug("releasing the coordinator lease: %s", e)
+        self.epoch = -1
+
+
+class Coordinator:
+    """Runs while this daemon holds the coordinator lease."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, identity: str, member_duration: int,
+                 elector: Elector, newest_patch: Callable[[str], str],
+                 validate_spec: Callable[[dict[str, Any]], Any] | None = None,
+                 on_plan: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.coord = client.CoordinationV1Api(api)
+        self.namespace = namespace
+        self.identity = identity
+        self.member_duration = member_duration
+        self.elector = elector
+        self.newest_patch = newest_patch
+        self.validate_spec = validate_spec
+        self.on_plan = on_plan or (lambda name, status: None)
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._resolved: dict[tuple[int, int], str] = {}
+        self.writes = 0
+        self.ops = kube.Informer("directupdates", self.custom.list_cluster_custom_object, self._dirty.set,
+                                 group=p.GROUP, version=p.VERSION, plural=p.DIRECTUPDATES)
+        self.leases = kube.Informer("leases", self.coord.list_namespaced_lease, self._dirty.set,
+                                    namespace=namespace)
+        self.nodes = kube.Informer("nodes", self.core.list_node, self._dirty.set)
+
+    def start(self) -> None:
+        for inf in (self.ops, self.leases, self.nodes):
+            inf.start()
+        threading.Thread(target=self._loop, name="coordinator", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        for inf in (self.ops, self.leases, self.nodes):
+            inf.stop()
+
+    def _loop(self) -> None:
+        for inf in (self.ops, self.leases, self.nodes):
+            while not inf.synced.wait(1) and not self._stop.is_set():
+                pass
+        while not self._stop.is_set():
+            self._dirty.wait(1.0)
+            self._dirty.clear()
+            if self._stop.is_set() or not self.elector.leading:
+                continue
+            try:
+                self.reconcile()
+            except KupdError as e:
+                log.warning("reconcile: %s", e)
+                self._stop.wait(getattr(e, "delay", 1.0))
+            except Exception:
+                log.exception("reconcile failed")
+                self._stop.wait(1.0)
+
+    # -- one round -------------------------------------------------------------------------
+    def _views(self, now: datetime) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
+        nodes = []
+        for n in self.nodes.items():
+            labels = n["metadata"].get("labels") or {}
+            nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels))
+        members: dict[str, planner.MemberView] = {}
+        for lease in self.leases.items():
+            name = lease["metadata"]["name"]
+            if not name.startswith(p.MEMBER_LEASE_PREFIX):
+                continue
+            node = name[len(p.MEMBER_LEASE_PREFIX):]
+            spec = lease.get("spec") or {}
+            renew = _parse_time(spec.get("renewTime"))
+            duration = int(spec.get("leaseDurationSeconds") or self.member_duration)
+            alive = renew is not None and (now - renew).total_seconds() < duration
+            anns = lease["metadata"].get("annotations") or {}
+            kubelet = anns.get(p.ANN_KUBELET)
+            members[node] = planner.MemberView(
+                node, alive, Version.parse(kubelet) if kubelet else None, p.Report.decode(anns.get(p.ANN_REPORT)))
+        return nodes, members
+
+    def _resolve(self, hops_needed: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+        for mk in hops_needed:
+            if mk not in self._resolved:
+                self._resolved[mk] = self.newest_patch(f"v{mk[0]}.{mk[1]}")
+        return self._resolved
+
+    def reconcile(self) -> None:
+        now = datetime.now(UTC)
+        ops = sorted(self.ops.items(), key=lambda o: (o["metadata"].get("creationTimestamp", ""),
+                                                      o["metadata"]["name"]))
+        active = [o for o in ops if (o.get("status") or {}).get("phase") not in planner.TERMINAL_OP]
+        if not active:
+            return
+        nodes, members = self._views(now)
+        first = active[0]
+        for queued in active[1:]:
+            st = dict(queued.get("status") or {})
+            msg = f"queued behind {first['metadata']['name']}"
+            if st.get("message") != msg or st.get("phase") != planner.OP_PENDING:
+                st.update(phase=planner.OP_PENDING, message=msg)
+                self._write(queued, st, [])
+        self._reconcile_one(first, nodes, members, now)
+
+    def _reconcile_one(self, obj: dict[str, Any], nodes: list[planner.NodeView],
+                       members: dict[str, planner.MemberView], now: datetime) -> None:
+        md = obj["metadata"]
+        status = obj.get("status") or {}
+        resolved: dict[tuple[int, int], str] = {}
+        if not status.get("hops"):
+            try:
+                target = Version.parse(str((obj.get("spec") or {}).get("version", "")))
+                versions = [m.kubelet for m in members.values() if m.kubelet]
+                if versions and min(versions) < target:
+                    resolved = self._resolve(planner.hop_minors(min(versions), target)[:-1])
+            except KupdError as e:
+                log.warning("resolving hops for %s: %s", md["name"], e)
+        op = planner.Operation(md["name"], md["uid"], int(md.get("generation", 1)), obj.get("spec") or {},
+                               status, md.get("annotations") or {})
+        result = planner.plan(op, nodes, members, epoch=self.elector.epoch, coordinator=self.identity,
+                              now=now, resolved_minors=resolved, validate_spec=self.validate_spec)
+        if result.status != status:
+            self._write(obj, result.status, result.events)
+            self.on_plan(md["name"], result.status)
+
+    def _write(self, obj: dict[str, Any], status: dict[str, Any], events: list[planner.PlanEvent]) -> None:
+        if not self.elector.leading:
+            return
+        body = copy.deepcopy(obj)
+        body["status"] = status
+        try:
+            new = self.custom.replace_cluster_custom_object_status(
+                p.GROUP, p.VERSION, p.DIRECTUPDATES, obj["metadata"]["name"], body)
+        except ApiException as e:
+            raise kube.map_error(e, f"write status of {obj['metadata']['name']}") from e
+        except Exception as e:
+            raise kube.map_error(e, f"write status of {obj['metadata']['name']}") from e
+        self.writes += 1
+        # Keep the cache current so the next round does not plan from the old status.
+        if isinstance(new, dict):
+            with self.ops._lock:  # noqa: SLF001 - the informer's own cache, updated in place
+                self.ops._cache[kube.Informer.key(new)] = new  # noqa: SLF001
+        for ev in events:
+            self._event(obj, ev)
+
+    def _event(self, obj: dict[str, Any], ev: planner.PlanEvent) -> None:
+        md = obj["metadata"]
+        now = micro_time()
+        targets = [{"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "name": md["name"],
+                    "uid": md["uid"]}]
+        if ev.node:
+            targets.append({"apiVersion": "v1", "kind": "Node", "name": ev.node, "uid": ev.node})
+        for ref in targets:
+            body = {
+                "metadata": {"generateName": f"{md['name']}.", "namespace": "default"},
+                "involvedObject": ref, "reason": ev.reason, "message": ev.message[:1000],
+                "type": "Warning" if ev.warning else "Normal",
+                "source": {"component": "kupd", "host": self.identity},
+                "firstTimestamp": now[:19] + "Z", "lastTimestamp": now[:19] + "Z", "count": 1,
+                "reportingComponent": "kupd.io/coordinator", "reportingInstance": self.identity,
+            }
+            try:
+                self.core.create_namespaced_event("default", body)
+            except Exception as e:  # Events are best effort; status is the record
+                log.debug("event %s: %s", ev.reason, e)

@@ -1,0 +1,180 @@
+"""`kupd daemon`: one process per node holding the three roles — member, coordinator, agent.
+
+Wiring only: every decision lives in the planner, the agent's step sequence and the host
+backends; this module builds them from the settings and runs their loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from kubernetes import client
+
+from kupd import kube, logsetup, metrics
+from kupd import protocol as p
+from kupd.agent import Agent
+from kupd.checkpoint import CheckpointStore
+from kupd.config import Settings
+from kupd.coordinator import Coordinator, Elector
+from kupd.errors import KupdError
+from kupd.host.base import Host
+from kupd.member import Member
+from kupd.nodeops import NodeOps
+from kupd.notify import Notifier, watchdog_interval
+
+log = logging.getLogger(__name__)
+
+
+def make_host(settings: Settings, node: str) -> Host:
+    if settings.host == "simulated":
+        from kupd.host.simulated import SimulatedHost
+
+        sim = settings.simulated
+        state = sim.state_file or f"{settings.state_dir}/simulated-host.json"
+        return SimulatedHost(state, sim.step_seconds, sim.initial_version, sim.available_versions)
+    from kupd.host.real import RealHost
+
+    return RealHost.from_settings(settings, node)  # type: ignore[attr-defined,no-any-return]
+
+
+def make_backup_fn(api: client.ApiClient, node: str) -> Any:
+    def backup(spec_backup: dict[str, Any]) -> dict[str, Any]:
+        from kupd.backup import run as backup_run
+
+        record = backup_run.take_backup_for_spec(api, spec_backup, node)
+        return dict(record)
+
+    return backup
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node = settings.node_name or socket.gethostname().split(".")[0]
+        self.notifier = Notifier()
+        self._stop = threading.Event()
+        self.coordinator: Coordinator | None = None
+
+    def _control_plane(self, api: client.ApiClient) -> bool:
+        if self.settings.control_plane is not None:
+            return self.settings.control_plane
+        core = client.CoreV1Api(api)
+        while not self._stop.is_set():
+            try:
+                node = kube.call(core.read_node, "read own node", self.node)
+                return p.LABEL_CONTROL_PLANE in (node.metadata.labels or {})
+            except KupdError as e:
+                log.warning("cannot read Node %s yet (%s); retrying", self.node, e)
+                self._stop.wait(3)
+        return False
+
+    def run(self) -> int:
+        s = self.settings
+        logsetup.set_defaults(node=self.node)
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        api = kube.api_client(s.kubeconfig)
+        host = make_host(s, self.node)
+        store = CheckpointStore(s.state_dir)
+        nodeops = NodeOps(api, self.node)
+        if s.metrics_address:
+            metrics.serve(s.metrics_address)
+
+        member_holder: list[Member] = []
+
+        def on_report() -> None:
+            if member_holder:
+                member_holder[0].poke()
+            r = agent.report()
+            if r is not None:
+                metrics.agent_report(r)
+                self.notifier.status(f"{r.operation}: {r.phase} {r.step} {r.message}"[:200])
+
+        agent = Agent(self.node, host, nodeops, store, backup_fn=make_backup_fn(api, self.node),
+                      on_report=on_report)
+        if s.host == "simulated":
+            from kupd.host.simkubelet import SimKubelet
+            from kupd.host.simulated import SimulatedHost
+
+            assert isinstance(host, SimulatedHost)
+            SimKubelet(api, self.node, host, bool(s.control_plane)).start()
+        # Resume before anything that needs the API: a granted node finishes without it.
+        agent.resume()
+        control_plane = self._control_plane(api)
+        lease = s.lease
+        member = Member(api, lease.namespace, self.node, lease.member_duration_seconds,
+                        lease.member_duration_seconds * lease.renew_fraction, host.facts, agent.report,
+                        control_plane)
+        member_holder.append(member)
+        member.start()
+
+        custom = client.CustomObjectsApi(api)
+
+        def offer_all() -> None:
+            for op in ops.items():
+                agent.offer(op)
+
+        ops = kube.Informer("agent-directupdates", custom.list_cluster_custom_object, offer_all,
+                            group=p.GROUP, version=p.VERSION, plural=p.DIRECTUPDATES).start()
+
+        eligible = s.coordinator_eligible == "any" or (s.coordinator_eligible == "control-plane" and control_plane)
+        elector = Elector(api, lease.namespace, self.node, lease.coordinator_duration_seconds)
+        self.notifier.ready(f"member of the cluster as {self.node}"
+                            + (", coordinator candidate" if eligible else ""))
+        log.info("kupd daemon started on %s (control plane: %s, coordinator candidate: %s)",
+                 self.node, control_plane, eligible)
+        wd = watchdog_interval()
+        tick = lease.coordinator_duration_seconds * lease.renew_fraction
+        if wd:
+            tick = min(tick, wd / 2)
+        while not self._stop.is_set():
+            if eligible:
+                self._elect(api, elector, host)
+            metrics.coordinator(elector.leading, elector.epoch)
+            self.notifier.watchdog()
+            self._stop.wait(tick)
+        log.info("stopping")
+        self.notifier.stopping("stopping")
+        if self.coordinator:
+            self.coordinator.stop()
+        elector.release()
+        agent.stop()
+        member.stop()
+        ops.stop()
+        return 0
+
+    def _elect(self, api: client.ApiClient, elector: Elector, host: Host) -> None:
+        try:
+            leading = elector.try_acquire_or_renew()
+        except KupdError as e:
+            log.warning("coordinator election: %s", e)
+            leading = elector.leading
+        if leading and self.coordinator is None:
+            log.info("coordinating at epoch %d", elector.epoch)
+            self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
+                                           self.settings.lease.member_duration_seconds, elector,
+                                           host.newest_patch, validate_spec=_validator())
+            self.coordinator.start()
+        elif not leading and self.coordinator is not None:
+            log.info("no longer coordinator")
+            self.coordinator.stop()
+            self.coordinator = None
+
+
+def _validator() -> Any:
+    try:
+        from kupd.api.models import parse_directupdate_spec
+    except ImportError:
+        return None
+
+    def check(spec: dict[str, Any]) -> None:
+        parse_directupdate_spec(spec)
+
+    return check
+
+

@@ -1,0 +1,51 @@
+"""Prometheus metrics of one daemon, named kupd_<subsystem>_<name>; see docs/usage/metrics.md."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from kupd.protocol import STEPS, Report
+
+COORDINATOR_LEADER = Gauge("kupd_coordinator_leader", "1 while this daemon holds the coordinator lease.")
+COORDINATOR_EPOCH = Gauge("kupd_coordinator_epoch", "Epoch (lease transitions) of the coordinator lease held.")
+AGENT_STEP = Gauge("kupd_agent_step", "1 for the step this node's agent is in, else 0.", ["step"])
+AGENT_PHASE = Gauge("kupd_agent_phase", "1 for the agent's current phase.", ["phase"])
+STEP_SECONDS = Histogram("kupd_agent_step_duration_seconds", "Duration of node steps.", ["step"],
+                         buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600))
+UPGRADES = Counter("kupd_agent_upgrades_total", "Node upgrades finished, by result.", ["result"])
+STATE_CHANGE = Gauge("kupd_agent_state_change_timestamp_seconds", "When the agent's phase or step last changed.")
+
+_last: tuple[str, str] = ("", "")
+_observed: dict[str, float] = {}
+
+
+def serve(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1")
+
+
+def coordinator(leading: bool, epoch: int) -> None:
+    COORDINATOR_LEADER.set(1 if leading else 0)
+    COORDINATOR_EPOCH.set(max(epoch, 0))
+
+
+def agent_report(r: Report) -> None:
+    global _last
+    key = (r.phase, r.step)
+    if key == _last:
+        return
+    _last = key
+    STATE_CHANGE.set(time.time())
+    for s in STEPS:
+        AGENT_STEP.labels(step=s).set(1 if s == r.step and r.phase == "Upgrading" else 0)
+    for ph in ("Upgrading", "Succeeded", "Failed"):
+        AGENT_PHASE.labels(phase=ph).set(1 if ph == r.phase else 0)
+    for step, secs in r.step_seconds.items():
+        done = _observed.get(step, 0.0)
+        if secs > done:
+            STEP_SECONDS.labels(step=step).observe(secs - done)
+            _observed[step] = secs
+    if r.phase in ("Succeeded", "Failed"):
+        UPGRADES.labels(result=r.phase.lower()).inc()

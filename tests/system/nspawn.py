@@ -1,0 +1,395 @@
+"""systemd-nspawn nodes for the system tier: a debootstrapped Debian booting real systemd.
+
+The base root file system is built once with debootstrap and cached under
+``$KUPD_CACHE`` (default ``$HOME/.cache/kupd``) in a folder named after a hash of what goes
+into it (suite, mirror, package list), so changing the list builds a new one and an old cache
+is never reused by mistake. Each node gets its own copy (``cp --reflink=auto -a``) and boots
+with ``systemd-nspawn --boot --register=no --keep-unit`` in the background: no machined
+registration is needed, which is what makes this work inside a container without a systemd
+host. Commands run inside a node through ``nsenter`` into the namespaces of the node's PID 1
+(found by its root directory), with a clean environment.
+
+The nodes share the host's network namespace, so they reach the test control plane on
+127.0.0.1 and must not listen on the same ports.
+
+Usage from a shell (warms the cache, boots a node for poking around):
+    python -m tests.system.nspawn base
+    python -m tests.system.nspawn boot NAME
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUITE = "bookworm"
+# The packages kupd's .deb depends on are in the base image, so `apt-get install ./kupd.deb`
+# inside a node needs no network; the rest is what a minimal kubeadm node has.
+BASE_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "apt",
+    "python3",
+    "python3-apt",
+    "python3-systemd",
+    "ca-certificates",
+    "iproute2",
+    "procps",
+    "gnupg",
+)
+NSPAWN_TIMEOUT = 120.0
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class NodeError(RuntimeError):
+    """A node did not do what the test needed; the message says what and shows the output."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("KUPD_CACHE") or str(Path.home() / ".cache" / "kupd")
+    return Path(base)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt already uses (the only one reachable)."""
+    pattern = re.compile(r"^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s+)?)(\S+/debian)/?(?:\s|$)", re.M)
+    files = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for f in files:
+        if f.is_file():
+            m = pattern.search(f.read_text(errors="replace"))
+            if m:
+                return m.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def base_key(mirror: str) -> str:
+    text = "\n".join([SUITE, mirror, "minbase", *sorted(BASE_PACKAGES)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _require(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        raise NodeError(
+            f"missing tools {missing}: install the Debian packages listed in .ci/apt-packages.txt "
+            "(debootstrap, systemd-container, util-linux)"
+        )
+
+
+def base_image() -> Path:
+    """The cached debootstrapped root; built (a few minutes, once) when missing."""
+    _require("debootstrap", "systemd-nspawn", "nsenter")
+    mirror = debian_mirror()
+    root = cache_dir() / f"nspawn-base-{base_key(mirror)}"
+    if (root / ".complete").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / ".nspawn-base.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (root / ".complete").exists():
+            return root
+        tmp = root.with_name(root.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        argv = [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(BASE_PACKAGES)}",
+            SUITE,
+            str(tmp),
+            mirror,
+        ]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=1200, check=False)
+        if proc.returncode != 0:
+            raise NodeError(f"debootstrap failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr}")
+        _prepare_base(tmp)
+        (tmp / ".complete").write_text(" ".join(argv) + "\n")
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    return root
+
+
+def _prepare_base(root: Path) -> None:
+    # No getty on a console nobody reads, no first-boot wizard, a clean apt cache.
+    for unit in ("getty@tty1.service", "console-getty.service"):
+        with contextlib.suppress(FileNotFoundError):
+            (root / "etc/systemd/system/getty.target.wants" / unit).unlink()
+    (root / "etc/machine-id").write_text("")
+    with contextlib.suppress(FileNotFoundError):
+        (root / "var/lib/dbus/machine-id").unlink()
+    # Node-local apt: never prompt; the base image's sources stay (they are the host's mirror).
+    (root / "etc/apt/apt.conf.d/90kupd-test").write_text(
+        'APT::Get::Assume-Yes "true";\nAPT::Install-Recommends "false";\nDpkg::Use-Pty "false";\n'
+    )
+    shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+    (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+
+
+def _root_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/root")
+    except OSError:
+        return None
+
+
+@dataclass
+class Node:
+    """One booted container. `run()` executes inside it; `reboot()` restarts it like a power cycle."""
+
+    name: str
+    root: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    boots: int = 0
+    extra_args: list[str] = field(default_factory=list)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def boot(self, timeout: float = NSPAWN_TIMEOUT) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            raise NodeError(f"{self.name} is already running")
+        argv = [
+            "systemd-nspawn",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--quiet",
+            "--console=pipe",
+            "--resolv-conf=copy-host",
+            "--timezone=off",
+            f"--machine={self.name}",
+            f"--hostname={self.name}",
+            "-D",
+            str(self.root),
+            *self.extra_args,
+        ]
+        self.boots += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        log.write(f"\n===== boot {self.boots}: {' '.join(argv)}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={"PATH": PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "1"},
+        )
+        log.close()
+        self.wait_running(timeout)
+
+    def leader(self) -> int:
+        """PID (in our namespace) of the node's systemd, found by its root directory."""
+        want = str(self.root.resolve())
+        if self.proc is None or self.proc.poll() is not None:
+            raise NodeError(f"{self.name}: systemd-nspawn is not running\n{self.console_tail()}")
+        candidates: list[int] = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            if _root_of(pid) != want:
+                continue
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            m = re.search(r"^NSpid:\s+(.*)$", status, re.M)
+            if m and m.group(1).split()[-1] == "1":
+                candidates.append(pid)
+        if len(candidates) != 1:
+            raise NodeError(f"{self.name}: expected one PID 1 rooted at {want}, found {candidates}")
+        return candidates[0]
+
+    def wait_running(self, timeout: float = NSPAWN_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise NodeError(
+                    f"{self.name}: systemd-nspawn exited with {self.proc.returncode}\n{self.console_tail()}"
+                )
+            try:
+                r = self.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=30)
+            except NodeError as e:
+                last = str(e)
+                time.sleep(0.3)
+                continue
+            state = r.stdout.strip()
+            if state == "running":
+                return
+            if state == "degraded":
+                failed = self.run(["systemctl", "--failed", "--no-legend", "--plain"], check=False)
+                raise NodeError(f"{self.name} booted degraded:\n{failed.stdout}")
+            last = f"{state} {r.stderr.strip()}"
+            time.sleep(0.3)
+        raise NodeError(
+            f"{self.name} did not reach 'running' in {timeout}s (last: {last})\n{self.console_tail()}"
+        )
+
+    def stop(self, timeout: float = 60) -> None:
+        """Clean power-off: SIGTERM to nspawn makes the node's systemd shut down."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def reboot(self, timeout: float = NSPAWN_TIMEOUT) -> None:
+        """`systemctl reboot` inside; nspawn exits 133 ("reboot requested") and we boot it again."""
+        if self.proc is None:
+            raise NodeError(f"{self.name} was never booted")
+        self.run(["systemctl", "reboot"], check=False, timeout=30)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired as e:
+            raise NodeError(f"{self.name} did not shut down for reboot\n{self.console_tail()}") from e
+        if rc != 133:
+            raise NodeError(f"{self.name}: nspawn exited {rc}, not 133 (reboot)\n{self.console_tail()}")
+        self.boot(timeout)
+
+    def power_cycle(self, timeout: float = NSPAWN_TIMEOUT) -> None:
+        """Pull the plug: SIGKILL nspawn and everything in the node, then boot again."""
+        if self.proc is not None and self.proc.poll() is None:
+            pid1 = self.leader()
+            os.kill(pid1, signal.SIGKILL)  # takes the node's PID namespace down with it
+            self.proc.wait(30)
+        self.boot(timeout)
+
+    def console_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    # --- inside the node -------------------------------------------------------------------
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 300,
+        input_text: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        pid = self.leader()
+        full = [
+            "nsenter",
+            f"--target={pid}",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--cgroup",
+            "--root",
+            "--wd=/",
+            "/usr/bin/env",
+            "-i",
+            f"PATH={PATH}",
+            "LANG=C.UTF-8",
+            "DEBIAN_FRONTEND=noninteractive",
+            "SYSTEMD_PAGER=",
+            "SYSTEMD_COLORS=0",
+            *argv,
+        ]
+        try:
+            proc = subprocess.run(
+                full, capture_output=True, text=True, timeout=timeout, input=input_text, check=False
+            )
+        except subprocess.TimeoutExpired as e:
+            raise NodeError(f"{self.name}: {list(argv)} timed out after {timeout}s") from e
+        if check and proc.returncode != 0:
+            raise NodeError(
+                f"{self.name}: {list(argv)} exited {proc.returncode}\n"
+                f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+            )
+        return proc
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Write a file into the node's file system (from the host side; no chroot escape: the
+        path is joined under the node's root after refusing '..')."""
+        if ".." in Path(path).parts or not path.startswith("/"):
+            raise ValueError(path)
+        target = self.root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
+
+    def copy_in(self, src: Path, dest: str) -> None:
+        if ".." in Path(dest).parts or not dest.startswith("/"):
+            raise ValueError(dest)
+        target = self.root / dest.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, target)
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(["systemctl", "--no-pager", *args], check=check)
+
+    def journal(self, *args: str) -> str:
+        return self.run(["journalctl", "--no-pager", "-o", "cat", *args], check=False).stdout
+
+
+def make_node(name: str, workdir: Path, base: Path | None = None) -> Node:
+    """A fresh copy of the base image under workdir/name, with its own machine id."""
+    base = base or base_image()
+    root = workdir / name
+    if root.exists():
+        shutil.rmtree(root)
+    subprocess.run(["cp", "--reflink=auto", "-a", str(base), str(root)], check=True, timeout=600)
+    (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    (root / "etc/hostname").write_text(name + "\n")
+    return Node(name=name, root=root, log_path=workdir / f"{name}.console.log")
+
+
+@contextlib.contextmanager
+def booted_nodes(names: Sequence[str], workdir: Path) -> Iterator[list[Node]]:
+    base = base_image()
+    nodes = [make_node(n, workdir, base) for n in names]
+    try:
+        for n in nodes:
+            n.boot()
+        yield nodes
+    finally:
+        for n in nodes:
+            with contextlib.suppress(Exception):
+                n.stop()
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["base"]:
+        print(base_image())
+        return 0
+    if len(argv) == 2 and argv[0] == "boot":
+        workdir = cache_dir() / "nodes"
+        workdir.mkdir(parents=True, exist_ok=True)
+        node = make_node(argv[1], workdir)
+        node.boot()
+        print(f"{node.name} booted, leader pid {node.leader()}, root {node.root}; Ctrl-C stops it")
+        try:
+            assert node.proc is not None
+            node.proc.wait()
+        except KeyboardInterrupt:
+            node.stop()
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
