@@ -87,7 +87,7 @@ class Agent:
         if not cp.uid:
             return None
         current = next((k for k, s in cp.steps.items() if s.state == "started"), "")
-        step = current.split("/", 1)[-1] if current else (cp.message and "" or "")
+        step = current.split("/", 1)[-1] if current else ((cp.message and "") or "")
         if not current and cp.phase != "Upgrading":
             step = next((k.split("/", 1)[-1] for k, s in reversed(cp.steps.items()) if s.state != "pending"), "")
         attempts = cp.steps[current].attempts if current else 0

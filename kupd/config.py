@@ -46,6 +46,9 @@ class SimulatedHostSettings(_Strict):
         default_factory=lambda: ["v1.31.2", "v1.31.3", "v1.32.0", "v1.32.1", "v1.33.0"],
         description="Versions the simulated package source offers.",
     )
+    node_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels the simulated kubelet registers its Node with."
+    )
 
 
 class Settings(_Strict):

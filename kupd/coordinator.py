@@ -269,8 +269,8 @@ class Coordinator:
         self.writes += 1
         # Keep the cache current so the next round does not plan from the old status.
         if isinstance(new, dict):
-            with self.ops._lock:  # noqa: SLF001 - the informer's own cache, updated in place
-                self.ops._cache[kube.Informer.key(new)] = new  # noqa: SLF001
+            with self.ops._lock:
+                self.ops._cache[kube.Informer.key(new)] = new
         for ev in events:
             self._event(obj, ev)
 

@@ -10,7 +10,6 @@ import logging
 import signal
 import socket
 import threading
-import time
 from typing import Any
 
 from kubernetes import client
@@ -102,16 +101,17 @@ class Daemon:
             from kupd.host.simulated import SimulatedHost
 
             assert isinstance(host, SimulatedHost)
-            SimKubelet(api, self.node, host, bool(s.control_plane)).start()
-        # Resume before anything that needs the API: a granted node finishes without it.
-        agent.resume()
-        control_plane = self._control_plane(api)
+            SimKubelet(api, self.node, host, bool(s.control_plane), s.simulated.node_labels).start()
+        # An unfinished grant resumes before anything that needs the API: a granted node
+        # finishes without it. Its role is in the checkpoint, so no API read is needed first.
+        control_plane = agent.cp.control_plane if agent.cp.active else self._control_plane(api)
         lease = s.lease
         member = Member(api, lease.namespace, self.node, lease.member_duration_seconds,
                         lease.member_duration_seconds * lease.renew_fraction, host.facts, agent.report,
                         control_plane)
         member_holder.append(member)
         member.start()
+        agent.resume()
 
         custom = client.CustomObjectsApi(api)
 

@@ -174,8 +174,12 @@ class Informer:
                 log.debug("informer %s: %s; retrying in %.1fs", self.name, e.status, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-            except Exception as e:  # a dropped connection or an API outage: resume from rv
-                log.debug("informer %s: %s; retrying in %.1fs", self.name, e, backoff)
+            except Exception as e:
+                # A dropped connection or an API outage. Relist rather than resume from rv: a
+                # restarted API server answers an old rv with 410 Gone, which the client library
+                # fails to surface as such when events are not deserialized.
+                rv = None
+                log.debug("informer %s: %s; relisting in %.1fs", self.name, e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 

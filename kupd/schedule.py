@@ -129,10 +129,12 @@ class CronSchedule:
 
     def firings(self, after: datetime, until: datetime) -> Iterator[datetime]:
         """Every firing in (after, until], in order."""
-        current = self.next_firing(after)
-        while current is not None and current <= until:
-            yield current
-            current = self.next_firing(current)
+        after, until = _utc(after, "after"), _utc(until, "until")
+        for candidate in self._forward(self._naive(after) - _FOLD_MARGIN):
+            if candidate > until:
+                return
+            if candidate > after:
+                yield candidate
 
     # -- windows ----------------------------------------------------------------------
     def window_for(self, firing: datetime) -> Window:

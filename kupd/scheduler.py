@@ -17,7 +17,6 @@ create, gets AlreadyExists for an object it owns and carries on: never two opera
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,13 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from kupd import validate
+from kupd.api.models import (
+    DirectUpdateSpec,
+    parse_scheduledupdate_spec,
+    parse_spec,
+    parse_updateschedule_spec,
+    to_wire,
+)
 from kupd.clock import Clock
 from kupd.errors import RetryableError, ValidationError
 from kupd.protocol import (
@@ -57,9 +63,8 @@ CREATED_BY_SCHEDULED_UPDATE = "scheduledupdate"
 CREATED_BY_UPDATE_SCHEDULE = "updateschedule"
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
-DEFAULT_SUCCESSFUL_HISTORY = 3
-DEFAULT_FAILED_HISTORY = 1
 FIELD_MANAGER = "kupd-scheduler"
+MAX_ACTIVE_LISTED = 100  # status.active maxItems in the CRD
 
 # Condition types and reasons.
 COND_VALID = "Valid"
@@ -139,17 +144,11 @@ def is_owned_by(child: Obj, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in child.get("metadata", {}).get("ownerReferences") or [])
 
 
-def validate_template(template: object, field: str = "spec.template", allow_minor: bool = True) -> Obj:
-    """Re-check what the scheduler relies on in a DirectUpdate template (the API server's schema
-    checks the rest when the DirectUpdate is created)."""
-    if not isinstance(template, dict):
-        raise ValidationError(field, "must be a DirectUpdate spec")
-    version = template.get("version")
-    if not isinstance(version, str):
-        raise ValidationError(f"{field}.version", "is required, like v1.31.2 or v1.31")
-    if not (allow_minor and _MINOR.match(version)):
-        validate.k8s_version(version, f"{field}.version")
-    return template
+def operation_spec(template: Mapping[str, Any], version: str) -> Obj:
+    """The spec of the DirectUpdate a run creates: the template with its version resolved,
+    validated as a DirectUpdate spec (errors name `spec.template.<field>`)."""
+    spec = parse_spec(DirectUpdateSpec, {**template, "version": version}, root="spec.template")
+    return to_wire(spec)
 
 
 def resolve_version(requested: str, resolve_minor: ResolveMinor, field: str = "spec.template.version") -> str:
@@ -173,8 +172,9 @@ def decide_scheduled_update(obj: Obj, child: Obj | None, now: datetime) -> Decis
         d.status.update(phase="Started", operation=status["operation"])
         return d
     try:
+        parsed = parse_scheduledupdate_spec(obj)
         start = parse_time(spec.get("startTime"), "spec.startTime")
-        template = validate_template(spec.get("template"))
+        template: Obj = spec["template"]
     except ValidationError as e:
         d.status["phase"] = "Failed"
         d.conditions = [Condition(COND_VALID, "False", R_INVALID_SPEC, str(e))]
@@ -196,7 +196,7 @@ def decide_scheduled_update(obj: Obj, child: Obj | None, now: datetime) -> Decis
         template=template,
         labels={LABEL_CREATED_BY: CREATED_BY_SCHEDULED_UPDATE, LABEL_CREATOR_UID: meta["uid"]},
         annotations={ANN_SCHEDULED_UPDATE: name, ANN_SCHEDULED_TIME: format_time(start),
-                     ANN_REQUESTED_VERSION: template["version"]},
+                     ANN_REQUESTED_VERSION: parsed.template.version},
         owner=owner_reference(obj),
     )
     late = now - start
@@ -212,16 +212,14 @@ def decide_update_schedule(obj: Obj, children: Sequence[Obj], now: datetime) -> 
     name = meta["name"]
     d = Decision(status={"observedGeneration": meta.get("generation")})
     try:
+        parsed = parse_updateschedule_spec(obj)
         cron = CronSchedule.parse(
-            spec.get("schedule"), spec.get("timeZone") or "UTC",
-            (spec.get("window") or {}).get("durationMinutes"), spec.get("blackoutDates") or (),
+            parsed.schedule, parsed.time_zone, parsed.window.duration_minutes if parsed.window else None,
+            [d.isoformat() for d in parsed.blackout_dates],
         )
-        policy = spec.get("concurrencyPolicy") or "Forbid"
-        if policy not in ("Forbid", "Allow"):
-            raise ValidationError("spec.concurrencyPolicy", f"{str(policy)[:40]!r} is not Forbid or Allow")
-        keep_ok = _limit(spec, "successfulHistoryLimit", DEFAULT_SUCCESSFUL_HISTORY)
-        keep_failed = _limit(spec, "failedHistoryLimit", DEFAULT_FAILED_HISTORY)
-        template = validate_template(spec.get("template"))
+        policy = parsed.concurrency_policy
+        keep_ok, keep_failed = parsed.successful_history_limit, parsed.failed_history_limit
+        template: Obj = spec["template"]
         last = _optional_time(status.get("lastScheduleTime"), "status.lastScheduleTime")
     except ValidationError as e:
         d.status["nextScheduleTime"] = None
@@ -245,8 +243,8 @@ def decide_update_schedule(obj: Obj, children: Sequence[Obj], now: datetime) -> 
     active_names = [c["metadata"]["name"] for c in active]
     d.status["history"] = [_history_entry(c) for c in kept]
 
-    if spec.get("suspend"):
-        d.status.update(active=sorted(active_names), nextScheduleTime=None)
+    if parsed.suspend:
+        d.status.update(active=sorted(active_names)[:MAX_ACTIVE_LISTED], nextScheduleTime=None)
         d.conditions.append(Condition(COND_SCHEDULED, "False", R_SUSPENDED, "spec.suspend is true"))
         return d
 
@@ -299,7 +297,7 @@ def decide_update_schedule(obj: Obj, children: Sequence[Obj], now: datetime) -> 
     elif last is None:
         d.conditions.append(Condition(COND_SCHEDULED, "False", R_NOT_YET, "the schedule has not fired yet"))
     following = cron.next_firing(now)
-    d.status.update(active=sorted(active_names),
+    d.status.update(active=sorted(active_names)[:MAX_ACTIVE_LISTED],
                     nextScheduleTime=format_time(following) if following else None)
     d.wake = following
     return d
@@ -365,8 +363,7 @@ class Scheduler:
         assert d.create is not None
         new = d.create
         try:
-            spec = copy.deepcopy(new.template)
-            spec["version"] = resolve_version(spec["version"], self.resolve_minor)
+            spec = operation_spec(new.template, resolve_version(new.template["version"], self.resolve_minor))
         except ValidationError as e:
             self._fail(d, new, R_RESOLVE_FAILED, str(e))
             return
@@ -467,15 +464,6 @@ def merge_conditions(current: Sequence[Mapping[str, Any]], wanted: Sequence[Cond
             entry["observedGeneration"] = generation
         by_type[c.type] = entry
     return [by_type[k] for k in sorted(by_type, key=str)]
-
-
-def _limit(spec: Mapping[str, Any], key: str, default: int) -> int:
-    value = spec.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
-        raise ValidationError(f"spec.{key}", f"{str(value)[:20]!r} is not a whole number in 0..100")
-    return value
 
 
 def _optional_time(value: object, field: str) -> datetime | None:

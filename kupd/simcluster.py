@@ -70,6 +70,7 @@ class SimCluster:
     coordinator_seconds: int = 5
     nodes: dict[str, SimNode] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    log_level: str = "info"
 
     def add_node(self, name: str, control_plane: bool = False, start: bool = True,
                  extra: dict[str, Any] | None = None) -> SimNode:
@@ -78,7 +79,7 @@ class SimCluster:
         (d / "state").mkdir(exist_ok=True)
         cfg: dict[str, Any] = {
             "node_name": name, "kubeconfig": str(self.cp.admin_kubeconfig), "state_dir": str(d / "state"),
-            "host": "simulated", "control_plane": control_plane, "metrics_address": "",
+            "host": "simulated", "control_plane": control_plane, "metrics_address": "", "log_level": self.log_level,
             "coordinator_eligible": "control-plane",
             "lease": {"member_duration_seconds": self.member_seconds,
                       "coordinator_duration_seconds": self.coordinator_seconds},

@@ -51,9 +51,13 @@ def _no_dotdot(value: str) -> str:
 
 
 def _rfc3339_with_offset(value: object) -> object:
-    if isinstance(value, str) and (len(value) > 64 or not re.fullmatch(validate.RFC3339_TIME, value)):
+    """A user-written time: the offset must be explicit, or the user's idea of "02:00" is a guess."""
+    if not isinstance(value, str):
+        return value
+    if len(value) > 64 or not re.fullmatch(validate.RFC3339_TIME, value):
         raise ValueError("must be an RFC 3339 time with an explicit offset, like 2026-12-01T02:00:00Z")
-    return value
+    # Parsed here: in strict mode the wrapped validator takes datetimes only.
+    return datetime.fromisoformat(value)
 
 
 def _known_time_zone(value: str) -> str:

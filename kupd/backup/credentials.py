@@ -75,8 +75,8 @@ class Credentials:
         if not isinstance(info, dict) or info.get("type") != "service_account":
             raise BackupFailed(
                 CREDENTIALS_INVALID,
-                f"serviceAccountJson in {self.source} is not a service-account key (no \"type\": "
-                "\"service_account\")",
+                f'serviceAccountJson in {self.source} is not a service-account key (no "type": '
+                '"service_account")',
             )
         for needed in ("client_email", "private_key", "token_uri"):
             if not info.get(needed):
@@ -136,9 +136,7 @@ def from_secret_data(data: Mapping[str, str] | None, source: str) -> Credentials
             ) from None
     creds = from_mapping(decoded, source)
     if creds.empty:
-        raise BackupFailed(
-            CREDENTIALS_INVALID, f"{source} has none of the keys {', '.join(KEYS)}"
-        )
+        raise BackupFailed(CREDENTIALS_INVALID, f"{source} has none of the keys {', '.join(KEYS)}")
     return creds
 
 
@@ -168,7 +166,9 @@ def from_file(path: str) -> Credentials:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as e:
-        raise BackupFailed(CREDENTIALS_UNAVAILABLE, f"cannot open credentials {source}: {e.strerror}") from None
+        raise BackupFailed(
+            CREDENTIALS_UNAVAILABLE, f"cannot open credentials {source}: {e.strerror}"
+        ) from None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -193,7 +193,9 @@ def from_file(path: str) -> Credentials:
     values = {k: v for k, v in obj.items() if isinstance(v, str)}
     creds = from_mapping(values, source)
     if creds.empty:
-        raise BackupFailed(CREDENTIALS_INVALID, f"credentials {source} has none of the keys {', '.join(KEYS)}")
+        raise BackupFailed(
+            CREDENTIALS_INVALID, f"credentials {source} has none of the keys {', '.join(KEYS)}"
+        )
     return creds
 
 

@@ -154,7 +154,9 @@ def parse_snapshot_status(text: str) -> SnapshotStatus:
     try:
         obj = json.loads(text)
     except ValueError:
-        raise BackupFailed(SNAPSHOT_INVALID, f"snapshot status printed no JSON: {text.strip()[:200]!r}") from None
+        raise BackupFailed(
+            SNAPSHOT_INVALID, f"snapshot status printed no JSON: {text.strip()[:200]!r}"
+        ) from None
     if not isinstance(obj, dict):
         raise BackupFailed(SNAPSHOT_INVALID, "snapshot status JSON is not an object")
     values: dict[str, int] = {}
@@ -192,7 +194,9 @@ def parse_endpoint_status(text: str) -> list[EndpointStatus]:
 def check_snapshot_status(status: SnapshotStatus) -> None:
     """A snapshot of a Kubernetes cluster's etcd has keys and a positive revision."""
     if status.revision <= 0:
-        raise BackupFailed(SNAPSHOT_INVALID, f"snapshot has revision {status.revision}: nothing was ever written")
+        raise BackupFailed(
+            SNAPSHOT_INVALID, f"snapshot has revision {status.revision}: nothing was ever written"
+        )
     if status.total_keys <= 0:
         raise BackupFailed(SNAPSHOT_INVALID, "snapshot holds no keys: not the cluster's etcd?")
 
@@ -203,8 +207,17 @@ def classify_etcdctl_error(output: str) -> tuple[str, str] | None:
     if "certificate signed by unknown authority" in text or "x509:" in text:
         return ETCD_TLS_REJECTED, "the etcd server certificate is not signed by caFile"
     if "bad certificate" in text or "unknown certificate authority" in text or "certificate required" in text:
-        return ETCD_TLS_REJECTED, "etcd refused the client certificate (certFile/keyFile not signed by its CA)"
-    for marker in ("connection refused", "no such host", "no route to host", "i/o timeout", "network is unreachable"):
+        return (
+            ETCD_TLS_REJECTED,
+            "etcd refused the client certificate (certFile/keyFile not signed by its CA)",
+        )
+    for marker in (
+        "connection refused",
+        "no such host",
+        "no route to host",
+        "i/o timeout",
+        "network is unreachable",
+    ):
         if marker in text:
             return ETCD_UNREACHABLE, marker
     return None
@@ -214,7 +227,11 @@ def classify_etcdctl_error(output: str) -> tuple[str, str] | None:
 
 
 def check_files(config: EtcdConfig) -> None:
-    for name, path in (("caFile", config.ca_file), ("certFile", config.cert_file), ("keyFile", config.key_file)):
+    for name, path in (
+        ("caFile", config.ca_file),
+        ("certFile", config.cert_file),
+        ("keyFile", config.key_file),
+    ):
         if not os.path.isfile(path):
             raise BackupFailed(ETCD_CERTIFICATES_MISSING, f"etcd.{name} {path} does not exist")
         if not os.access(path, os.R_OK):
@@ -247,6 +264,11 @@ ENV = {"ETCDCTL_API": "3"}
 
 
 def endpoint_status(config: EtcdConfig, endpoint: str, run: Run = runner.run) -> EndpointStatus:
+    # The probe fails in milliseconds on a closed port or a refused certificate, where etcdctl 3.4
+    # waits out its whole command timeout and then only says "context deadline exceeded".
+    found = probe(config, endpoint)
+    if found is not None:
+        raise _as_error(endpoint, *found)
     argv = [
         _tool(config.etcdctl),
         *_global_flags(config, endpoint, config.status_timeout),
@@ -272,7 +294,10 @@ def _endpoint_error(config: EtcdConfig, endpoint: str, e: CommandError) -> Backu
         found = probe(config, endpoint) or found
     if found is None:
         return BackupRetryable(ETCD_SNAPSHOT_FAILED, f"etcd at {endpoint}: {e}")
-    reason, cause = found
+    return _as_error(endpoint, *found)
+
+
+def _as_error(endpoint: str, reason: str, cause: str) -> BackupFailed | BackupRetryable:
     if reason == ETCD_TLS_REJECTED:
         return BackupFailed(reason, f"etcd at {endpoint}: {cause}")
     return BackupRetryable(reason, f"etcd at {endpoint} is unreachable: {cause}")
@@ -282,7 +307,7 @@ def probe(config: EtcdConfig, endpoint: str) -> tuple[str, str] | None:
     """Connect to the endpoint with the configured CA and client certificate and say what goes wrong."""
     url = urllib.parse.urlsplit(endpoint)
     host = url.hostname or "127.0.0.1"
-    port = url.port or (2379 if url.scheme == "https" else 2379)
+    port = url.port or 2379
     try:
         sock = socket.create_connection((host, port), timeout=config.dial_timeout)
     except TimeoutError:
@@ -305,7 +330,10 @@ def probe(config: EtcdConfig, endpoint: str) -> tuple[str, str] | None:
                 tls.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
                 tls.recv(64)
         except ssl.SSLCertVerificationError as e:
-            return ETCD_TLS_REJECTED, f"the etcd server certificate is not trusted with caFile: {e.verify_message}"
+            return (
+                ETCD_TLS_REJECTED,
+                f"the etcd server certificate is not trusted with caFile: {e.verify_message}",
+            )
         except ssl.SSLError as e:
             if "CERTIFICATE" in str(e).upper():
                 return ETCD_TLS_REJECTED, (
@@ -320,9 +348,7 @@ def probe(config: EtcdConfig, endpoint: str) -> tuple[str, str] | None:
     return None
 
 
-def save_snapshot(
-    config: EtcdConfig, dest: Path, run: Run = runner.run
-) -> Snapshot:
+def save_snapshot(config: EtcdConfig, dest: Path, run: Run = runner.run) -> Snapshot:
     """Snapshot the first endpoint that answers into `dest` (mode 0600, written by etcdctl via dest.part)."""
     config.validated()
     check_files(config)
@@ -364,7 +390,9 @@ def _save(config: EtcdConfig, endpoint: str, dest: Path, run: Run) -> None:
         raise BackupRetryable(ETCD_SNAPSHOT_FAILED, f"etcdctl reported success but wrote no {dest}")
 
 
-def _combine(failures: Sequence[tuple[str, BackupFailed | BackupRetryable]]) -> BackupFailed | BackupRetryable:
+def _combine(
+    failures: Sequence[tuple[str, BackupFailed | BackupRetryable]],
+) -> BackupFailed | BackupRetryable:
     if len(failures) == 1:
         return failures[0][1]
     detail = "; ".join(str(e) for _, e in failures)
@@ -387,7 +415,13 @@ def snapshot_status(config: EtcdConfig, path: Path, run: Run = runner.run) -> Sn
     try:
         result = run(argv, timeout=max(60.0, config.status_timeout * 6), env=ENV)
     except CommandError as e:
-        raise BackupFailed(SNAPSHOT_INVALID, f"snapshot {path.name} does not open as an etcd database: {e}") from e
+        if not etcdutl and "unknown command" in (e.stderr + e.stdout).lower():
+            raise BackupFailed(
+                ETCDCTL_MISSING, "this etcdctl has no `snapshot status` (etcd 3.6+): install etcdutl"
+            ) from e
+        raise BackupFailed(
+            SNAPSHOT_INVALID, f"snapshot {path.name} does not open as an etcd database: {e}"
+        ) from e
     status = parse_snapshot_status(result.stdout)
     check_snapshot_status(status)
     return status

@@ -121,8 +121,17 @@ class StoreConfig:
     @classmethod
     def from_spec(cls, spec: dict[str, Any], field_path: str = "spec.backup.store") -> StoreConfig:
         """From the CR's camelCase `spec.backup.store` (plus `credentialsFile` in config files)."""
-        known = {"type", "bucket", "prefix", "endpoint", "region", "path", "credentialsSecret",
-                 "credentialsFile", "retention"}
+        known = {
+            "type",
+            "bucket",
+            "prefix",
+            "endpoint",
+            "region",
+            "path",
+            "credentialsSecret",
+            "credentialsFile",
+            "retention",
+        }
         unknown = set(spec) - known
         if unknown:
             raise ValidationError(field_path, f"unknown fields {sorted(unknown)}")
@@ -212,6 +221,10 @@ class FileStore(BackupStore):
 
     def put(self, file: Path, key: str, *, sha256: str) -> str:
         target = self._path(key)
+        # Like a bucket, the directory must exist: creating it would write to the local disk
+        # when the NFS share that belongs there is not mounted.
+        if not self.root.is_dir():
+            raise BackupFailed(STORE_BUCKET_NOT_FOUND, f"backup directory {self.root} does not exist")
         try:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Copy to a hidden temporary name and rename: a cut copy never looks like a backup.
@@ -311,8 +324,14 @@ def _file_error(e: OSError, what: str) -> BackupFailed | BackupRetryable:
 
 _S3_NOT_FOUND = {"NoSuchBucket"}
 _S3_BAD_CREDENTIALS = {
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId",
-    "AuthorizationHeaderMalformed", "TokenRefreshRequired", "InvalidSecurity",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+    "TokenRefreshRequired",
+    "InvalidSecurity",
 }
 _S3_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403"}
 
@@ -344,9 +363,11 @@ class S3Store(BackupStore):
                 retries={"max_attempts": config.max_attempts, "mode": "standard"},
                 # MinIO and most S3-compatible stores expect bucket names in the path.
                 s3={"addressing_style": "path"} if config.endpoint else {},
-                # Checksums on every request where the store supports them (the boto3 default, stated).
-                request_checksum_calculation="when_supported",
-                response_checksum_validation="when_supported",
+                # boto3's newer default (CRC32 trailers on every upload) is refused by several
+                # S3-compatible stores; for those, checksum only where the API requires it. The
+                # sha256 check after the upload covers integrity either way.
+                request_checksum_calculation="when_required" if config.endpoint else "when_supported",
+                response_checksum_validation="when_required" if config.endpoint else "when_supported",
             ),
         )
         self._transfer = TransferConfig(
@@ -368,7 +389,9 @@ class S3Store(BackupStore):
             # The transfer manager raises the client's own errors (boto3's upload_file would wrap
             # them into S3UploadFailedError); a failed multipart upload is aborted by it.
             future = manager.upload(
-                str(file), self.bucket, key,
+                str(file),
+                self.bucket,
+                key,
                 extra_args={"Metadata": {SHA256_META: sha256}, "ContentType": "application/octet-stream"},
             )
             future.result()
@@ -431,7 +454,9 @@ class S3Store(BackupStore):
         if code is not None:
             message = self._credentials.redact(_s3_message(e))
             if code in _S3_NOT_FOUND:
-                return BackupFailed(STORE_BUCKET_NOT_FOUND, f"cannot {what}: bucket {self.bucket} does not exist")
+                return BackupFailed(
+                    STORE_BUCKET_NOT_FOUND, f"cannot {what}: bucket {self.bucket} does not exist"
+                )
             if code in _S3_BAD_CREDENTIALS:
                 return BackupFailed(
                     STORE_CREDENTIALS_REJECTED,
@@ -445,26 +470,33 @@ class S3Store(BackupStore):
                     f"({code})",
                 )
             if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
-                return BackupRetryable(CHECKSUM_MISMATCH, f"cannot {what}: the store saw corrupted data ({code})")
-            if code.isdigit() and int(code) >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError"):
+                return BackupRetryable(
+                    CHECKSUM_MISMATCH, f"cannot {what}: the store saw corrupted data ({code})"
+                )
+            if (
+                (code.isdigit()
+                and int(code) >= 500)
+                or code in ("SlowDown", "ServiceUnavailable", "InternalError")
+            ):
                 return BackupRetryable(STORE_UNREACHABLE, f"cannot {what}: store error {code}: {message}")
             return BackupFailed(STORE_ERROR, f"cannot {what}: {code}: {message}")
         if isinstance(e, bx.NoCredentialsError | bx.PartialCredentialsError):
             return BackupFailed(CREDENTIALS_INVALID, f"cannot {what}: no S3 credentials configured or found")
         if isinstance(e, bx.EndpointConnectionError | bx.ConnectTimeoutError):
             return BackupRetryable(STORE_UNREACHABLE, f"cannot {what}: the store{where} is unreachable")
-        if isinstance(e, bx.ConnectionError | bx.ReadTimeoutError | bx.ResponseStreamingError | ConnectionError):
+        # HTTPClientError covers ConnectionClosedError, ReadTimeoutError, ResponseStreamingError.
+        if isinstance(e, bx.HTTPClientError | bx.ConnectionError | bx.IncompleteReadError | ConnectionError):
             if uploading:
                 return BackupRetryable(
-                    UPLOAD_INTERRUPTED, f"{what} was cut off: the connection to the store{where} broke "
-                    f"({type(e).__name__})",
+                    UPLOAD_INTERRUPTED,
+                    f"{what} was cut off: the connection to the store{where} broke ({type(e).__name__})",
                 )
             return BackupRetryable(STORE_UNREACHABLE, f"cannot {what}: connection to the store{where} broke")
-        if isinstance(e, bx.IncompleteReadError):
-            return BackupRetryable(UPLOAD_INTERRUPTED, f"{what} was cut off midway")
         if isinstance(e, BackupFailed | BackupRetryable):
             return e
-        return BackupRetryable(STORE_ERROR, f"cannot {what}: {type(e).__name__}: {self._credentials.redact(str(e))}")
+        return BackupRetryable(
+            STORE_ERROR, f"cannot {what}: {type(e).__name__}: {self._credentials.redact(str(e))}"
+        )
 
 
 def _s3_code(e: BaseException) -> str | None:
@@ -505,11 +537,13 @@ class GCSStore(BackupStore):
             from google.oauth2 import service_account
 
             try:
-                creds = service_account.Credentials.from_service_account_info(info, scopes=list(self.SCOPES))
+                creds = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                    info, scopes=list(self.SCOPES)
+                )
             except (ValueError, KeyError) as e:
                 raise BackupFailed(
-                    CREDENTIALS_INVALID, f"serviceAccountJson in {credentials.source} is not usable: "
-                    f"{type(e).__name__}"
+                    CREDENTIALS_INVALID,
+                    f"serviceAccountJson in {credentials.source} is not usable: {type(e).__name__}",
                 ) from None
             kwargs["credentials"] = creds
             kwargs["project"] = info.get("project_id") or "kupd"
@@ -536,13 +570,17 @@ class GCSStore(BackupStore):
         return f"gs://{self.bucket_name}/{check_key(key)}"
 
     def put(self, file: Path, key: str, *, sha256: str) -> str:
-        blob = self._bucket.blob(check_key(key), chunk_size=max(self._config.multipart_chunk_size // (256 * 1024), 1)
-                                 * 256 * 1024)
+        blob = self._bucket.blob(
+            check_key(key), chunk_size=max(self._config.multipart_chunk_size // (256 * 1024), 1) * 256 * 1024
+        )
         blob.metadata = {SHA256_META: sha256}
         try:
             blob.upload_from_filename(
-                str(file), content_type="application/octet-stream", checksum="crc32c",
-                timeout=self._timeout(), retry=self._retry(),
+                str(file),
+                content_type="application/octet-stream",
+                checksum="crc32c",
+                timeout=self._timeout(),
+                retry=self._retry(),
             )
         except Exception as e:
             raise self._error(e, f"upload to {self.location(key)}", uploading=True) from e
@@ -603,8 +641,13 @@ class GCSStore(BackupStore):
         source = self._credentials.source
         if isinstance(e, BackupFailed | BackupRetryable):
             return e
+        if isinstance(e, gx.RetryError) and isinstance(e.cause, Exception):
+            # Retries ran out: judge by the last failure.
+            return self._error(e.cause, what, uploading)
         if isinstance(e, gx.NotFound):
-            return BackupFailed(STORE_BUCKET_NOT_FOUND, f"cannot {what}: bucket {self.bucket_name} does not exist")
+            return BackupFailed(
+                STORE_BUCKET_NOT_FOUND, f"cannot {what}: bucket {self.bucket_name} does not exist"
+            )
         if isinstance(e, gx.Unauthorized | ax.RefreshError):
             return BackupFailed(
                 STORE_CREDENTIALS_REJECTED,
@@ -614,22 +657,30 @@ class GCSStore(BackupStore):
         if isinstance(e, ax.DefaultCredentialsError):
             return BackupFailed(CREDENTIALS_INVALID, f"cannot {what}: no GCS credentials configured or found")
         if isinstance(e, gx.Forbidden):
-            return BackupFailed(STORE_ACCESS_DENIED, f"cannot {what}: access denied for the credentials from {source}")
+            return BackupFailed(
+                STORE_ACCESS_DENIED, f"cannot {what}: access denied for the credentials from {source}"
+            )
         if _is_data_corruption(e):
-            return BackupRetryable(CHECKSUM_MISMATCH, f"cannot {what}: crc32c of the uploaded data does not match")
+            return BackupRetryable(
+                CHECKSUM_MISMATCH, f"cannot {what}: crc32c of the uploaded data does not match"
+            )
         if isinstance(e, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
             refused = "refused" in str(e).lower() or "NewConnectionError" in repr(e)
             if uploading and not refused:
                 return BackupRetryable(
-                    UPLOAD_INTERRUPTED, f"{what} was cut off: the connection to the store{where} broke "
-                    f"({type(e).__name__})",
+                    UPLOAD_INTERRUPTED,
+                    f"{what} was cut off: the connection to the store{where} broke ({type(e).__name__})",
                 )
             return BackupRetryable(STORE_UNREACHABLE, f"cannot {what}: the store{where} is unreachable")
         if isinstance(e, gx.ServerError | gx.TooManyRequests):
             return BackupRetryable(STORE_UNREACHABLE, f"cannot {what}: store error {e.code}")
         if isinstance(e, gx.GoogleAPICallError):
-            return BackupFailed(STORE_ERROR, f"cannot {what}: {e.code}: {self._credentials.redact(str(e))[:300]}")
-        return BackupRetryable(STORE_ERROR, f"cannot {what}: {type(e).__name__}: {self._credentials.redact(str(e))[:300]}")
+            return BackupFailed(
+                STORE_ERROR, f"cannot {what}: {e.code}: {self._credentials.redact(str(e))[:300]}"
+            )
+        return BackupRetryable(
+            STORE_ERROR, f"cannot {what}: {type(e).__name__}: {self._credentials.redact(str(e))[:300]}"
+        )
 
 
 def _is_data_corruption(e: BaseException) -> bool:

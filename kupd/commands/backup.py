@@ -1,13 +1,160 @@
-"""`kupd backup`."""
+"""`kupd backup now`: take one etcd backup on this control-plane node and upload it.
+
+Settings come from a TOML file (`--config`, its `[backup]` table shaped like the CR's `spec.backup`,
+plus `cluster`, `node` and `workDir`), then from the flags, which win. Credentials come from
+`--credentials-file` (JSON, mode 0600) or `--credentials-secret NAMESPACE/NAME` (read with
+`--kubeconfig`), or the store's default chain (instance role, environment) when neither is given.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import socket
+import sys
+import tomllib
 from typing import Any
 
-from kupd.commands import not_implemented
+from kupd import validate
+from kupd.errors import ValidationError
+
+DEFAULT_CLUSTER = "kubernetes"  # kubeadm's default ClusterConfiguration.clusterName
+DEFAULT_KUBECONFIG = "/etc/kubernetes/admin.conf"
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("backup", help="backup (not implemented yet)")
-    p.set_defaults(func=lambda args: not_implemented("backup"))
+    p: argparse.ArgumentParser = sub.add_parser("backup", help="etcd backups")
+    actions = p.add_subparsers(dest="backup_command", metavar="ACTION", required=True)
+    now = actions.add_parser(
+        "now",
+        help="snapshot this node's etcd, verify it and upload it",
+        description="Take one etcd snapshot on this control-plane node, verify it, upload it, "
+        "verify the upload and apply retention. Prints the backup record.",
+    )
+    now.add_argument("--config", metavar="FILE", help="TOML file with a [backup] table (CR spec.backup shape)")
+    store = now.add_argument_group("store")
+    store.add_argument("--store-type", choices=("s3", "gcs", "file"))
+    store.add_argument("--bucket")
+    store.add_argument("--prefix")
+    store.add_argument("--endpoint", help="custom S3/GCS endpoint URL (MinIO, an emulator)")
+    store.add_argument("--region")
+    store.add_argument("--path", help="directory for --store-type file")
+    store.add_argument("--retention", type=int, help="keep the newest N backups of the cluster (0: all)")
+    store.add_argument("--credentials-file", metavar="FILE", help="JSON credentials, mode 0600")
+    store.add_argument("--credentials-secret", metavar="NAMESPACE/NAME", help="read credentials from a Secret")
+    store.add_argument("--kubeconfig", help=f"for --credentials-secret (default {DEFAULT_KUBECONFIG})")
+    et = now.add_argument_group("etcd")
+    et.add_argument("--etcd-endpoint", action="append", metavar="URL", help="repeatable; default the local member")
+    et.add_argument("--cacert")
+    et.add_argument("--cert")
+    et.add_argument("--key")
+    et.add_argument("--dial-timeout", type=float, metavar="SECONDS")
+    et.add_argument("--snapshot-timeout", type=float, metavar="SECONDS")
+    now.add_argument("--cluster", help=f"cluster name in object names (default {DEFAULT_CLUSTER})")
+    now.add_argument("--node", help="this node's name (default: the hostname)")
+    now.add_argument("--work-dir", help="where the snapshot is written (default /var/lib/kupd/backup)")
+    now.add_argument("--no-verify-download", action="store_true", help="check size and sha256 metadata only")
+    now.add_argument("--keep-local", action="store_true", help="keep the local snapshot file")
+    now.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    now.set_defaults(func=run_now)
+
+
+def settings(args: argparse.Namespace) -> tuple[dict[str, Any], str, str]:
+    """(spec.backup-shaped dict, cluster, node) from the config file and the flags."""
+    doc: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as e:
+            raise ValidationError("--config", f"cannot read {args.config}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValidationError("--config", f"{args.config} is not valid TOML: {e}") from None
+    spec: dict[str, Any] = dict(doc.get("backup", doc))
+    cluster = str(spec.pop("cluster", "") or args.cluster or DEFAULT_CLUSTER)
+    node = str(spec.pop("node", "") or args.node or socket.gethostname().split(".")[0].lower())
+    if args.cluster:
+        cluster = args.cluster
+    if args.node:
+        node = args.node
+    store: dict[str, Any] = dict(spec.get("store") or {})
+    for flag, key in (
+        ("store_type", "type"),
+        ("bucket", "bucket"),
+        ("prefix", "prefix"),
+        ("endpoint", "endpoint"),
+        ("region", "region"),
+        ("path", "path"),
+        ("retention", "retention"),
+        ("credentials_file", "credentialsFile"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            store[key] = value
+    if args.credentials_secret:
+        namespace, _, name = args.credentials_secret.rpartition("/")
+        store["credentialsSecret"] = {"namespace": namespace or "kupd-system", "name": name}
+    spec["store"] = store
+    et: dict[str, Any] = dict(spec.get("etcd") or {})
+    if args.etcd_endpoint:
+        et["endpoints"] = list(args.etcd_endpoint)
+    for flag, key in (("cacert", "caFile"), ("cert", "certFile"), ("key", "keyFile")):
+        value = getattr(args, flag)
+        if value is not None:
+            et[key] = value
+    spec["etcd"] = et
+    if args.work_dir:
+        spec["workDir"] = args.work_dir
+    if args.no_verify_download:
+        spec["verifyDownload"] = False
+    if args.keep_local:
+        spec["keepLocal"] = True
+    if not store.get("type"):
+        raise ValidationError("--store-type", "no store configured (give --store-type or --config)")
+    return spec, validate.node_name(cluster, "--cluster"), validate.node_name(node, "--node")
+
+
+def run_now(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from kupd.backup import BackupFailed, BackupRetryable, run
+    from kupd.clock import SystemClock
+
+    spec, cluster, node = settings(args)
+    config = run.BackupConfig.from_spec(spec)
+    if args.dial_timeout or args.snapshot_timeout:
+        config = dataclasses.replace(
+            config,
+            etcd=dataclasses.replace(
+                config.etcd,
+                dial_timeout=args.dial_timeout or config.etcd.dial_timeout,
+                snapshot_timeout=args.snapshot_timeout or config.etcd.snapshot_timeout,
+            ).validated(),
+        )
+    try:
+        core_v1 = _core_v1(args) if config.store.credentials_secret is not None else None
+        creds = run.load_credentials(config.store, core_v1)
+        record = run.take_backup(config, creds, cluster, node, SystemClock())
+    except (BackupFailed, BackupRetryable) as e:
+        if args.output == "json":
+            print(json.dumps({"error": str(e), "reason": e.reason}, indent=1))
+        print(f"kupd backup: {e.reason}: {e}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(record.to_json(), indent=1, sort_keys=True))
+    else:
+        status = record.to_status()
+        width = max(len(k) for k in status)
+        for k, v in status.items():
+            print(f"{k:<{width}}  {v}")
+        for key in record.pruned:
+            print(f"{'pruned':<{width}}  {key}")
+    return 0
+
+
+def _core_v1(args: argparse.Namespace) -> Any:
+    from kubernetes import client
+
+    from kupd import kube
+
+    return client.CoreV1Api(kube.api_client(args.kubeconfig or DEFAULT_KUBECONFIG))

@@ -18,6 +18,7 @@ from kupd import validate
 from kupd.errors import CommandError, PermanentError
 from kupd.host import runner
 from kupd.host.packages import (
+    DEPENDENCY_UPGRADES,
     HELD,
     InstallReport,
     NoSpace,
@@ -50,6 +51,32 @@ def _apt() -> tuple[Any, Any]:
     except ImportError as e:  # pragma: no cover - depends on the machine
         raise PermanentError("python3-apt is not installed; kupd needs it on apt hosts") from e
     return apt, apt_pkg
+
+
+# apt_pkg.config is one per process: the machine's values, taken before kupd changes any, are put
+# back before each operation, so an operation on one root never sees another's settings.
+_pristine: dict[str, tuple[str | None, list[str]]] = {}
+
+
+def _restore_pristine(c: Any, scalars: set[str], lists: set[str]) -> None:
+    list_keys = lists | set(_HOOKS) | {"APT::Architectures", "DPkg::Options"}
+    for key in sorted(scalars | list_keys | {"APT::Sandbox::User"}):
+        if key not in _pristine:
+            is_list = key in list_keys
+            _pristine[key] = (
+                None if is_list or not c.exists(key) else c.find(key),
+                list(c.value_list(key)) if is_list else [],
+            )
+    list_keys |= {k for k, (_, values) in _pristine.items() if values}
+    for key, (value, values) in _pristine.items():
+        if key in list_keys:
+            c.clear(key)
+            for v in values:
+                c.set(key + "::", v)
+        elif value is not None:
+            c.set(key, value)
+        else:
+            c.clear(key)  # only leaves get here: keys with children always exist
 
 
 class _Progress:
@@ -91,6 +118,8 @@ class AptManager:
     def _configure(self) -> Any:
         _, apt_pkg = _apt()
         c = apt_pkg.config
+        overrides: dict[str, str] = {}
+        lists: dict[str, list[str]] = {}
         if self.root != "/":
             for d in ("var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/log/apt",
                       "etc/apt/sources.list.d", "etc/apt/preferences.d", "etc/apt/trusted.gpg.d",
@@ -99,7 +128,7 @@ class AptManager:
             for f in ("var/lib/dpkg/status", "var/lib/dpkg/available"):
                 if not os.path.exists(self.path(f)):
                     open(self.path(f), "a").close()
-            values = {
+            overrides = {
                 "Dir": self.root + "/",
                 "Dir::State": self.path("var/lib/apt") + "/",
                 "Dir::State::Lists": self.path("var/lib/apt/lists") + "/",
@@ -118,24 +147,25 @@ class AptManager:
                 "Dir::Etc::trustedparts": self.path("etc/apt/trusted.gpg.d") + "/",
                 "Dir::Log": self.path("var/log/apt") + "/",
                 "Dir::Bin::dpkg": "/usr/bin/dpkg",
-                "APT::Architectures": "",
             }
-            for key, value in values.items():
-                c.set(key, value)
-            c.clear("APT::Architectures")
-            for hook in _HOOKS:
-                c.clear(hook)
-            c.clear("DPkg::Options")
-            for opt in (f"--root={self.root}", "--force-script-chrootless", "--force-confold",
-                        "--force-confdef"):
-                c.set("DPkg::Options::", opt)
-        else:
-            c.set("DPkg::Options::", "--force-confold")
-            c.set("DPkg::Options::", "--force-confdef")
+            lists = {hook: [] for hook in _HOOKS}
+            lists["APT::Architectures"] = []
+            lists["DPkg::Options"] = [f"--root={self.root}", "--force-script-chrootless"]
         if self.sandbox_user:
-            c.set("APT::Sandbox::User", self.sandbox_user)
-        c.set("APT::Install-Recommends", "false")
-        c.set("Dpkg::Use-Pty", "false")
+            overrides["APT::Sandbox::User"] = self.sandbox_user
+        overrides["APT::Install-Recommends"] = "false"
+        overrides["Dpkg::Use-Pty"] = "false"
+        _restore_pristine(c, set(overrides), set(lists) | {"DPkg::Options"})
+        for key, value in overrides.items():
+            c.set(key, value)
+        for key, values in lists.items():
+            c.clear(key)
+            for value in values:
+                c.set(key + "::", value)
+        present = c.value_list("DPkg::Options")
+        for opt in ("--force-confold", "--force-confdef"):
+            if opt not in present:
+                c.set("DPkg::Options::", opt)
         os.environ["DEBIAN_FRONTEND"] = "noninteractive"
         apt_pkg.init_system()
         return apt_pkg
@@ -204,7 +234,9 @@ class AptManager:
         try:
             return runner.run(argv + args, input_text=input_text, timeout=DPKG_TIMEOUT, env=env)
         except CommandError as e:
-            if "lock" in (e.stderr or "").lower():
+            if "no space left" in e.stderr.lower():
+                raise NoSpace(f"dpkg: disk full under {self.root}: {e}", 60.0) from e
+            if "lock" in e.stderr.lower():
                 raise PackageLocked(f"dpkg: another process holds the dpkg lock: {e}", 30.0) from e
             raise
 
@@ -250,7 +282,7 @@ class AptManager:
             extra = self._commit(todo)
         finally:
             # Holds go back on even when the install failed, so the host is as the operator left it.
-            self._set_selections(dict.fromkeys(to_hold, "hold"))
+            self._set_selections(dict.fromkeys(sorted({*to_hold, *unheld}), "hold"))
         cache = self._cache()
         changes = []
         for n in pins:
@@ -259,7 +291,7 @@ class AptManager:
                 changes.append(PackageChange(n, before[n], now))
             if n in todo and now != pins[n]:
                 raise PermanentError(f"{n} is at {now} after installing {pins[n]}")
-        return InstallReport(tuple(changes), unheld, tuple(sorted(to_hold)), extra)
+        return InstallReport(tuple(changes), unheld, tuple(sorted({*to_hold, *unheld})), extra)
 
     def _commit(self, todo: Mapping[str, str]) -> tuple[str, ...]:
         cache = self._cache()
@@ -276,6 +308,9 @@ class AptManager:
                 continue
             if pkg.marked_install and pkg.installed is None:
                 extra.append(pkg.name)
+                continue
+            if pkg.marked_upgrade and pkg.name in DEPENDENCY_UPGRADES:
+                extra.append(f"{pkg.name}={pkg.candidate.version}")
                 continue
             raise PermanentError(
                 f"installing {_pins(todo)} would also change {pkg.name}; kupd leaves other packages alone"
@@ -308,7 +343,7 @@ def _pins(pins: Mapping[str, str]) -> str:
 
 def _fetch_error(what: str, text: str) -> Exception:
     low = text.lower()
-    if "no_pubkey" in low or "is not signed" in low or "signature" in low or "gpg" in low:
+    if "no_pubkey" in low or "is not signed" in low or "signatures" in low or "signed-by" in low:
         return UnsignedRepository(f"{what}: the repository is not signed by the configured key: {text}")
     if "no space left" in low:
         return NoSpace(f"{what}: disk full: {text}", 60.0)

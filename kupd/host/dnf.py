@@ -45,9 +45,11 @@ class DnfManager:
         if releasever is not None and not re.fullmatch(r"[0-9A-Za-z._-]{1,32}", releasever):
             raise PermanentError(f"releasever {releasever!r} is not valid")
         self.releasever = releasever
+        # `dnf list` costs a second or more; the answer only changes when the repositories do.
+        self._available: dict[str, list[str]] = {}
 
     def _base(self) -> list[str]:
-        argv = [self.command, "-y", "--setopt=install_weak_deps=False"]
+        argv = [self.command, "-y", "--setopt=install_weak_deps=False", "--setopt=skip_if_unavailable=False"]
         if self.root != "/":
             argv += [
                 f"--installroot={self.root}",
@@ -66,6 +68,7 @@ class DnfManager:
             raise _classify(what, e) from e
 
     def refresh(self) -> None:
+        self._available.clear()
         self._run(["makecache", "--refresh"], "dnf makecache")
 
     def installed(self, package: str) -> str | None:
@@ -80,6 +83,11 @@ class DnfManager:
 
     def available(self, package: str) -> list[str]:
         validate.package_name(package)
+        if package not in self._available:
+            self._available[package] = self._list(package)
+        return list(self._available[package])
+
+    def _list(self, package: str) -> list[str]:
         try:
             argv = [*self._base(), f"--disableexcludes={REPO_ID}", "list", "--showduplicates", "--available"]
             result = runner.run([*argv, "--", package], timeout=QUERY_TIMEOUT)

@@ -18,6 +18,9 @@ from kupd.errors import PermanentError, RetryableError
 
 #: The packages kupd holds so that an unattended `apt upgrade` cannot move them.
 HELD = ("kubeadm", "kubelet", "kubectl")
+#: Dependencies of the Kubernetes packages, from the same repository, that a new kubeadm or kubelet
+#: may require at a newer version. No other installed package is ever upgraded or removed.
+DEPENDENCY_UPGRADES = ("cri-tools", "kubernetes-cni")
 
 
 class PackageNotFound(PermanentError):
@@ -58,7 +61,7 @@ class InstallReport:
     changes: tuple[PackageChange, ...] = ()
     unheld: tuple[str, ...] = ()
     held: tuple[str, ...] = ()
-    extra: tuple[str, ...] = field(default=())  # dependencies installed along the way
+    extra: tuple[str, ...] = field(default=())  # dependencies installed or upgraded along the way
 
     @property
     def changed(self) -> bool:

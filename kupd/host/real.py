@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,6 +105,8 @@ class RealHostConfig:
     apt_sandbox_user: str | None = None
     """APT::Sandbox::User; tests set "root" because their repositories sit in private temp dirs."""
     releasever: str | None = None
+    services: tuple[str, ...] = ("containerd.service", "kubelet.service")
+    """Units verify expects active."""
     node_ready_timeout: float = 300.0
     node_ready_poll: float = 5.0
 
@@ -136,6 +139,31 @@ class RealHost:
         self.state_dir = Path(self._in_root(config.state_dir))
         self.kubeadm = Kubeadm(self._in_root(config.kubeadm), str(self.state_dir))
         self.systemd = Systemd(config.systemctl)
+        self.source = config.source
+
+    @classmethod
+    def from_settings(cls, settings: Any, node: str) -> RealHost:
+        """The daemon's wiring: the machine's root, the daemon's credentials for the Node checks.
+
+        An optional `settings.real` table (pydantic model or mapping) may set any RealHostConfig
+        field by name; its `source` is a packageSource mapping as in a DirectUpdate.
+        """
+        fields: dict[str, Any] = {"kubeconfig": settings.kubeconfig,
+                                  "state_dir": os.path.join(settings.state_dir, "host")}
+        real = getattr(settings, "real", None)
+        if real is not None:
+            extra = real.model_dump() if hasattr(real, "model_dump") else dict(real)
+            if isinstance(extra.get("source"), Mapping):
+                extra["source"] = PackageSource.from_spec(extra["source"])
+            if isinstance(extra.get("services"), list):
+                extra["services"] = tuple(extra["services"])
+            fields.update({k: v for k, v in extra.items() if v is not None or k == "kubeconfig"})
+        return cls(RealHostConfig(node_name=node, **fields))
+
+    def set_package_source(self, spec: Mapping[str, Any] | PackageSource | None) -> None:
+        """Use the package source of the DirectUpdate being run (its spec.packageSource)."""
+        self.source = spec if isinstance(spec, PackageSource) else (
+            PackageSource.from_spec(spec) if spec else self.config.source)
 
     def _in_root(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/")) if self.root != "/" else path
@@ -184,11 +212,11 @@ class RealHost:
             Version.parse(v["kubeadm"]) if v["kubeadm"] else None,
             Version.parse(v["kubelet"]) if v["kubelet"] else None,
         )
-        source = self.config.source
+        source = self.source
         if source.kind == "bundle":
             assert source.bundle is not None
             sources.verify_bundle(source.bundle, sources.minor_of(version), self.family,
-                                  source.manifest_sha256)
+                                  source.manifest_sha256, source.manifest)
         if self._repository_minor() == sources.minor_of(version):
             self.pm.refresh()
             self._pins(version, K8S_PACKAGES)
@@ -205,11 +233,22 @@ class RealHost:
         return None
 
     def newest_patch(self, minor: str) -> str:
-        """Switches the package source to `minor` (which the upgrade does next anyway) and asks it."""
+        """Asks the minor's repository through a scratch root, so the node's own package source
+        (which its agent may be using for another hop) is left as it is."""
         parsed = Version.parse(validate.k8s_version(minor + ".0", "minor"))
-        self.configure_repository(str(parsed), check=False)
+        probe = self.state_dir / "probe"
+        shutil.rmtree(probe, ignore_errors=True)
+        try:
+            sources.configure(str(probe), self.family, self.source, str(parsed))
+            options = {"sandbox_user": self.config.apt_sandbox_user or "",
+                       "releasever": self.config.releasever or "0"}
+            pm = packages.create(self.pm.name, str(probe), **{k: v for k, v in options.items() if v})
+            pm.refresh()
+            offered = pm.available("kubeadm")
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
         patches = []
-        for pv in self.pm.available("kubeadm"):
+        for pv in offered:
             try:
                 v = Version.from_package(pv)
             except PermanentError:
@@ -217,17 +256,16 @@ class RealHost:
             if v.minor_key == parsed.minor_key:
                 patches.append(v)
         if not patches:
-            raise PackageNotFound("kubeadm", minor, self.pm.available("kubeadm"))
+            raise PackageNotFound("kubeadm", minor, offered)
         return str(max(patches))
 
-    def configure_repository(self, version: str, check: bool = True) -> None:
+    def configure_repository(self, version: str) -> None:
         validate.k8s_version(version)
-        changed = sources.configure(self.root, self.family, self.config.source, version)
+        changed = sources.configure(self.root, self.family, self.source, version)
         log.info("package repository for %s %s", sources.minor_of(version),
                  "configured" if changed else "already configured")
         self.pm.refresh()
-        if check:
-            self._pins(version, K8S_PACKAGES)
+        self._pins(version, K8S_PACKAGES)
 
     def _pins(self, version: str, names: tuple[str, ...]) -> dict[str, str]:
         return {n: packages.resolve(self.pm, n, version) for n in names}
@@ -243,11 +281,12 @@ class RealHost:
 
     def install_kubelet(self, version: str, containerd: str | None) -> None:
         target = Version.parse(validate.k8s_version(version))
+        if containerd:
+            validate.containerd_version(containerd)
         if self.cluster is not None:
             check_kubelet_not_newer(target, self.cluster.apiserver_version())
         pins = self._pins(version, ("kubelet", "kubectl"))
         if containerd:
-            validate.containerd_version(containerd)
             name = self.config.containerd_package
             pins[name] = packages.resolve(self.pm, name, containerd)
             if self.pm.installed(name) != pins[name]:
@@ -270,7 +309,7 @@ class RealHost:
 
     def verify(self, version: str) -> None:
         validate.k8s_version(version)
-        for unit in ("containerd.service", "kubelet.service"):
+        for unit in self.config.services:
             state = self.systemd.state(unit)
             if state != "active":
                 raise RetryableError(f"{unit} is {state}, not active", 10.0)

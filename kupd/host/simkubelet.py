@@ -75,6 +75,14 @@ class SimKubelet:
         }}
         self.core.patch_node_status(self.node, body)
 
+    def _run_pod(self, name: str, namespace: str) -> None:
+        """Report the pod Running and Ready, as a kubelet would once its containers start."""
+        body = {"status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"},
+            {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"}]}}
+        with contextlib.suppress(client.ApiException):
+            self.core.patch_namespaced_pod_status(name, namespace, body)
+
     def _pod_loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -83,10 +91,15 @@ class SimKubelet:
                                    timeout_seconds=240, deserialize=False):
                     if self._stop.is_set():
                         return
-                    md = ev["object"].get("metadata", {})
-                    if ev["type"] != "DELETED" and md.get("deletionTimestamp"):
+                    obj = ev["object"]
+                    md = obj.get("metadata", {})
+                    if ev["type"] == "DELETED":
+                        continue
+                    if md.get("deletionTimestamp"):
                         with contextlib.suppress(client.ApiException):
                             self.core.delete_namespaced_pod(md["name"], md["namespace"], grace_period_seconds=0)
+                    elif (obj.get("status") or {}).get("phase") != "Running":
+                        self._run_pod(md["name"], md["namespace"])
             except Exception as e:
                 log.debug("simkubelet %s pods: %s", self.node, e)
                 self._stop.wait(1.0)

@@ -10,6 +10,8 @@ injects them while the daemon runs: {"fail": {"kubeadm-upgrade": 1}} fails that 
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -46,7 +48,20 @@ class SimulatedHost:
         data: dict[str, Any] = read_json(self.path)
         return data
 
-    def _apply(self, effect: str, change: dict[str, Any]) -> None:
+    def _faults(self) -> dict[str, Any]:
+        data: dict[str, Any] = read_json(self.faults_path) if self.faults_path.exists() else {}
+        return data
+
+    def _maybe_crash(self, step: str, when: str) -> None:
+        """A one-shot SIGKILL of this very process at a chosen point, for the resume tests."""
+        faults = self._faults()
+        crash = faults.get("crash") or {}
+        if crash.get(step) == when:
+            del crash[step]
+            atomic_write_json(self.faults_path, faults)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _apply(self, effect: str, change: dict[str, Any], step: str = "") -> None:
         with self._lock:
             st = self.state()
             for k, v in change.items():
@@ -56,9 +71,12 @@ class SimulatedHost:
                     st[k] = v
             st["effects"].append(effect)
             atomic_write_json(self.path, st)
+        if step:
+            self._maybe_crash(step, "after")
 
     def _work(self, step: str) -> None:
-        faults: dict[str, Any] = read_json(self.faults_path) if self.faults_path.exists() else {}
+        self._maybe_crash(step, "before")
+        faults = self._faults()
         time.sleep(self.step_seconds + float((faults.get("hang") or {}).get(step, 0)))
         fail = faults.get("fail") or {}
         if fail.get(step, 0) > 0:
@@ -91,12 +109,12 @@ class SimulatedHost:
         minor = f"v{v.major}.{v.minor}"
         self._work("repository")
         if self.state()["repo_minor"] != minor:
-            self._apply(f"repository {minor}", {"repo_minor": minor})
+            self._apply(f"repository {minor}", {"repo_minor": minor}, "repository")
 
     def install_kubeadm(self, version: str) -> None:
         self._work("kubeadm-package")
         if self.state()["versions"]["kubeadm"] != version:
-            self._apply(f"install kubeadm {version}", {"versions": {"kubeadm": version}})
+            self._apply(f"install kubeadm {version}", {"versions": {"kubeadm": version}}, "kubeadm-package")
 
     def kubeadm_upgrade(self, version: str, first_control_plane: bool, control_plane: bool) -> None:
         self._work("kubeadm-upgrade")
@@ -105,13 +123,14 @@ class SimulatedHost:
             raise PermanentError(f"kubeadm is {st['versions']['kubeadm']}, not {version}")
         if st.get("upgraded_to") != version:
             mode = "apply" if first_control_plane else "node"
-            self._apply(f"kubeadm upgrade {mode} {version}", {"upgraded_to": version})
+            self._apply(f"kubeadm upgrade {mode} {version}", {"upgraded_to": version}, "kubeadm-upgrade")
 
     def install_kubelet(self, version: str, containerd: str | None) -> None:
         self._work("kubelet-package")
         st = self.state()
         if st["versions"]["kubelet"] != version:
-            self._apply(f"install kubelet kubectl {version}", {"versions": {"kubelet": version, "kubectl": version}})
+            self._apply(f"install kubelet kubectl {version}", {"versions": {"kubelet": version, "kubectl": version}},
+                        "kubelet-package")
         if containerd and st["versions"]["containerd"] != containerd.lstrip("v"):
             self._apply(f"install containerd {containerd}", {"versions": {"containerd": containerd.lstrip("v")}})
 
@@ -119,7 +138,8 @@ class SimulatedHost:
         self._work("restart")
         st = self.state()
         if st["running_kubelet"] != st["versions"]["kubelet"]:
-            self._apply(f"restart kubelet {st['versions']['kubelet']}", {"running_kubelet": st["versions"]["kubelet"]})
+            self._apply(f"restart kubelet {st['versions']['kubelet']}", {"running_kubelet": st["versions"]["kubelet"]},
+                        "restart")
 
     def verify(self, version: str) -> None:
         self._work("verify")
@@ -129,9 +149,8 @@ class SimulatedHost:
                                  f"expected {version}")
 
     def reboot_required(self) -> bool:
-        faults: dict[str, Any] = read_json(self.faults_path) if self.faults_path.exists() else {}
-        return bool(faults.get("reboot_required"))
+        return bool(self._faults().get("reboot_required"))
 
     def reboot(self) -> None:
         self._work("reboot")
-        self._apply("reboot", {"boot_id": str(uuid.uuid4())})
+        self._apply("reboot", {"boot_id": str(uuid.uuid4())}, "reboot")

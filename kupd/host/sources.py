@@ -2,7 +2,8 @@
 
 Upstream publishes one repository per minor (pkgs.k8s.io/core:/stable:/v1.31/deb/), so an
 upgrade across a minor first points the package manager at the next minor's repository.
-A mirror is the same layout under another URL (`{minor}` in the URL is replaced by "v1.31").
+A mirror is the same layout under another URL: `<url>/v1.31/deb/`, or wherever `{minor}` and
+`{family}` placeholders in its URL say.
 An air-gap bundle is a directory holding `<minor>/deb/` and/or `<minor>/rpm/` repositories and a
 sha256 manifest of every file, verified before the package manager may read it.
 
@@ -16,9 +17,10 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from kupd import validate
 from kupd.errors import PermanentError, ValidationError
@@ -50,13 +52,32 @@ class PackageSource:
 
     kind: Literal["upstream", "mirror", "bundle"] = "upstream"
     url: str | None = None
-    """mirror: repository URL, `{minor}` replaced by the minor ("v1.31") and `{family}` by deb/rpm."""
+    """mirror: base URL mirroring pkgs.k8s.io/core:/stable:/ (`<url>/v1.31/deb/`), or a URL with
+    `{minor}` ("v1.31") and `{family}` (deb/rpm) placeholders."""
     key_url: str | None = None
     """mirror: signing key URL (same placeholders); default: Release.key (deb) or repomd.xml.key (rpm)."""
     bundle: str | None = None
     """bundle: absolute path of the bundle directory."""
     manifest_sha256: str | None = None
     """bundle: expected sha256 of manifest.sha256 itself, pinning the bundle's content."""
+    manifest: str | None = None
+    """bundle: path of the manifest; default <bundle>/manifest.sha256. Paths in it are relative to
+    the bundle."""
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | None) -> PackageSource:
+        """From a DirectUpdate's spec.packageSource (camelCase, as stored in the CR)."""
+        if not spec:
+            return cls()
+        kind = spec.get("type", "upstream")
+        if kind == "mirror":
+            mirror = spec.get("mirror") or {}
+            return cls(kind="mirror", url=mirror.get("url"), key_url=mirror.get("gpgKeyUrl"))
+        if kind == "bundle":
+            bundle = spec.get("bundle") or {}
+            return cls(kind="bundle", bundle=bundle.get("path"), manifest=bundle.get("manifest"),
+                       manifest_sha256=bundle.get("manifestSha256"))
+        return cls(kind=kind)
 
     def __post_init__(self) -> None:
         if self.kind == "mirror":
@@ -69,6 +90,8 @@ class PackageSource:
             if not self.bundle:
                 raise ValidationError("packageSource.bundle", "a bundle needs a path")
             validate.safe_path(self.bundle, "packageSource.bundle")
+            if self.manifest:
+                validate.safe_path(self.manifest, "packageSource.bundle.manifest")
             if self.manifest_sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.manifest_sha256):
                 raise ValidationError("packageSource.manifestSHA256", "must be 64 lowercase hex digits")
         elif self.kind != "upstream":
@@ -104,7 +127,8 @@ def repository(source: PackageSource, version: str, family: Family) -> Repositor
         return Repository(minor, family, url, key)
     if source.kind == "mirror":
         assert source.url is not None
-        url = validate.safe_url(source.url.replace("{minor}", minor).replace("{family}", family))
+        template = source.url if "{minor}" in source.url else source.url.rstrip("/") + "/{minor}/{family}/"
+        url = validate.safe_url(template.replace("{minor}", minor).replace("{family}", family))
         url = url if url.endswith("/") else url + "/"
         if source.key_url:
             key = validate.safe_url(source.key_url.replace("{minor}", minor).replace("{family}", family))
@@ -169,7 +193,9 @@ def configured_minor(text: str) -> str | None:
 # -- bundle verification -------------------------------------------------------------------------
 
 
-def verify_bundle(bundle: str, minor: str, family: Family, manifest_sha256: str | None = None) -> int:
+def verify_bundle(
+    bundle: str, minor: str, family: Family, manifest_sha256: str | None = None, manifest: str | None = None
+) -> int:
     """Check every file of the bundle's `<minor>/<family>` repository against the manifest.
 
     Refuses a missing manifest, a manifest that does not match its pinned digest, a listed file
@@ -177,11 +203,12 @@ def verify_bundle(bundle: str, minor: str, family: Family, manifest_sha256: str 
     Returns the number of files checked.
     """
     root = Path(validate.safe_path(bundle, "packageSource.bundle"))
-    manifest = root / MANIFEST
+    manifest_path = Path(validate.safe_path(manifest, "packageSource.bundle.manifest")) if manifest else (
+        root / MANIFEST)
     try:
-        data = manifest.read_bytes()
+        data = manifest_path.read_bytes()
     except OSError as e:
-        raise BundleError(f"air-gap bundle {root}: cannot read {MANIFEST}: {e.strerror}") from e
+        raise BundleError(f"air-gap bundle {root}: cannot read {manifest_path.name}: {e.strerror}") from e
     if manifest_sha256 and hashlib.sha256(data).hexdigest() != manifest_sha256:
         raise BundleError(f"air-gap bundle {root}: {MANIFEST} does not match the pinned sha256")
     expected: dict[str, str] = {}
@@ -197,6 +224,8 @@ def verify_bundle(bundle: str, minor: str, family: Family, manifest_sha256: str 
     if not repo_dir.is_dir():
         raise BundleError(f"air-gap bundle {root} has no {prefix} repository")
     present = {str(p.relative_to(root)) for p in repo_dir.rglob("*") if p.is_file() or p.is_symlink()}
+    if manifest_path.is_relative_to(root):
+        present.discard(str(manifest_path.relative_to(root)))
     unlisted = sorted(present - expected.keys())
     if unlisted:
         raise BundleError(f"air-gap bundle {root}: {unlisted[0]} is not in {MANIFEST}")
@@ -263,7 +292,7 @@ def configure_apt(root: str, source: PackageSource, version: str) -> bool:
     repo = repository(source, version, "deb")
     if source.kind == "bundle":
         assert source.bundle is not None
-        verify_bundle(source.bundle, repo.minor, "deb", source.manifest_sha256)
+        verify_bundle(source.bundle, repo.minor, "deb", source.manifest_sha256, source.manifest)
     r = Path(root)
     keyring = r / APT_KEYRING
     changed = False
@@ -283,7 +312,7 @@ def configure_dnf(root: str, source: PackageSource, version: str) -> bool:
     repo = repository(source, version, "rpm")
     if source.kind == "bundle":
         assert source.bundle is not None
-        verify_bundle(source.bundle, repo.minor, "rpm", source.manifest_sha256)
+        verify_bundle(source.bundle, repo.minor, "rpm", source.manifest_sha256, source.manifest)
     return _write_if_changed(Path(root) / DNF_REPO, render_dnf(repo).encode())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import importlib.util
 import ipaddress
 import json
 import os
@@ -29,6 +30,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kupd.backup.credentials import Credentials, from_mapping
+from kupd.backup.etcd import EtcdConfig
+from kupd.backup.stores import StoreConfig
+from kupd.clock import ManualClock
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -108,9 +114,15 @@ def _ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -195,7 +207,11 @@ class Etcd:
             *args,
         ]
         proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, check=True,
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
             env={**os.environ, "ETCDCTL_API": "3"},
         )
         return proc.stdout
@@ -204,8 +220,8 @@ class Etcd:
         stop(self.proc)
 
 
-def start_etcd(data_dir: Path, pki: Pki, name: str = "kupd-test") -> Etcd:
-    client_port, peer_port = free_port(), free_port()
+def start_etcd(data_dir: Path, pki: Pki, name: str = "kupd-test", peer_port: int | None = None) -> Etcd:
+    client_port, peer_port = free_port(), peer_port or free_port()
     endpoint = f"https://127.0.0.1:{client_port}"
     log = open(data_dir.parent / f"{data_dir.name}.log", "wb")  # noqa: SIM115 - lives as long as etcd
     proc = subprocess.Popen(
@@ -271,10 +287,18 @@ def etcd(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Etcd]:
             )
             subprocess.run(
                 [
-                    "etcdctl", f"--endpoints={server.endpoint}", f"--cacert={pki.ca}",
-                    f"--cert={pki.client_cert}", f"--key={pki.client_key}", "txn",
+                    "etcdctl",
+                    f"--endpoints={server.endpoint}",
+                    f"--cacert={pki.ca}",
+                    f"--cert={pki.client_cert}",
+                    f"--key={pki.client_key}",
+                    "txn",
                 ],
-                input="\n\n" + ops + "\n", capture_output=True, text=True, check=True, timeout=30,
+                input="\n" + ops + "\n\n",
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
                 env={**os.environ, "ETCDCTL_API": "3"},
             )
         yield server
@@ -298,7 +322,10 @@ def _boto_client(endpoint: str, key_id: str, secret: str, service: str = "s3") -
     import boto3
 
     return boto3.client(
-        service, endpoint_url=endpoint, aws_access_key_id=key_id, aws_secret_access_key=secret,
+        service,
+        endpoint_url=endpoint,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
         region_name="us-east-1",
     )
 
@@ -307,12 +334,15 @@ def _boto_client(endpoint: str, key_id: str, secret: str, service: str = "s3") -
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto in server mode, a real HTTP S3 API on loopback. Signature checking is switched on after
     an IAM user and its key are created, so wrong credentials are refused as by a real store."""
+    if not (VENV_BIN / "moto_server").exists():
+        pytest.fail("the S3 server is needed: pip install 'moto[server]'")
     port = free_port()
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "MOTO_CALL_RESET_API": "false"},
         )
     try:
@@ -321,7 +351,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         iam: object = _boto_client(endpoint, "bootstrap", "bootstrap", "iam")
         iam.create_user(UserName="kupd")  # type: ignore[attr-defined]
         iam.put_user_policy(  # type: ignore[attr-defined]
-            UserName="kupd", PolicyName="all",
+            UserName="kupd",
+            PolicyName="all",
             PolicyDocument=json.dumps(
                 {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
             ),
@@ -329,12 +360,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         key = iam.create_access_key(UserName="kupd")["AccessKey"]  # type: ignore[attr-defined]
         s3: object = _boto_client(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
         s3.create_bucket(Bucket="kupd-backups")  # type: ignore[attr-defined]
-        req = urllib.request.Request(
-            f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST",
-            headers={"Content-Type": "text/plain"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback test server
-            resp.read()
+        _post(f"{endpoint}/moto-api/reset-auth", b"0", "text/plain")
         yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], "kupd-backups")
     finally:
         stop(proc)
@@ -351,24 +377,34 @@ class GcsServer:
 
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    if importlib.util.find_spec("gcp_storage_emulator") is None:
+        pytest.fail("the GCS emulator is needed: pip install gcp-storage-emulator")
     port = free_port()
     log_path = tmp_path_factory.mktemp("gcs") / "gcs.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-             "--port", str(port), "--in-memory"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gcp_storage_emulator",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--in-memory",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_for_port(port, proc, "gcp-storage-emulator")
         endpoint = f"http://127.0.0.1:{port}"
-        body = json.dumps({"name": "kupd-backups"}).encode()
-        req = urllib.request.Request(
-            f"{endpoint}/storage/v1/b?project=test", data=body, method="POST",
-            headers={"Content-Type": "application/json"},
+        _post(
+            f"{endpoint}/storage/v1/b?project=test",
+            json.dumps({"name": "kupd-backups"}).encode(),
+            "application/json",
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback test server
-            resp.read()
         yield GcsServer(endpoint, "kupd-backups")
     finally:
         stop(proc)
@@ -433,9 +469,59 @@ class CutProxy:
         self._sock.close()
 
 
+def _post(url: str, body: bytes, content_type: str) -> None:
+    """POST to a test server on loopback (the URL is built here, never from input)."""
+    req = urllib.request.Request(  # noqa: S310
+        url, data=body, method="POST", headers={"Content-Type": content_type}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+        resp.read()
+
+
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback test server
             return bool(resp.status < 500)
     except (urllib.error.URLError, OSError):
         return False
+
+
+# --------------------------------------------------------------------------- kupd settings for them
+
+
+def etcd_config(server: Etcd, **overrides: object) -> EtcdConfig:
+    """kupd's etcd settings for the test etcd, with short timeouts so failures are quick."""
+    values: dict[str, object] = {
+        "endpoints": (server.endpoint,),
+        "ca_file": str(server.pki.ca),
+        "cert_file": str(server.pki.client_cert),
+        "key_file": str(server.pki.client_key),
+        "dial_timeout": 2.0,
+        "status_timeout": 3.0,
+        "snapshot_timeout": 60.0,
+    }
+    values.update(overrides)
+    return EtcdConfig(**values)  # type: ignore[arg-type]
+
+
+def fast_store(**values: object) -> StoreConfig:
+    """A store config with retries and timeouts short enough for tests."""
+    defaults: dict[str, object] = {
+        "max_attempts": 2,
+        "retry_deadline": 4.0,
+        "connect_timeout": 3.0,
+        "read_timeout": 10.0,
+    }
+    defaults.update(values)
+    return StoreConfig(**defaults).validated()  # type: ignore[arg-type]
+
+
+def s3_credentials(server: S3Server, secret: str | None = None) -> Credentials:
+    return from_mapping(
+        {"accessKeyId": server.access_key_id, "secretAccessKey": secret or server.secret_access_key},
+        "test credentials",
+    )
+
+
+def clock_at(year: int = 2026, month: int = 11, day: int = 27, hour: int = 4) -> ManualClock:
+    return ManualClock(dt.datetime(year, month, day, hour, 0, 0, tzinfo=dt.UTC))

@@ -28,7 +28,7 @@ case "{name}" in
     case "$1" in
       version) echo "v{upstream}" ;;
       upgrade)
-        if [ -e "$root/etc/kupd-test/kubeadm-fail" ]; then
+        if [ "$2" != plan ] && [ -e "$root/etc/kupd-test/kubeadm-fail" ]; then
           echo "[upgrade/apply] FATAL: couldn't upgrade control plane. kubeadm has tried to recover" >&2
           echo "everything into the earlier state. Errors faced: timed out waiting for the condition" >&2
           exit 1
@@ -53,6 +53,7 @@ echo "{phase} {name} {version} $*" >> "$DPKG_ROOT/var/log/kupd-test/scripts.log"
 class Pkg:
     name: str
     version: str  # package version: 1.31.2-1.1 (deb) or 1.31.2-150500.1.1 (rpm)
+    depends: str = ""  # deb Depends field
 
     @property
     def upstream(self) -> str:
@@ -73,12 +74,12 @@ class Key:
     public_asc: Path
 
 
-def make_key(workdir: Path) -> Key:
+def make_key(workdir: Path, algo: str = "ed25519") -> Key:
     home = workdir / "gnupg"
     home.mkdir(mode=0o700, parents=True)
     env = {**os.environ, "GNUPGHOME": str(home)}
     run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "kupd test <test@kupd.invalid>",
-         "ed25519", "sign", "never"], env=env)
+         algo, "sign", "never"], env=env)
     out = run(["gpg", "--batch", "--with-colons", "--list-keys"], env=env).stdout
     fpr = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr"))
     pub = workdir / "Release.key"
@@ -102,7 +103,7 @@ def build_deb(pkg: Pkg, out: Path, work: Path) -> Path:
         Architecture: all
         Maintainer: kupd tests <test@kupd.invalid>
         Description: fake {pkg.name} for kupd host tests
-        """))
+        """) + (f"Depends: {pkg.depends}\n" if pkg.depends else ""))
     for phase in ("preinst", "postinst", "prerm", "postrm"):
         s = d / "DEBIAN" / phase
         s.write_text(_SCRIPT.format(phase=phase, name=pkg.name, version=pkg.version))
@@ -182,10 +183,17 @@ def build_rpm(pkg: Pkg, out: Path, work: Path) -> Path:
     return dest
 
 
-def build_rpm_repo(repo: Path, pkgs: list[Pkg], work: Path) -> Path:
-    for p in pkgs:
-        build_rpm(p, repo, work)
+def build_rpm_repo(repo: Path, pkgs: list[Pkg], work: Path, key: Key | None = None) -> Path:
+    """A repository like pkgs.k8s.io's rpm ones; with `key`, packages signed and the key at
+    repodata/repomd.xml.key."""
+    rpms = [build_rpm(p, repo, work) for p in pkgs]
+    if key is not None:
+        run(["rpmsign", "--define", f"_gpg_name {key.fpr}", "--define", f"_gpg_path {key.home}",
+             "--define", "__gpg /usr/bin/gpg", "--addsign", *map(str, rpms)],
+            env={**os.environ, "GNUPGHOME": str(key.home)})
     run(["createrepo_c", "--no-database", "--simple-md-filenames", str(repo)])
+    if key is not None:
+        shutil.copy(key.public_asc, repo / "repodata" / "repomd.xml.key")
     return repo
 
 
@@ -223,9 +231,15 @@ def fake_systemctl(directory: Path) -> Path:
 
 # -- fixtures (import them into a test module) -------------------------------------------------
 
+# Like upstream, kubeadm depends on cri-tools of its minor; the v1.31 repository also carries an
+# unrelated package newer than the one installed from v1.30, which kupd must leave alone.
 DEB_VERSIONS = {
-    "v1.30": [Pkg(n, "1.30.5-1.1") for n in K8S] + [Pkg("containerd", "1.7.20-1")],
-    "v1.31": [Pkg(n, v) for n in K8S for v in ("1.31.1-1.1", "1.31.2-1.1")] + [Pkg("containerd", "1.7.22-1")],
+    "v1.30": [Pkg("kubeadm", "1.30.5-1.1", "cri-tools (>= 1.30.0)"), Pkg("kubelet", "1.30.5-1.1"),
+              Pkg("kubectl", "1.30.5-1.1"), Pkg("cri-tools", "1.30.1-1.1"), Pkg("containerd", "1.7.20-1"),
+              Pkg("unrelated", "1.0-1")],
+    "v1.31": [Pkg("kubeadm", v, "cri-tools (>= 1.31.0)") for v in ("1.31.1-1.1", "1.31.2-1.1")]
+    + [Pkg(n, v) for n in ("kubelet", "kubectl") for v in ("1.31.1-1.1", "1.31.2-1.1")]
+    + [Pkg("cri-tools", "1.31.1-1.1"), Pkg("containerd", "1.7.22-1"), Pkg("unrelated", "2.0-1")],
 }
 RPM_VERSIONS = {
     "v1.30": [Pkg(n, "1.30.5-150500.1.1") for n in K8S] + [Pkg("containerd", "1.7.20-3.1")],
@@ -256,15 +270,18 @@ def build_deb_repos(work: Path) -> Repos:
 
 @dataclass(frozen=True)
 class RpmRepos:
-    bundle: Path  # <bundle>/<minor>/rpm/ + manifest.sha256
+    bundle: Path  # <bundle>/<minor>/rpm/ + manifest.sha256, unsigned packages
+    signed: Path  # <signed>/v1.31/rpm/, signed packages and repodata/repomd.xml.key; serve over http
 
 
 def build_rpm_repos(work: Path) -> RpmRepos:
-    bundle = work / "bundle"
+    bundle, signed = work / "bundle", work / "signed"
     for minor, pkgs in RPM_VERSIONS.items():
         build_rpm_repo(bundle / minor / "rpm", pkgs, work / "build" / minor)
     write_manifest(bundle)
-    return RpmRepos(bundle)
+    key = make_key(work, "rsa2048")
+    build_rpm_repo(signed / "v1.31" / "rpm", RPM_VERSIONS["v1.31"], work / "build-signed", key)
+    return RpmRepos(bundle, signed)
 
 
 class Server:
@@ -296,3 +313,12 @@ def closed_port() -> int:
     port: int = s.getsockname()[1]
     s.close()
     return port
+
+
+def install_fake_binary(root: Path, name: str, upstream: str) -> Path:
+    """The same fake binary the packages ship, placed directly (for tests without a package manager)."""
+    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
+    binary = root / "usr/bin" / name
+    binary.write_text(_BIN.replace("{name}", name).replace("{upstream}", upstream))
+    binary.chmod(0o755)
+    return binary

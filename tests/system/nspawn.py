@@ -137,13 +137,6 @@ def _prepare_base(root: Path) -> None:
     (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
 
 
-def _root_of(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/root")
-    except OSError:
-        return None
-
-
 @dataclass
 class Node:
     """One booted container. `run()` executes inside it; `reboot()` restarts it like a power cycle."""
@@ -190,26 +183,24 @@ class Node:
         self.wait_running(timeout)
 
     def leader(self) -> int:
-        """PID (in our namespace) of the node's systemd, found by its root directory."""
-        want = str(self.root.resolve())
+        """PID (in our namespace) of the node's systemd: the child of systemd-nspawn that is PID 1
+        of its own PID namespace."""
         if self.proc is None or self.proc.poll() is not None:
             raise NodeError(f"{self.name}: systemd-nspawn is not running\n{self.console_tail()}")
         candidates: list[int] = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
-            pid = int(entry)
-            if _root_of(pid) != want:
-                continue
             try:
-                status = Path(f"/proc/{pid}/status").read_text()
+                status = Path(f"/proc/{entry}/status").read_text()
             except OSError:
                 continue
-            m = re.search(r"^NSpid:\s+(.*)$", status, re.M)
-            if m and m.group(1).split()[-1] == "1":
-                candidates.append(pid)
+            ppid = re.search(r"^PPid:\s+(\d+)$", status, re.M)
+            nspid = re.search(r"^NSpid:\s+(.*)$", status, re.M)
+            if ppid and int(ppid.group(1)) == self.proc.pid and nspid and nspid.group(1).split()[-1] == "1":
+                candidates.append(int(entry))
         if len(candidates) != 1:
-            raise NodeError(f"{self.name}: expected one PID 1 rooted at {want}, found {candidates}")
+            raise NodeError(f"{self.name}: expected one PID 1 under nspawn {self.proc.pid}, found {candidates}")
         return candidates[0]
 
     def wait_running(self, timeout: float = NSPAWN_TIMEOUT) -> None:

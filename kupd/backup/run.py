@@ -1,0 +1,368 @@
+"""One etcd backup, end to end: snapshot → verify → sha256 → upload → verify upload → retention.
+
+`take_backup` is what the first control-plane node's agent (and `kupd backup now`) calls. It returns a
+`BackupRecord` for the CR status, or raises `BackupFailed` / `BackupRetryable` whose `reason` the
+coordinator puts in the Condition and Event. A failed or unverifiable upload is deleted, so nothing
+that is not a verified backup is ever listed as one (nor pushes a good one out through retention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kupd import validate
+from kupd.backup import (
+    CHECKSUM_MISMATCH,
+    CREDENTIALS_INVALID,
+    INSUFFICIENT_DISK_SPACE,
+    STORE_ACCESS_DENIED,
+    STORE_BUCKET_NOT_FOUND,
+    STORE_CREDENTIALS_REJECTED,
+    STORE_UNREACHABLE,
+    UNEXPECTED,
+    UPLOAD_INTERRUPTED,
+    BackupFailed,
+    BackupRetryable,
+    etcd,
+    metrics,
+    reason_of,
+)
+from kupd.backup import credentials as creds_mod
+from kupd.backup.credentials import NONE, Credentials
+from kupd.backup.stores import BackupStore, ObjectInfo, StoreConfig, open_store, sha256_file
+from kupd.clock import Clock
+from kupd.errors import ValidationError
+from kupd.host import runner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORK_DIR = "/var/lib/kupd/backup"
+# etcd-20261127T034100Z-cp-1-r123456.db: time first, so names sort by time within a cluster.
+_NAME = re.compile(r"^etcd-(\d{8}T\d{6}Z)-([a-z0-9][a-z0-9.-]*)-r(\d+)\.db$")
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """What the CR's `spec.backup` says, plus host-side settings."""
+
+    store: StoreConfig
+    etcd: etcd.EtcdConfig = field(default_factory=etcd.EtcdConfig)
+    required: bool = True
+    """A required backup that fails fails the operation before any node changes."""
+    work_dir: str = DEFAULT_WORK_DIR
+    """Where the snapshot is written (mode 0700); needs room for two copies of the etcd database."""
+    verify_download: bool = True
+    """Download the uploaded object and compare its sha256 (else: size and recorded sha256 only)."""
+    keep_local: bool = False
+    """Keep the local snapshot file after a successful upload."""
+
+    @classmethod
+    def from_spec(
+        cls, spec: dict[str, Any], *, work_dir: str = DEFAULT_WORK_DIR, field_path: str = "spec.backup"
+    ) -> BackupConfig:
+        """From the CR's camelCase `spec.backup` ({required, store, etcd})."""
+        if not isinstance(spec, dict):
+            raise ValidationError(field_path, "must be an object")
+        unknown = set(spec) - {"required", "store", "etcd", "verifyDownload", "keepLocal", "workDir"}
+        if unknown:
+            raise ValidationError(field_path, f"unknown fields {sorted(unknown)}")
+        store = spec.get("store")
+        if not isinstance(store, dict):
+            raise ValidationError(f"{field_path}.store", "is required")
+        required = spec.get("required", True)
+        if not isinstance(required, bool):
+            raise ValidationError(f"{field_path}.required", "must be true or false")
+        return cls(
+            store=StoreConfig.from_spec(store, f"{field_path}.store"),
+            etcd=etcd.EtcdConfig.from_spec(spec.get("etcd"), f"{field_path}.etcd"),
+            required=required,
+            work_dir=validate.safe_path(str(spec.get("workDir") or work_dir), f"{field_path}.workDir"),
+            verify_download=bool(spec.get("verifyDownload", True)),
+            keep_local=bool(spec.get("keepLocal", False)),
+        )
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """A verified backup, as recorded in the CR's `status.backup`."""
+
+    location: str
+    size: int
+    sha256: str
+    revision: int
+    verified: bool
+    taken_at: datetime
+    node: str
+    key: str = ""
+    total_keys: int = 0
+    etcd_endpoint: str = ""
+    pruned: tuple[str, ...] = ()
+    """Older backups removed by retention."""
+
+    def to_status(self) -> dict[str, Any]:
+        """The `status.backup` object (the CRD's field names)."""
+        return {
+            "location": self.location,
+            "size": self.size,
+            "sha256": self.sha256,
+            "revision": self.revision,
+            "verified": self.verified,
+            "takenAt": self.taken_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "node": self.node,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.to_status(),
+            "key": self.key,
+            "totalKeys": self.total_keys,
+            "etcdEndpoint": self.etcd_endpoint,
+            "pruned": list(self.pruned),
+        }
+
+    def event_message(self) -> str:
+        """One line for the Kubernetes Event (reason `BackupSucceeded`)."""
+        return (
+            f"etcd snapshot of {self.node} at revision {self.revision} ({self.total_keys} keys, "
+            f"{self.size} bytes, sha256 {self.sha256[:12]}…) uploaded and verified: {self.location}"
+        )
+
+
+def object_key(prefix: str, cluster: str, node: str, revision: int, taken_at: datetime) -> str:
+    """`<prefix><cluster>/etcd-<UTC time>-<node>-r<revision>.db`.
+
+    Names sort by time within a cluster and say the cluster, the node and the etcd revision."""
+    validate.node_name(cluster, "cluster")
+    validate.node_name(node, "node")
+    if prefix:
+        validate.object_prefix(prefix, "prefix")
+        prefix = prefix if prefix.endswith("/") else prefix + "/"
+    stamp = taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{prefix}{cluster}/etcd-{stamp}-{node}-r{revision}.db"
+
+
+def cluster_prefix(prefix: str, cluster: str) -> str:
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return f"{prefix}{cluster}/"
+
+
+def backups(objects: list[ObjectInfo], prefix: str) -> list[ObjectInfo]:
+    """The objects that are kupd backups directly under `prefix`, oldest first."""
+    found = [o for o in objects if o.key.startswith(prefix) and _NAME.match(o.key[len(prefix) :])]
+    return sorted(found, key=lambda o: o.key)
+
+
+def to_prune(objects: list[ObjectInfo], prefix: str, keep: int, protect: str) -> list[str]:
+    """Keys beyond the newest `keep` backups (never `protect`, the one just made); keep=0 keeps all."""
+    if keep <= 0:
+        return []
+    ours = backups(objects, prefix)
+    return [o.key for o in ours[: max(0, len(ours) - keep)] if o.key != protect]
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        metrics.DURATION.labels(stage=name).observe(time.monotonic() - started)
+
+
+def take_backup(
+    config: BackupConfig,
+    credentials: Credentials,
+    cluster: str,
+    node: str,
+    clock: Clock,
+    *,
+    store: BackupStore | None = None,
+    run: Callable[..., runner.Result] = runner.run,
+) -> BackupRecord:
+    """Snapshot this node's etcd, verify it, upload it, verify the upload, prune old backups.
+
+    Raises BackupFailed (permanent) or BackupRetryable, each with a `reason`; ValidationError for
+    bad configuration. Metrics are updated either way."""
+    metrics.ATTEMPTS.inc()
+    started = time.monotonic()
+    try:
+        record = _take(config, credentials or NONE, cluster, node, clock, store, run)
+    except Exception as e:
+        reason = reason_of(e)
+        metrics.FAILURES.labels(reason=reason).inc()
+        if reason == UNEXPECTED:
+            log.exception("etcd backup failed unexpectedly")
+            raise BackupRetryable(
+                UNEXPECTED,
+                f"etcd backup failed: {type(e).__name__}: {(credentials or NONE).redact(str(e))[:300]}",
+            ) from e
+        log.error("etcd backup failed (%s): %s", reason, e)
+        raise
+    finally:
+        metrics.DURATION.labels(stage="total").observe(time.monotonic() - started)
+    metrics.LAST_SUCCESS.set(record.taken_at.timestamp())
+    metrics.LAST_SIZE.set(record.size)
+    metrics.LAST_REVISION.set(record.revision)
+    log.info("%s", record.event_message())
+    return record
+
+
+def _take(
+    config: BackupConfig,
+    credentials: Credentials,
+    cluster: str,
+    node: str,
+    clock: Clock,
+    store: BackupStore | None,
+    run: Callable[..., runner.Result],
+) -> BackupRecord:
+    validate.node_name(cluster, "cluster")
+    validate.node_name(node, "node")
+    config.store.validated()
+    config.etcd.validated()
+    work = Path(validate.safe_path(config.work_dir, "workDir"))
+    work.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work.chmod(0o700)  # a snapshot holds every Secret of the cluster
+    if store is None:
+        store = open_store(config.store, credentials)
+
+    taken_at = clock.now()
+    stamp = taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    local = work / f"etcd-{stamp}-{node}.db"
+    fetched = work / f".verify-{stamp}-{node}.db"
+    try:
+        with _stage("snapshot"):
+            snap = etcd.save_snapshot(config.etcd, local, run)
+        with _stage("verify"):
+            status, digest = etcd.verify(config.etcd, local, run)
+        if config.verify_download:
+            _need_space(work, digest.size)
+        key = object_key(config.store.prefix, cluster, node, status.revision, taken_at)
+        with _stage("upload"):
+            location = _upload(store, local, key, digest.sha256)
+        with _stage("verify_upload"):
+            _verify_upload(store, key, location, digest.size, digest.sha256, fetched, config.verify_download)
+        pruned: tuple[str, ...] = ()
+        if config.store.retention > 0:
+            with _stage("retention"):
+                pruned = _retain(store, config.store, cluster, key)
+        return BackupRecord(
+            location=location,
+            size=digest.size,
+            sha256=digest.sha256,
+            revision=status.revision,
+            verified=True,
+            taken_at=taken_at,
+            node=node,
+            key=key,
+            total_keys=status.total_keys,
+            etcd_endpoint=snap.endpoint,
+            pruned=pruned,
+        )
+    finally:
+        for path in (fetched, local.with_name(local.name + ".part")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if not config.keep_local:
+            with contextlib.suppress(FileNotFoundError):
+                local.unlink()
+
+
+def _need_space(directory: Path, size: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < size + 64 * 1024 * 1024:
+        raise BackupFailed(
+            INSUFFICIENT_DISK_SPACE,
+            f"{directory} has {free} bytes free; verifying the upload needs {size} more (set verifyDownload "
+            "false or free space)",
+        )
+
+
+# Failures after which the store cannot hold any part of the object: nothing to clean up.
+_NOTHING_WRITTEN = frozenset(
+    {STORE_BUCKET_NOT_FOUND, STORE_CREDENTIALS_REJECTED, STORE_ACCESS_DENIED, STORE_UNREACHABLE, CREDENTIALS_INVALID}
+)
+
+
+def _upload(store: BackupStore, local: Path, key: str, sha256: str) -> str:
+    try:
+        return store.put(local, key, sha256=sha256)
+    except (BackupFailed, BackupRetryable) as e:
+        if e.reason not in _NOTHING_WRITTEN:
+            _discard(store, key)
+        if e.reason == UPLOAD_INTERRUPTED:
+            raise BackupRetryable(UPLOAD_INTERRUPTED, f"{e}; no partial object was kept") from e
+        raise
+
+
+def _verify_upload(
+    store: BackupStore, key: str, location: str, size: int, sha256: str, fetched: Path, download: bool
+) -> None:
+    info = store.stat(key)
+    problem = None
+    if info is None:
+        problem = "is missing right after the upload"
+    elif info.size != size:
+        problem = f"has {info.size} bytes, the snapshot {size}"
+    elif info.sha256 is not None and info.sha256 != sha256:
+        problem = f"records sha256 {info.sha256}, the snapshot has {sha256}"
+    if problem is None and download:
+        store.get(key, fetched)
+        got = sha256_file(fetched)
+        if got != sha256:
+            problem = f"downloads with sha256 {got}, the snapshot has {sha256}"
+    if problem is not None:
+        _discard(store, key)
+        raise BackupFailed(CHECKSUM_MISMATCH, f"uploaded object {location} {problem}; it was deleted")
+
+
+def _discard(store: BackupStore, key: str) -> None:
+    """Remove what a failed upload may have left, so it is never taken for a backup."""
+    try:
+        store.delete(key)
+    except (BackupFailed, BackupRetryable) as e:
+        log.warning("could not remove the failed upload %s: %s", key, e)
+
+
+def _retain(store: BackupStore, config: StoreConfig, cluster: str, keep_key: str) -> tuple[str, ...]:
+    prefix = cluster_prefix(config.prefix, cluster)
+    try:
+        doomed = to_prune(store.list(prefix), prefix, config.retention, keep_key)
+        for key in doomed:
+            store.delete(key)
+    except (BackupFailed, BackupRetryable) as e:
+        # The new backup is good; an old one left behind is a warning, not a failed backup.
+        log.warning("retention of %s failed: %s", prefix, e)
+        return ()
+    if doomed:
+        log.info("retention: removed %d old backup(s) of %s", len(doomed), cluster)
+    return tuple(doomed)
+
+
+def load_credentials(store: StoreConfig, core_v1: Any | None = None) -> Credentials:
+    """The credentials `store` names: its Secret (read now, with `core_v1`, a CoreV1Api), its file, or none
+    (then boto3 / google-auth use their default chains: instance role, environment, metadata server)."""
+    if store.credentials_secret is not None:
+        if core_v1 is None:
+            raise ValidationError("store.credentialsSecret", "a Kubernetes client is needed to read the Secret")
+        return creds_mod.from_secret(core_v1, store.credentials_secret.namespace, store.credentials_secret.name)
+    if store.credentials_file:
+        return creds_mod.from_file(store.credentials_file)
+    return NONE
+
+
+def now_clock(when: datetime | None = None) -> Clock:
+    """A Clock for one-off callers that have none (the CLI): the system clock, or a fixed time."""
+    from kupd.clock import ManualClock, SystemClock
+
+    return ManualClock(when) if when is not None else SystemClock()

@@ -1,0 +1,58 @@
+#!/bin/sh
+# Lay out kupd's installed files under DESTDIR; shared by debian/rules and rpm.spec so the
+# .deb and the .rpm have the same layout:
+#   /usr/bin/kupd                          wrapper -> the private venv
+#   /usr/lib/kupd/venv                     python3.11 venv (--system-site-packages) with kupd
+#                                          and its pinned dependencies (packaging/requirements.lock)
+#   /usr/lib/kupd/config.d/00-defaults.toml
+#   UNITDIR/kupd.service, /usr/lib/tmpfiles.d/kupd.conf
+#   /etc/kupd/config.d, /var/lib/kupd      (empty; the operator's config, the daemon's state)
+#   /usr/share/kupd/crds/*.yaml            CustomResourceDefinitions for kubectl apply
+# Usage: install-tree.sh DESTDIR UNITDIR WHEELHOUSE BUILDDIR
+set -eu
+destdir=${1:?DESTDIR}; unitdir=${2:?UNITDIR}; wh=${3:?WHEELHOUSE}; build=${4:?BUILDDIR}
+src=$(cd "$(dirname "$0")/.." && pwd)
+py=/usr/bin/python3.11
+venv=/usr/lib/kupd/venv
+v="$destdir$venv"
+pipq="--disable-pip-version-check --quiet --no-input"
+
+[ -e "$wh/.complete" ] || "$src/packaging/fetch-wheels.sh" "$wh"
+
+rm -rf "$v" "$build/wheel"
+mkdir -p "$build/wheel"
+"$py" -m venv --system-site-packages "$v"
+# Every dependency goes into the venv even when the build host has a Debian copy: the venv
+# must not lean on python3-* packages the target node may not have. Only python3-apt and
+# python3-systemd come from the distribution (they are not on PyPI and are declared Depends).
+"$v/bin/python" -m pip install $pipq --no-index --find-links "$wh" --no-deps --ignore-installed \
+    --no-compile -r "$src/packaging/requirements.lock"
+"$v/bin/python" -m pip wheel $pipq --no-index --find-links "$wh" --no-deps -w "$build/wheel" "$src"
+"$v/bin/python" -m pip install $pipq --no-index --no-deps --ignore-installed --no-compile \
+    "$build"/wheel/kupd-*.whl
+"$v/bin/python" -m pip uninstall $pipq -y pip setuptools
+# Nothing in the venv may name the build folder: drop console scripts and activate files
+# (/usr/bin/kupd is the entry point), caches and pip's record of where the wheel came from.
+find "$v/bin" -mindepth 1 ! -name 'python*' -exec rm -f {} +
+find "$v" -name __pycache__ -type d -prune -exec rm -rf {} +
+find "$v" -name direct_url.json -delete
+# Some wheels mark plain modules and metadata executable; only bin/ and shared objects are.
+find "$v/lib" -type f -perm /111 ! -name '*.so' ! -name '*.so.*' -exec chmod a-x {} +
+sed -i "s|^command = .*|command = $py -m venv --system-site-packages $venv|" "$v/pyvenv.cfg"
+if grep -rIl --exclude-dir=__pycache__ "$destdir" "$v" >/dev/null 2>&1; then
+    echo "install-tree: the venv still names $destdir:" >&2
+    grep -rIl "$destdir" "$v" >&2
+    exit 1
+fi
+
+install -D -m 0755 "$src/packaging/kupd.sh" "$destdir/usr/bin/kupd"
+install -D -m 0644 "$src/systemd/kupd.service" "$destdir$unitdir/kupd.service"
+install -D -m 0644 "$src/systemd/kupd.tmpfiles" "$destdir/usr/lib/tmpfiles.d/kupd.conf"
+install -D -m 0644 "$src/packaging/00-defaults.toml" "$destdir/usr/lib/kupd/config.d/00-defaults.toml"
+install -d -m 0755 "$destdir/etc/kupd/config.d"
+install -d -m 0700 "$destdir/var/lib/kupd"
+install -d -m 0755 "$destdir/usr/share/kupd/crds"
+for crd in "$src"/crds/*.yaml; do
+    [ -e "$crd" ] && install -m 0644 "$crd" "$destdir/usr/share/kupd/crds/"
+done
+exit 0

@@ -1,0 +1,145 @@
+"""Helpers for the rollout tests: simulated nodes on the real control plane and an invariant
+monitor that watches the API (not the logs) for the rules of the design brief."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client, config, watch
+
+from kupd import protocol as p
+from kupd.devcluster import ControlPlane
+from kupd.simcluster import SimCluster
+
+IN_FLIGHT = ("Granted", "Upgrading", "Lost")
+
+
+def api_for(cp: ControlPlane) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(cp.admin_kubeconfig))
+
+
+def apply_du(cp: ControlPlane, name: str, spec: dict[str, Any]) -> None:
+    obj = {"apiVersion": "kupd.io/v1alpha1", "kind": "DirectUpdate", "metadata": {"name": name}, "spec": spec}
+    cp.kubectl("apply", "-f", "-", input_text=json.dumps(obj))
+
+
+def get_du(cp: ControlPlane, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(cp.kubectl("get", "directupdate", name, "-o", "json").stdout)
+    return out
+
+
+def wait_phase(cp: ControlPlane, name: str, phases: tuple[str, ...], timeout: float = 180,
+               tick: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    st: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            st = get_du(cp, name).get("status") or {}
+        except Exception:  # the API may be away on purpose
+            st = st or {}
+        if tick:
+            tick(st)
+        if st.get("phase") in phases:
+            return st
+        time.sleep(0.5)
+    raise AssertionError(f"{name} did not reach {phases} in {timeout}s; last status: {json.dumps(st)[:3000]}")
+
+
+def cleanup(cp: ControlPlane) -> None:
+    cp.kubectl("delete", "directupdates", "--all", "--wait=true", check=False)
+    cp.kubectl("delete", "nodes", "--all", check=False)
+    cp.kubectl("delete", "leases", "-n", "kupd-system", "--all", check=False)
+    cp.kubectl("delete", "pods", "-n", "default", "--all", "--grace-period=0", "--force", check=False)
+    cp.kubectl("delete", "pdb", "-n", "default", "--all", check=False)
+
+
+@dataclass
+class Monitor:
+    """Watches DirectUpdates and Nodes and records the worst it ever saw."""
+
+    cp: ControlPlane
+    max_cp_granted: int = 0
+    max_workers_granted: int = 0
+    max_cp_cordoned: int = 0
+    max_workers_cordoned: int = 0
+    worker_before_cp: list[str] = field(default_factory=list)
+    grant_order: list[str] = field(default_factory=list)
+    grant_times: dict[str, float] = field(default_factory=dict)
+    done_times: dict[str, float] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _watches: list[watch.Watch] = field(default_factory=list)
+
+    def start(self) -> Monitor:
+        api = api_for(self.cp)
+        custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+        threading.Thread(target=self._loop, args=(custom.list_cluster_custom_object, self._on_du),
+                         kwargs={"group": p.GROUP, "version": p.VERSION, "plural": p.DIRECTUPDATES},
+                         daemon=True).start()
+        threading.Thread(target=self._loop, args=(core.list_node, self._on_node), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for w in self._watches:
+            w.stop()
+
+    def _loop(self, fn: Any, handler: Callable[[dict[str, Any]], None], **kw: Any) -> None:
+        while not self._stop.is_set():
+            w = watch.Watch()
+            self._watches.append(w)
+            try:
+                for ev in w.stream(fn, timeout_seconds=30, deserialize=False, **kw):
+                    if ev["type"] in ("ADDED", "MODIFIED"):
+                        handler(ev["object"])
+            except Exception:
+                time.sleep(0.5)  # the API server may be stopped on purpose
+
+    def _on_du(self, obj: dict[str, Any]) -> None:
+        nodes = (obj.get("status") or {}).get("nodes") or []
+        cps = [n for n in nodes if n["role"] == "ControlPlane" and n["phase"] in IN_FLIGHT]
+        ws = [n for n in nodes if n["role"] == "Worker" and n["phase"] in IN_FLIGHT]
+        self.max_cp_granted = max(self.max_cp_granted, len(cps))
+        self.max_workers_granted = max(self.max_workers_granted, len(ws))
+        cp_open = [n["name"] for n in nodes if n["role"] == "ControlPlane" and n["phase"] not in ("Succeeded", "Skipped")]
+        if ws and cp_open:
+            self.worker_before_cp.append(f"{[w['name'] for w in ws]} granted while {cp_open} not done")
+        now = time.monotonic()
+        for n in nodes:
+            if n["phase"] in IN_FLIGHT and n["name"] not in self.grant_times:
+                self.grant_times[n["name"]] = now
+                self.grant_order.append(n["name"])
+            if n["phase"] == "Succeeded" and n["name"] not in self.done_times:
+                self.done_times[n["name"]] = now
+
+    _cordoned: dict[str, bool] = field(default_factory=dict)
+    _roles: dict[str, bool] = field(default_factory=dict)
+
+    def _on_node(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        self._roles[name] = p.LABEL_CONTROL_PLANE in (obj["metadata"].get("labels") or {})
+        self._cordoned[name] = bool((obj.get("spec") or {}).get("unschedulable"))
+        cps = sum(1 for n, c in self._cordoned.items() if c and self._roles.get(n))
+        ws = sum(1 for n, c in self._cordoned.items() if c and not self._roles.get(n))
+        self.max_cp_cordoned = max(self.max_cp_cordoned, cps)
+        self.max_workers_cordoned = max(self.max_workers_cordoned, ws)
+
+    def assert_invariants(self, concurrency: int) -> None:
+        assert self.max_cp_granted <= 1, f"{self.max_cp_granted} control-plane nodes granted at once"
+        assert self.max_workers_granted <= concurrency, f"{self.max_workers_granted} workers granted at once"
+        assert self.max_cp_cordoned <= 1, f"{self.max_cp_cordoned} control-plane nodes cordoned at once"
+        assert self.max_workers_cordoned <= concurrency, f"{self.max_workers_cordoned} workers cordoned at once"
+        assert not self.worker_before_cp, self.worker_before_cp[:3]
+
+
+def effects_once(sc: SimCluster, name: str) -> list[str]:
+    """The node's applied effects, asserting none was applied twice."""
+    effects: list[str] = sc.nodes[name].state()["effects"]
+    dups = {e for e in effects if effects.count(e) > 1}
+    assert not dups, f"{name}: effects applied twice: {dups}"
+    return effects
