@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kupd import protocol as p
-from kupd.checkpoint import Checkpoint, CheckpointStore
+from kupd.checkpoint import Checkpoint, CheckpointStore, StepRecord
 from kupd.errors import CommandError, KupdError, RetryableError
 from kupd.host.base import Host
 from kupd.nodeops import DrainPolicy, NodeOps
@@ -87,13 +87,10 @@ class Agent:
         if not cp.uid:
             return None
         current = next((k for k, s in cp.steps.items() if s.state == "started"), "")
-        step = current.split("/", 1)[-1] if current else ((cp.message and "") or "")
-        if not current and cp.phase != "Upgrading":
-            step = next((k.split("/", 1)[-1] for k, s in reversed(cp.steps.items()) if s.state != "pending"), "")
-        attempts = cp.steps[current].attempts if current else 0
+        last = current or next((k for k, s in reversed(cp.steps.items()) if s.state != "pending"), "")
         return p.Report(operation=cp.operation, uid=cp.uid, epoch=cp.epoch, versions=cp.versions,
-                        phase=cp.phase, step=step, attempts=attempts, started_at=cp.started_at,
-                        finished_at=cp.finished_at, message=cp.message, reason=cp.reason,
+                        phase=cp.phase, step=last.split("/", 1)[-1], attempts=cp.steps[last].attempts if last else 0,
+                        started_at=cp.started_at, finished_at=cp.finished_at, message=cp.message, reason=cp.reason,
                         backup=cp.backup_record, step_seconds=self.step_seconds)
 
     @property
@@ -174,25 +171,21 @@ class Agent:
                 try:
                     self._do(ref, rec.boot_id)
                 except RetryableError as e:
+                    if ref.step == p.STEP_BACKUP:
+                        # An etcd or store that stays away must fail the operation before any
+                        # node changes, not hold it forever: backups spend attempts like failures.
+                        e = KupdError(str(e))  # noqa: PLW2901
+                        if self._fail_attempt(ref, rec, e, max_attempts):
+                            return
+                        continue
                     # Not the node's fault (API away, lock held): wait, spend no attempt.
                     log.warning("step %s waiting: %s", ref.key, e)
                     self._set(message=f"{ref.hop}: {ref.step}: waiting: {e}", reason="Waiting")
                     self._stop.wait(max(e.delay, self.retry_delay))
                     continue
                 except (KupdError, OSError) as e:
-                    msg = _describe(e)
-                    log.error("step %s failed (attempt %d/%d): %s", ref.key, rec.attempts, max_attempts, msg)
-                    rec.message = msg
-                    if rec.attempts >= max_attempts:
-                        rec.state = "started"
-                        self._set(phase="Failed", finished_at=utcnow(),
-                                  message=f"step {ref.step} failed after {rec.attempts} attempts: {msg}",
-                                  reason="StepFailed")
+                    if self._fail_attempt(ref, rec, e, max_attempts):
                         return
-                    rec.state = "pending"
-                    self._set(message=f"{ref.hop}: {ref.step}: attempt {rec.attempts} failed: {msg}",
-                              reason="Retrying")
-                    self._stop.wait(self.retry_delay)
                     continue
                 rec.state, rec.finished_at = "done", utcnow()
                 rec.seconds = round(time.monotonic() - t0, 3)
@@ -200,6 +193,20 @@ class Agent:
                 self.store.save(cp)
                 break
         self._set(phase="Succeeded", finished_at=utcnow(), message=f"at {cp.versions[-1]}", reason="")
+
+    def _fail_attempt(self, ref: StepRef, rec: StepRecord, e: BaseException, max_attempts: int) -> bool:
+        """Record a failed attempt; True when the node gives up (Failed)."""
+        msg = _describe(e)
+        log.error("step %s failed (attempt %d/%d): %s", ref.key, rec.attempts, max_attempts, msg)
+        rec.message = msg
+        if rec.attempts >= max_attempts:
+            self._set(phase="Failed", finished_at=utcnow(),
+                      message=f"step {ref.step} failed after {rec.attempts} attempts: {msg}", reason="StepFailed")
+            return True
+        rec.state = "pending"
+        self._set(message=f"{ref.hop}: {ref.step}: attempt {rec.attempts} failed: {msg}", reason="Retrying")
+        self._stop.wait(self.retry_delay)
+        return False
 
     def _do(self, ref: StepRef, boot_id: str) -> None:
         cp, hop, step = self.cp, ref.hop, ref.step

@@ -53,6 +53,7 @@ class SimulatedHostSettings(_Strict):
 
 class Settings(_Strict):
     node_name: str = Field("", description="This node's Kubernetes Node name; defaults to the hostname.")
+    cluster_name: str = Field("kubernetes", description="Cluster name used in backup object names.")
     kubeconfig: str = Field("/etc/kupd/kubeconfig", description="Credentials the daemon uses.")
     state_dir: str = Field("/var/lib/kupd", description="Checkpoints and the agent's state.")
     host: Literal["real", "simulated"] = Field("real", description="Which host backend runs the steps.")

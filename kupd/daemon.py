@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -38,15 +39,21 @@ def make_host(settings: Settings, node: str) -> Host:
         return SimulatedHost(state, sim.step_seconds, sim.initial_version, sim.available_versions)
     from kupd.host.real import RealHost
 
-    return RealHost.from_settings(settings, node)  # type: ignore[attr-defined,no-any-return]
+    return RealHost.from_settings(settings, node)
 
 
-def make_backup_fn(api: client.ApiClient, node: str) -> Any:
+def make_backup_fn(api: client.ApiClient, settings: Settings, node: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The agent's backup step: snapshot the local etcd, verify, upload, and return status.backup."""
+
     def backup(spec_backup: dict[str, Any]) -> dict[str, Any]:
-        from kupd.backup import run as backup_run
+        from kupd.backup.run import BackupConfig, load_credentials, take_backup
+        from kupd.clock import SystemClock
 
-        record = backup_run.take_backup_for_spec(api, spec_backup, node)
-        return dict(record)
+        cfg = BackupConfig.from_spec(spec_backup, work_dir=f"{settings.state_dir}/backup")
+        # Credentials are read at use, never kept or logged.
+        creds = load_credentials(cfg.store, client.CoreV1Api(api))
+        record = take_backup(cfg, creds, settings.cluster_name, node, SystemClock())
+        return dict(record.to_status())
 
     return backup
 
@@ -94,7 +101,7 @@ class Daemon:
                 metrics.agent_report(r)
                 self.notifier.status(f"{r.operation}: {r.phase} {r.step} {r.message}"[:200])
 
-        agent = Agent(self.node, host, nodeops, store, backup_fn=make_backup_fn(api, self.node),
+        agent = Agent(self.node, host, nodeops, store, backup_fn=make_backup_fn(api, s, self.node),
                       on_report=on_report)
         if s.host == "simulated":
             from kupd.host.simkubelet import SimKubelet

@@ -76,7 +76,33 @@ class ControlPlane:
 
     @property
     def etcd_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.etcd_port}"
+        return f"https://127.0.0.1:{self.etcd_port}"
+
+    @property
+    def etcd_pki(self) -> Path:
+        """kubeadm's layout: ca.crt, server.*, healthcheck-client.* (what kupd's backup uses)."""
+        return self.workdir / "pki" / "etcd"
+
+    def _make_etcd_pki(self) -> None:
+        d = self.etcd_pki
+        if (d / "healthcheck-client.crt").exists():
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        runner.run(["openssl", "req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"),
+                    "-days", "30", "-subj", "/CN=etcd-ca"], timeout=60)
+        leaves = {
+            "server": ("etcd-server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth"),
+            "healthcheck-client": ("kube-etcd-healthcheck-client", "extendedKeyUsage=clientAuth"),
+            "apiserver-etcd-client": ("kube-apiserver-etcd-client", "extendedKeyUsage=clientAuth"),
+        }
+        for name, (cn, ext) in leaves.items():
+            (d / f"{name}.ext").write_text(ext + "\n")
+            runner.run(["openssl", "req", *ec, "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"),
+                        "-subj", f"/CN={cn}"], timeout=60)
+            runner.run(["openssl", "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
+                        "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-out", str(d / f"{name}.crt"),
+                        "-days", "30", "-extfile", str(d / f"{name}.ext")], timeout=60)
 
     @property
     def ca_file(self) -> Path:
@@ -131,13 +157,18 @@ class ControlPlane:
 
     # -- parts --------------------------------------------------------------------------
     def start_etcd(self) -> None:
+        self._make_etcd_pki()
+        pki = self.etcd_pki
         self._spawn("etcd", ["etcd", str(self.workdir / "etcd"), self.etcd_endpoint,
-                             f"http://127.0.0.1:{self.etcd_peer_port}"])
+                             f"http://127.0.0.1:{self.etcd_peer_port}",
+                             str(pki / "ca.crt"), str(pki / "server.crt"), str(pki / "server.key")])
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "healthcheck-client.crt"), str(pki / "healthcheck-client.key"))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             self._check_alive("etcd")
             try:
-                with urllib.request.urlopen(f"{self.etcd_endpoint}/health", timeout=2) as r:  # noqa: S310
+                with urllib.request.urlopen(f"{self.etcd_endpoint}/health", timeout=2, context=ctx) as r:  # noqa: S310
                     if b"true" in r.read():
                         return
             except (urllib.error.URLError, OSError):
@@ -150,6 +181,9 @@ class ControlPlane:
         self._spawn("kube-apiserver", [
             "kube-apiserver",
             f"--etcd-servers={self.etcd_endpoint}",
+            f"--etcd-cafile={self.etcd_pki / 'ca.crt'}",
+            f"--etcd-certfile={self.etcd_pki / 'apiserver-etcd-client.crt'}",
+            f"--etcd-keyfile={self.etcd_pki / 'apiserver-etcd-client.key'}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             f"--secure-port={self.api_port}",

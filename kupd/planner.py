@@ -265,6 +265,16 @@ def plan(
             entries[n.name] = e
         _observe(e, m, op, policy, now, events, n.name)
 
+    # The first control plane's agent reports the verified backup it took; it becomes the record.
+    if not status.get("backup"):
+        for n in selected:
+            m = members.get(n.name)
+            if m and m.report and m.report.uid == op.uid and m.report.backup:
+                status["backup"] = dict(m.report.backup)
+                msg = f"etcd snapshot {m.report.backup.get('location')} verified before any change"
+                _condition(status, "BackupSucceeded", True, "BackupVerified", msg, gen, now)
+                events.append(PlanEvent("BackupTaken", msg))
+
     ordered = [entries[n.name] for n in selected]
     status["nodes"] = ordered
     # Entries of nodes that left the selection or the cluster are kept for the record only.

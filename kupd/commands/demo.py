@@ -1,13 +1,135 @@
-"""`kupd demo`."""
+"""`kupd demo`: a real local control plane, simulated nodes each run by a real `kupd daemon`,
+and a DirectUpdate upgraded live in the terminal. Needs the control-plane build
+(tests/controlplane/build.sh, which `scripts/demo.sh` runs first)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
-from kupd.commands import not_implemented
+from kupd import devcluster
+from kupd.simcluster import SimCluster
+
+TERMINAL = ("Succeeded", "Failed")
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("demo", help="demo (not implemented yet)")
-    p.set_defaults(func=lambda args: not_implemented("demo"))
+    p: argparse.ArgumentParser = sub.add_parser(
+        "demo", help="upgrade a local control plane with simulated nodes, live in the terminal")
+    p.add_argument("--control-planes", type=int, default=1, help="control-plane nodes (default 1)")
+    p.add_argument("--workers", type=int, default=3, help="worker nodes (default 3)")
+    p.add_argument("--from-version", default="v1.31.2", help="version the nodes start at")
+    p.add_argument("--to-version", default="v1.32.1", help="target version")
+    p.add_argument("--concurrency", type=int, default=2, help="workers upgraded at once")
+    p.add_argument("--step-seconds", type=float, default=0.4, help="how long each simulated step takes")
+    p.add_argument("--no-backup", action="store_true", help="skip the etcd snapshot before the control plane")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, state) afterwards")
+    p.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
+    p.set_defaults(func=run)
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    filled = int(width * done / total) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def render(obj: dict[str, Any], elapsed: float) -> str:
+    st = obj.get("status") or {}
+    summary = st.get("summary") or {}
+    total = summary.get("total", 0)
+    done = summary.get("succeeded", 0) + summary.get("skipped", 0)
+    lines = [f"DirectUpdate {obj['metadata']['name']} -> {obj['spec']['version']}   "
+             f"phase {st.get('phase', '-'):<18} {_bar(done, total)} {done}/{total}   {elapsed:5.1f}s",
+             f"  coordinator {st.get('coordinator', '-')} (epoch {st.get('epoch', '-')})   "
+             f"hops {' -> '.join(st.get('hops') or []) or '-'}"]
+    if st.get("backup"):
+        b = st["backup"]
+        lines.append(f"  backup {b.get('location')} ({b.get('size')} bytes, revision {b.get('revision')}, "
+                     f"verified {b.get('verified')})")
+    lines.append(f"  {'NODE':<8} {'ROLE':<13} {'PHASE':<10} {'STEP':<16} MESSAGE")
+    for n in st.get("nodes") or []:
+        lines.append(f"  {n['name']:<8} {n['role']:<13} {n['phase']:<10} {n.get('step', ''):<16} "
+                     f"{n.get('message', '')[:60]}")
+    if st.get("message"):
+        lines.append(f"  {st['message'][:100]}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="kupd-demo-"))
+    tty = sys.stdout.isatty()
+    print(f"kupd demo: work folder {work}")
+    print("starting a real etcd + kube-apiserver + disruption controller ...", flush=True)
+    cp = devcluster.ControlPlane(work / "control-plane")
+    sc: SimCluster | None = None
+    try:
+        cp.start()
+        cp.install_crds()
+        print(f"control plane up at {cp.server}; kubeconfig {cp.admin_kubeconfig}", flush=True)
+        sc = SimCluster(cp, work / "nodes", step_seconds=args.step_seconds, initial_version=args.from_version)
+        for i in range(1, args.control_planes + 1):
+            sc.add_node(f"cp-{i}", control_plane=True)
+        for i in range(1, args.workers + 1):
+            sc.add_node(f"worker-{i}")
+        print(f"started {len(sc.nodes)} kupd daemons on simulated nodes at {args.from_version}", flush=True)
+        _wait_members(cp, len(sc.nodes))
+        spec: dict[str, Any] = {"version": args.to_version, "concurrency": args.concurrency}
+        if args.no_backup:
+            spec["backup"] = {"required": False}
+        else:
+            store = work / "backups"
+            store.mkdir()
+            pki = cp.etcd_pki
+            spec["backup"] = {"required": True, "store": {"type": "file", "path": str(store)},
+                              "etcd": {"endpoints": [cp.etcd_endpoint], "caFile": str(pki / "ca.crt"),
+                                       "certFile": str(pki / "healthcheck-client.crt"),
+                                       "keyFile": str(pki / "healthcheck-client.key")}}
+        obj = {"apiVersion": "kupd.io/v1alpha1", "kind": "DirectUpdate", "metadata": {"name": "demo"},
+               "spec": spec}
+        cp.kubectl("apply", "-f", "-", input_text=json.dumps(obj))
+        print("applied DirectUpdate demo:", json.dumps(spec)[:200], flush=True)
+        started = time.monotonic()
+        last = ""
+        obj = {}
+        while time.monotonic() - started < args.timeout:
+            out = cp.kubectl("get", "directupdate", "demo", "-o", "json", check=False)
+            if out.returncode == 0:
+                obj = json.loads(out.stdout)
+                text = render(obj, time.monotonic() - started)
+                if text != last:
+                    if tty and last:
+                        sys.stdout.write(f"\x1b[{last.count(chr(10)) + 1}F\x1b[J")
+                    print(text, flush=True)
+                    last = text
+                if (obj.get("status") or {}).get("phase") in TERMINAL:
+                    break
+            time.sleep(0.5)
+        st = obj.get("status") or {}
+        print()
+        print(cp.kubectl("get", "directupdates").stdout.rstrip())
+        print(f"\nresult: {st.get('phase')} in {time.monotonic() - started:.1f}s — {st.get('message', '')}")
+        return 0 if st.get("phase") == "Succeeded" else 1
+    finally:
+        if sc is not None:
+            sc.stop()
+        cp.stop()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_members(cp: devcluster.ControlPlane, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = cp.kubectl("get", "leases", "-n", "kupd-system", "-o", "name", check=False)
+        if out.returncode == 0 and out.stdout.count("kupd-node-") >= count:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"fewer than {count} kupd members joined in {timeout:.0f}s")

@@ -17,6 +17,7 @@ import (
 
 	_ "time/tzdata"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"k8s.io/component-base/cli"
 	_ "k8s.io/component-base/logs/json/register"
@@ -61,10 +62,11 @@ func main() {
 	}
 }
 
-// runEtcd starts a single-member etcd: etcd <data-dir> <client-url> <peer-url>.
+// runEtcd starts a single-member etcd: etcd <data-dir> <client-url> <peer-url> [<ca> <cert> <key>].
+// With the three files, clients must present a certificate signed by the CA, as on a kubeadm node.
 func runEtcd(args []string) int {
-	if len(args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: kupd-testcp etcd DATA_DIR CLIENT_URL PEER_URL")
+	if len(args) != 3 && len(args) != 6 {
+		fmt.Fprintln(os.Stderr, "usage: kupd-testcp etcd DATA_DIR CLIENT_URL PEER_URL [CA CERT KEY]")
 		return 2
 	}
 	cfg := embed.NewConfig()
@@ -83,6 +85,14 @@ func runEtcd(args []string) int {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = client, client
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = peer, peer
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if len(args) == 6 {
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			TrustedCAFile:  args[3],
+			CertFile:       args[4],
+			KeyFile:        args[5],
+			ClientCertAuth: true,
+		}
+	}
 	cfg.LogLevel = "warn"
 	// The API server watches with progress notifications; keep the interval short so
 	// consistent reads from its cache do not wait.
