@@ -174,8 +174,7 @@ class Agent:
                     if ref.step == p.STEP_BACKUP:
                         # An etcd or store that stays away must fail the operation before any
                         # node changes, not hold it forever: backups spend attempts like failures.
-                        e = KupdError(str(e))  # noqa: PLW2901
-                        if self._fail_attempt(ref, rec, e, max_attempts):
+                        if self._fail_attempt(ref, rec, KupdError(str(e)), max_attempts):
                             return
                         continue
                     # Not the node's fault (API away, lock held): wait, spend no attempt.
@@ -232,10 +231,10 @@ class Agent:
         elif step == p.STEP_RESTART:
             self.host.restart_services()
         elif step == p.STEP_REBOOT:
-            policy = str(cp.spec.get("reboot", "IfRequired"))
+            reboot = str(cp.spec.get("reboot", "IfRequired"))
             if self.host.facts().boot_id != boot_id:
                 return  # we are past the reboot
-            if policy == "Always" or self.host.reboot_required():
+            if reboot == "Always" or self.host.reboot_required():
                 self.host.reboot()
                 while self.host.facts().boot_id == boot_id:
                     # A real reboot ends this process; the checkpoint carries us on after boot.

@@ -158,16 +158,33 @@ class Coordinator:
         self.leases = kube.Informer("leases", self.coord.list_namespaced_lease, self._dirty.set,
                                     namespace=namespace)
         self.nodes = kube.Informer("nodes", self.core.list_node, self._dirty.set)
+        # Schedules: their own informers only wake the scheduler, which lists what it needs.
+        self._sched_dirty = threading.Event()
+        self._sched_dirty.set()
+        self._sched_due: datetime | None = None
+        self.schedules = [
+            kube.Informer(plural, self.custom.list_cluster_custom_object, self._wake_scheduler,
+                          group=p.GROUP, version=p.VERSION, plural=plural)
+            for plural in (p.SCHEDULEDUPDATES, p.UPDATESCHEDULES)
+        ]
+        from kupd.clock import SystemClock
+        from kupd.scheduler import Scheduler
+
+        self.scheduler = Scheduler(self.custom, SystemClock(), newest_patch)
+
+    def _wake_scheduler(self) -> None:
+        self._sched_dirty.set()
+        self._dirty.set()
 
     def start(self) -> None:
-        for inf in (self.ops, self.leases, self.nodes):
+        for inf in (self.ops, self.leases, self.nodes, *self.schedules):
             inf.start()
         threading.Thread(target=self._loop, name="coordinator", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
         self._dirty.set()
-        for inf in (self.ops, self.leases, self.nodes):
+        for inf in (self.ops, self.leases, self.nodes, *self.schedules):
             inf.stop()
 
     def _loop(self) -> None:
@@ -180,6 +197,7 @@ class Coordinator:
             if self._stop.is_set() or not self.elector.leading:
                 continue
             try:
+                self._run_scheduler()
                 self.reconcile()
             except KupdError as e:
                 log.warning("reconcile: %s", e)
@@ -187,6 +205,18 @@ class Coordinator:
             except Exception:
                 log.exception("reconcile failed")
                 self._stop.wait(1.0)
+
+    def _run_scheduler(self) -> None:
+        now = datetime.now(UTC)
+        if not self._sched_dirty.is_set() and (self._sched_due is None or now < self._sched_due):
+            return
+        self._sched_dirty.clear()
+        try:
+            self._sched_due = self.scheduler.reconcile()
+        except KupdError as e:
+            log.warning("scheduler: %s", e)
+            self._sched_due = None
+            self._sched_dirty.set()
 
     # -- one round -------------------------------------------------------------------------
     def _views(self, now: datetime) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:

@@ -92,7 +92,8 @@ class ControlPlane:
         runner.run(["openssl", "req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"),
                     "-days", "30", "-subj", "/CN=etcd-ca"], timeout=60)
         leaves = {
-            "server": ("etcd-server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth"),
+            "server": ("etcd-server",
+                       "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth"),
             "healthcheck-client": ("kube-etcd-healthcheck-client", "extendedKeyUsage=clientAuth"),
             "apiserver-etcd-client": ("kube-apiserver-etcd-client", "extendedKeyUsage=clientAuth"),
         }
@@ -240,12 +241,12 @@ class ControlPlane:
             if ctx is None and self.ca_file.exists():
                 ctx = ssl.create_default_context(cafile=str(self.ca_file))
             if ctx is not None:
-                req = urllib.request.Request(
+                req = urllib.request.Request(  # noqa: S310 - https only
                     f"{self.server}/readyz",
                     headers={"Authorization": f"Bearer {self.identities['admin'].token}"},
                 )
                 try:
-                    with urllib.request.urlopen(req, timeout=3, context=ctx) as r:  # noqa: S310
+                    with urllib.request.urlopen(req, timeout=3, context=ctx) as r:  # noqa: S310 - https only
                         if r.status == 200:
                             return
                 except (urllib.error.URLError, OSError, ssl.SSLError) as e:
@@ -286,6 +287,8 @@ class ControlPlane:
         return runner.run(
             [str(self.binary), "kubectl", f"--kubeconfig={self.kubeconfig(user)}", *args],
             timeout=120, check=check, input_text=input_text,
+            # kubectl keeps a discovery cache under $HOME; keep it inside the work folder.
+            env={"HOME": str(self.workdir)},
         )
 
     def install_crds(self, crd_dir: Path = REPO_ROOT / "crds") -> None:

@@ -113,7 +113,7 @@ class NodeOps:
         return "unknown"
 
     def drain(self, policy: DrainPolicy, report: Callable[[str, str], None],
-              sleep: Callable[[float], None] = time.sleep) -> None:
+              sleep: Callable[[float], object] = time.sleep) -> None:
         """Cordon, then evict every pod that is not a DaemonSet or mirror pod, and wait until gone.
 
         `report(reason, message)` is called while a PDB blocks, so status names the blocker.
@@ -174,7 +174,7 @@ class NodeOps:
         except Exception as e:
             raise kube.map_error(e, f"evict {pod.metadata.name}") from e
 
-    def wait_ready(self, version: str, timeout: float = 300, sleep: Callable[[float], None] = time.sleep) -> None:
+    def wait_ready(self, version: str, timeout: float = 300, sleep: Callable[[float], object] = time.sleep) -> None:
         """Wait until the Node is Ready and reports kubeletVersion == version."""
         deadline = time.monotonic() + timeout
         last = ""

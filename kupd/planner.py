@@ -207,9 +207,9 @@ def plan(
         if validate_spec is not None:
             validate_spec(op.spec)
         policy = Policy.from_spec(op.spec)
-    except ValidationError as e:
-        _condition(status, "Valid", False, "InvalidSpec", str(e), gen, now)
-        return _fail(op, status, "InvalidSpec", str(e), now, events)
+    except ValidationError as err:
+        _condition(status, "Valid", False, "InvalidSpec", str(err), gen, now)
+        return _fail(op, status, "InvalidSpec", str(err), now, events)
     _condition(status, "Valid", True, "SpecValid", "the spec passed the daemon's validation", gen, now)
 
     # Which nodes, in which order: control plane first, then canaries, then the rest, by name.
@@ -234,9 +234,9 @@ def plan(
             return Plan(status, events)
         try:
             status["hops"] = hops_for(min(versions), policy.target, resolved_minors or {})
-        except SkewError as e:
-            _condition(status, "Valid", False, e.rule, str(e), gen, now)
-            return _fail(op, status, "VersionSkew", str(e), now, events)
+        except SkewError as skew:
+            _condition(status, "Valid", False, skew.rule, str(skew), gen, now)
+            return _fail(op, status, "VersionSkew", str(skew), now, events)
     hops = [Version.parse(h) for h in status["hops"]]
 
     # The kubelet-never-newer rule: a worker-only selection cannot pass the control plane.

@@ -90,13 +90,13 @@ def run(args: argparse.Namespace) -> int:
                               "etcd": {"endpoints": [cp.etcd_endpoint], "caFile": str(pki / "ca.crt"),
                                        "certFile": str(pki / "healthcheck-client.crt"),
                                        "keyFile": str(pki / "healthcheck-client.key")}}
-        obj = {"apiVersion": "kupd.io/v1alpha1", "kind": "DirectUpdate", "metadata": {"name": "demo"},
-               "spec": spec}
-        cp.kubectl("apply", "-f", "-", input_text=json.dumps(obj))
+        manifest = {"apiVersion": "kupd.io/v1alpha1", "kind": "DirectUpdate", "metadata": {"name": "demo"},
+                    "spec": spec}
+        cp.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
         print("applied DirectUpdate demo:", json.dumps(spec)[:200], flush=True)
         started = time.monotonic()
         last = ""
-        obj = {}
+        obj: dict[str, Any] = {}
         while time.monotonic() - started < args.timeout:
             out = cp.kubectl("get", "directupdate", "demo", "-o", "json", check=False)
             if out.returncode == 0:

@@ -57,7 +57,7 @@ class KubeClusterView:
     def _client(self) -> Any:
         from kubernetes import client, config
 
-        return config.new_client_from_config(config_file=self.kubeconfig), client  # type: ignore[no-untyped-call]
+        return config.new_client_from_config(config_file=self.kubeconfig), client
 
     def apiserver_version(self) -> Version:
         api, client = self._client()

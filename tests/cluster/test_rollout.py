@@ -245,3 +245,78 @@ def test_pdb_blocks_drain_until_it_allows(sim: SimCluster) -> None:
     st = wait_phase(cp, "pdb", ("Succeeded", "Failed", "RequiresAttention"), timeout=120)
     assert st["phase"] == "Succeeded", st
     assert cp.kubectl("get", "pod", "web", "-n", "default", check=False).returncode != 0
+
+
+def _backup_spec(cp: ControlPlane, store: str, endpoint: str | None = None) -> dict[str, Any]:
+    pki = cp.etcd_pki
+    return {"required": True, "store": {"type": "file", "path": store},
+            "etcd": {"endpoints": [endpoint or cp.etcd_endpoint], "caFile": str(pki / "ca.crt"),
+                     "certFile": str(pki / "healthcheck-client.crt"),
+                     "keyFile": str(pki / "healthcheck-client.key")}}
+
+
+def test_verified_backup_before_the_first_control_plane_change(sim: SimCluster, tmp_path: Any) -> None:
+    store = tmp_path / "backups"
+    store.mkdir()
+    sim.add_node("cp-1", control_plane=True)
+    sim.add_node("w-1")
+    apply_du(sim.cp, "backup", {"version": "v1.32.0", "backup": _backup_spec(sim.cp, str(store))})
+    st = wait_phase(sim.cp, "backup", ("Succeeded", "Failed", "RequiresAttention"))
+    assert st["phase"] == "Succeeded", st
+    b = st["backup"]
+    assert b["verified"] is True and b["node"] == "cp-1" and b["revision"] > 0 and len(b["sha256"]) == 64
+    files = list(store.rglob("etcd-*.db"))
+    assert len(files) == 1 and files[0].stat().st_size == b["size"]
+    import hashlib
+
+    assert hashlib.sha256(files[0].read_bytes()).hexdigest() == b["sha256"]
+    cond = next(c for c in st["conditions"] if c["type"] == "BackupSucceeded")
+    assert cond["status"] == "True"
+    # The snapshot came before any change on the node.
+    effects = sim.nodes["cp-1"].state()["effects"]
+    assert effects[0] == "repository v1.32"
+
+
+def test_failed_backup_fails_the_operation_before_any_change(sim: SimCluster, tmp_path: Any) -> None:
+    store = tmp_path / "backups"
+    store.mkdir()
+    sim.add_node("cp-1", control_plane=True)
+    sim.add_node("w-1")
+    closed = "https://127.0.0.1:1"  # nothing listens there: etcd unreachable
+    apply_du(sim.cp, "nobackup", {"version": "v1.32.0", "maxAttempts": 1,
+                                  "backup": _backup_spec(sim.cp, str(store), closed)})
+    st = wait_phase(sim.cp, "nobackup", ("Succeeded", "Failed"))
+    assert st["phase"] == "Failed"
+    assert "backup failed on cp-1" in st["message"]
+    cond = next(c for c in st["conditions"] if c["type"] == "BackupSucceeded")
+    assert cond["status"] == "False" and cond["reason"] == "BackupFailed"
+    for name in sim.nodes:
+        assert sim.nodes[name].state()["effects"] == [], f"{name} was changed"
+    assert list(store.rglob("*.db")) == []
+
+
+def test_multi_minor_target_goes_hop_by_hop_control_plane_first(sim: SimCluster) -> None:
+    sim.step_seconds = 0.2
+    sim.add_node("cp-1", control_plane=True)
+    sim.add_node("cp-2", control_plane=True)
+    sim.add_node("w-1")
+    mon = Monitor(sim.cp).start()
+    try:
+        apply_du(sim.cp, "hops", {"version": "v1.33.0", "backup": NO_BACKUP})
+        st = wait_phase(sim.cp, "hops", ("Succeeded", "Failed", "RequiresAttention"), timeout=240)
+    finally:
+        mon.stop()
+    assert st["phase"] == "Succeeded", st
+    # The intermediate minor is its newest patch offered by the package source.
+    assert st["hops"] == ["v1.32.1", "v1.33.0"]
+    mon.assert_invariants(concurrency=1)
+    cp1, cp2 = (sim.nodes[n].state()["effects"] for n in ("cp-1", "cp-2"))
+    assert [e for e in cp1 if e.startswith("kubeadm upgrade")] == [
+        "kubeadm upgrade apply v1.32.1", "kubeadm upgrade apply v1.33.0"]
+    assert [e for e in cp2 if e.startswith("kubeadm upgrade")] == [
+        "kubeadm upgrade node v1.32.1", "kubeadm upgrade node v1.33.0"]
+    w = sim.nodes["w-1"].state()["effects"]
+    assert [e for e in w if e.startswith("kubeadm upgrade")] == [
+        "kubeadm upgrade node v1.32.1", "kubeadm upgrade node v1.33.0"]
+    for name in sim.nodes:
+        effects_once(sim, name)

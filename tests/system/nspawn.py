@@ -286,7 +286,7 @@ class Node:
             "--pid",
             "--cgroup",
             "--root",
-            "--wd=/",
+            "--wd",
             "/usr/bin/env",
             "-i",
             f"PATH={PATH}",

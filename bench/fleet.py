@@ -1,0 +1,353 @@
+"""Many nodes' agent + member + simulated host in ONE process, without a thread per node.
+
+What is shared and what is per node:
+- one DirectUpdate informer (kupd.kube.Informer) fans grants out to the in-process agents;
+- one renewal scheduler (a heap and a small thread pool) renews every member Lease on its
+  period with the real `Member.renew()` (one merge-patch), and at once when an agent's report
+  changes, as the daemon's member thread does after a poke;
+- per node: the real `Agent` (its step sequence, its calls through the real `NodeOps`: cordon,
+  drain, wait-ready, uncordon), the real `Member`, and a simulated host that keeps its state in
+  memory and sets its Node's kubeletVersion when it restarts the kubelet (what the single-node
+  SimKubelet does; bench nodes run no pods, so there is no per-node pod watch).
+
+An agent thread exists only while its node holds a grant, so threads are bounded by the
+rollout's concurrency plus the renewal pool.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from kupd import kube
+from kupd import protocol as p
+from kupd.agent import Agent
+from kupd.checkpoint import Checkpoint, CheckpointStore
+from kupd.host.simulated import SimulatedHost
+from kupd.member import Member
+from kupd.nodeops import NodeOps
+from kupd.versions import Version
+
+log = logging.getLogger(__name__)
+
+
+def api_client(kubeconfig: str | Path, pool: int = 64) -> client.ApiClient:
+    """kupd.kube.api_client, with a connection pool big enough for many threads."""
+    api = kube.api_client(str(kubeconfig), timeout=30.0)
+    # Pools are made lazily per host from these keywords; urllib3 would otherwise discard
+    # connections beyond its default size and reconnect (a TLS handshake per request).
+    api.rest_client.pool_manager.connection_pool_kw["maxsize"] = pool
+    return api
+
+
+class MemoryHost(SimulatedHost):
+    """The simulated host with its state in memory (no state file, no fault file).
+
+    Step durations and effects are those of SimulatedHost; `on_kubelet(version)` is called when
+    the kubelet restarts at a new version, as the Node's kubelet would post its new status.
+    """
+
+    def __init__(self, step_seconds: float, initial_version: str, available: list[str],
+                 on_kubelet: Callable[[str], None]) -> None:
+        # Not SimulatedHost.__init__: it would create a state file.
+        self.path = Path("/nonexistent/bench-host.json")
+        self.faults_path = Path("/nonexistent/bench-host.json.faults.json")
+        self.step_seconds = step_seconds
+        self.available = sorted({Version.parse(v) for v in available})
+        self._lock = threading.Lock()
+        self._on_kubelet = on_kubelet
+        v = Version.parse(initial_version)
+        self._mem: dict[str, Any] = {
+            "versions": {"kubeadm": initial_version, "kubelet": initial_version, "kubectl": initial_version,
+                         "containerd": "1.7.22"},
+            "running_kubelet": initial_version, "cluster_version": initial_version,
+            "repo_minor": f"v{v.major}.{v.minor}", "boot_id": "bench-boot", "effects": [],
+        }
+
+    def state(self) -> dict[str, Any]:
+        return self._mem
+
+    def _faults(self) -> dict[str, Any]:
+        return {}
+
+    def _maybe_crash(self, step: str, when: str) -> None:
+        return None
+
+    def _apply(self, effect: str, change: dict[str, Any], step: str = "") -> None:
+        with self._lock:
+            st = self._mem
+            for k, v in change.items():
+                if isinstance(v, dict):
+                    st.setdefault(k, {}).update(v)
+                else:
+                    st[k] = v
+            st["effects"].append(effect)
+
+    def restart_services(self) -> None:
+        before = self._mem["running_kubelet"]
+        super().restart_services()
+        after = self._mem["running_kubelet"]
+        if after != before:
+            self._on_kubelet(after)
+
+
+class MemoryStore(CheckpointStore):
+    """A checkpoint store in memory: the bench measures coordination, not fsync."""
+
+    def __init__(self) -> None:
+        self.path = Path("/nonexistent/checkpoint.json")
+        self._cp = Checkpoint()
+
+    def load(self) -> Checkpoint:
+        return self._cp
+
+    def save(self, cp: Checkpoint) -> None:
+        self._cp = cp
+
+
+class Renewer:
+    """Renews many member Leases on their period from a small pool, and at once when kicked."""
+
+    def __init__(self, members: dict[str, Member], every: float, workers: int = 16) -> None:
+        self.members = members
+        self.every = every
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="renew")
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, str]] = []
+        self._urgent: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._running: set[str] = set()
+        self._again: set[str] = set()
+        self._stop = threading.Event()
+        self.errors = 0
+        self.renewals = 0
+
+    def start(self) -> None:
+        now = time.monotonic()
+        names = sorted(self.members)
+        n = max(1, len(names))
+        # Spread the periodic renewals evenly over one period, as independent daemons would be.
+        self._heap = [(now + self.every * (i / n), name) for i, name in enumerate(names)]
+        heapq.heapify(self._heap)
+        threading.Thread(target=self._loop, name="renewer", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def kick(self, name: str) -> None:
+        with self._cv:
+            if name in self._running:
+                self._again.add(name)
+            elif name not in self._queued:
+                self._queued.add(name)
+                self._urgent.append(name)
+                self._cv.notify()
+
+    def renew_all_now(self, names: Iterable[str]) -> None:
+        """Create/renew every lease once, synchronously (registration)."""
+        list(self._pool.map(self._renew_once, names))
+
+    def _renew_once(self, name: str) -> None:
+        for _ in range(5):
+            try:
+                self.members[name].renew()
+                return
+            except Exception as e:
+                log.debug("renew %s: %s", name, e)
+                time.sleep(0.5)
+        self.errors += 1
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            batch: list[str] = []
+            with self._cv:
+                while not self._stop.is_set():
+                    now = time.monotonic()
+                    while self._urgent:
+                        batch.append(self._urgent.popleft())
+                    while self._heap and self._heap[0][0] <= now:
+                        _, name = heapq.heappop(self._heap)
+                        heapq.heappush(self._heap, (now + self.every, name))
+                        if name not in self._running and name not in self._queued:
+                            self._queued.add(name)
+                            batch.append(name)
+                    if batch:
+                        break
+                    timeout = self._heap[0][0] - now if self._heap else 1.0
+                    self._cv.wait(max(0.001, min(timeout, 1.0)))
+                for name in batch:
+                    self._queued.discard(name)
+                    self._running.add(name)
+            for name in batch:
+                try:
+                    self._pool.submit(self._do, name)
+                except RuntimeError:
+                    return
+
+    def _do(self, name: str) -> None:
+        try:
+            self.members[name].renew()
+            self.renewals += 1
+        except Exception as e:
+            self.errors += 1
+            log.debug("renew %s: %s", name, e)
+            with self._cv:
+                self._again.add(name)
+        finally:
+            with self._cv:
+                self._running.discard(name)
+                if name in self._again:
+                    self._again.discard(name)
+                    if name not in self._queued:
+                        self._queued.add(name)
+                        self._urgent.append(name)
+                    self._cv.notify()
+
+
+@dataclass
+class Timeline:
+    """Monotonic times of what each in-process node did, for the handoff figures."""
+
+    finished: dict[str, float] = field(default_factory=dict)  # agent set phase Succeeded
+    published: dict[str, float] = field(default_factory=dict)  # its lease carried that report
+    granted: dict[str, float] = field(default_factory=dict)  # its grant reached the fleet's informer
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class TimedMember(Member):
+    """Member that notes when the Succeeded report first reached the API."""
+
+    timeline: Timeline
+
+    def renew(self) -> None:
+        r = self.report()
+        super().renew()
+        if r is not None and r.phase == "Succeeded":
+            with self.timeline.lock:
+                self.timeline.published.setdefault(self.node, time.monotonic())
+
+
+class Fleet:
+    """N simulated worker nodes in this process."""
+
+    def __init__(self, kubeconfig: str | Path, names: list[str], *, step_seconds: float,
+                 initial_version: str, available: list[str], member_duration: int = 20,
+                 renew_fraction: float = 0.33, namespace: str = "kupd-system", workers: int = 16) -> None:
+        self.names = names
+        self.api = api_client(kubeconfig, pool=max(64, workers * 2))
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.timeline = Timeline()
+        self.initial_version = initial_version
+        self.agents: dict[str, Agent] = {}
+        self.members: dict[str, Member] = {}
+        self.hosts: dict[str, MemoryHost] = {}
+        for name in names:
+            host = MemoryHost(step_seconds, initial_version, available, self._kubelet_cb(name))
+            self.hosts[name] = host
+            agent = Agent(name, host, NodeOps(self.api, name), MemoryStore(), backup_fn=None,
+                          on_report=self._report_cb(name), retry_delay=1.0)
+            self.agents[name] = agent
+            m = TimedMember(self.api, namespace, name, member_duration, member_duration * renew_fraction,
+                            host.facts, agent.report, control_plane=False)
+            m.timeline = self.timeline
+            self.members[name] = m
+        self.renewer = Renewer(self.members, member_duration * renew_fraction, workers)
+        self.informer: kube.Informer | None = None
+        self._granted_seen: set[str] = set()
+
+    # -- per-node callbacks -----------------------------------------------------------------
+    def _kubelet_cb(self, name: str) -> Callable[[str], None]:
+        def cb(version: str) -> None:
+            self._set_node_status(name, version)
+        return cb
+
+    def _report_cb(self, name: str) -> Callable[[], None]:
+        def cb() -> None:
+            agent = self.agents.get(name)
+            if agent is not None and agent.cp.phase == "Succeeded":
+                with self.timeline.lock:
+                    self.timeline.finished.setdefault(name, time.monotonic())
+            self.renewer.kick(name)
+        return cb
+
+    # -- registration ---------------------------------------------------------------------
+    def _set_node_status(self, name: str, version: str) -> None:
+        body: dict[str, Any] = {"status": {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "bench kubelet is posting ready status"}],
+            "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": "", "machineID": "", "systemUUID": "",
+                         "bootID": "bench-boot", "kernelVersion": "", "osImage": "simulated",
+                         "containerRuntimeVersion": "containerd://1.7.22", "operatingSystem": "linux",
+                         "architecture": "amd64"},
+        }}
+        kube.call(self.core.patch_node_status, f"status of {name}", name, body)
+
+    def _register_one(self, name: str) -> None:
+        body = client.V1Node(metadata=client.V1ObjectMeta(
+            name=name, labels={"kubernetes.io/hostname": name, "kupd.io/bench": "true"}))
+        for attempt in range(5):
+            try:
+                try:
+                    self.core.create_node(body)
+                except client.ApiException as e:
+                    if e.status != 409:
+                        raise
+                self._set_node_status(name, self.initial_version)
+                return
+            except Exception:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
+
+    def register(self, workers: int = 16) -> None:
+        """Create every Node (Ready, at the initial kubeletVersion) and every member Lease."""
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(self._register_one, self.names))
+        self.renewer.renew_all_now(self.names)
+
+    # -- running --------------------------------------------------------------------------
+    def _offer_all(self) -> None:
+        assert self.informer is not None
+        for op in self.informer.items():
+            # One index per DirectUpdate instead of every agent scanning every entry: only nodes
+            # holding a grant are offered it (an agent ignores everything else anyway).
+            for e in (op.get("status") or {}).get("nodes") or []:
+                name = e.get("name")
+                if not e.get("grant") or name not in self.agents:
+                    continue
+                if name not in self._granted_seen:
+                    self._granted_seen.add(name)
+                    with self.timeline.lock:
+                        self.timeline.granted.setdefault(name, time.monotonic())
+                self.agents[name].offer(copy.copy(op))
+
+    def start(self) -> None:
+        self.renewer.start()
+        self.informer = kube.Informer("bench-directupdates", self.custom.list_cluster_custom_object,
+                                      self._offer_all, group=p.GROUP, version=p.VERSION,
+                                      plural=p.DIRECTUPDATES).start()
+
+    def stop(self) -> None:
+        if self.informer is not None:
+            self.informer.stop()
+        for a in self.agents.values():
+            a.stop()
+        self.renewer.stop()
+
+    def versions(self) -> dict[str, str]:
+        return {n: h._mem["running_kubelet"] for n, h in self.hosts.items()}

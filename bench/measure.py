@@ -1,0 +1,170 @@
+"""What the bench reads: the API server's own request counters, /proc, sd_notify, the planner."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import ssl
+import statistics
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kupd import planner
+from kupd.protocol import Report
+from kupd.versions import Version
+
+_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+Counts = Counter[tuple[str, str]]  # (verb, resource[/subresource]) -> requests
+
+
+def scrape_requests(server: str, token: str, ca_file: str | Path) -> Counts:
+    """apiserver_request_total from the API server's /metrics, summed by verb and resource.
+
+    Requests without a resource (/metrics, /readyz, discovery) are left out.
+    """
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    req = urllib.request.Request(f"{server}/metrics", headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+    with urllib.request.urlopen(req, timeout=30, context=ctx) as r:  # noqa: S310 - our own API server
+        text = r.read().decode()
+    out: Counts = Counter()
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group("labels")))
+        resource = labels.get("resource", "")
+        if not resource:
+            continue
+        if labels.get("subresource"):
+            resource += "/" + labels["subresource"]
+        out[(labels.get("verb", ""), resource)] += int(float(m.group("value")))
+    return out
+
+
+def diff(after: Counts, before: Counts) -> Counts:
+    out: Counts = Counter()
+    for k, v in after.items():
+        d = v - before.get(k, 0)
+        if d > 0:
+            out[k] = d
+    return out
+
+
+def by_verb(c: Counts) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for (verb, _), v in c.items():
+        out[verb] += v
+    return dict(sorted(out.items()))
+
+
+def per_node_minute(c: dict[str, int], nodes: int, seconds: float) -> dict[str, float]:
+    return {k: v / nodes / (seconds / 60.0) for k, v in c.items()}
+
+
+# -- /proc ----------------------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (threads included), from /proc/<pid>/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) in bytes."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(line.split()[1]) * 1024
+    return out
+
+
+# -- sd_notify --------------------------------------------------------------------------------
+class NotifySocket:
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+
+    def wait_for(self, key: str, timeout: float) -> float | None:
+        """Monotonic time at which a datagram carrying `key` arrived, or None on timeout."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                return None
+            if any(line.split("=", 1)[0] == key for line in data.decode(errors="replace").splitlines()):
+                return time.monotonic()
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+# -- statistics -----------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
+    return s[k]
+
+
+# -- planner ----------------------------------------------------------------------------------
+def planner_time(nodes: int, concurrency: int = 50, repeat: int = 5) -> dict[str, float]:
+    """Seconds one `planner.plan` call takes for `nodes` nodes (1 control plane + workers).
+
+    first: the first round (empty status: entries are made, the control plane is granted);
+    steady: a round mid-rollout (control plane done, `concurrency` workers in flight), which
+    is what the coordinator runs on every change. Also the size of the status it writes.
+    """
+    import json
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    old, new = Version.parse("v1.31.2"), Version.parse("v1.32.0")
+    names = ["cp-1"] + [f"w-{i:05d}" for i in range(1, nodes)]
+    views = [planner.NodeView(n, {"kubernetes.io/hostname": n}, n == "cp-1") for n in names]
+    members = {n: planner.MemberView(n, True, old) for n in names}
+    spec = {"version": str(new), "concurrency": concurrency, "backup": {"required": False}}
+    op = planner.Operation("bench", "uid-1", 1, spec, {})
+
+    def run(op: planner.Operation) -> tuple[float, planner.Plan]:
+        t0 = time.perf_counter()
+        result = planner.plan(op, views, members, epoch=1, coordinator="cp-1", now=now)
+        return time.perf_counter() - t0, result
+
+    firsts = []
+    for _ in range(repeat):
+        t, first = run(op)
+        firsts.append(t)
+    members["cp-1"] = planner.MemberView("cp-1", True, new, Report("bench", "uid-1", 1, [str(new)], "Succeeded",
+                                                                   step="uncordon"))
+    _, second = run(planner.Operation("bench", "uid-1", 1, spec, first.status))
+    steady_op = planner.Operation("bench", "uid-1", 1, spec, second.status)
+    steadies = [run(steady_op)[0] for _ in range(repeat)]
+    in_flight = sum(1 for e in second.status["nodes"] if e["phase"] in planner.IN_FLIGHT)
+    return {
+        "nodes": float(nodes),
+        "first_s": statistics.median(firsts),
+        "steady_s": statistics.median(steadies),
+        "in_flight": float(in_flight),
+        "status_bytes": float(len(json.dumps(second.status, separators=(",", ":")))),
+    }

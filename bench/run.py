@@ -1,0 +1,380 @@
+"""`python -m bench.run --nodes 10 100 1000`: kupd at scale on the real local control plane.
+
+For each N: a fresh control plane (etcd + kube-apiserver + disruption controller), one real
+`kupd daemon` process as the control-plane node `cp-1` (it becomes the coordinator), N-1
+simulated workers in this process (bench.fleet), an idle interval, then one DirectUpdate to
+the next minor with a fixed simulated step duration. Once per invocation: one real daemon's
+footprint and the planner's time for --planner-nodes nodes. Prints one table; --json writes
+every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kubernetes import client
+
+from bench import measure
+from bench.fleet import Fleet, api_client
+from kupd import protocol as p
+from kupd.agent import step_sequence
+from kupd.devcluster import ControlPlane, free_port
+from kupd.simcluster import SimCluster
+
+log = logging.getLogger("bench")
+
+INITIAL = "v1.31.2"
+TARGET = "v1.32.0"
+AVAILABLE = ["v1.31.2", "v1.32.0"]
+# Steps of SimulatedHost that take step_seconds; drain/uncordon are API calls, and the reboot
+# step costs nothing when no reboot is required.
+TIMED_STEPS = {p.STEP_PREFLIGHT, p.STEP_REPOSITORY, p.STEP_KUBEADM_PACKAGE, p.STEP_KUBEADM_UPGRADE,
+               p.STEP_KUBELET_PACKAGE, p.STEP_RESTART, p.STEP_VERIFY}
+
+
+def default_concurrency(n: int) -> int:
+    return 1 if n <= 10 else 10 if n <= 100 else 50
+
+
+@dataclass
+class RunResult:
+    nodes: int
+    concurrency: int
+    step_seconds: float
+    phase: str = ""
+    wall_s: float = math.nan
+    ideal_s: float = math.nan
+    overhead_ratio: float = math.nan
+    handoffs: int = 0
+    handoff_p50_s: float = math.nan
+    handoff_p99_s: float = math.nan
+    handoff_max_s: float = math.nan
+    publish_p50_s: float = math.nan  # agent finished -> its lease carries the report
+    coordinate_p50_s: float = math.nan  # report in the API -> the next grant reached the agent
+    register_s: float = math.nan
+    idle_s: float = math.nan
+    idle_per_node_min: dict[str, float] = field(default_factory=dict)
+    idle_by_resource: dict[str, int] = field(default_factory=dict)
+    rollout_per_node_min: dict[str, float] = field(default_factory=dict)
+    rollout_by_resource: dict[str, int] = field(default_factory=dict)
+    status_writes: int = 0
+    status_bytes: int = 0
+    coordinator_idle_cpu_s_per_min: float = math.nan
+    coordinator_rollout_cpu_s: float = math.nan
+    coordinator_rss_mb: float = math.nan
+    coordinator_peak_rss_mb: float = math.nan
+    fleet_cpu_s: float = math.nan
+    renew_errors: int = 0
+
+
+@dataclass
+class DaemonResult:
+    ready_s: float = math.nan
+    idle_s: float = math.nan
+    rss_mb: float = math.nan
+    peak_rss_mb: float = math.nan
+    idle_cpu_s_per_min: float = math.nan
+    start_cpu_s: float = math.nan
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every)
+    raise TimeoutError(f"{what} not within {timeout:.0f}s")
+
+
+def _start_control_plane(workdir: Path) -> ControlPlane:
+    cp = ControlPlane(workdir / "cp")
+    cp.start()
+    cp.install_crds()
+    return cp
+
+
+def _scrape(cp: ControlPlane) -> measure.Counts:
+    return measure.scrape_requests(cp.server, cp.token("admin"), cp.ca_file)
+
+
+def _by_resource(c: measure.Counts) -> dict[str, int]:
+    return {f"{verb} {res}": v for (verb, res), v in sorted(c.items(), key=lambda kv: -kv[1])}
+
+
+def handoffs(timeline_finished: dict[str, float], timeline_granted: dict[str, float],
+             initial_fill: int) -> list[tuple[float, str]]:
+    """Pair every grant after the first `initial_fill` with the earliest slot freed before it.
+
+    Returns (latency, name of the node whose finish freed the slot). A grant that comes before
+    any unmatched finish (the coordinator granted a slot it had free) is not a handoff.
+    """
+    events = sorted([(t, 0, n) for n, t in timeline_finished.items()]
+                    + [(t, 1, n) for n, t in timeline_granted.items()])
+    free: list[tuple[float, str]] = []
+    grants = 0
+    out: list[tuple[float, str]] = []
+    for t, kind, name in events:
+        if kind == 0:
+            free.append((t, name))
+            continue
+        grants += 1
+        if grants <= initial_fill or not free:
+            continue
+        t_free, freed_by = free.pop(0)
+        out.append((t - t_free, freed_by))
+    return out
+
+
+def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, workers: int = 16) -> RunResult:
+    res = RunResult(nodes=n, concurrency=concurrency, step_seconds=step)
+    cp = _start_control_plane(workdir)
+    sc = SimCluster(cp, workdir / "sim", step_seconds=step, initial_version=INITIAL, available=AVAILABLE,
+                    member_seconds=20, coordinator_seconds=15, log_level="warning")
+    fleet: Fleet | None = None
+    try:
+        node = sc.add_node("cp-1", control_plane=True)
+        assert node.proc is not None
+        pid = node.proc.pid
+        api = api_client(cp.admin_kubeconfig)
+        coord = client.CoordinationV1Api(api)
+        custom = client.CustomObjectsApi(api)
+
+        def coordinating() -> bool:
+            try:
+                lease = coord.read_namespaced_lease(p.COORDINATOR_LEASE, "kupd-system")
+                return bool(lease.spec.holder_identity == "cp-1")
+            except client.ApiException:
+                return False
+
+        _wait(coordinating, 90, "cp-1 coordinating")
+        names = [f"w-{i:04d}" for i in range(1, n)]
+        fleet = Fleet(cp.admin_kubeconfig, names, step_seconds=step, initial_version=INITIAL,
+                      available=AVAILABLE, workers=workers)
+        t0 = time.monotonic()
+        fleet.register(workers)
+        fleet.start()
+        res.register_s = time.monotonic() - t0
+        assert fleet.informer is not None
+        _wait(fleet.informer.synced.is_set, 60, "fleet informer")
+        # Let the just-created leases pass one renewal period before measuring idle.
+        time.sleep(min(10.0, fleet.renewer.every + 1))
+
+        m0, c0, f0 = _scrape(cp), measure.cpu_seconds(pid), time.process_time()
+        t_idle = time.monotonic()
+        time.sleep(idle)
+        m1, c1 = _scrape(cp), measure.cpu_seconds(pid)
+        res.idle_s = time.monotonic() - t_idle
+        idle_c = measure.diff(m1, m0)
+        res.idle_per_node_min = measure.per_node_minute(measure.by_verb(idle_c), n, res.idle_s)
+        res.idle_by_resource = _by_resource(idle_c)
+        res.coordinator_idle_cpu_s_per_min = (c1 - c0) / (res.idle_s / 60)
+
+        body = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "metadata": {"name": "bench"},
+                "spec": {"version": TARGET, "concurrency": concurrency, "backup": {"required": False}}}
+        t_start = time.monotonic()
+        custom.create_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, body)
+
+        def phase() -> str:
+            assert fleet is not None and fleet.informer is not None
+            du = fleet.informer.get("bench")
+            return str(((du or {}).get("status") or {}).get("phase") or "")
+
+        workers_waves = math.ceil((n - 1) / concurrency)
+        timed = sum(1 for s in step_sequence([TARGET], False, False, "IfRequired") if s.step in TIMED_STEPS)
+        res.ideal_s = timed * step * (1 + workers_waves)
+        try:
+            _wait(lambda: phase() in ("Succeeded", "Failed", "RequiresAttention"),
+                  max(120.0, 6 * res.ideal_s), "rollout end", every=0.05)
+        except TimeoutError as e:
+            log.error("%s", e)
+        res.wall_s = time.monotonic() - t_start
+        res.phase = phase()
+        m2, c2 = _scrape(cp), measure.cpu_seconds(pid)
+        res.overhead_ratio = res.wall_s / res.ideal_s
+        roll_c = measure.diff(m2, m1)
+        res.rollout_per_node_min = measure.per_node_minute(measure.by_verb(roll_c), n, res.wall_s)
+        res.rollout_by_resource = _by_resource(roll_c)
+        res.status_writes = roll_c.get(("PUT", "directupdates/status"), 0)
+        du = fleet.informer.get("bench") or {}
+        res.status_bytes = len(json.dumps(du, separators=(",", ":")))
+        res.coordinator_rollout_cpu_s = c2 - c1
+        mem = measure.memory(pid)
+        res.coordinator_rss_mb = mem.get("VmRSS", 0) / 2**20
+        res.coordinator_peak_rss_mb = mem.get("VmHWM", 0) / 2**20
+        res.fleet_cpu_s = time.process_time() - f0
+
+        tl = fleet.timeline
+        with tl.lock:
+            finished, granted, published = dict(tl.finished), dict(tl.granted), dict(tl.published)
+        pairs = handoffs(finished, granted, initial_fill=min(concurrency, n - 1))
+        lat = [x for x, _ in pairs]
+        res.handoffs = len(lat)
+        res.handoff_p50_s = measure.percentile(lat, 50)
+        res.handoff_p99_s = measure.percentile(lat, 99)
+        res.handoff_max_s = max(lat) if lat else math.nan
+        pub = [published[w] - finished[w] for _, w in pairs if w in published]
+        coordinate = [x - (published[w] - finished[w]) for x, w in pairs if w in published]
+        res.publish_p50_s = measure.percentile(pub, 50)
+        res.coordinate_p50_s = measure.percentile(coordinate, 50)
+        res.renew_errors = fleet.renewer.errors
+        if res.phase != "Succeeded":
+            st = (du.get("status") or {})
+            log.error("rollout ended %r: %s", res.phase, st.get("message"))
+        return res
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        sc.stop()
+        cp.stop()
+
+
+def daemon_footprint(idle: float, workdir: Path) -> DaemonResult:
+    """One real `kupd daemon` (worker, simulated host, /metrics on): time to READY, idle RSS and CPU."""
+    out = DaemonResult()
+    cp = _start_control_plane(workdir)
+    notify = measure.NotifySocket(workdir / "notify.sock")
+    sc = SimCluster(cp, workdir / "sim", initial_version=INITIAL, available=AVAILABLE, member_seconds=20,
+                    coordinator_seconds=15, log_level="warning",
+                    extra_env={"NOTIFY_SOCKET": str(notify.path)})
+    try:
+        t0 = time.monotonic()
+        node = sc.add_node("solo-1", control_plane=False,
+                           extra={"metrics_address": f"127.0.0.1:{free_port()}"})
+        assert node.proc is not None
+        t_ready = notify.wait_for("READY", 120)
+        if t_ready is None:
+            raise TimeoutError("kupd daemon sent no READY=1 in 120 s")
+        out.ready_s = t_ready - t0
+        pid = node.proc.pid
+        c_ready = measure.cpu_seconds(pid)
+        out.start_cpu_s = c_ready
+        time.sleep(idle)
+        c1 = measure.cpu_seconds(pid)
+        mem = measure.memory(pid)
+        out.idle_s = time.monotonic() - t_ready
+        out.rss_mb = mem.get("VmRSS", 0) / 2**20
+        out.peak_rss_mb = mem.get("VmHWM", 0) / 2**20
+        out.idle_cpu_s_per_min = (c1 - c_ready) / (out.idle_s / 60)
+        return out
+    finally:
+        sc.stop()
+        notify.close()
+        cp.stop()
+
+
+# -- output -----------------------------------------------------------------------------------
+def _f(x: float, fmt: str = "{:.3f}") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _verbs(d: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if v >= 0.005) or "0"
+
+
+def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, float] | None) -> str:
+    head = ["figure"] + [f"N = {r.nodes}" for r in runs]
+    rows: list[list[str]] = []
+
+    def row(name: str, fn: Callable[[RunResult], str]) -> None:
+        rows.append([name] + [fn(r) for r in runs])
+
+    row("worker concurrency / step duration", lambda r: f"{r.concurrency} / {r.step_seconds:g} s")
+    row("rollout result", lambda r: r.phase or "n/a")
+    row("handoff latency p50 / p99 / max (s)",
+        lambda r: f"{_f(r.handoff_p50_s)} / {_f(r.handoff_p99_s)} / {_f(r.handoff_max_s)} ({r.handoffs} handoffs)")
+    row("  of which: report published p50 / coordinator+watch p50 (s)",
+        lambda r: f"{_f(r.publish_p50_s)} / {_f(r.coordinate_p50_s)}")
+    row("wall time / ideal time (s)", lambda r: f"{_f(r.wall_s, '{:.1f}')} / {_f(r.ideal_s, '{:.1f}')}")
+    row("overhead ratio", lambda r: _f(r.overhead_ratio))
+    row("API requests per node per minute, idle (by verb)", lambda r: _verbs(r.idle_per_node_min))
+    row("API requests per node per minute, rollout (by verb)", lambda r: _verbs(r.rollout_per_node_min))
+    row("LIST requests, idle interval", lambda r: str(sum(v for k, v in r.idle_by_resource.items()
+                                                          if k.startswith("LIST "))))
+    row("DirectUpdate status writes / final object size",
+        lambda r: f"{r.status_writes} / {r.status_bytes / 1024:.0f} KiB")
+    row("coordinator CPU s per minute, idle", lambda r: _f(r.coordinator_idle_cpu_s_per_min, "{:.2f}"))
+    row("coordinator CPU s, rollout", lambda r: _f(r.coordinator_rollout_cpu_s, "{:.1f}"))
+    row("coordinator RSS / peak RSS (MB)",
+        lambda r: f"{_f(r.coordinator_rss_mb, '{:.0f}')} / {_f(r.coordinator_peak_rss_mb, '{:.0f}')}")
+    row("bench fleet process CPU s (idle + rollout)", lambda r: _f(r.fleet_cpu_s, "{:.1f}"))
+    if daemon is not None:
+        row("one kupd daemon: start to READY (s)", lambda r: _f(daemon.ready_s, "{:.2f}"))
+        row("one kupd daemon: idle RSS / peak (MB)",
+            lambda r: f"{_f(daemon.rss_mb, '{:.1f}')} / {_f(daemon.peak_rss_mb, '{:.1f}')}")
+        row("one kupd daemon: idle CPU s per minute", lambda r: _f(daemon.idle_cpu_s_per_min, "{:.2f}"))
+    if plan is not None:
+        row(f"planner, {int(plan['nodes'])} nodes: first / steady round (s)",
+            lambda r: f"{_f(plan['first_s'])} / {_f(plan['steady_s'])}")
+        row(f"planner, {int(plan['nodes'])} nodes: status size",
+            lambda r: f"{plan['status_bytes'] / 1024:.0f} KiB")
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, nargs="+", default=[10, 100, 1000], help="cluster sizes to run")
+    ap.add_argument("--concurrency", type=int, nargs="*", default=[],
+                    help="worker concurrency per size (default: 1 up to 10 nodes, 10 up to 100, else 50)")
+    ap.add_argument("--step-seconds", type=float, default=1.0, help="simulated duration of each host step")
+    ap.add_argument("--idle-seconds", type=float, default=60.0, help="idle interval measured before the rollout")
+    ap.add_argument("--daemon-idle-seconds", type=float, default=30.0,
+                    help="how long the single real daemon idles before its RSS/CPU are read; 0 skips it")
+    ap.add_argument("--planner-nodes", type=int, default=5000, help="0 skips the planner timing")
+    ap.add_argument("--workers", type=int, default=16, help="fleet threads for registration and renewals")
+    ap.add_argument("--json", type=Path, help="also write every figure here")
+    ap.add_argument("--workdir", type=Path, help="keep control planes and logs here (default: a temp dir)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("kupd", "urllib3", "kubernetes"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="kupd-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    runs: list[RunResult] = []
+    daemon: DaemonResult | None = None
+    plan: dict[str, float] | None = None
+    try:
+        if args.planner_nodes:
+            log.info("planner: %d nodes", args.planner_nodes)
+            plan = measure.planner_time(args.planner_nodes)
+        if args.daemon_idle_seconds > 0:
+            log.info("one real daemon: %.0f s idle", args.daemon_idle_seconds)
+            daemon = daemon_footprint(args.daemon_idle_seconds, root / "daemon")
+        for i, n in enumerate(args.nodes):
+            c = args.concurrency[i] if i < len(args.concurrency) else default_concurrency(n)
+            log.info("N=%d: concurrency %d, step %.3g s", n, c, args.step_seconds)
+            r = run_one(n, c, args.step_seconds, args.idle_seconds, root / f"n{n}", args.workers)
+            log.info("N=%d: %s in %.1f s (ideal %.1f s), handoff p99 %.3f s", n, r.phase, r.wall_s, r.ideal_s,
+                     r.handoff_p99_s)
+            runs.append(r)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    print(table(runs, daemon, plan))
+    if args.json:
+        args.json.write_text(json.dumps({"runs": [asdict(r) for r in runs],
+                                         "daemon": asdict(daemon) if daemon else None, "planner": plan},
+                                        indent=2, default=str))
+    return 0 if all(r.phase == "Succeeded" for r in runs) else 1
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

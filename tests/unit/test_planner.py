@@ -1,0 +1,218 @@
+"""The planner's rollout rules as tables: pure inputs in, status and events out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kupd import planner
+from kupd.errors import ValidationError
+from kupd.planner import MemberView, NodeView, Operation, plan
+from kupd.protocol import Report
+from kupd.versions import Version
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+UID = "uid-1"
+
+
+def cluster(cps: int, workers: int, version: str = "v1.31.2", labels: dict[str, dict[str, str]] | None = None
+            ) -> tuple[list[NodeView], dict[str, MemberView]]:
+    names = [(f"cp-{i}", True) for i in range(1, cps + 1)] + [(f"w-{i}", False) for i in range(1, workers + 1)]
+    nodes = [NodeView(n, (labels or {}).get(n, {}), cp) for n, cp in names]
+    members = {n: MemberView(n, True, Version.parse(version)) for n, _ in names}
+    return nodes, members
+
+
+def run(spec: dict[str, Any], nodes: list[NodeView], members: dict[str, MemberView],
+        status: dict[str, Any] | None = None, now: datetime = NOW, annotations: dict[str, str] | None = None,
+        **kw: Any) -> planner.Plan:
+    op = Operation("op", UID, 1, spec, status or {}, annotations or {})
+    return plan(op, nodes, members, epoch=3, coordinator="cp-1", now=now, **kw)
+
+
+def granted(p: planner.Plan) -> list[str]:
+    return [e["name"] for e in p.status["nodes"] if e["phase"] in planner.IN_FLIGHT]
+
+
+def finish(members: dict[str, MemberView], name: str, version: str, p: planner.Plan) -> None:
+    grant = next(e for e in p.status["nodes"] if e["name"] == name)["grant"]
+    members[name] = MemberView(name, True, Version.parse(version),
+                               Report("op", UID, 3, grant["versions"], "Succeeded", "uncordon"))
+
+
+NO_BACKUP = {"required": False}
+
+
+def test_first_grant_is_the_first_control_plane_with_backup_and_apply() -> None:
+    nodes, members = cluster(2, 3)
+    p = run({"version": "v1.32.0", "backup": {"required": True}}, nodes, members)
+    assert granted(p) == ["cp-1"]
+    g = p.status["nodes"][0]["grant"]
+    assert g == {"epoch": 3, "versions": ["v1.32.0"], "firstControlPlane": True, "backup": True,
+                 "grantedAt": "2026-11-27T12:00:00Z"}
+    assert p.status["phase"] == "Running" and p.status["hops"] == ["v1.32.0"]
+    assert any(e.reason == "NodeGranted" for e in p.events)
+
+
+def test_one_control_plane_at_a_time_then_workers_by_concurrency() -> None:
+    nodes, members = cluster(2, 5)
+    spec = {"version": "v1.32.0", "concurrency": 2, "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    assert granted(p) == ["cp-1"]
+    p = run(spec, nodes, members, p.status)
+    assert granted(p) == ["cp-1"], "no second grant while cp-1 works"
+    finish(members, "cp-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    assert granted(p) == ["cp-2"]
+    assert p.status["nodes"][1]["grant"]["firstControlPlane"] is False
+    finish(members, "cp-2", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    assert granted(p) == ["w-1", "w-2"]
+    finish(members, "w-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    assert granted(p) == ["w-2", "w-3"]
+    assert p.status["summary"]["succeeded"] == 3
+
+
+@pytest.mark.parametrize("canary", [{"count": 2}, {"selector": {"matchLabels": {"canary": "yes"}}}])
+def test_canaries_first_then_bake(canary: dict[str, Any]) -> None:
+    labels = {"w-3": {"canary": "yes"}, "w-4": {"canary": "yes"}} if "selector" in canary else {}
+    nodes, members = cluster(1, 4, labels=labels)
+    spec = {"version": "v1.31.3", "concurrency": 4, "backup": NO_BACKUP, "canary": {**canary, "bakeSeconds": 60}}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.31.3", p)
+    p = run(spec, nodes, members, p.status)
+    want = ["w-3", "w-4"] if "selector" in canary else ["w-1", "w-2"]
+    assert sorted(granted(p)) == want
+    for n in want:
+        finish(members, n, "v1.31.3", p)
+    p = run(spec, nodes, members, p.status, now=NOW + timedelta(seconds=10))
+    assert granted(p) == [], "baking"
+    assert "baking" in p.status["message"]
+    p = run(spec, nodes, members, p.status, now=NOW + timedelta(seconds=120))
+    assert len(granted(p)) == 2
+
+
+def test_node_selector_and_skipped_nodes() -> None:
+    nodes, members = cluster(1, 3, labels={"cp-1": {"pool": "a"}, "w-1": {"pool": "a"}, "w-2": {"pool": "a"}})
+    members["w-2"] = MemberView("w-2", True, Version.parse("v1.32.0"))
+    p = run({"version": "v1.32.0", "backup": NO_BACKUP, "nodeSelector": {"matchLabels": {"pool": "a"}}},
+            nodes, members)
+    names = {e["name"]: e["phase"] for e in p.status["nodes"]}
+    assert names == {"cp-1": "Granted", "w-1": "Pending", "w-2": "Skipped"}
+
+
+def test_lost_node_holds_its_slot_and_asks_for_attention() -> None:
+    nodes, members = cluster(1, 3)
+    spec = {"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    assert granted(p) == ["w-1"]
+    members["w-1"] = MemberView("w-1", False, Version.parse("v1.31.2"))
+    p = run(spec, nodes, members, p.status)
+    assert p.status["phase"] == "RequiresAttention"
+    assert next(e for e in p.status["nodes"] if e["name"] == "w-1")["phase"] == "Lost"
+    assert granted(p) == ["w-1"], "no replacement grant beyond the limit"
+    members["w-1"] = MemberView("w-1", True, Version.parse("v1.31.2"))
+    p = run(spec, nodes, members, p.status)
+    assert p.status["phase"] == "Running"
+
+
+def test_failed_node_stops_all_grants() -> None:
+    nodes, members = cluster(1, 3)
+    spec = {"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    members["w-1"] = MemberView("w-1", True, Version.parse("v1.31.2"),
+                                Report("op", UID, 3, ["v1.32.0"], "Failed", "drain", 3, message="timed out"))
+    p = run(spec, nodes, members, p.status)
+    assert p.status["phase"] == "RequiresAttention"
+    assert "w-1" in p.status["message"]
+    assert granted(p) == []
+
+
+def test_failed_backup_fails_the_operation() -> None:
+    nodes, members = cluster(1, 1)
+    spec = {"version": "v1.32.0"}
+    p = run(spec, nodes, members)
+    members["cp-1"] = MemberView("cp-1", True, Version.parse("v1.31.2"),
+                                 Report("op", UID, 3, ["v1.32.0"], "Failed", "backup", 3, message="etcd down"))
+    p = run(spec, nodes, members, p.status)
+    assert p.status["phase"] == "Failed"
+    assert "backup failed on cp-1" in p.status["message"]
+
+
+@pytest.mark.parametrize(("current", "target", "resolved", "hops"), [
+    ("v1.31.2", "v1.31.5", {}, ["v1.31.5"]),
+    ("v1.31.2", "v1.32.0", {}, ["v1.32.0"]),
+    ("v1.30.1", "v1.33.2", {(1, 31): "v1.31.14", (1, 32): "v1.32.9"}, ["v1.31.14", "v1.32.9", "v1.33.2"]),
+])
+def test_hops(current: str, target: str, resolved: dict[tuple[int, int], str], hops: list[str]) -> None:
+    assert planner.hops_for(Version.parse(current), Version.parse(target), resolved) == hops
+
+
+def test_downgrade_is_refused_with_the_rule_named() -> None:
+    nodes, members = cluster(1, 1, version="v1.32.0")
+    p = run({"version": "v1.31.9", "backup": NO_BACKUP}, nodes, members)
+    assert p.status["phase"] == "Failed"
+    assert "no-downgrade" in p.status["message"]
+
+
+def test_workers_only_cannot_pass_the_control_plane() -> None:
+    nodes, members = cluster(1, 2, labels={"w-1": {"pool": "a"}, "w-2": {"pool": "a"}})
+    p = run({"version": "v1.32.0", "backup": NO_BACKUP, "nodeSelector": {"matchLabels": {"pool": "a"}}},
+            nodes, members)
+    assert p.status["phase"] == "Failed"
+    assert "kubelet-not-newer-than-apiserver" in p.status["message"]
+
+
+def test_invalid_spec_condition_names_the_field() -> None:
+    def validate(spec: dict[str, Any]) -> None:
+        raise ValidationError("spec.drain.timeoutSeconds", "must be at least 30")
+
+    nodes, members = cluster(1, 1)
+    p = run({"version": "v1.32.0"}, nodes, members, validate_spec=validate)
+    cond = next(c for c in p.status["conditions"] if c["type"] == "Valid")
+    assert cond["status"] == "False" and "spec.drain.timeoutSeconds" in cond["message"]
+
+
+def test_paused_and_window() -> None:
+    nodes, members = cluster(1, 1)
+    p = run({"version": "v1.32.0", "paused": True, "backup": NO_BACKUP}, nodes, members)
+    assert p.status["phase"] == "Paused" and granted(p) == []
+    ann = {"kupd.io/window-start": "2026-11-27T13:00:00Z", "kupd.io/window-end": "2026-11-27T15:00:00Z"}
+    p = run({"version": "v1.32.0", "backup": NO_BACKUP}, nodes, members, annotations=ann)
+    assert p.status["phase"] == "Paused" and granted(p) == []
+    p = run({"version": "v1.32.0", "backup": NO_BACKUP}, nodes, members, annotations=ann,
+            now=NOW + timedelta(hours=1, minutes=5))
+    assert granted(p) == ["cp-1"]
+
+
+def test_done_when_every_node_is_at_the_target() -> None:
+    nodes, members = cluster(1, 1)
+    spec = {"version": "v1.32.0", "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    finish(members, "w-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    assert p.status["phase"] == "Succeeded" and p.status["progress"] == "2/2"
+    again = run(spec, nodes, members, p.status)
+    assert again.status == p.status and again.events == [], "a finished operation is left alone"
+
+
+@pytest.mark.parametrize(("selector", "labels", "want"), [
+    (None, {}, True),
+    ({"matchLabels": {"a": "1"}}, {"a": "1"}, True),
+    ({"matchLabels": {"a": "1"}}, {"a": "2"}, False),
+    ({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]}, {"a": "2"}, True),
+    ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {"a": "1"}, False),
+    ({"matchExpressions": [{"key": "a", "operator": "Exists"}]}, {}, False),
+    ({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}, {}, True),
+])
+def test_selector(selector: dict[str, Any] | None, labels: dict[str, str], want: bool) -> None:
+    assert planner.selector_matches(selector, labels) is want
