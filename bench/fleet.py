@@ -225,6 +225,9 @@ class Timeline:
     finished: dict[str, float] = field(default_factory=dict)  # agent set phase Succeeded
     published: dict[str, float] = field(default_factory=dict)  # its lease carried that report
     granted: dict[str, float] = field(default_factory=dict)  # its grant reached the fleet's informer
+    # What the DirectUpdate status said, for every node (the coordinator's node too).
+    status_granted: dict[str, float] = field(default_factory=dict)
+    status_succeeded: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -326,8 +329,14 @@ class Fleet:
         for op in self.informer.items():
             # One index per DirectUpdate instead of every agent scanning every entry: only nodes
             # holding a grant are offered it (an agent ignores everything else anyway).
+            now = time.monotonic()
             for e in (op.get("status") or {}).get("nodes") or []:
                 name = e.get("name")
+                phase = e.get("phase")
+                if e.get("grant") and name not in self.timeline.status_granted:
+                    self.timeline.status_granted[name] = now
+                if phase == "Succeeded" and name not in self.timeline.status_succeeded:
+                    self.timeline.status_succeeded[name] = now
                 if not e.get("grant") or name not in self.agents:
                     continue
                 if name not in self._granted_seen:

@@ -63,12 +63,16 @@ class RunResult:
     handoff_max_s: float = math.nan
     publish_p50_s: float = math.nan  # agent finished -> its lease carries the report
     coordinate_p50_s: float = math.nan  # report in the API -> the next grant reached the agent
+    node_p50_s: float = math.nan  # worker: grant reached the agent -> agent finished
+    timed_node_s: float = math.nan  # the simulated steps alone
+    cp_node_s: float = math.nan  # the coordinator's own node, granted -> Succeeded in status
     register_s: float = math.nan
     idle_s: float = math.nan
     idle_per_node_min: dict[str, float] = field(default_factory=dict)
     idle_by_resource: dict[str, int] = field(default_factory=dict)
     rollout_per_node_min: dict[str, float] = field(default_factory=dict)
     rollout_by_resource: dict[str, int] = field(default_factory=dict)
+    rollout_per_upgraded_node: dict[str, float] = field(default_factory=dict)
     status_writes: int = 0
     status_bytes: int = 0
     coordinator_idle_cpu_s_per_min: float = math.nan
@@ -193,6 +197,7 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
 
         workers_waves = math.ceil((n - 1) / concurrency)
         timed = sum(1 for s in step_sequence([TARGET], False, False, "IfRequired") if s.step in TIMED_STEPS)
+        res.timed_node_s = timed * step
         res.ideal_s = timed * step * (1 + workers_waves)
         try:
             _wait(lambda: phase() in ("Succeeded", "Failed", "RequiresAttention"),
@@ -206,6 +211,7 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         roll_c = measure.diff(m2, m1)
         res.rollout_per_node_min = measure.per_node_minute(measure.by_verb(roll_c), n, res.wall_s)
         res.rollout_by_resource = _by_resource(roll_c)
+        res.rollout_per_upgraded_node = {k: v / n for k, v in measure.by_verb(roll_c).items()}
         res.status_writes = roll_c.get(("PUT", "directupdates/status"), 0)
         du = fleet.informer.get("bench") or {}
         res.status_bytes = len(json.dumps(du, separators=(",", ":")))
@@ -229,6 +235,10 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         res.publish_p50_s = measure.percentile(pub, 50)
         res.coordinate_p50_s = measure.percentile(coordinate, 50)
         res.renew_errors = fleet.renewer.errors
+        res.node_p50_s = measure.percentile([finished[w] - granted[w] for w in finished if w in granted], 50)
+        sg, ss = tl.status_granted.get("cp-1"), tl.status_succeeded.get("cp-1")
+        if sg is not None and ss is not None:
+            res.cp_node_s = ss - sg
         if res.phase != "Succeeded":
             st = (du.get("status") or {})
             log.error("rollout ended %r: %s", res.phase, st.get("message"))
@@ -298,8 +308,11 @@ def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, fl
         lambda r: f"{_f(r.publish_p50_s)} / {_f(r.coordinate_p50_s)}")
     row("wall time / ideal time (s)", lambda r: f"{_f(r.wall_s, '{:.1f}')} / {_f(r.ideal_s, '{:.1f}')}")
     row("overhead ratio", lambda r: _f(r.overhead_ratio))
+    row("node time: timed steps / worker p50 / coordinator's node (s)",
+        lambda r: f"{_f(r.timed_node_s, '{:.2f}')} / {_f(r.node_p50_s, '{:.2f}')} / {_f(r.cp_node_s, '{:.2f}')}")
     row("API requests per node per minute, idle (by verb)", lambda r: _verbs(r.idle_per_node_min))
     row("API requests per node per minute, rollout (by verb)", lambda r: _verbs(r.rollout_per_node_min))
+    row("API requests per upgraded node, whole rollout (by verb)", lambda r: _verbs(r.rollout_per_upgraded_node))
     row("LIST requests, idle interval", lambda r: str(sum(v for k, v in r.idle_by_resource.items()
                                                           if k.startswith("LIST "))))
     row("DirectUpdate status writes / final object size",

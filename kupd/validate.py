@@ -21,7 +21,9 @@ PACKAGE_NAME = r"^[a-z0-9][a-z0-9.+-]{0,62}$"
 # RFC 1123 subdomain, which is what Node and object names are.
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Absolute path of plain characters, no "..", no control characters.
-SAFE_PATH = r"^/([A-Za-z0-9._+-]+/?)*$"
+# Written without nested quantifiers: Python's backtracking re would take exponential time on
+# a crafted near-miss of `^/([A-Za-z0-9._+-]+/?)*$` (the API server's RE2 would not).
+SAFE_PATH = r"^/([A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*/?)?$"
 # http(s) URL with no whitespace, quotes or shell metacharacters.
 SAFE_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+-]*)?$"
 

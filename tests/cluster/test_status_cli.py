@@ -77,9 +77,11 @@ def test_status_table_json_and_printer_columns(du: ControlPlane) -> None:
     lines = res.stdout.splitlines()
     assert lines[0] == f"DirectUpdate {NAME}: Running"
     assert "  progress  [##########----------] 2/4 nodes  50%" in lines
-    # Two measured nodes of 8m and 6m: median 7m; w-1 has ~5m left, w-2 half a turn at concurrency 2.
+    # Two measured nodes of 8m and 6m: median 7m. The workers go two at a time: w-1 has ~5m of its
+    # turn left, w-2 a whole one: (5/7 + 1) / 2 turns x 7m = 6m.
     timing = next(ln for ln in lines if ln.startswith("  elapsed"))
-    assert timing.startswith("  elapsed   20m") and " ETA 8m" in timing and "median node 7m00s" in timing
+    assert timing.startswith("  elapsed   20m") and "median node 7m00s" in timing
+    assert " ETA 5m5" in timing or " ETA 6m0" in timing, timing
     assert "  backup    file:///mnt/backups/etcd-cp-1.db (verified)" in lines
     rows = {ln.split()[0]: ln.split() for ln in lines[lines.index("") + 2:]}
     assert rows["w-1"][:7] == ["w-1", "worker", "Upgrading", "drain", "1", "v1.31.3", "v1.32.1"]
@@ -91,7 +93,7 @@ def test_status_table_json_and_printer_columns(du: ControlPlane) -> None:
     doc = json.loads(res.stdout)
     (op,) = [o for o in doc["operations"] if o["name"] == NAME]
     assert op["phase"] == "Running" and op["progress"] == {"done": 2, "total": 4, "percent": 50}
-    assert op["medianNodeSeconds"] == 420.0 and 450 <= op["etaSeconds"] <= 510
+    assert op["medianNodeSeconds"] == 420.0 and 350 <= op["etaSeconds"] <= 370
     assert [n["phase"] for n in op["nodes"]] == ["Succeeded", "Succeeded", "Upgrading", "Pending"]
 
     res = kupd(du, "no-such-update")

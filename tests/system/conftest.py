@@ -74,7 +74,7 @@ def install_deb(node: nspawn.Node, deb: Path) -> None:
     """`apt-get install ./kupd_*.deb` inside the node: apt resolves Depends from the node's own
     dpkg database (the base image has them), so no network is needed."""
     node.copy_in(deb, f"{NODE_DEB_DIR}/{deb.name}")
-    node.run(["apt-get", "install", "-y", "--no-download", f"{NODE_DEB_DIR}/{deb.name}"], timeout=300)
+    node.run(["apt-get", "install", "-y", f"{NODE_DEB_DIR}/{deb.name}"], timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -150,7 +150,7 @@ def test_package_upgrade_does_not_restart_kupd(kupd_nodes: list[nspawn.Node], de
     before = show(node, "kupd.service", "InvocationID")
     pid_before = show(node, "kupd.service", "MainPID")
     # Reinstalling runs the same maintainer scripts as an upgrade (prerm upgrade, postinst configure).
-    node.run(["apt-get", "install", "-y", "--reinstall", "--no-download", f"{NODE_DEB_DIR}/{deb_package.name}"])
+    node.run(["apt-get", "install", "-y", "--reinstall", f"{NODE_DEB_DIR}/{deb_package.name}"])
     after = show(node, "kupd.service", "InvocationID")
     if show(node, "kupd.service", "ActiveState") == "active" and pid_before != "0":
         assert show(node, "kupd.service", "MainPID") == pid_before
