@@ -154,6 +154,7 @@ class Agent:
         cp = self.cp
         spec = cp.spec
         max_attempts = int(spec.get("maxAttempts", 3))
+        self.host.set_package_source(spec.get("packageSource"))
         for ref in step_sequence(cp.versions, cp.backup, cp.control_plane, str(spec.get("reboot", "IfRequired"))):
             rec = cp.step(ref.key)
             if rec.state == "done":

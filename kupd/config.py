@@ -67,6 +67,10 @@ class Settings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     lease: LeaseSettings = Field(default_factory=LeaseSettings)  # type: ignore[arg-type]
     simulated: SimulatedHostSettings = Field(default_factory=SimulatedHostSettings)  # type: ignore[arg-type]
+    real: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the real host backend (RealHostConfig field names; docs/usage/hosts.md).",
+    )
 
     @field_validator("node_name")
     @classmethod

@@ -7,8 +7,9 @@ already done and returns, which is what lets the agent re-run an interrupted ste
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Host(Protocol):
 
     def preflight(self, version: str) -> None:
         """Check disk space, installed versions and that the target packages are available."""
+
+    def set_package_source(self, spec: Mapping[str, Any] | None) -> None:
+        """Use the DirectUpdate's spec.packageSource (upstream, mirror or air-gap bundle)."""
 
     def newest_patch(self, minor: str) -> str:
         """The newest patch release the package source offers for a minor (\"v1.31\" -> \"v1.31.14\")."""

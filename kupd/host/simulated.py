@@ -97,6 +97,9 @@ class SimulatedHost:
         if Version.parse(version) not in self.available:
             raise PermanentError(f"version {version} is not offered by the package source")
 
+    def set_package_source(self, spec: Any) -> None:
+        """The simulated package source is the configured list of versions, whatever the spec says."""
+
     def newest_patch(self, minor: str) -> str:
         mk = Version.parse(minor + ".0").minor_key
         cands = [v for v in self.available if v.minor_key == mk]

@@ -216,3 +216,22 @@ def test_done_when_every_node_is_at_the_target() -> None:
 ])
 def test_selector(selector: dict[str, Any] | None, labels: dict[str, str], want: bool) -> None:
     assert planner.selector_matches(selector, labels) is want
+
+
+def test_dry_run_waves_and_estimate() -> None:
+    nodes, members = cluster(2, 5)
+    status, waves = planner.simulate({"version": "v1.32.0", "concurrency": 2, "backup": NO_BACKUP}, nodes, members,
+                                     node_seconds=600)
+    assert status["phase"] == "Succeeded"
+    assert [w.nodes for w in waves] == [["cp-1"], ["cp-2"], ["w-1", "w-2"], ["w-3", "w-4"], ["w-5"]]
+    assert waves[-1].end_seconds == 5 * 600
+
+
+def test_dry_run_multi_minor_is_hop_major() -> None:
+    nodes, members = cluster(2, 1, version="v1.30.1")
+    status, waves = planner.simulate({"version": "v1.32.3", "backup": NO_BACKUP}, nodes, members, 60,
+                                     resolved_minors={(1, 31): "v1.31.9"})
+    assert status["hops"] == ["v1.31.9", "v1.32.3"]
+    assert [(w.nodes, w.versions) for w in waves] == [
+        (["cp-1"], [["v1.31.9"]]), (["cp-2"], [["v1.31.9"]]), (["cp-1"], [["v1.32.3"]]), (["cp-2"], [["v1.32.3"]]),
+        (["w-1"], [["v1.31.9", "v1.32.3"]])]

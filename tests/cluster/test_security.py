@@ -1,0 +1,497 @@
+"""Least privilege on the real API server: per-node ServiceAccount identities (kupd.enroll), the
+RBAC roles and ValidatingAdmissionPolicies of packaging/rbac/, hostile custom resources, and
+the backup credentials never leaking.
+
+Every refusal here is the API server's (RBAC 403 or an admission denial), not kupd's own code.
+Each refusal test has a positive control next to it (the same request for the node's own object
+succeeds), so a policy that fails to compile (which would deny everything) cannot pass as a
+working one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from kupd import enroll
+from kupd import protocol as p
+from kupd.api.models import parse_directupdate_spec
+from kupd.devcluster import ControlPlane
+from kupd.errors import ValidationError
+from kupd.simcluster import SimCluster
+from tests.cluster import harness
+from tests.cluster.hostile import HOSTILE, Hostile, hostile_strings
+
+RBAC_DIR = Path(__file__).resolve().parents[2] / "packaging" / "rbac"
+NS = enroll.NAMESPACE
+SECRET_NS, SECRET_NAME = "kupd-system", "kupd-backup-credentials"
+# A value that must never show up anywhere but in the Secret itself.
+CANARY = "kupdCANARY-8f3a1c9e2b7d4f60-secret"
+NODES = {"cp-1": True, "cp-2": True, "w-1": False, "w-2": False}
+
+# Test-only rights for the simulated kubelet, which shares the daemon's client: a real node's
+# kubelet has its own credential. Not part of packaging/rbac.
+SIMKUBELET_ROLE = {
+    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+    "metadata": {"name": "kupd-test-simkubelet"},
+    "rules": [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
+    ],
+}
+
+
+class Identities:
+    def __init__(self, cp: ControlPlane, workdir: Path) -> None:
+        self.cp = cp
+        self.workdir = workdir
+        self.kubeconfigs: dict[str, Path] = {}
+        self._clients: dict[str, client.ApiClient] = {}
+
+    def client(self, node: str) -> client.ApiClient:
+        if node not in self._clients:
+            self._clients[node] = config.new_client_from_config(config_file=str(self.kubeconfigs[node]))
+        return self._clients[node]
+
+    def core(self, node: str) -> client.CoreV1Api:
+        return client.CoreV1Api(self.client(node))
+
+    def coord(self, node: str) -> client.CoordinationV1Api:
+        return client.CoordinationV1Api(self.client(node))
+
+    def custom(self, node: str) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.client(node))
+
+
+def _apply(cp: ControlPlane, obj: dict[str, Any] | list[dict[str, Any]]) -> None:
+    docs = obj if isinstance(obj, list) else [obj]
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=yaml.safe_dump_all(docs))
+
+
+def _refused(fn: Callable[[], Any]) -> ApiException:
+    """Run fn and return the API server's refusal; fail if it was accepted."""
+    try:
+        fn()
+    except ApiException as e:
+        assert e.status in (403, 422), f"expected a refusal, got {e.status}: {e.body}"
+        return e
+    raise AssertionError("the API server accepted a request it must refuse")
+
+
+def _lease_patch(node: str, holder: str | None = None, report: str = "") -> dict[str, Any]:
+    return {"metadata": {"annotations": {p.ANN_REPORT: report}, "labels": {"kupd.io/node": node}},
+            "spec": {"holderIdentity": holder or node, "leaseDurationSeconds": 20,
+                     "renewTime": "2026-01-01T00:00:00.000000Z"}}
+
+
+def _own_lease(ids: Identities, node: str) -> None:
+    name = p.member_lease_name(node)
+    body = {"metadata": {"name": name, "namespace": NS}, **_lease_patch(node)}
+    try:
+        ids.coord(node).create_namespaced_lease(NS, body)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        ids.coord(node).patch_namespaced_lease(name, NS, _lease_patch(node))
+
+
+@pytest.fixture(scope="module")
+def ids(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identities]:
+    cp = crds
+    harness.cleanup(cp)
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC_DIR))
+    _apply(cp, SIMKUBELET_ROLE)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET_NAME, "namespace": SECRET_NS},
+              "type": "Opaque", "data": {
+                  "accessKeyId": base64.b64encode(b"AKIAKUPDTESTKEY").decode(),
+                  "secretAccessKey": base64.b64encode(CANARY.encode()).decode()}}
+    _apply(cp, secret)
+    workdir = tmp_path_factory.mktemp("identities")
+    out = Identities(cp, workdir)
+    admin = harness.api_for(cp)
+    ca = cp.ca_file.read_bytes()
+    for node, control_plane in NODES.items():
+        path = enroll.enroll(admin, node, control_plane, cp.server, ca,
+                             backup_secret=(SECRET_NS, SECRET_NAME) if control_plane else None,
+                             output=workdir / node / "kubeconfig", seconds=3600)
+        out.kubeconfigs[node] = path
+        _apply(cp, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                    "metadata": {"name": f"kupd-test-simkubelet:{node}"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                "name": "kupd-test-simkubelet"},
+                    "subjects": [{"kind": "ServiceAccount", "name": enroll.service_account(node),
+                                  "namespace": NS}]})
+    # Policies and bindings reach the admission chain a moment after they are stored: wait until
+    # a worker's write to another node's lease is denied while its own is accepted.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _own_lease(out, "w-1")
+            _own_lease(out, "w-2")
+            out.coord("w-1").patch_namespaced_lease(p.member_lease_name("w-2"), NS, _lease_patch("w-2"))
+        except ApiException as e:
+            if e.status in (403, 422) and "kupd-node-w-1" in str(e.body):
+                break
+        if time.monotonic() > deadline:
+            raise TimeoutError("the kupd admission policies were not enforced within 30s")
+        time.sleep(0.3)
+    try:
+        yield out
+    finally:
+        harness.cleanup(cp)
+        for node in NODES:
+            for kind, name in (("clusterrolebinding", f"kupd-member:{node}"),
+                               ("clusterrolebinding", f"kupd-control-plane:{node}"),
+                               ("clusterrolebinding", f"kupd-test-simkubelet:{node}")):
+                cp.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+            cp.kubectl("delete", "serviceaccount", "-n", NS, enroll.service_account(node), "--ignore-not-found",
+                       check=False)
+        cp.kubectl("delete", "rolebindings", "-n", NS, "-l", "app.kubernetes.io/name=kupd", check=False)
+        cp.kubectl("delete", "rolebindings", "-n", "default", "-l", "app.kubernetes.io/name=kupd", check=False)
+        cp.kubectl("delete", "secret", "-n", SECRET_NS, SECRET_NAME, "--ignore-not-found", check=False)
+
+
+def _du(cp: ControlPlane, name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    harness.apply_du(cp, name, spec or {"version": "v1.32.0", "backup": {"required": False}})
+    return harness.get_du(cp, name)
+
+
+# -- enrollment -----------------------------------------------------------------------------
+
+
+def test_enrollment_writes_a_private_kubeconfig_for_the_nodes_own_identity(ids: Identities) -> None:
+    path = ids.kubeconfigs["w-1"]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    review = client.AuthenticationV1Api(ids.client("w-1")).create_self_subject_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    user = review.status.user_info.username
+    assert user == "system:serviceaccount:kupd-system:kupd-node-w-1"
+    assert enroll.node_of(user) == "w-1"
+
+
+# -- a worker's identity --------------------------------------------------------------------
+
+
+def test_worker_renews_its_own_lease_but_not_another_nodes(ids: Identities) -> None:
+    _own_lease(ids, "w-1")
+    _own_lease(ids, "cp-1")
+    coord = ids.coord("w-1")
+    e = _refused(lambda: coord.patch_namespaced_lease(p.member_lease_name("cp-1"), NS, _lease_patch("cp-1")))
+    assert "may write only its own member Lease" in str(e.body)
+    # Nor may it create a lease for a node that has none, or hold its own lease in another's name.
+    _refused(lambda: coord.create_namespaced_lease(NS, {"metadata": {"name": "kupd-node-w-9", "namespace": NS},
+                                                        **_lease_patch("w-9")}))
+    _refused(lambda: coord.patch_namespaced_lease(p.member_lease_name("w-1"), NS, _lease_patch("w-1", "cp-1")))
+    # Nor delete a lease (RBAC grants no delete).
+    _refused(lambda: coord.delete_namespaced_lease(p.member_lease_name("w-2"), NS))
+
+
+def test_worker_cannot_write_another_nodes_progress(ids: Identities) -> None:
+    _own_lease(ids, "w-2")
+    fake = p.Report(operation="roll", uid="x", epoch=1, versions=["v1.32.0"], phase="Succeeded").encode()
+    coord = ids.coord("w-1")
+    _refused(lambda: coord.patch_namespaced_lease(p.member_lease_name("w-2"), NS, _lease_patch("w-2", report=fake)))
+    lease = ids.coord("w-2").read_namespaced_lease(p.member_lease_name("w-2"), NS)
+    assert (lease.metadata.annotations or {}).get(p.ANN_REPORT, "") == ""
+    # Its own progress it may write.
+    coord.patch_namespaced_lease(p.member_lease_name("w-1"), NS, _lease_patch("w-1", report=fake))
+
+
+def test_worker_cannot_grant_itself_or_others_a_turn(ids: Identities) -> None:
+    du = _du(ids.cp, "sec-grant")
+    body = {"status": {"phase": "Running", "nodes": [
+        {"name": "w-1", "role": "Worker", "phase": "Granted",
+         "grant": {"epoch": 99, "versions": ["v1.32.0"], "firstControlPlane": False, "backup": False}}]}}
+    custom = ids.custom("w-1")
+    e = _refused(lambda: custom.patch_cluster_custom_object_status(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+                                                                   "sec-grant", body))
+    assert e.status == 403
+    # Nor can it take the coordinator lease, whose epoch every grant carries.
+    coord = ids.coord("w-1")
+    lease = {"metadata": {"name": p.COORDINATOR_LEASE, "namespace": NS},
+             "spec": {"holderIdentity": "w-1", "leaseDurationSeconds": 15, "leaseTransitions": 100}}
+    _refused(lambda: coord.create_namespaced_lease(NS, lease))
+    assert (harness.get_du(ids.cp, "sec-grant").get("status") or {}).get("nodes") is None
+    assert du["metadata"]["name"] == "sec-grant"
+
+
+def test_no_node_identity_can_change_a_directupdate_spec(ids: Identities) -> None:
+    _du(ids.cp, "sec-spec")
+    patch = {"spec": {"version": "v1.33.0", "concurrency": 100}}
+    e = _refused(lambda: ids.custom("w-1").patch_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+                                                                        "sec-spec", patch))
+    assert e.status == 403
+    # A control-plane identity may patch DirectUpdates (the scheduler moves windows) but never the spec.
+    e = _refused(lambda: ids.custom("cp-1").patch_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+                                                                         "sec-spec", patch))
+    assert "spec" in str(e.body)
+    ids.custom("cp-1").patch_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, "sec-spec", {
+        "metadata": {"annotations": {p.ANN_WINDOW_END: "2030-01-01T00:00:00Z"}}})
+    assert harness.get_du(ids.cp, "sec-spec")["spec"]["version"] == "v1.32.0"
+    # Nor create one from nothing, nor delete a user's.
+    rogue = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "metadata": {"name": "sec-rogue"},
+             "spec": {"version": "v1.33.0", "backup": {"required": False}}}
+    _refused(lambda: ids.custom("cp-1").create_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, rogue))
+    _refused(lambda: ids.custom("cp-1").delete_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+                                                                      "sec-spec"))
+    _refused(lambda: ids.custom("w-1").delete_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+                                                                     "sec-spec"))
+
+
+def test_only_control_plane_identities_read_the_backup_secret(ids: Identities) -> None:
+    e = _refused(lambda: ids.core("w-1").read_namespaced_secret(SECRET_NAME, SECRET_NS))
+    assert e.status == 403
+    _refused(lambda: ids.core("w-1").list_namespaced_secret(SECRET_NS))
+    secret = ids.core("cp-1").read_namespaced_secret(SECRET_NAME, SECRET_NS)
+    assert base64.b64decode(secret.data["secretAccessKey"]).decode() == CANARY
+    # Only that one Secret, and no listing (which would reveal every Secret of the namespace).
+    _refused(lambda: ids.core("cp-1").list_namespaced_secret(SECRET_NS))
+
+
+def test_worker_changes_only_its_own_node_and_only_the_cordon(ids: Identities) -> None:
+    admin = client.CoreV1Api(harness.api_for(ids.cp))
+    for node in ("w-1", "w-2"):
+        try:
+            admin.create_node({"metadata": {"name": node, "annotations": {"other": "x"}}})
+        except ApiException as e:
+            if e.status != 409:
+                raise
+    core = ids.core("w-1")
+    cordon = {"metadata": {"annotations": {p.ANN_CORDONED_BY: "kupd"}}, "spec": {"unschedulable": True}}
+    core.patch_node("w-1", cordon)
+    core.patch_node("w-1", {"metadata": {"annotations": {p.ANN_CORDONED_BY: None}}, "spec": {"unschedulable": None}})
+    _refused(lambda: core.patch_node("w-2", cordon))
+    _refused(lambda: core.patch_node("w-1", {"metadata": {"labels": {p.LABEL_CONTROL_PLANE: ""}}}))
+    _refused(lambda: core.patch_node("w-1", {"metadata": {"annotations": {"other": "changed"}}}))
+    _refused(lambda: core.patch_node("w-1", {"metadata": {"annotations": {p.ANN_CORDONED_BY: "$(reboot)"}}}))
+    _refused(lambda: core.patch_node("w-1", {"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}}))
+    _refused(lambda: core.delete_node("w-1"))
+    assert not admin.read_node("w-2").spec.unschedulable
+
+
+def test_worker_deletes_only_pods_on_its_own_node(ids: Identities) -> None:
+    admin = client.CoreV1Api(harness.api_for(ids.cp))
+    for name, node in (("sec-mine", "w-1"), ("sec-other", "w-2")):
+        admin.create_namespaced_pod("default", {
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]}})
+    core = ids.core("w-1")
+    _refused(lambda: core.delete_namespaced_pod("sec-other", "default", grace_period_seconds=0))
+    core.delete_namespaced_pod("sec-mine", "default", grace_period_seconds=0)
+    admin.delete_namespaced_pod("sec-other", "default", grace_period_seconds=0)
+
+
+# -- a control-plane identity ---------------------------------------------------------------
+
+
+def test_control_plane_identity_coordinates_and_others_are_fenced(ids: Identities) -> None:
+    ids.cp.kubectl("delete", "lease", "-n", NS, p.COORDINATOR_LEASE, "--ignore-not-found")
+    du = _du(ids.cp, "sec-coord")
+    coord = ids.coord("cp-1")
+    coord.create_namespaced_lease(NS, {"metadata": {"name": p.COORDINATOR_LEASE, "namespace": NS},
+                                       "spec": {"holderIdentity": "cp-1", "leaseDurationSeconds": 15,
+                                                "leaseTransitions": 0}})
+    grant = {"status": {"phase": "Running", "coordinator": "cp-1", "epoch": 0, "nodes": [
+        {"name": "cp-1", "role": "ControlPlane", "phase": "Granted",
+         "grant": {"epoch": 0, "versions": ["v1.32.0"], "firstControlPlane": True, "backup": False}}]}}
+
+    def write(node: str, body: dict[str, Any]) -> Any:
+        return ids.custom(node).patch_cluster_custom_object_status(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+                                                                   "sec-coord", body)
+
+    # The coordinator lease may hold only the writer itself.
+    _refused(lambda: ids.coord("cp-2").patch_namespaced_lease(p.COORDINATOR_LEASE, NS,
+                                                              {"spec": {"holderIdentity": "w-1"}}))
+    # Deadline for the status policy's parameter (the Lease) to reach its informer.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            write("cp-1", grant)
+            break
+        except ApiException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+    ids.coord("cp-1").list_namespaced_lease(NS)
+    ids.core("cp-1").list_node()
+    ids.core("cp-1").create_namespaced_event("default", {
+        "metadata": {"generateName": "sec-coord.", "namespace": "default"},
+        "involvedObject": {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "name": "sec-coord",
+                           "uid": du["metadata"]["uid"]},
+        "reason": "NodeGranted", "message": "cp-1 granted", "type": "Normal"})
+    # A second control-plane node that does not hold the lease cannot write grants (an API-side
+    # fence), nor release or steal the lease while it is held.
+    other = {"status": {**grant["status"], "coordinator": "cp-2"}}
+    e = _refused(lambda: write("cp-2", other))
+    assert "does not hold it" in str(e.body)
+    _refused(lambda: write("cp-1", other))
+    _refused(lambda: ids.coord("cp-2").patch_namespaced_lease(p.COORDINATOR_LEASE, NS,
+                                                              {"spec": {"holderIdentity": ""}}))
+    # Workers cannot list leases or nodes (the coordinator's view), nor create Events.
+    _refused(lambda: ids.coord("w-1").list_namespaced_lease(NS))
+    _refused(lambda: ids.core("w-1").list_node())
+    # Handing over: the holder releases, then cp-2 takes it and may write.
+    ids.coord("cp-1").patch_namespaced_lease(p.COORDINATOR_LEASE, NS, {"spec": {"holderIdentity": ""}})
+    ids.coord("cp-2").patch_namespaced_lease(p.COORDINATOR_LEASE, NS, {"spec": {"holderIdentity": "cp-2",
+                                                                                "leaseTransitions": 1}})
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            write("cp-2", other)
+            break
+        except ApiException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+    ids.cp.kubectl("delete", "lease", "-n", NS, p.COORDINATOR_LEASE)
+
+
+# -- hostile custom resources ---------------------------------------------------------------
+
+
+def test_hostile_custom_resources_are_refused_by_the_api_and_by_the_daemon(ids: Identities) -> None:
+    assert len(HOSTILE) >= 20
+    accepted = []
+    for h in HOSTILE:
+        obj = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate",
+               "metadata": {"name": f"hostile-{h.id}"}, "spec": h.spec}
+        res = ids.cp.kubectl("create", "-f", "-", input_text=json.dumps(obj), check=False)
+        if res.returncode == 0:
+            accepted.append(h.id)
+        else:
+            assert h.field.split("[")[0] in res.stderr, f"{h.id}: {res.stderr.strip()[:400]}"
+        with pytest.raises(ValidationError):
+            parse_directupdate_spec(h.spec)
+    assert not accepted, f"the API server stored hostile DirectUpdates: {accepted}"
+
+
+# -- real daemons with per-node identities --------------------------------------------------
+
+
+def test_daemons_with_per_node_identities_roll_out_and_never_leak_or_run_hostile_input(
+        ids: Identities, tmp_path: Path) -> None:
+    """A rollout by real daemons, each with its own identity; first a backup whose store
+    credentials are the canary Secret (the store is unreachable, so the backup fails after the
+    credentials were read and used), then hostile CRs under a loosened schema (which the daemon must
+    refuse by itself), then a clean upgrade. The runner's audit log, the daemons' output (which
+    journald receives on a real node), statuses, Events and Leases are searched afterwards."""
+    cp = ids.cp
+    harness.cleanup(cp)
+    audit = tmp_path / "audit.jsonl"
+    sim = SimCluster(cp, tmp_path / "sim", step_seconds=0.2, extra_env={"KUPD_AUDIT_LOG": str(audit)})
+    try:
+        for node in ("cp-1", "w-1"):
+            sim.add_node(node, control_plane=NODES[node], extra={"kubeconfig": str(ids.kubeconfigs[node])})
+        harness.apply_du(cp, "sec-backup", {
+            "version": "v1.32.0", "maxAttempts": 1,
+            "backup": {"required": True,
+                       "store": {"type": "s3", "bucket": "kupd-backups", "endpoint": "http://127.0.0.1:1",
+                                 "credentialsSecret": {"namespace": SECRET_NS, "name": SECRET_NAME}},
+                       "etcd": {"endpoints": [cp.etcd_endpoint]}}})
+        st = harness.wait_phase(cp, "sec-backup", ("Succeeded", "Failed", "RequiresAttention"), timeout=60)
+        assert st["phase"] != "Succeeded"
+        for name in sim.nodes:
+            assert sim.nodes[name].state()["effects"] == [], f"{name} changed without a backup"
+        cp.kubectl("delete", "directupdate", "sec-backup")
+
+        harness.apply_du(cp, "sec-roll", {"version": "v1.32.0", "backup": {"required": False}})
+        st = harness.wait_phase(cp, "sec-roll", ("Succeeded", "Failed", "RequiresAttention"), timeout=90)
+        assert st["phase"] == "Succeeded", st
+        assert st["coordinator"] == "cp-1"
+        for name in sim.nodes:
+            assert sim.nodes[name].state()["versions"]["kubelet"] == "v1.32.0"
+        nodes = json.loads(cp.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+        assert not [n["metadata"]["name"] for n in nodes if n["spec"].get("unschedulable")]
+    finally:
+        sim.stop()
+        logs = {name: node.log.read_text(errors="replace") for name, node in sim.nodes.items()}
+    everything = {
+        **{f"daemon log {k}": v for k, v in logs.items()},
+        "directupdates": cp.kubectl("get", "directupdates", "-o", "json").stdout,
+        "events": cp.kubectl("get", "events", "-A", "-o", "json").stdout,
+        "leases": cp.kubectl("get", "leases", "-n", NS, "-o", "json").stdout,
+        "audit log": audit.read_text() if audit.exists() else "",
+    }
+    for where, text in everything.items():
+        assert CANARY not in text, f"the backup secret leaked into the {where}"
+        assert base64.b64encode(CANARY.encode()).decode() not in text, f"the encoded secret leaked into {where}"
+    argvs = [json.loads(line)["argv"] for line in everything["audit log"].splitlines() if line.strip()]
+    for argv in argvs:
+        joined = "\x00".join(argv)
+        for s in hostile_strings():
+            assert s not in joined, f"hostile string {s!r} reached argv {argv}"
+    # No daemon may have been refused by the API server in its ordinary work: least privilege is enough.
+    for name, text in logs.items():
+        assert "forbidden (403)" not in text, f"{name} was refused by the API server:\n{text[-3000:]}"
+
+
+def test_loosened_schema_hostile_crs_never_reach_a_subprocess(ids: Identities, tmp_path: Path) -> None:
+    """A DirectUpdate stored under an older, looser schema is refused by the daemon itself: the
+    coordinator marks it Failed naming the field, and nothing from it reaches argv."""
+    cp = ids.cp
+    harness.cleanup(cp)
+    crd = json.loads(cp.kubectl("get", "crd", "directupdates.kupd.io", "-o", "json").stdout)
+    loose = json.loads(json.dumps(crd))
+    for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+        loose["metadata"].pop(key, None)
+    loose.pop("status", None)
+    for v in loose["spec"]["versions"]:
+        v["schema"]["openAPIV3Schema"]["properties"]["spec"] = {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    audit = tmp_path / "audit.jsonl"
+    sim = SimCluster(cp, tmp_path / "sim", step_seconds=0.2, extra_env={"KUPD_AUDIT_LOG": str(audit)})
+    stored: list[Hostile] = []
+    try:
+        cp.kubectl("replace", "-f", "-", input_text=json.dumps(loose))
+        time.sleep(1.0)
+        for h in HOSTILE:
+            obj = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate",
+                   "metadata": {"name": f"loose-{h.id}"}, "spec": h.spec}
+            if cp.kubectl("create", "-f", "-", input_text=json.dumps(obj), check=False).returncode == 0:
+                stored.append(h)
+        assert len(stored) >= 20, "the loosened schema should store the hostile CRs"
+        for node in ("cp-1", "w-1"):
+            sim.add_node(node, control_plane=NODES[node], extra={"kubeconfig": str(ids.kubeconfigs[node])})
+        deadline = time.monotonic() + 60
+        pending: set[str] = {f"loose-{h.id}" for h in stored}
+        while pending and time.monotonic() < deadline:
+            items = json.loads(cp.kubectl("get", "directupdates", "-o", "json").stdout)["items"]
+            for it in items:
+                phase = (it.get("status") or {}).get("phase")
+                if phase in ("Succeeded", "Failed", "RequiresAttention"):
+                    pending.discard(it["metadata"]["name"])
+                    nodes = (it.get("status") or {}).get("nodes") or []
+                    assert not [n for n in nodes if n.get("grant")], f"{it['metadata']['name']} granted a node"
+            time.sleep(0.5)
+        assert not pending, f"the coordinator did not refuse: {sorted(pending)[:5]}"
+        items = json.loads(cp.kubectl("get", "directupdates", "-o", "json").stdout)["items"]
+        for it in items:
+            assert it["status"]["phase"] == "Failed", it["status"]
+    finally:
+        sim.stop()
+        cp.kubectl("delete", "directupdates", "--all", "--wait=true", check=False)
+        # Back to the real schema: replace what was replaced, then the usual apply.
+        current = json.loads(cp.kubectl("get", "crd", "directupdates.kupd.io", "-o", "json").stdout)
+        crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        crd.pop("status", None)
+        cp.kubectl("replace", "-f", "-", input_text=json.dumps(crd))
+        cp.install_crds()
+    for name in sim.nodes:
+        assert sim.nodes[name].state()["effects"] == []
+    text = audit.read_text() if audit.exists() else ""
+    for line in text.splitlines():
+        joined = "\x00".join(json.loads(line)["argv"])
+        for s in hostile_strings():
+            assert s not in joined, f"hostile string {s!r} reached a subprocess"
