@@ -141,14 +141,31 @@ def handoffs(timeline_finished: dict[str, float], timeline_granted: dict[str, fl
     return out
 
 
-def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, workers: int = 16) -> RunResult:
+def _start_daemon(sc: SimCluster, name: str, source: Path | None) -> None:
+    """SimCluster.start, optionally with the `kupd` package imported from `source` (a patched copy)."""
+    if source is None:
+        sc.start(name)
+        return
+    import subprocess
+
+    node = sc.nodes[name]
+    with open(node.log, "ab") as out:
+        node.proc = subprocess.Popen(
+            [sys.executable, "-m", "kupd", "daemon", "--config-dir", str(node.dir / "config.d")],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=str(source), env=dict(os.environ, PYTHONPATH=str(source), **sc.extra_env))
+
+
+def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, workers: int = 16,
+            settle: float | None = None, coordinator_source: Path | None = None) -> RunResult:
     res = RunResult(nodes=n, concurrency=concurrency, step_seconds=step)
     cp = _start_control_plane(workdir)
     sc = SimCluster(cp, workdir / "sim", step_seconds=step, initial_version=INITIAL, available=AVAILABLE,
                     member_seconds=20, coordinator_seconds=15, log_level="warning")
     fleet: Fleet | None = None
     try:
-        node = sc.add_node("cp-1", control_plane=True)
+        node = sc.add_node("cp-1", control_plane=True, start=False)
+        _start_daemon(sc, "cp-1", coordinator_source)
         assert node.proc is not None
         pid = node.proc.pid
         api = api_client(cp.admin_kubeconfig)
@@ -173,7 +190,7 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         assert fleet.informer is not None
         _wait(fleet.informer.synced.is_set, 60, "fleet informer")
         # Let the just-created leases pass one renewal period before measuring idle.
-        time.sleep(min(10.0, fleet.renewer.every + 1))
+        time.sleep(min(10.0, fleet.renewer.every + 1) if settle is None else settle)
 
         m0, c0, f0 = _scrape(cp), measure.cpu_seconds(pid), time.process_time()
         t_idle = time.monotonic()
@@ -250,14 +267,14 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         cp.stop()
 
 
-def daemon_footprint(idle: float, workdir: Path) -> DaemonResult:
+def daemon_footprint(idle: float, workdir: Path, env: dict[str, str] | None = None) -> DaemonResult:
     """One real `kupd daemon` (worker, simulated host, /metrics on): time to READY, idle RSS and CPU."""
     out = DaemonResult()
     cp = _start_control_plane(workdir)
     notify = measure.NotifySocket(workdir / "notify.sock")
     sc = SimCluster(cp, workdir / "sim", initial_version=INITIAL, available=AVAILABLE, member_seconds=20,
                     coordinator_seconds=15, log_level="warning",
-                    extra_env={"NOTIFY_SOCKET": str(notify.path)})
+                    extra_env={"NOTIFY_SOCKET": str(notify.path), **(env or {})})
     try:
         t0 = time.monotonic()
         node = sc.add_node("solo-1", control_plane=False,
@@ -350,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="how long the single real daemon idles before its RSS/CPU are read; 0 skips it")
     ap.add_argument("--planner-nodes", type=int, default=5000, help="0 skips the planner timing")
     ap.add_argument("--workers", type=int, default=16, help="fleet threads for registration and renewals")
+    ap.add_argument("--coordinator-source", type=Path,
+                    help="run the coordinator's daemon with the kupd package from this folder (a patched copy)")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     ap.add_argument("--workdir", type=Path, help="keep control planes and logs here (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -372,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, n in enumerate(args.nodes):
             c = args.concurrency[i] if i < len(args.concurrency) else default_concurrency(n)
             log.info("N=%d: concurrency %d, step %.3g s", n, c, args.step_seconds)
-            r = run_one(n, c, args.step_seconds, args.idle_seconds, root / f"n{n}", args.workers)
+            r = run_one(n, c, args.step_seconds, args.idle_seconds, root / f"n{n}", args.workers,
+                       coordinator_source=args.coordinator_source)
             log.info("N=%d: %s in %.1f s (ideal %.1f s), handoff p99 %.3f s", n, r.phase, r.wall_s, r.ideal_s,
                      r.handoff_p99_s)
             runs.append(r)

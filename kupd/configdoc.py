@@ -42,7 +42,7 @@ def type_name(annotation: Any) -> str:
     if origin is list:
         return f"list of {type_name(args[0])}"
     if origin is dict:
-        return f"table of {type_name(args[1])}"
+        return "table" if args[1] is Any else f"table of {type_name(args[1])}"
     if annotation is type(None):
         return "unset"
     if annotation is bool:

@@ -31,6 +31,8 @@ from kupd.versions import Version
 
 log = logging.getLogger(__name__)
 
+GATE_SECONDS = 5.0
+
 
 def _parse_time(s: str | None) -> datetime | None:
     if not s:
@@ -152,6 +154,7 @@ class Coordinator:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._resolved: dict[tuple[int, int], str] = {}
+        self._gate_cache: tuple[str, float, str | None] | None = None
         self.writes = 0
         self.ops = kube.Informer("directupdates", self.custom.list_cluster_custom_object, self._dirty.set,
                                  group=p.GROUP, version=p.VERSION, plural=p.DIRECTUPDATES)
@@ -223,7 +226,9 @@ class Coordinator:
         nodes = []
         for n in self.nodes.items():
             labels = n["metadata"].get("labels") or {}
-            nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels))
+            conds = (n.get("status") or {}).get("conditions") or []
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+            nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels, ready))
         members: dict[str, planner.MemberView] = {}
         for lease in self.leases.items():
             name = lease["metadata"]["name"]
@@ -279,10 +284,25 @@ class Coordinator:
         op = planner.Operation(md["name"], md["uid"], int(md.get("generation", 1)), obj.get("spec") or {},
                                status, md.get("annotations") or {})
         result = planner.plan(op, nodes, members, epoch=self.elector.epoch, coordinator=self.identity,
-                              now=now, resolved_minors=resolved, validate_spec=self.validate_spec)
+                              now=now, resolved_minors=resolved, validate_spec=self.validate_spec,
+                              gate_failure=self._gates((obj.get("spec") or {}).get("healthGates")))
         if result.status != status:
             self._write(obj, result.status, result.events)
             self.on_plan(md["name"], result.status)
+
+    def _gates(self, gates: dict[str, Any] | None) -> str | None:
+        """External health gates, evaluated at most every GATE_SECONDS (they cost a query each)."""
+        if not gates:
+            return None
+        now = time.monotonic()
+        key = repr(sorted(gates.items()))
+        if self._gate_cache and self._gate_cache[0] == key and now - self._gate_cache[1] < GATE_SECONDS:
+            return self._gate_cache[2]
+        from kupd import health
+
+        result = health.evaluate(self.core, gates)
+        self._gate_cache = (key, now, result)
+        return result
 
     def _write(self, obj: dict[str, Any], status: dict[str, Any], events: list[planner.PlanEvent]) -> None:
         if not self.elector.leading:

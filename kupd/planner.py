@@ -38,6 +38,7 @@ class NodeView:
     name: str
     labels: Mapping[str, str]
     control_plane: bool
+    ready: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,11 +189,14 @@ def plan(
     now: datetime,
     resolved_minors: Mapping[tuple[int, int], str] | None = None,
     validate_spec: Any = None,
+    gate_failure: str | None = None,
 ) -> Plan:
     """Compute the next status of one DirectUpdate.
 
     `validate_spec`, when given, is the daemon's re-validation of the spec (raises
     ValidationError naming the field); a failure ends the operation Failed with a Condition.
+    `gate_failure` is the coordinator's latest evaluation of the external health gates
+    (control-plane pods, Prometheus): None when they pass or are not configured.
     """
     status: dict[str, Any] = copy.deepcopy(dict(op.status))
     events: list[PlanEvent] = []
@@ -348,6 +352,18 @@ def plan(
         _condition(status, "Progressing", False, "OutsideWindow", window.reason, gen, now)
         return Plan(status, events)
 
+    gate = _health_gate(op.spec.get("healthGates"), ordered, nodes, now, gate_failure)
+    if gate is not None:
+        if status.get("phase") != OP_PAUSED or status.get("message") != gate:
+            events.append(PlanEvent("HealthGateFailed", gate, warning=True))
+        _condition(status, "HealthGates", False, "GateFailed", gate, gen, now)
+        if not attention:
+            status["phase"] = OP_PAUSED
+            status["message"] = f"health gate: {gate}"
+        return Plan(status, events)
+    if op.spec.get("healthGates"):
+        _condition(status, "HealthGates", True, "GatesPassed", "every health gate passes", gen, now)
+
     _grant(ordered, hops, policy, members, epoch, now, events, status, canaries)
     in_flight = [e for e in ordered if e["phase"] in IN_FLIGHT]
     if not attention:
@@ -409,6 +425,30 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
             e["finishedAt"] = r.finished_at or _iso(now)
             events.append(PlanEvent("NodeFailed", f"{name} failed at step {r.step}: {r.message}", name,
                                     warning=True))
+
+
+def _health_gate(gates: Mapping[str, Any] | None, ordered: list[dict[str, Any]], nodes: Sequence[NodeView],
+                 now: datetime, external: str | None) -> str | None:
+    """The failing gate, if any. Gates hold only once a node has finished in this operation: they
+    guard the next grant after the control plane, after the canaries and between waves."""
+    if not gates:
+        return None
+    finished = [e for e in ordered if e["phase"] == SUCCEEDED]
+    if not finished:
+        return None
+    if gates.get("nodesReady", True):
+        ready = {n.name: n.ready for n in nodes}
+        for e in finished:
+            if not ready.get(e["name"], False):
+                return f"node {e['name']} is not Ready after its upgrade"
+    if external:
+        return external
+    bake = int(gates.get("bakeSeconds", 0))
+    if bake:
+        last = max((f for e in finished if (f := _parse_iso(e.get("finishedAt")))), default=None)
+        if last is not None and now < last + timedelta(seconds=bake):
+            return f"baking {bake}s after {max(finished, key=lambda e: e.get('finishedAt', ''))['name']} finished"
+    return None
 
 
 def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Policy,

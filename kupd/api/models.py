@@ -235,6 +235,25 @@ class PackageSource(_Spec):
         return self
 
 
+class PrometheusQuery(_Spec):
+    name: DnsLabel
+    query: Annotated[str, Field(pattern=r"^[ -~]+$", min_length=1, max_length=1024)]
+    expect: Literal["Empty", "NonEmpty"] = "Empty"
+
+
+class PrometheusGate(_Spec):
+    url: SafeUrl
+    timeout_seconds: int = Field(default=10, ge=1, le=300)
+    queries: list[PrometheusQuery] = Field(min_length=1, max_length=20)
+
+
+class HealthGates(_Spec):
+    nodes_ready: bool = True
+    control_plane_pods: bool = True
+    bake_seconds: int = Field(default=0, ge=0, le=86400)
+    prometheus: PrometheusGate | None = None
+
+
 class DirectUpdateSpec(_Spec):
     """spec of a DirectUpdate: upgrade the selected nodes to `version` now."""
 
@@ -249,6 +268,7 @@ class DirectUpdateSpec(_Spec):
     reboot: Literal["Never", "IfRequired", "Always"] = "IfRequired"
     max_attempts: int = Field(default=3, ge=1, le=10)
     paused: bool = False
+    health_gates: HealthGates | None = None
 
 
 class UpdateScheduleTemplate(DirectUpdateSpec):

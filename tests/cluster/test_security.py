@@ -91,13 +91,18 @@ def _refused(fn: Callable[[], Any]) -> ApiException:
 
 def _lease_patch(node: str, holder: str | None = None, report: str = "") -> dict[str, Any]:
     return {"metadata": {"annotations": {p.ANN_REPORT: report}, "labels": {"kupd.io/node": node}},
-            "spec": {"holderIdentity": holder or node, "leaseDurationSeconds": 20,
-                     "renewTime": "2026-01-01T00:00:00.000000Z"}}
+            "spec": {"holderIdentity": holder or node, "leaseDurationSeconds": 20}}
+
+
+def _lease(node: str, holder: str | None = None) -> dict[str, Any]:
+    body = _lease_patch(node, holder)
+    body["metadata"].update(name=p.member_lease_name(node), namespace=NS)
+    return body
 
 
 def _own_lease(ids: Identities, node: str) -> None:
     name = p.member_lease_name(node)
-    body = {"metadata": {"name": name, "namespace": NS}, **_lease_patch(node)}
+    body = _lease(node)
     try:
         ids.coord(node).create_namespaced_lease(NS, body)
     except ApiException as e:
@@ -135,16 +140,19 @@ def ids(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     # Policies and bindings reach the admission chain a moment after they are stored: wait until
     # a worker's write to another node's lease is denied while its own is accepted.
     deadline = time.monotonic() + 30
+    last = ""
     while True:
+        _own_lease(out, "w-1")
+        _own_lease(out, "w-2")
         try:
-            _own_lease(out, "w-1")
-            _own_lease(out, "w-2")
             out.coord("w-1").patch_namespaced_lease(p.member_lease_name("w-2"), NS, _lease_patch("w-2"))
+            last = "accepted"
         except ApiException as e:
-            if e.status in (403, 422) and "kupd-node-w-1" in str(e.body):
+            if e.status in (403, 422) and "kupd.io-leases" in str(e.body):
                 break
+            last = f"{e.status}: {e.body}"
         if time.monotonic() > deadline:
-            raise TimeoutError("the kupd admission policies were not enforced within 30s")
+            raise TimeoutError(f"the kupd admission policies were not enforced within 30s: {last}")
         time.sleep(0.3)
     try:
         yield out
@@ -191,8 +199,7 @@ def test_worker_renews_its_own_lease_but_not_another_nodes(ids: Identities) -> N
     e = _refused(lambda: coord.patch_namespaced_lease(p.member_lease_name("cp-1"), NS, _lease_patch("cp-1")))
     assert "may write only its own member Lease" in str(e.body)
     # Nor may it create a lease for a node that has none, or hold its own lease in another's name.
-    _refused(lambda: coord.create_namespaced_lease(NS, {"metadata": {"name": "kupd-node-w-9", "namespace": NS},
-                                                        **_lease_patch("w-9")}))
+    _refused(lambda: coord.create_namespaced_lease(NS, _lease("w-9")))
     _refused(lambda: coord.patch_namespaced_lease(p.member_lease_name("w-1"), NS, _lease_patch("w-1", "cp-1")))
     # Nor delete a lease (RBAC grants no delete).
     _refused(lambda: coord.delete_namespaced_lease(p.member_lease_name("w-2"), NS))

@@ -135,3 +135,135 @@ def test_watch_exits_when_terminal(du: ControlPlane) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- the operator docs' kubectl and kupd status commands, run for real ----------------------------------
+DOC_OP, DOC_NODE = "upgrade-132", "w-3"
+DOCS = [ROOT / "docs" / "usage" / "runbook.md", ROOT / "docs" / "usage" / "quickstart.md"]
+# Commands that cannot run here, with the reason. Every other kubectl command of DOCS runs.
+NOT_RUN: dict[str, str] = {}
+NL = '{"\\n"}'
+# What some commands must print.
+EXPECT = {
+    "kubectl get directupdates": [DOC_OP, "RequiresAttention", "v1.32.1", "3/6"],
+    f"kubectl get du {DOC_OP} -o wide": ["node w-3: step drain failed"],
+    f"kubectl describe directupdate {DOC_OP}": ["RequiresAttention", "NodeFailed", "w-3 failed at step drain"],
+    f"kubectl get events -n default --field-selector involvedObject.kind=DirectUpdate,involvedObject.name={DOC_OP}":
+        ["NodeFailed"],
+    f"kubectl get events -n default --field-selector involvedObject.kind=Node,involvedObject.name={DOC_NODE}":
+        ["NodeFailed"],
+    "kubectl -n kupd-system get leases": ["kupd-coordinator", f"kupd-node-{DOC_NODE}"],
+    "kubectl -n kupd-system get lease kupd-coordinator -o jsonpath={.spec.holderIdentity} {.spec.leaseTransitions}"
+    + NL: ["cp-1 3"],
+    f"kubectl -n kupd-system get lease kupd-node-{DOC_NODE} -o jsonpath={{.metadata.annotations.kupd\\.io/report}}"
+    + NL: ['"phase":"Failed"'],
+}
+
+
+def _yaml_block(path: Path) -> str:
+    import re
+
+    blocks: list[str] = re.findall(r"^```yaml\n(.*?)^```", path.read_text(), re.S | re.M)
+    return next(b for b in blocks if "kind: DirectUpdate" in b)
+
+
+def attention_status() -> dict[str, Any]:
+    st = running_status()
+    nodes = [
+        *st["nodes"][:2],
+        {"name": "cp-3", "role": "ControlPlane", "phase": "Succeeded", "attempts": 1, "startedAt": ts(8),
+         "finishedAt": ts(2), "fromVersion": "v1.31.3", "toVersion": "v1.32.1", "step": "uncordon"},
+        {"name": "w-1", "role": "Worker", "phase": "Upgrading", "attempts": 1, "startedAt": ts(1), "step": "drain",
+         "grant": {"epoch": 3, "versions": ["v1.32.1"]}},
+        {"name": DOC_NODE, "role": "Worker", "phase": "Failed", "attempts": 3, "startedAt": ts(30),
+         "finishedAt": ts(1), "step": "drain", "message": "step drain failed after 3 attempts: drain timed out"},
+        {"name": "w-4", "role": "Worker", "phase": "Pending", "attempts": 0},
+    ]
+    msg = "node w-3: step drain failed after 3 attempts: drain timed out"
+    st.update(phase="RequiresAttention", message=msg, progress="3/6", nodes=nodes,
+              summary={"total": 6, "pending": 1, "upgrading": 1, "succeeded": 3, "failed": 1, "skipped": 0})
+    st["conditions"].append({"type": "RequiresAttention", "status": "True", "reason": "NodeFailed", "message": msg,
+                             "observedGeneration": 1, "lastTransitionTime": ts(1)})
+    return st
+
+
+def _restore(cp: ControlPlane, manifest: Path, events: bool = False) -> None:
+    """The world the runbook talks about; idempotent, run again after every command that deletes."""
+    cp.kubectl("apply", "-f", str(manifest))
+    du = get_du(cp, DOC_OP)
+    if not (du.get("status") or {}).get("phase"):
+        du["status"] = attention_status()
+        cp.kubectl("replace", "--subresource=status", "-f", "-", input_text=json.dumps(du))
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": DOC_NODE}}
+    report = json.dumps({"operation": DOC_OP, "phase": "Failed", "step": "drain"}, separators=(",", ":"))
+    leases = [
+        {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+         "metadata": {"name": "kupd-coordinator", "namespace": "kupd-system"},
+         "spec": {"holderIdentity": "cp-1", "leaseTransitions": 3, "leaseDurationSeconds": 15}},
+        {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+         "metadata": {"name": f"kupd-node-{DOC_NODE}", "namespace": "kupd-system",
+                      "annotations": {"kupd.io/report": report}},
+         "spec": {"holderIdentity": DOC_NODE, "leaseDurationSeconds": 20}},
+    ]
+    cp.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                           "items": [node, *leases]}))
+    if events:
+        # As the coordinator records them: in default, on the DirectUpdate and on the Node.
+        now = ts(0)
+        for ref in ({"apiVersion": "kupd.io/v1alpha1", "kind": "DirectUpdate", "name": DOC_OP,
+                     "uid": du["metadata"]["uid"]},
+                    {"apiVersion": "v1", "kind": "Node", "name": DOC_NODE, "uid": DOC_NODE}):
+            ev = {"apiVersion": "v1", "kind": "Event",
+                  "metadata": {"generateName": f"{DOC_OP}.", "namespace": "default"},
+                  "involvedObject": ref, "reason": "NodeFailed", "type": "Warning", "count": 1,
+                  "message": "w-3 failed at step drain: drain timed out", "source": {"component": "kupd"},
+                  "firstTimestamp": now, "lastTimestamp": now}
+            cp.kubectl("create", "-f", "-", input_text=json.dumps(ev))
+
+
+def test_docs_commands_run(crds: ControlPlane, tmp_path: Path) -> None:
+    from tests.unit.test_docs_commands import doc_commands
+
+    manifest = tmp_path / "directupdate.yaml"
+    manifest.write_text(_yaml_block(ROOT / "docs" / "usage" / "quickstart.md"))
+    kubectl_cmds: list[list[str]] = []
+    for _, argv in doc_commands("kubectl", DOCS):
+        if argv not in kubectl_cmds:
+            kubectl_cmds.append(argv)
+    status_cmds: list[list[str]] = []
+    for _, argv in doc_commands("kupd", DOCS):
+        if argv[1] == "status" and "--watch" not in argv and argv not in status_cmds:
+            status_cmds.append(argv)
+    assert len(kubectl_cmds) >= 10 and status_cmds
+    seen_expect: set[str] = set()
+    try:
+        _restore(crds, manifest, events=True)
+        for argv in kubectl_cmds:
+            text = " ".join(argv)
+            if text in NOT_RUN:
+                continue
+            args = [a.replace("/usr/share/kupd/crds/", str(ROOT / "crds")) for a in argv[1:]]
+            args = [str(manifest) if a == "directupdate.yaml" else a for a in args]
+            res = crds.kubectl(*args, check=False)
+            ok = res.returncode == 0 or "AlreadyExists" in res.stderr
+            assert ok, f"`{text}` failed ({res.returncode}): {res.stderr.strip()}"
+            for want in EXPECT.get(text, []):
+                assert want in res.stdout, f"`{text}` does not show {want!r}:\n{res.stdout}"
+            if text in EXPECT:
+                seen_expect.add(text)
+            if args[0] == "delete":
+                _restore(crds, manifest)
+        assert seen_expect == set(EXPECT), f"EXPECT lists commands the docs no longer have: {set(EXPECT) - seen_expect}"
+        for argv in status_cmds:
+            out = kupd(crds, *argv[2:])
+            assert out.returncode == 0, f"`{' '.join(argv)}`: {out.stderr}"
+            assert DOC_OP in out.stdout
+        table = kupd(crds, DOC_OP).stdout
+        assert f"DirectUpdate {DOC_OP}: RequiresAttention" in table
+        assert "ATTENTION NodeFailed: node w-3: step drain failed" in table
+    finally:
+        crds.kubectl("delete", "directupdate", DOC_OP, "--ignore-not-found", check=False)
+        crds.kubectl("delete", "node", DOC_NODE, "--ignore-not-found", check=False)
+        crds.kubectl("-n", "kupd-system", "delete", "lease", "kupd-coordinator", f"kupd-node-{DOC_NODE}",
+                     "--ignore-not-found", check=False)
+        crds.kubectl("delete", "events", "-n", "default", "--field-selector=reason=NodeFailed", check=False)

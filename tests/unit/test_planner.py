@@ -235,3 +235,24 @@ def test_dry_run_multi_minor_is_hop_major() -> None:
     assert [(w.nodes, w.versions) for w in waves] == [
         (["cp-1"], [["v1.31.9"]]), (["cp-2"], [["v1.31.9"]]), (["cp-1"], [["v1.32.3"]]), (["cp-2"], [["v1.32.3"]]),
         (["w-1"], [["v1.31.9", "v1.32.3"]])]
+
+
+def test_health_gates_hold_the_next_grant() -> None:
+    nodes, members = cluster(1, 2)
+    spec = {"version": "v1.32.0", "backup": NO_BACKUP, "healthGates": {"bakeSeconds": 60}}
+    p = run(spec, nodes, members)
+    assert granted(p) == ["cp-1"], "no gate before the first node"
+    finish(members, "cp-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    p.status["nodes"][0]["finishedAt"] = "2026-11-27T12:00:00Z"
+    p = run(spec, nodes, members, p.status, now=NOW + timedelta(seconds=30))
+    assert granted(p) == [] and p.status["phase"] == "Paused" and "baking" in p.status["message"]
+    p = run(spec, nodes, members, p.status, now=NOW + timedelta(seconds=61), gate_failure="prometheus query x failed")
+    assert granted(p) == [] and "prometheus query x" in p.status["message"]
+    cond = next(c for c in p.status["conditions"] if c["type"] == "HealthGates")
+    assert cond["status"] == "False" and "prometheus query x" in cond["message"]
+    unready = [NodeView("cp-1", {}, True, ready=False), *nodes[1:]]
+    p = run(spec, unready, members, p.status, now=NOW + timedelta(seconds=61))
+    assert "cp-1 is not Ready" in p.status["message"]
+    p = run(spec, nodes, members, p.status, now=NOW + timedelta(seconds=61))
+    assert granted(p) == ["w-1"] and p.status["phase"] == "Running"

@@ -205,13 +205,14 @@ def test_resolve_kubeconfig_none_found() -> None:
 
 
 def test_watch_prints_changes_and_exits_on_terminal() -> None:
-    frames = [
+    failed = du("u", "Failed", [node("w-1", "Failed")])
+    failed["metadata"]["resourceVersion"] = "8"
+    frames: list[list[dict[str, Any]] | Exception] = [
         [du("u", "Running", [node("w-1", "Upgrading", started="2026-11-27T04:29:00Z")])],
         RetryableError("API unreachable"),
         [du("u", "Running", [node("w-1", "Upgrading", started="2026-11-27T04:29:00Z")])],
-        [du("u", "Failed", [node("w-1", "Failed")])],
+        [failed],
     ]
-    frames[3][0]["metadata"]["resourceVersion"] = "8"
 
     def fetch(name: str | None) -> list[dict[str, Any]]:
         f = frames.pop(0)

@@ -1,0 +1,71 @@
+"""Health gates that need I/O: control-plane pods Ready and Prometheus queries.
+
+The coordinator runs these (cached for a few seconds) and hands the planner one plain result;
+whether a gate is due, and what a failure does to the rollout, is the planner's pure decision.
+Prometheus queries travel as an HTTP parameter only; nothing here starts a process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+
+from kupd import kube
+from kupd.errors import KupdError
+
+log = logging.getLogger(__name__)
+
+
+def control_plane_pods(core: client.CoreV1Api) -> str | None:
+    """None when every kube-system pod labelled tier=control-plane is Ready, else what is not."""
+    pods = kube.call(core.list_namespaced_pod, "list control-plane pods", "kube-system",
+                     label_selector="tier=control-plane").items
+    for pod in pods:
+        conds = pod.status.conditions if pod.status else None
+        if not any(c.type == "Ready" and c.status == "True" for c in conds or []):
+            return f"control-plane pod kube-system/{pod.metadata.name} is not Ready"
+    return None
+
+
+def prometheus(gate: Mapping[str, Any]) -> str | None:
+    """None when every query returns what it must, else the first failing query, named."""
+    base = str(gate["url"]).rstrip("/")
+    timeout = float(gate.get("timeoutSeconds", 10))
+    for q in gate.get("queries") or []:
+        url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': q['query']})}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - http(s) checked by schema
+                body = json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            return f"prometheus query {q['name']}: {type(e).__name__}: {e}"[:500]
+        if body.get("status") != "success":
+            return f"prometheus query {q['name']}: {body.get('error', 'failed')}"[:500]
+        result = (body.get("data") or {}).get("result") or []
+        expect = q.get("expect", "Empty")
+        if expect == "Empty" and result:
+            return f"prometheus query {q['name']} returned {len(result)} series; expected none"
+        if expect == "NonEmpty" and not result:
+            return f"prometheus query {q['name']} returned no series; expected some"
+    return None
+
+
+def evaluate(core: client.CoreV1Api, gates: Mapping[str, Any]) -> str | None:
+    """The first failing external gate, or None."""
+    try:
+        if gates.get("controlPlanePods", True):
+            failing = control_plane_pods(core)
+            if failing:
+                return failing
+    except KupdError as e:
+        return f"control-plane pods: {e}"
+    prom = gates.get("prometheus")
+    if prom:
+        return prometheus(prom)
+    return None

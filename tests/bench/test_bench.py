@@ -1,0 +1,29 @@
+"""The bench harness at N=10, quickly: it must produce every figure. No timing assertions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench import measure
+from bench.run import daemon_footprint, run_one, table
+
+
+def _figures(obj: object) -> dict[str, float]:
+    return {k: v for k, v in vars(obj).items() if isinstance(v, float)}
+
+
+def test_bench_produces_every_figure(tmp_path: Path) -> None:
+    plan = measure.planner_time(300, repeat=1)
+    daemon = daemon_footprint(3.0, tmp_path / "daemon")
+    run = run_one(10, 3, 0.1, 3.0, tmp_path / "n10", workers=4, settle=1.0)
+    out = table([run], daemon, plan)
+    print(out)
+
+    assert run.phase == "Succeeded", run
+    missing = [k for k, v in {**_figures(run), **_figures(daemon), **plan}.items() if math.isnan(v)]
+    assert not missing, f"figures not produced: {missing}"
+    assert run.handoffs > 0
+    assert run.idle_per_node_min and run.rollout_per_node_min and run.rollout_per_upgraded_node
+    assert run.status_writes > 0 and run.status_bytes > 0
+    assert "n/a" not in out
