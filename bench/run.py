@@ -216,9 +216,19 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         timed = sum(1 for s in step_sequence([TARGET], False, False, "IfRequired") if s.step in TIMED_STEPS)
         res.timed_node_s = timed * step
         res.ideal_s = timed * step * (1 + workers_waves)
+        last_log = [time.monotonic()]
+
+        def ended() -> bool:
+            ph = phase()
+            if time.monotonic() - last_log[0] > 30:
+                last_log[0] = time.monotonic()
+                assert fleet is not None
+                log.info("N=%d: %s, %d/%d workers finished after %.0f s", n, ph, len(fleet.timeline.finished),
+                         n - 1, time.monotonic() - t_start)
+            return ph in ("Succeeded", "Failed", "RequiresAttention")
+
         try:
-            _wait(lambda: phase() in ("Succeeded", "Failed", "RequiresAttention"),
-                  max(120.0, 6 * res.ideal_s), "rollout end", every=0.05)
+            _wait(ended, max(120.0, 6 * res.ideal_s), "rollout end", every=0.05)
         except TimeoutError as e:
             log.error("%s", e)
         res.wall_s = time.monotonic() - t_start

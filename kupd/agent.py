@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kupd import logsetup
 from kupd import protocol as p
 from kupd.checkpoint import Checkpoint, CheckpointStore, StepRecord
 from kupd.errors import CommandError, KupdError, RetryableError
@@ -91,7 +92,7 @@ class Agent:
         return p.Report(operation=cp.operation, uid=cp.uid, epoch=cp.epoch, versions=cp.versions,
                         phase=cp.phase, step=last.split("/", 1)[-1], attempts=cp.steps[last].attempts if last else 0,
                         started_at=cp.started_at, finished_at=cp.finished_at, message=cp.message, reason=cp.reason,
-                        backup=cp.backup_record, step_seconds=self.step_seconds)
+                        backup=cp.backup_record, step_seconds=self.step_seconds, granted_at=cp.granted_at)
 
     @property
     def busy(self) -> bool:
@@ -114,11 +115,24 @@ class Agent:
                          self.cp.max_epoch_seen)
                 return
             uid, versions = op["metadata"]["uid"], list(grant.get("versions") or [])
+            granted_at = str(grant.get("grantedAt", ""))
+            if self.cp.same_grant(uid, versions) and self.cp.phase == "Failed" and granted_at != self.cp.granted_at:
+                # A retry: a new grant for the same work. Steps already done stay done.
+                log.info("retrying %s from its failed step", self.cp.operation)
+                for rec in self.cp.steps.values():
+                    if rec.state != "done":
+                        rec.state, rec.attempts = "pending", 0
+                self.cp.phase, self.cp.finished_at, self.cp.granted_at = "Upgrading", "", granted_at
+                self.cp.epoch = int(grant["epoch"])
+                self.store.save(self.cp)
+                self._start()
+                return
             if self.cp.same_grant(uid, versions) and self.cp.phase in ("Succeeded", "Failed"):
                 return  # done already; the coordinator has not caught up with our report yet
             if not (self.cp.same_grant(uid, versions) and self.cp.active):
                 self.cp = Checkpoint(
                     operation=op["metadata"]["name"], uid=uid, epoch=int(grant["epoch"]), versions=versions,
+                    granted_at=granted_at,
                     first_control_plane=bool(grant.get("firstControlPlane")),
                     control_plane=entry.get("role") == "ControlPlane" if entry else False,
                     backup=bool(grant.get("backup")), spec=dict(op.get("spec") or {}), phase="Upgrading",
@@ -159,40 +173,49 @@ class Agent:
             rec = cp.step(ref.key)
             if rec.state == "done":
                 continue
-            while True:
-                if self._stop.is_set():
+            # journalctl -u kupd KUPD_OPERATION=... KUPD_STEP=drain finds these records.
+            with logsetup.log_context(operation=cp.operation, step=ref.step):
+                if not self._run_step(ref, rec, max_attempts):
                     return
-                if rec.state != "started" or rec.attempts == 0:
-                    rec.attempts += 1
-                rec.state, rec.started_at = "started", rec.started_at or utcnow()
-                if ref.step == p.STEP_REBOOT and not rec.boot_id:
-                    rec.boot_id = self.host.facts().boot_id
-                self._set(message=f"{ref.hop}: {ref.step}", reason="")
-                t0 = time.monotonic()
-                try:
-                    self._do(ref, rec.boot_id)
-                except RetryableError as e:
-                    if ref.step == p.STEP_BACKUP:
-                        # An etcd or store that stays away must fail the operation before any
-                        # node changes, not hold it forever: backups spend attempts like failures.
-                        if self._fail_attempt(ref, rec, KupdError(str(e)), max_attempts):
-                            return
-                        continue
-                    # Not the node's fault (API away, lock held): wait, spend no attempt.
-                    log.warning("step %s waiting: %s", ref.key, e)
-                    self._set(message=f"{ref.hop}: {ref.step}: waiting: {e}", reason="Waiting")
-                    self._stop.wait(max(e.delay, self.retry_delay))
-                    continue
-                except (KupdError, OSError) as e:
-                    if self._fail_attempt(ref, rec, e, max_attempts):
-                        return
-                    continue
-                rec.state, rec.finished_at = "done", utcnow()
-                rec.seconds = round(time.monotonic() - t0, 3)
-                self.step_seconds[ref.step] = self.step_seconds.get(ref.step, 0.0) + rec.seconds
-                self.store.save(cp)
-                break
         self._set(phase="Succeeded", finished_at=utcnow(), message=f"at {cp.versions[-1]}", reason="")
+
+    def _run_step(self, ref: StepRef, rec: StepRecord, max_attempts: int) -> bool:
+        """Run one step to success (True) or until the node gives up or stops (False)."""
+        cp = self.cp
+        while True:
+            if self._stop.is_set():
+                return False
+            if rec.state != "started" or rec.attempts == 0:
+                rec.attempts += 1
+            rec.state, rec.started_at = "started", rec.started_at or utcnow()
+            if ref.step == p.STEP_REBOOT and not rec.boot_id:
+                rec.boot_id = self.host.facts().boot_id
+            self._set(message=f"{ref.hop}: {ref.step}", reason="")
+            t0 = time.monotonic()
+            try:
+                self._do(ref, rec.boot_id)
+            except RetryableError as e:
+                if ref.step == p.STEP_BACKUP:
+                    # An etcd or store that stays away must fail the operation before any
+                    # node changes, not hold it forever: backups spend attempts like failures.
+                    if self._fail_attempt(ref, rec, KupdError(str(e)), max_attempts):
+                        return False
+                    continue
+                # Not the node's fault (API away, lock held): wait, spend no attempt.
+                log.warning("step %s waiting: %s", ref.key, e)
+                self._set(message=f"{ref.hop}: {ref.step}: waiting: {e}", reason="Waiting")
+                self._stop.wait(max(e.delay, self.retry_delay))
+                continue
+            except (KupdError, OSError) as e:
+                if self._fail_attempt(ref, rec, e, max_attempts):
+                    return False
+                continue
+            rec.state, rec.finished_at = "done", utcnow()
+            rec.seconds = round(time.monotonic() - t0, 3)
+            self.step_seconds[ref.step] = self.step_seconds.get(ref.step, 0.0) + rec.seconds
+            self.store.save(cp)
+            log.info("step %s done in %.1fs", ref.key, rec.seconds)
+            return True
 
     def _fail_attempt(self, ref: StepRef, rec: StepRecord, e: BaseException, max_attempts: int) -> bool:
         """Record a failed attempt; True when the node gives up (Failed)."""

@@ -32,6 +32,7 @@ class Checkpoint:
     operation: str = ""
     uid: str = ""
     epoch: int = 0
+    granted_at: str = ""
     versions: list[str] = field(default_factory=list)
     first_control_plane: bool = False
     control_plane: bool = False

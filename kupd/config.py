@@ -64,7 +64,8 @@ class Settings(_Strict):
         "control-plane", description="Which daemons may become coordinator."
     )
     metrics_address: str = Field("127.0.0.1:9464", description="host:port for /metrics; empty disables.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level of messages written to the journal (or stderr).")
     lease: LeaseSettings = Field(default_factory=LeaseSettings)  # type: ignore[arg-type]
     simulated: SimulatedHostSettings = Field(default_factory=SimulatedHostSettings)  # type: ignore[arg-type]
     real: dict[str, Any] = Field(

@@ -23,7 +23,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kupd import kube, planner
+from kupd import kube, logsetup, planner
 from kupd import protocol as p
 from kupd.errors import KupdError
 from kupd.member import micro_time
@@ -287,8 +287,8 @@ class Coordinator:
                               now=now, resolved_minors=resolved, validate_spec=self.validate_spec,
                               gate_failure=self._gates((obj.get("spec") or {}).get("healthGates")))
         if result.status != status:
-            self._write(obj, result.status, result.events)
-            self.on_plan(md["name"], result.status)
+            with logsetup.log_context(operation=md["name"]):
+                self._write(obj, result.status, result.events)
 
     def _gates(self, gates: dict[str, Any] | None) -> str | None:
         """External health gates, evaluated at most every GATE_SECONDS (they cost a query each)."""
@@ -317,6 +317,7 @@ class Coordinator:
         except Exception as e:
             raise kube.map_error(e, f"write status of {obj['metadata']['name']}") from e
         self.writes += 1
+        self.on_plan(obj["metadata"]["name"], status)
         # Keep the cache current so the next round does not plan from the old status.
         if isinstance(new, dict):
             with self.ops._lock:

@@ -165,12 +165,14 @@ class Daemon:
             log.info("coordinating at epoch %d", elector.epoch)
             self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
                                            self.settings.lease.member_duration_seconds, elector,
-                                           host.newest_patch, validate_spec=_validator())
+                                           host.newest_patch, validate_spec=_validator(),
+                                           on_plan=metrics.operation_status)
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
             log.info("no longer coordinator")
             self.coordinator.stop()
             self.coordinator = None
+            metrics.coordinator_stopped()
 
 
 def _validator() -> Any:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from kupd import __version__
 from kupd.protocol import STEPS, Report
 
 COORDINATOR_LEADER = Gauge("kupd_coordinator_leader", "1 while this daemon holds the coordinator lease.")
@@ -49,3 +52,42 @@ def agent_report(r: Report) -> None:
             _observed[step] = secs
     if r.phase in ("Succeeded", "Failed"):
         UPGRADES.labels(result=r.phase.lower()).inc()
+
+
+OPERATION_PHASES = ("Pending", "Running", "Paused", "Succeeded", "Failed", "RequiresAttention")
+NODE_PHASES = ("Pending", "Granted", "Upgrading", "Succeeded", "Failed", "Skipped", "Lost")
+OPERATION_PHASE = Gauge("kupd_coordinator_operation_phase",
+                        "1 for the phase of each DirectUpdate as this coordinator last wrote it, else 0.",
+                        ["operation", "phase"])
+OPERATION_NODES = Gauge("kupd_coordinator_operation_nodes",
+                        "Selected nodes of each DirectUpdate by node phase, as this coordinator last wrote them.",
+                        ["operation", "phase"])
+OPERATION_STATE_CHANGE = Gauge("kupd_coordinator_operation_state_change_timestamp_seconds",
+                               "When this coordinator last changed the phase of the DirectUpdate.", ["operation"])
+BUILD_INFO = Gauge("kupd_build_info", "Always 1; the kupd version in the label.", ["version"])
+BUILD_INFO.labels(version=__version__).set(1)
+
+_op_phase: dict[str, str] = {}
+
+
+def operation_status(name: str, status: Mapping[str, Any]) -> None:
+    """Called by the coordinator after every status write of a DirectUpdate."""
+    phase = str(status.get("phase") or "Pending")
+    if _op_phase.get(name) != phase:
+        _op_phase[name] = phase
+        OPERATION_STATE_CHANGE.labels(operation=name).set(time.time())
+    for ph in OPERATION_PHASES:
+        OPERATION_PHASE.labels(operation=name, phase=ph).set(1 if ph == phase else 0)
+    counts = dict.fromkeys(NODE_PHASES, 0)
+    for e in status.get("nodes") or []:
+        if e.get("phase") in counts:
+            counts[e["phase"]] += 1
+    for ph, n in counts.items():
+        OPERATION_NODES.labels(operation=name, phase=ph).set(n)
+
+
+def coordinator_stopped() -> None:
+    """Drop the per-operation series when this daemon stops coordinating: the new coordinator has them."""
+    for g in (OPERATION_PHASE, OPERATION_NODES, OPERATION_STATE_CHANGE):
+        g.clear()
+    _op_phase.clear()

@@ -17,7 +17,7 @@ from typing import Any
 
 from kupd import windows
 from kupd.errors import ValidationError
-from kupd.protocol import STEP_BACKUP, Report
+from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, Report
 from kupd.versions import SkewError, Version, check_target
 
 # Node phases.
@@ -258,6 +258,20 @@ def plan(
             _condition(status, "Valid", False, "kubelet-not-newer-than-apiserver", msg, gen, now)
             return _fail(op, status, "VersionSkew", msg, now, events)
 
+    # An operator's retry request puts Failed nodes back in line, once per annotation value.
+    retry = op.annotations.get(ANN_RETRY_NODES, "")
+    if retry:
+        wanted = {x.strip() for x in retry.split("#", 1)[0].split(",")}
+        for name in wanted:
+            e = entries.get(name)
+            if e is not None and e["phase"] == FAILED and e.get("retryToken") != retry and e.get("grant"):
+                # The same work again under a fresh grant. The node's slot was never given to anyone
+                # else (a failure stops all grants), so this stays within the limits.
+                e.update(phase=GRANTED, attempts=0, retryToken=retry, message="retry requested")
+                e["grant"].update(epoch=epoch, grantedAt=_iso(now))
+                e.pop("finishedAt", None)
+                events.append(PlanEvent("RetryRequested", f"{name}: retry requested by {ANN_RETRY_NODES}", name))
+
     # Bring every selected node's entry up to date with what its member reports.
     for n in selected:
         m = members.get(n.name)
@@ -285,7 +299,7 @@ def plan(
                 events.append(PlanEvent("BackupTaken", msg))
 
     ordered = [entries[n.name] for n in selected]
-    status["nodes"] = ordered
+    status["nodes"] = list(ordered)
     # Entries of nodes that left the selection or the cluster are kept for the record only.
     for name, e in entries.items():
         if all(name != o["name"] for o in ordered):
@@ -390,7 +404,8 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
             e["message"] = "member lease expired; waiting for kupd on this node to come back"
             return
         r = m.report
-        if r is None or r.uid != op.uid or r.versions != grant.get("versions"):
+        stale = bool(r and r.granted_at and r.granted_at != grant.get("grantedAt"))
+        if r is None or stale or r.uid != op.uid or r.versions != grant.get("versions"):
             if e["phase"] == LOST:
                 e["phase"] = GRANTED
                 e["message"] = "member is back"

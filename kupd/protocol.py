@@ -37,6 +37,10 @@ ANN_REPORT = "kupd.io/report"
 # Node annotation: set when kupd cordoned the node, so it uncordons only what it cordoned.
 ANN_CORDONED_BY = "kupd.io/cordoned-by"
 
+# DirectUpdate annotation an operator sets to retry Failed nodes: "w-1,w-2". Each distinct value
+# retries once; to retry again, change the value (e.g. "w-1,w-2#2").
+ANN_RETRY_NODES = "kupd.io/retry-nodes"
+
 # DirectUpdate annotations written by the scheduler to bound when nodes may start.
 ANN_WINDOW_START = "kupd.io/window-start"
 ANN_WINDOW_END = "kupd.io/window-end"
@@ -82,6 +86,7 @@ class Report:
     reason: str = ""  # machine-readable cause of the message, e.g. DrainBlocked, StepFailed
     backup: dict[str, Any] = field(default_factory=dict)
     step_seconds: dict[str, float] = field(default_factory=dict)
+    granted_at: str = ""  # which grant this reports on: a retry is a new grant for the same work
 
     def encode(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))

@@ -8,7 +8,7 @@ from functools import total_ordering
 
 from kupd.errors import ValidationError
 
-_RE = re.compile(r"^v?(\d{1,4})\.(\d{1,4})\.(\d{1,4})$")
+_RE = re.compile(r"^v?([0-9]{1,4})\.([0-9]{1,4})\.([0-9]{1,4})$")  # ASCII digits only
 
 
 @total_ordering

@@ -352,6 +352,7 @@ class NodeStatus(_Status):
     from_version: Annotated[str, Field(max_length=64)] | None = None
     to_version: Annotated[str, Field(max_length=64)] | None = None
     message: Annotated[str, Field(max_length=2048)] | None = None
+    retry_token: Annotated[str, Field(max_length=1024)] | None = None
     grant: Grant | None = None
 
 

@@ -320,3 +320,20 @@ def test_multi_minor_target_goes_hop_by_hop_control_plane_first(sim: SimCluster)
         "kubeadm upgrade node v1.32.1", "kubeadm upgrade node v1.33.0"]
     for name in sim.nodes:
         effects_once(sim, name)
+
+
+def test_retry_a_failed_node(sim: SimCluster) -> None:
+    sim.add_node("cp-1", control_plane=True)
+    w = sim.add_node("w-1")
+    w.faults({"fail": {"restart": 2}})
+    apply_du(sim.cp, "retry", {"version": "v1.32.0", "maxAttempts": 2, "backup": NO_BACKUP})
+    st = wait_phase(sim.cp, "retry", ("RequiresAttention", "Failed", "Succeeded"))
+    assert st["phase"] == "RequiresAttention"
+    assert next(n for n in st["nodes"] if n["name"] == "w-1")["step"] == "restart"
+    # The fault is used up; the operator asks for a retry.
+    sim.cp.kubectl("annotate", "directupdate", "retry", "kupd.io/retry-nodes=w-1")
+    st = wait_phase(sim.cp, "retry", ("Succeeded", "Failed"))
+    assert st["phase"] == "Succeeded", st
+    entry = next(n for n in st["nodes"] if n["name"] == "w-1")
+    assert entry["retryToken"] == "w-1"
+    effects_once(sim, "w-1")

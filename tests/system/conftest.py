@@ -22,6 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE_DEB_DIR = "/var/cache/kupd-test"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Package builds and booting nodes on a loaded 2-core machine take longer than the default.
+    for item in items:
+        if "tests/system/" in str(item.fspath) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(1800))
+
+
 def _build(script: str, timeout: float) -> Path:
     started = time.monotonic()
     proc = subprocess.run(
@@ -38,6 +45,10 @@ def _build(script: str, timeout: float) -> Path:
 
 @pytest.fixture(scope="session")
 def deb_package() -> Path:
+    """The .deb of this tree (KUPD_DEB=path reuses a given one while iterating on the tests)."""
+    given = os.environ.get("KUPD_DEB")
+    if given:
+        return Path(given)
     for tool in ("dpkg-buildpackage", "dh", "lintian"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: install debhelper, dpkg-dev, lintian (.ci/apt-packages.txt)")
@@ -46,6 +57,9 @@ def deb_package() -> Path:
 
 @pytest.fixture(scope="session")
 def rpm_package() -> Path:
+    given = os.environ.get("KUPD_RPM")
+    if given:
+        return Path(given)
     if shutil.which("rpmbuild") is None:
         pytest.fail("rpmbuild is missing: install the Debian package rpm (.ci/apt-packages.txt)")
     return _build("build-rpm.sh", timeout=1200)

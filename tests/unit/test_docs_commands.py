@@ -48,7 +48,9 @@ def shell_commands(markdown: str) -> list[list[str]]:
         for line in lines:
             lex = shlex.shlex(line, posix=True, punctuation_chars=True)
             lex.whitespace_split = True
+            lex.commenters = ""  # as in sh, only a word starting with # starts a comment
             tokens = list(lex)
+            tokens = tokens[: next((i for i, t in enumerate(tokens) if t.startswith("#")), len(tokens))]
             cmd: list[str] = []
             skip_next = False
             for tok in [*tokens, ";"]:
@@ -86,6 +88,7 @@ def test_extractor() -> None:
         "kupd backup now --store-type file \\",
         "    --path /mnt/b && echo ok",
         "FOO=1 kubectl get du > out.txt",
+        "kubectl annotate du x a/b=w-3#2 --overwrite  # retry",
         "```",
         "```console",
         "$ kupd status",
@@ -99,6 +102,7 @@ def test_extractor() -> None:
         ["kupd", "status", "x", "-o", "json"], ["jq", "."],
         ["kupd", "backup", "now", "--store-type", "file", "--path", "/mnt/b"], ["echo", "ok"],
         ["kubectl", "get", "du"],
+        ["kubectl", "annotate", "du", "x", "a/b=w-3#2", "--overwrite"],
         ["kupd", "status"],
     ]
 

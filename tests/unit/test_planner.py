@@ -256,3 +256,31 @@ def test_health_gates_hold_the_next_grant() -> None:
     assert "cp-1 is not Ready" in p.status["message"]
     p = run(spec, nodes, members, p.status, now=NOW + timedelta(seconds=61))
     assert granted(p) == ["w-1"] and p.status["phase"] == "Running"
+
+
+def test_retry_regrants_the_same_work_once_per_request() -> None:
+    nodes, members = cluster(1, 1)
+    spec = {"version": "v1.32.0", "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    old = Report("op", UID, 3, ["v1.32.0"], "Failed", "restart", 2, message="x", granted_at="2026-11-27T12:00:00Z")
+    members["w-1"] = MemberView("w-1", True, Version.parse("v1.32.0"), old)
+    p = run(spec, nodes, members, p.status)
+    assert p.status["phase"] == "RequiresAttention"
+    ann = {"kupd.io/retry-nodes": "w-1"}
+    later = NOW + timedelta(minutes=5)
+    p = run(spec, nodes, members, p.status, annotations=ann, now=later)
+    w1 = p.status["nodes"][1]
+    assert w1["phase"] == "Granted" and w1["grant"]["versions"] == ["v1.32.0"]
+    assert w1["grant"]["grantedAt"] == "2026-11-27T12:05:00Z" and w1["retryToken"] == "w-1"
+    # The old Failed report belongs to the old grant: it does not fail the retry.
+    p = run(spec, nodes, members, p.status, annotations=ann, now=later)
+    assert p.status["nodes"][1]["phase"] == "Granted" and p.status["phase"] == "Running"
+    # A second failure under the same annotation value is not retried again.
+    members["w-1"] = MemberView("w-1", True, Version.parse("v1.32.0"),
+                                Report("op", UID, 3, ["v1.32.0"], "Failed", "restart", 2,
+                                       granted_at="2026-11-27T12:05:00Z"))
+    p = run(spec, nodes, members, p.status, annotations=ann, now=later)
+    p = run(spec, nodes, members, p.status, annotations=ann, now=later)
+    assert p.status["nodes"][1]["phase"] == "Failed"
