@@ -119,10 +119,12 @@ class MemoryStore(CheckpointStore):
 class Renewer:
     """Renews many member Leases on their period from a small pool, and at once when kicked."""
 
-    def __init__(self, members: dict[str, Member], every: float, workers: int = 16) -> None:
+    def __init__(self, members: dict[str, Member], every: float, workers: int = 48) -> None:
         self.members = members
         self.every = every
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="renew")
+        # Report changes do not queue behind periodic renewals: each daemon publishes at once.
+        self._kick_pool = ThreadPoolExecutor(max(4, workers // 4), thread_name_prefix="publish")
         self._cv = threading.Condition()
         self._heap: list[tuple[float, str]] = []
         self._urgent: deque[str] = deque()
@@ -147,6 +149,7 @@ class Renewer:
         with self._cv:
             self._cv.notify_all()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._kick_pool.shutdown(wait=True, cancel_futures=True)
 
     def kick(self, name: str) -> None:
         with self._cv:
@@ -174,11 +177,14 @@ class Renewer:
     def _loop(self) -> None:
         while not self._stop.is_set():
             batch: list[str] = []
+            urgent: set[str] = set()
             with self._cv:
                 while not self._stop.is_set():
                     now = time.monotonic()
                     while self._urgent:
-                        batch.append(self._urgent.popleft())
+                        name = self._urgent.popleft()
+                        urgent.add(name)
+                        batch.append(name)
                     while self._heap and self._heap[0][0] <= now:
                         _, name = heapq.heappop(self._heap)
                         heapq.heappush(self._heap, (now + self.every, name))
@@ -194,7 +200,7 @@ class Renewer:
                     self._running.add(name)
             for name in batch:
                 try:
-                    self._pool.submit(self._do, name)
+                    (self._kick_pool if name in urgent else self._pool).submit(self._do, name)
                 except RuntimeError:
                     return
 
@@ -249,7 +255,7 @@ class Fleet:
 
     def __init__(self, kubeconfig: str | Path, names: list[str], *, step_seconds: float,
                  initial_version: str, available: list[str], member_duration: int = 20,
-                 renew_fraction: float = 0.33, namespace: str = "kupd-system", workers: int = 16) -> None:
+                 renew_fraction: float = 0.33, namespace: str = "kupd-system", workers: int = 48) -> None:
         self.names = names
         self.api = api_client(kubeconfig, pool=max(64, workers * 2))
         self.core = client.CoreV1Api(self.api)
@@ -317,7 +323,7 @@ class Fleet:
                     raise
                 time.sleep(0.5)
 
-    def register(self, workers: int = 16) -> None:
+    def register(self, workers: int = 48) -> None:
         """Create every Node (Ready, at the initial kubeletVersion) and every member Lease."""
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(self._register_one, self.names))

@@ -25,15 +25,54 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 Counts = Counter[tuple[str, str]]  # (verb, resource[/subresource]) -> requests
 
 
+_DURATION = re.compile(
+    r"^apiserver_request_duration_seconds_(?P<kind>sum|count)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$")
+Durations = dict[tuple[str, str], tuple[float, float]]  # (verb, resource) -> (seconds summed, requests)
+
+
+def _get_metrics(server: str, token: str, ca_file: str | Path) -> str:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    req = urllib.request.Request(f"{server}/metrics", headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+    with urllib.request.urlopen(req, timeout=30, context=ctx) as r:  # noqa: S310 - our own API server
+        return str(r.read().decode())
+
+
+def scrape_durations(server: str, token: str, ca_file: str | Path) -> Durations:
+    """apiserver_request_duration_seconds sum and count by verb and resource (WATCH left out)."""
+    sums: dict[tuple[str, str], float] = {}
+    counts: dict[tuple[str, str], float] = {}
+    for line in _get_metrics(server, token, ca_file).splitlines():
+        m = _DURATION.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group("labels")))
+        resource, verb = labels.get("resource", ""), labels.get("verb", "")
+        if not resource or verb == "WATCH":
+            continue
+        if labels.get("subresource"):
+            resource += "/" + labels["subresource"]
+        target = sums if m.group("kind") == "sum" else counts
+        target[(verb, resource)] = target.get((verb, resource), 0.0) + float(m.group("value"))
+    return {k: (sums.get(k, 0.0), counts[k]) for k in counts}
+
+
+def mean_durations(after: Durations, before: Durations, top: int = 6) -> dict[str, float]:
+    """Mean seconds per request over an interval, for the most frequent (verb, resource) pairs."""
+    rows = []
+    for k, (s, c) in after.items():
+        s0, c0 = before.get(k, (0.0, 0.0))
+        if c - c0 > 0:
+            rows.append((c - c0, f"{k[0]} {k[1]}", (s - s0) / (c - c0)))
+    rows.sort(reverse=True)
+    return {name: mean for _, name, mean in rows[:top]}
+
+
 def scrape_requests(server: str, token: str, ca_file: str | Path) -> Counts:
     """apiserver_request_total from the API server's /metrics, summed by verb and resource.
 
     Requests without a resource (/metrics, /readyz, discovery) are left out.
     """
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    req = urllib.request.Request(f"{server}/metrics", headers={"Authorization": f"Bearer {token}"})  # noqa: S310
-    with urllib.request.urlopen(req, timeout=30, context=ctx) as r:  # noqa: S310 - our own API server
-        text = r.read().decode()
+    text = _get_metrics(server, token, ca_file)
     out: Counts = Counter()
     for line in text.splitlines():
         m = _LINE.match(line)

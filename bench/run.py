@@ -74,6 +74,8 @@ class RunResult:
     rollout_by_resource: dict[str, int] = field(default_factory=dict)
     rollout_per_upgraded_node: dict[str, float] = field(default_factory=dict)
     status_writes: int = 0
+    status_put_mean_s: float = math.nan  # the API server's own mean duration of PUT directupdates/status
+    rollout_mean_request_s: dict[str, float] = field(default_factory=dict)
     status_bytes: int = 0
     coordinator_idle_cpu_s_per_min: float = math.nan
     coordinator_rollout_cpu_s: float = math.nan
@@ -156,7 +158,7 @@ def _start_daemon(sc: SimCluster, name: str, source: Path | None) -> None:
             cwd=str(source), env=dict(os.environ, PYTHONPATH=str(source), **sc.extra_env))
 
 
-def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, workers: int = 16,
+def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, workers: int = 48,
             settle: float | None = None, coordinator_source: Path | None = None) -> RunResult:
     res = RunResult(nodes=n, concurrency=concurrency, step_seconds=step)
     cp = _start_control_plane(workdir)
@@ -205,6 +207,7 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         body = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "metadata": {"name": "bench"},
                 "spec": {"version": TARGET, "concurrency": concurrency, "backup": {"required": False}}}
         t_start = time.monotonic()
+        d1 = measure.scrape_durations(cp.server, cp.token("admin"), cp.ca_file)
         custom.create_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, body)
 
         def phase() -> str:
@@ -234,6 +237,11 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         res.wall_s = time.monotonic() - t_start
         res.phase = phase()
         m2, c2 = _scrape(cp), measure.cpu_seconds(pid)
+        d2 = measure.scrape_durations(cp.server, cp.token("admin"), cp.ca_file)
+        res.rollout_mean_request_s = measure.mean_durations(d2, d1)
+        s2, n2 = d2.get(("PUT", "directupdates/status"), (0.0, 0.0))
+        s1, n1 = d1.get(("PUT", "directupdates/status"), (0.0, 0.0))
+        res.status_put_mean_s = (s2 - s1) / (n2 - n1) if n2 > n1 else math.nan
         res.overhead_ratio = res.wall_s / res.ideal_s
         roll_c = measure.diff(m2, m1)
         res.rollout_per_node_min = measure.per_node_minute(measure.by_verb(roll_c), n, res.wall_s)
@@ -344,6 +352,9 @@ def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, fl
                                                           if k.startswith("LIST "))))
     row("DirectUpdate status writes / final object size",
         lambda r: f"{r.status_writes} / {r.status_bytes / 1024:.0f} KiB")
+    row("API server mean time of a status PUT (s)", lambda r: _f(r.status_put_mean_s))
+    row("API server mean time, busiest requests (ms)",
+        lambda r: ", ".join(f"{k} {v * 1000:.0f}" for k, v in r.rollout_mean_request_s.items()) or "n/a")
     row("coordinator CPU s per minute, idle", lambda r: _f(r.coordinator_idle_cpu_s_per_min, "{:.2f}"))
     row("coordinator CPU s, rollout", lambda r: _f(r.coordinator_rollout_cpu_s, "{:.1f}"))
     row("coordinator RSS / peak RSS (MB)",
@@ -376,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--daemon-idle-seconds", type=float, default=30.0,
                     help="how long the single real daemon idles before its RSS/CPU are read; 0 skips it")
     ap.add_argument("--planner-nodes", type=int, default=5000, help="0 skips the planner timing")
-    ap.add_argument("--workers", type=int, default=16, help="fleet threads for registration and renewals")
+    ap.add_argument("--workers", type=int, default=48, help="fleet threads for registration and renewals")
     ap.add_argument("--coordinator-source", type=Path,
                     help="run the coordinator's daemon with the kupd package from this folder (a patched copy)")
     ap.add_argument("--json", type=Path, help="also write every figure here")

@@ -10,7 +10,7 @@ import sys
 from kupd import __version__
 from kupd.errors import KupdError
 
-COMMANDS = ("daemon", "demo", "plan", "status", "backup", "validate")
+COMMANDS = ("daemon", "demo", "plan", "status", "backup", "validate", "enroll")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -272,6 +272,21 @@ def plan(
                 e.pop("finishedAt", None)
                 events.append(PlanEvent("RetryRequested", f"{name}: retry requested by {ANN_RETRY_NODES}", name))
 
+    # The verified backup is taken only from the node granted the backup (the first control-plane
+    # node), for that very grant: any other member's report could be forged by a worker's credential.
+    if not status.get("backup"):
+        for e in entries.values():
+            g = e.get("grant") or {}
+            m = members.get(e["name"])
+            if not (g.get("backup") and g.get("firstControlPlane") and e.get("role") == "ControlPlane"):
+                continue
+            if m and m.report and m.report.uid == op.uid and m.report.versions == g.get("versions") \
+                    and m.report.backup and m.report.granted_at in ("", g.get("grantedAt")):
+                status["backup"] = dict(m.report.backup)
+                msg = f"etcd snapshot {m.report.backup.get('location')} verified before any change"
+                _condition(status, "BackupSucceeded", True, "BackupVerified", msg, gen, now)
+                events.append(PlanEvent("BackupTaken", msg))
+
     # Bring every selected node's entry up to date with what its member reports.
     for n in selected:
         m = members.get(n.name)
@@ -287,16 +302,6 @@ def plan(
                     e["message"] = f"already at {m.kubelet}"
             entries[n.name] = e
         _observe(e, m, op, policy, now, events, n.name)
-
-    # The first control plane's agent reports the verified backup it took; it becomes the record.
-    if not status.get("backup"):
-        for n in selected:
-            m = members.get(n.name)
-            if m and m.report and m.report.uid == op.uid and m.report.backup:
-                status["backup"] = dict(m.report.backup)
-                msg = f"etcd snapshot {m.report.backup.get('location')} verified before any change"
-                _condition(status, "BackupSucceeded", True, "BackupVerified", msg, gen, now)
-                events.append(PlanEvent("BackupTaken", msg))
 
     ordered = [entries[n.name] for n in selected]
     status["nodes"] = list(ordered)

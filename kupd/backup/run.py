@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WORK_DIR = "/var/lib/kupd/backup"
 # etcd-20261127T034100Z-cp-1-r123456.db: time first, so names sort by time within a cluster.
-_NAME = re.compile(r"^etcd-(\d{8}T\d{6}Z)-([a-z0-9][a-z0-9.-]*)-r(\d+)\.db$")
+_NAME = re.compile(r"^etcd-([0-9]{8}T[0-9]{6}Z)-([a-z0-9][a-z0-9.-]*)-r([0-9]+)\.db$")
 
 
 @dataclass(frozen=True)
@@ -201,12 +201,14 @@ def take_backup(
         reason = reason_of(e)
         metrics.FAILURES.labels(reason=reason).inc()
         if reason == UNEXPECTED:
-            log.exception("etcd backup failed unexpectedly")
+            # No traceback: its frames could hold credential values; the redacted message says enough.
+            log.error("etcd backup failed unexpectedly: %s: %s", type(e).__name__,
+                      (credentials or NONE).redact(str(e))[:300])
             raise BackupRetryable(
                 UNEXPECTED,
                 f"etcd backup failed: {type(e).__name__}: {(credentials or NONE).redact(str(e))[:300]}",
             ) from e
-        log.error("etcd backup failed (%s): %s", reason, e)
+        log.error("etcd backup failed (%s): %s", reason, (credentials or NONE).redact(str(e)))
         raise
     finally:
         metrics.DURATION.labels(stage="total").observe(time.monotonic() - started)

@@ -23,7 +23,7 @@ class OutputError(PermanentError):
         self.command = command
 
 
-_K8S = r"v?(\d{1,4}\.\d{1,4}\.\d{1,4})"
+_K8S = r"v?([0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4})"
 
 
 def kubeadm_version(text: str) -> Version:
@@ -55,7 +55,7 @@ def containerd_version(text: str) -> str:
 
     Debian prints "1.6.20~ds1": the upstream version is the part before "~" or "+".
     """
-    m = re.search(r"^containerd\s+\S+\s+v?(\d{1,4}\.\d{1,4}\.\d{1,4})[~+\-.\w]*\s", text + " ", re.MULTILINE)
+    m = re.search(r"^containerd\s+\S+\s+v?([0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4})[~+\-.\w]*\s", text + " ", re.MULTILINE)
     if not m:
         raise OutputError("containerd --version", text)
     return m.group(1)
@@ -200,8 +200,10 @@ def systemctl_is_active(text: str) -> str:
 def rpm_version_key(evr: str) -> tuple[int, list[tuple[int, int | str]]]:
     """A sort key close to rpmvercmp: epoch first, then numeric and alphabetic segments in turn."""
     epoch, _, rest = evr.rpartition(":") if ":" in evr else ("0", "", evr)
+    if not re.fullmatch(r"[0-9]{0,9}", epoch):
+        raise OutputError("rpm (bad epoch)", evr)
     parts: list[tuple[int, int | str]] = []
-    for seg in re.findall(r"\d+|[A-Za-z]+|~", rest):
+    for seg in re.findall(r"[0-9]+|[A-Za-z]+|~", rest):
         if seg == "~":
             parts.append((-1, 0))
         elif seg.isdigit():

@@ -186,7 +186,7 @@ def _apt_uri(url: str) -> str:
 
 def configured_minor(text: str) -> str | None:
     """The minor a repository file kupd (or the upstream docs) wrote points at, if any."""
-    m = re.search(r"/(v\d+\.\d+)/(deb|rpm)/", text)
+    m = re.search(r"/(v[0-9]+\.[0-9]+)/(deb|rpm)/", text)
     return m.group(1) if m else None
 
 

@@ -549,3 +549,43 @@ def test_daemons_with_per_node_identities_roll_out_and_never_leak_the_backup_sec
     # Least privilege is enough for the daemons' ordinary work: the API server refused them nothing.
     for name, text in logs.items():
         assert "forbidden" not in text.lower(), f"{name} was refused by the API server:\n{text[-3000:]}"
+
+
+def test_a_worker_cannot_fake_the_verified_backup(ids: Identities, daemons: SimCluster, tmp_path: Path) -> None:
+    """The worker writes only its own Lease (allowed), but puts a 'verified backup' for the
+    operation in its own report. The coordinator must still have the first control-plane node take
+    a real backup before `kubeadm upgrade apply`."""
+    cp = ids.cp
+    admin = harness.api_for(cp)
+    custom = client.CustomObjectsApi(admin)
+    _create(client.CoreV1Api(admin).create_node, {"metadata": {"name": "w-2"}})
+    store = tmp_path / "backups"
+    store.mkdir()
+    harness.apply_du(cp, "sec-fake-backup", {
+        "version": "v1.33.0", "paused": True,
+        "backup": {"required": True, "store": {"type": "file", "path": str(store)},
+                   "etcd": {"endpoints": [cp.etcd_endpoint], "caFile": str(cp.etcd_pki / "ca.crt"),
+                            "certFile": str(cp.etcd_pki / "healthcheck-client.crt"),
+                            "keyFile": str(cp.etcd_pki / "healthcheck-client.key")}}})
+    uid = harness.get_du(cp, "sec-fake-backup")["metadata"]["uid"]
+    fake = {"location": "s3://attacker/etcd-fake.db", "size": 1, "sha256": "0" * 64, "verified": True,
+            "node": "cp-1"}
+    report = p.Report(operation="sec-fake-backup", uid=uid, epoch=0, versions=["v1.33.0"], phase="Upgrading",
+                      backup=fake).encode()
+    _own_lease(ids, "w-2")
+    ids.coord("w-2").patch_namespaced_lease(p.member_lease_name("w-2"), NS, _lease_patch("w-2", report=report))
+    custom.patch_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, "sec-fake-backup",
+                                       {"spec": {"paused": False}})
+    try:
+        deadline = time.monotonic() + 30
+        grant: dict[str, Any] = {}
+        st: dict[str, Any] = {}
+        while not grant and time.monotonic() < deadline:
+            st = harness.get_du(cp, "sec-fake-backup").get("status") or {}
+            grant = next((n.get("grant") or {} for n in st.get("nodes") or [] if n["name"] == "cp-1"), {})
+            time.sleep(0.2)
+        assert grant, f"cp-1 was never granted: {st}"
+        assert (st.get("backup") or {}).get("location") != fake["location"], "the coordinator took the fake backup"
+        assert grant.get("backup") is True, f"cp-1 was granted without a backup: {grant}"
+    finally:
+        custom.delete_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, "sec-fake-backup")

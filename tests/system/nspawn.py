@@ -49,6 +49,7 @@ BASE_PACKAGES = (
     "iproute2",
     "procps",
     "gnupg",
+    "etcd-client",  # etcdctl, for the etcd snapshot of the first control-plane node
 )
 NSPAWN_TIMEOUT = 120.0
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

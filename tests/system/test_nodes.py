@@ -16,8 +16,6 @@ import re
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.system import nspawn
 from tests.system.conftest import NODE_DEB_DIR
 
@@ -182,9 +180,8 @@ def test_package_removal_and_purge(kupd_nodes: list[nspawn.Node]) -> None:
     assert node.run(["test", "-e", "/var/lib/kupd"], check=False).returncode == 1
 
 
-@pytest.mark.parametrize("index", [0])
-def test_reboot_starts_kupd_again(kupd_nodes: list[nspawn.Node], index: int) -> None:
-    node = kupd_nodes[index]
+def test_reboot_starts_kupd_again(kupd_nodes: list[nspawn.Node]) -> None:
+    node = kupd_nodes[0]
     node.reboot()
     # enabled: systemd starts it at boot (it may be restarting while it has no credentials)
     state = show(node, "kupd.service", "ActiveState")

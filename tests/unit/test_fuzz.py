@@ -227,8 +227,6 @@ def test_version_parse_raises_only_validation_errors_and_round_trips(text: str) 
     assert Version.parse(str(v)) == v
 
 
-@pytest.mark.xfail(strict=True, reason="kupd/versions.py matches with \\d, which accepts Unicode digits "
-                   "(v\u0661.31.2 parses as v1.31.2); fix: [0-9] or re.ASCII")
 @FUZZ
 @given(text=texts)
 @example(text="v\u0661.31.2")
@@ -280,8 +278,6 @@ def test_output_parsers_raise_only_their_typed_errors(parse: Callable[[str], Any
         assert re.fullmatch(r"[a-z-]+", out)
 
 
-@pytest.mark.xfail(strict=True, reason="kupd/host/parsers.py's containerd_version returns what \\d matched: "
-                   "Unicode digits (\u0661.7.22) pass through; fix: [0-9] or re.ASCII")
 @FUZZ
 @given(text=lines)
 @example(text="containerd github.com/containerd/containerd v\u0661.7.22 7f7fdf5\n")
@@ -293,9 +289,6 @@ def test_containerd_version_is_always_ascii(text: str) -> None:
     assert re.fullmatch(r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}", out), out
 
 
-@pytest.mark.xfail(strict=True, reason="kupd/host/parsers.py's rpm_version_key raises ValueError on an epoch "
-                   "that is not a number ('x:1.2-1', '::'), e.g. from a hostile mirror's metadata; "
-                   "fix: validate the epoch with [0-9]+ and raise OutputError")
 @FUZZ
 @given(evr=st.one_of(texts, st.from_regex(r"[0-9a-z:.~-]{0,12}", fullmatch=True)))
 @example(evr="x:1.2-1")

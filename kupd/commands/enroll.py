@@ -1,0 +1,57 @@
+"""`kupd enroll NODE`: give a node's daemon its own identity (run by a cluster administrator).
+
+Creates the ServiceAccount kupd-system/kupd-node-NODE and its role bindings (kupd-member for every
+node; kupd-control-plane, Events and the backup Secret for control-plane nodes), asks the
+TokenRequest API for a token, and writes the node's kubeconfig (mode 0600, directory 0700).
+`--print` only prints the objects, for review or GitOps, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from kupd import enroll
+from kupd.errors import PermanentError
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "enroll", help="create a node's kupd identity and write its kubeconfig (cluster admin)",
+        description="Create the ServiceAccount kupd-system/kupd-node-NODE with kupd's role bindings, request "
+        "a token for it and write a kubeconfig for that node's daemon. Run as a cluster administrator, "
+        "after `kubectl apply -f /usr/share/kupd/rbac/`.")
+    p.add_argument("node", metavar="NODE", help="the node's Kubernetes Node name")
+    p.add_argument("--control-plane", action="store_true",
+                   help="the node is a control-plane node: it may coordinate and read the backup Secret")
+    p.add_argument("--backup-secret", metavar="NAMESPACE/NAME",
+                   help="the backup store's credentials Secret (control-plane nodes only)")
+    p.add_argument("--kubeconfig", metavar="PATH", help="the administrator's kubeconfig (default: $KUBECONFIG)")
+    p.add_argument("--output", "-o", metavar="PATH", default=enroll.KUBECONFIG_PATH,
+                   help=f"where to write the node's kubeconfig (default {enroll.KUBECONFIG_PATH})")
+    p.add_argument("--duration", type=int, default=enroll.DEFAULT_TOKEN_SECONDS, metavar="SECONDS",
+                   help="token lifetime (default one year; re-run enroll to rotate)")
+    p.add_argument("--print", dest="print_only", action="store_true",
+                   help="print the objects as YAML and do nothing else")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    secret = enroll.parse_secret_ref(args.backup_secret) if args.backup_secret else None
+    objs = enroll.manifests(args.node, args.control_plane, secret)
+    if args.print_only:
+        sys.stdout.write(enroll.to_yaml(objs))
+        return 0
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=args.kubeconfig)
+    cfg = api.configuration
+    if cfg.ssl_ca_cert:
+        ca = Path(cfg.ssl_ca_cert).read_bytes()
+    else:
+        raise PermanentError("the administrator's kubeconfig names no CA certificate; the node needs one")
+    path = enroll.enroll(api, args.node, args.control_plane, cfg.host, ca, secret, args.output, args.duration)
+    print(f"enrolled {args.node} as {enroll.username(args.node)}; kubeconfig written to {path} (mode 0600)")
+    return 0
