@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,15 @@ def _parse_time(s: str | None) -> datetime | None:
     if not s:
         return None
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def _lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    if old is None:
+        return True
+    o, n = old.get("spec") or {}, new.get("spec") or {}
+    return ((old.get("metadata") or {}).get("annotations") != (new.get("metadata") or {}).get("annotations")
+            or o.get("holderIdentity") != n.get("holderIdentity")
+            or o.get("leaseDurationSeconds") != n.get("leaseDurationSeconds"))
 
 
 class Elector:
@@ -158,8 +168,12 @@ class Coordinator:
         self.writes = 0
         self.ops = kube.Informer("directupdates", self.custom.list_cluster_custom_object, self._dirty.set,
                                  group=p.GROUP, version=p.VERSION, plural=p.DIRECTUPDATES)
+        # A renewal that changes nothing but renewTime needs no round: expiry is found by the
+        # 1 s tick. Without this, every member's renewal (N every ~7 s) runs an O(N) round.
         self.leases = kube.Informer("leases", self.coord.list_namespaced_lease, self._dirty.set,
-                                    namespace=namespace)
+                                    relevant=_lease_changed, namespace=namespace)
+        # Events are best effort and cost two POSTs each: send them off the reconcile path.
+        self._events: queue.Queue[tuple[dict[str, Any], planner.PlanEvent]] = queue.Queue(maxsize=10000)
         self.nodes = kube.Informer("nodes", self.core.list_node, self._dirty.set)
         # Schedules: their own informers only wake the scheduler, which lists what it needs.
         self._sched_dirty = threading.Event()
@@ -183,6 +197,15 @@ class Coordinator:
         for inf in (self.ops, self.leases, self.nodes, *self.schedules):
             inf.start()
         threading.Thread(target=self._loop, name="coordinator", daemon=True).start()
+        threading.Thread(target=self._event_loop, name="coordinator-events", daemon=True).start()
+
+    def _event_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                obj, ev = self._events.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            self._event(obj, ev)
 
     def stop(self) -> None:
         self._stop.set()
@@ -323,7 +346,10 @@ class Coordinator:
             with self.ops._lock:
                 self.ops._cache[kube.Informer.key(new)] = new
         for ev in events:
-            self._event(obj, ev)
+            try:
+                self._events.put_nowait((obj, ev))
+            except queue.Full:
+                log.debug("event queue full; dropping %s", ev.reason)
 
     def _event(self, obj: dict[str, Any], ev: planner.PlanEvent) -> None:
         md = obj["metadata"]

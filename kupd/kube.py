@@ -92,8 +92,11 @@ class Informer:
     """
 
     def __init__(self, name: str, list_fn: Callable[..., Any], on_change: Callable[[], None],
+                 relevant: Callable[[dict[str, Any] | None, dict[str, Any]], bool] | None = None,
                  **list_kwargs: Any) -> None:
         self.name = name
+        # When given, a MODIFIED event calls on_change only if relevant(old, new) is true.
+        self._relevant = relevant
         self._list_fn = list_fn
         self._kwargs = list_kwargs
         self._on_change = on_change
@@ -162,9 +165,12 @@ class Informer:
                         continue
                     with self._lock:
                         if typ == "DELETED":
-                            self._cache.pop(self.key(obj), None)
+                            old = self._cache.pop(self.key(obj), None)
                         else:
+                            old = self._cache.get(self.key(obj))
                             self._cache[self.key(obj)] = obj
+                    if typ == "MODIFIED" and self._relevant is not None and not self._relevant(old, obj):
+                        continue
                     self._on_change()
                 backoff = 0.5
             except ApiException as e:

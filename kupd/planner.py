@@ -306,8 +306,9 @@ def plan(
     ordered = [entries[n.name] for n in selected]
     status["nodes"] = list(ordered)
     # Entries of nodes that left the selection or the cluster are kept for the record only.
+    selected_names = {n.name for n in selected}
     for name, e in entries.items():
-        if all(name != o["name"] for o in ordered):
+        if name not in selected_names:
             status["nodes"].append(e)
 
     summary = {k: 0 for k in ("total", "pending", "upgrading", "succeeded", "failed", "skipped")}

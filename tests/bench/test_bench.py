@@ -15,8 +15,8 @@ def _figures(obj: object) -> dict[str, float]:
 
 def test_bench_produces_every_figure(tmp_path: Path) -> None:
     plan = measure.planner_time(300, repeat=1)
-    daemon = daemon_footprint(3.0, tmp_path / "daemon")
-    run = run_one(10, 3, 0.1, 3.0, tmp_path / "n10", workers=4, settle=1.0)
+    daemon = daemon_footprint(2.0, tmp_path / "daemon")
+    run = run_one(10, 3, 0.1, 2.0, tmp_path / "n10", workers=4, settle=0.5)
     out = table([run], daemon, plan)
     print(out)
 

@@ -40,6 +40,8 @@ from tests.system.conftest import install_deb
 
 FROM, TO = "1.30.5", "1.31.2"
 NAMES = ["e2e-cp-1", "e2e-w-1", "e2e-w-2"]
+BACKUP_DIR = "/srv/etcd-backups"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 KUBELET_UNIT = """[Unit]
 Description=stand-in kubelet for the kupd system test (the package ships only a fake binary)
 [Service]
@@ -139,6 +141,10 @@ def configure(node: nspawn.Node, cp: ControlPlane, repo_url: str, key: Path) -> 
         # kubeadm's etcd client certificates, where kupd's backup looks for them by default.
         for name in ("ca.crt", "healthcheck-client.crt", "healthcheck-client.key"):
             node.copy_in(cp.etcd_pki / name, f"/etc/kubernetes/pki/etcd/{name}")
+        # What the fake kubeadm prints for `kubeadm upgrade plan` (a capture of the real one).
+        node.copy_in(FIXTURES / "kubeadm-upgrade-plan-v1.31.txt", "/etc/kupd-test/plan.txt")
+        # The file store is a mounted share in real life; it must exist before the backup.
+        node.run(["install", "-d", "-m", "0700", BACKUP_DIR])
     node.write("/etc/kupd/config.d/50-system-test.toml", "\n".join([
         f'node_name = "{node.name}"',
         'kubeconfig = "/etc/kupd/kubeconfig"',
@@ -198,7 +204,7 @@ def test_directupdate_survives_kill_and_reboot(cluster: tuple[ControlPlane, list
         "version": f"v{TO}",
         "concurrency": 1,
         "packageSource": {"type": "mirror", "mirror": {"url": cluster_repo_url(nodes[0])}},
-        "backup": {"required": True, "store": {"type": "file", "path": "/var/lib/kupd/backups"},
+        "backup": {"required": True, "store": {"type": "file", "path": BACKUP_DIR},
                    "etcd": {"endpoints": [cp.etcd_endpoint]}},
         "drain": {"timeoutSeconds": 60},
     })
