@@ -131,8 +131,10 @@ def configure(node: nspawn.Node, cp: ControlPlane, repo_url: str, key: Path) -> 
     node.run(["apt-get", "install", "-y", "kubeadm", "kubelet", "kubectl"], timeout=300)
     node.run(["apt-mark", "hold", "kubeadm", "kubelet", "kubectl"])
     node.write("/etc/systemd/system/kubelet.service", KUBELET_UNIT)
+    # kupd verifies that containerd and kubelet are active after the upgrade: a stand-in for both.
+    node.write("/etc/systemd/system/containerd.service", KUBELET_UNIT.replace("kubelet", "containerd"))
     node.run(["systemctl", "daemon-reload"])
-    node.run(["systemctl", "enable", "--now", "kubelet.service"])
+    node.run(["systemctl", "enable", "--now", "kubelet.service", "containerd.service"])
     # Credential and config, as cloud-init/user-data.yaml writes them.
     node.copy_in(cp.ca_file, "/etc/kupd/ca.crt")
     node.write("/etc/kupd/kubeconfig", node_kubeconfig(cp), mode=0o600)
