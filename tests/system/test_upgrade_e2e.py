@@ -62,7 +62,9 @@ def installed_version(node: nspawn.Node, package: str) -> str:
     """From the node's dpkg database, read on the host side (works while the node reboots)."""
     status = (node.root / "var/lib/dpkg/status").read_text(errors="replace")
     for stanza in status.split("\n\n"):
-        if re.search(rf"^Package: {re.escape(package)}$", stanza, re.M) and "Status: install ok installed" in stanza:
+        # A held package (kupd holds them) reads "hold ok installed".
+        if re.search(rf"^Package: {re.escape(package)}$", stanza, re.M) and \
+                re.search(r"^Status: (install|hold) ok installed$", stanza, re.M):
             m = re.search(r"^Version: (\S+)$", stanza, re.M)
             if m:
                 return m.group(1).split("-")[0]
