@@ -35,11 +35,6 @@ log = logging.getLogger(__name__)
 GATE_SECONDS = 5.0
 
 
-def _parse_time(s: str | None) -> datetime | None:
-    if not s:
-        return None
-    return datetime.fromisoformat(s.replace("Z", "+00:00"))
-
 
 def _lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     if old is None:
@@ -259,7 +254,7 @@ class Coordinator:
                 continue
             node = name[len(p.MEMBER_LEASE_PREFIX):]
             spec = lease.get("spec") or {}
-            renew = _parse_time(spec.get("renewTime"))
+            renew = planner.parse_time(spec.get("renewTime"))
             duration = int(spec.get("leaseDurationSeconds") or self.member_duration)
             alive = renew is not None and (now - renew).total_seconds() < duration
             anns = lease["metadata"].get("annotations") or {}

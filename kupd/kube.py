@@ -7,9 +7,9 @@ last resourceVersion and relists on 410 Gone, so API outages cost one list when 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -61,8 +61,6 @@ def map_error(e: Exception, what: str) -> Exception:
 
 
 def _reason(e: ApiException) -> str:
-    import json
-
     try:
         body = json.loads(e.body or "{}")
         return str(body.get("message") or e.reason)[:500]
@@ -120,6 +118,11 @@ class Informer:
         with self._lock:
             return list(self._cache.values())
 
+    def put(self, obj: dict[str, Any]) -> None:
+        """Record an object this process just wrote, before its watch event arrives."""
+        with self._lock:
+            self._cache[self.key(obj)] = obj
+
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
             return self._cache.get(key)
@@ -132,8 +135,6 @@ class Informer:
 
     def _relist(self) -> str:
         resp = self._list_fn(_preload_content=False, **self._kwargs)
-        import json
-
         data = json.loads(resp.data)
         with self._lock:
             self._cache = {self.key(o): o for o in data.get("items", [])}
@@ -189,6 +190,3 @@ class Informer:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-
-def now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -148,7 +148,7 @@ def _iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_iso(s: str | None) -> datetime | None:
+def parse_time(s: str | None) -> datetime | None:
     if not s:
         return None
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
@@ -466,7 +466,7 @@ def _health_gate(gates: Mapping[str, Any] | None, ordered: list[dict[str, Any]],
         return external
     bake = int(gates.get("bakeSeconds", 0))
     if bake:
-        last = max((f for e in finished if (f := _parse_iso(e.get("finishedAt")))), default=None)
+        last = max((f for e in finished if (f := parse_time(e.get("finishedAt")))), default=None)
         if last is not None and now < last + timedelta(seconds=bake):
             return f"baking {bake}s after {max(finished, key=lambda e: e.get('finishedAt', ''))['name']} finished"
     return None
@@ -474,13 +474,13 @@ def _health_gate(gates: Mapping[str, Any] | None, ordered: list[dict[str, Any]],
 
 def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Policy,
                      now: datetime) -> windows.WindowDecision | None:
-    start = _parse_iso(op.annotations.get("kupd.io/window-start"))
-    end = _parse_iso(op.annotations.get("kupd.io/window-end"))
+    start = parse_time(op.annotations.get("kupd.io/window-start"))
+    end = parse_time(op.annotations.get("kupd.io/window-end"))
     if start is None and end is None:
         return None
     measured = []
     for e in ordered:
-        s, f = _parse_iso(e.get("startedAt")), _parse_iso(e.get("finishedAt"))
+        s, f = parse_time(e.get("startedAt")), parse_time(e.get("finishedAt"))
         if e["phase"] == SUCCEEDED and s and f:
             measured.append((f - s).total_seconds())
     expected = windows.expected_node_seconds(measured, policy.default_node_seconds)
@@ -540,7 +540,7 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
     candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]
     if canaries_done:
         if canary_entries and policy.canary_bake_seconds:
-            finished = [f for e in canary_entries if (f := _parse_iso(e.get("finishedAt")))]
+            finished = [f for e in canary_entries if (f := parse_time(e.get("finishedAt")))]
             if finished and now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
                 status["message"] = "canaries upgraded; baking before the other workers"
                 return
