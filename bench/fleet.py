@@ -16,7 +16,6 @@ rollout's concurrency plus the renewal pool.
 
 from __future__ import annotations
 
-import copy
 import heapq
 import logging
 import threading
@@ -277,6 +276,9 @@ class Fleet:
             self.members[name] = m
         self.renewer = Renewer(self.members, member_duration * renew_fraction, workers)
         self.informer: kube.Informer | None = None
+        self.grant_informer: kube.Informer | None = None
+        self.namespace = namespace
+        self.coord = client.CoordinationV1Api(self.api)
         self._granted_seen: set[str] = set()
 
     # -- per-node callbacks -----------------------------------------------------------------
@@ -330,36 +332,47 @@ class Fleet:
         self.renewer.renew_all_now(self.names)
 
     # -- running --------------------------------------------------------------------------
-    def _offer_all(self) -> None:
+    def _observe_status(self) -> None:
+        """The bench's own view of the DirectUpdate (agents do not read it): when status recorded what."""
         assert self.informer is not None
         for op in self.informer.items():
-            # One index per DirectUpdate instead of every agent scanning every entry: only nodes
-            # holding a grant are offered it (an agent ignores everything else anyway).
             now = time.monotonic()
             for e in (op.get("status") or {}).get("nodes") or []:
                 name = e.get("name")
-                phase = e.get("phase")
                 if e.get("grant") and name not in self.timeline.status_granted:
                     self.timeline.status_granted[name] = now
-                if phase == "Succeeded" and name not in self.timeline.status_succeeded:
+                if e.get("phase") == "Succeeded" and name not in self.timeline.status_succeeded:
                     self.timeline.status_succeeded[name] = now
-                if not e.get("grant") or name not in self.agents:
-                    continue
-                if name not in self._granted_seen:
-                    self._granted_seen.add(name)
-                    with self.timeline.lock:
-                        self.timeline.granted.setdefault(name, time.monotonic())
-                self.agents[name].offer(copy.copy(op))
+
+    def _offer_grants(self) -> None:
+        # One informer over every grant Lease stands in for each agent's watch of its own one
+        # (the daemon watches `metadata.name=kupd-grant-<node>`): the same objects, N times fewer
+        # connections. Only leases carrying a grant are offered.
+        assert self.grant_informer is not None
+        for lease in self.grant_informer.items():
+            name = lease["metadata"]["name"][len(p.GRANT_LEASE_PREFIX):]
+            grant = p.Grant.decode((lease["metadata"].get("annotations") or {}).get(p.ANN_GRANT))
+            if grant is None or name not in self.agents:
+                continue
+            if name not in self._granted_seen:
+                self._granted_seen.add(name)
+                with self.timeline.lock:
+                    self.timeline.granted.setdefault(name, time.monotonic())
+            self.agents[name].offer(grant)
 
     def start(self) -> None:
         self.renewer.start()
         self.informer = kube.Informer("bench-directupdates", self.custom.list_cluster_custom_object,
-                                      self._offer_all, group=p.GROUP, version=p.VERSION,
+                                      self._observe_status, group=p.GROUP, version=p.VERSION,
                                       plural=p.DIRECTUPDATES).start()
+        self.grant_informer = kube.Informer("bench-grants", self.coord.list_namespaced_lease, self._offer_grants,
+                                            namespace=self.namespace,
+                                            label_selector=f"{p.LABEL_LEASE_KIND}={p.LEASE_KIND_GRANT}").start()
 
     def stop(self) -> None:
-        if self.informer is not None:
-            self.informer.stop()
+        for inf in (self.informer, self.grant_informer):
+            if inf is not None:
+                inf.stop()
         for a in self.agents.values():
             a.stop()
         self.renewer.stop()

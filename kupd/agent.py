@@ -99,46 +99,40 @@ class Agent:
         return self._thread is not None and self._thread.is_alive()
 
     # -- grants ----------------------------------------------------------------------------
-    def offer(self, op: dict[str, Any]) -> None:
-        """Look at one DirectUpdate; start work if it grants this node a turn we have not done."""
-        status = op.get("status") or {}
-        epoch = int(status.get("epoch") or 0)
-        entry = next((e for e in status.get("nodes") or [] if e.get("name") == self.node), None)
+    def offer(self, grant: p.Grant | None) -> None:
+        """Look at the grant in this node's grant Lease; start work if it is a turn we have not done."""
+        if grant is None:
+            return
         with self._lock:
-            if epoch > self.cp.max_epoch_seen:
-                self.cp.max_epoch_seen = epoch
-            grant = entry.get("grant") if entry else None
-            if not grant or self.busy:
+            if grant.epoch > self.cp.max_epoch_seen:
+                self.cp.max_epoch_seen = grant.epoch
+            if self.busy:
                 return
-            if int(grant.get("epoch", 0)) < self.cp.max_epoch_seen:
-                log.info("ignoring a grant of epoch %s older than epoch %s", grant.get("epoch"),
-                         self.cp.max_epoch_seen)
+            if grant.epoch < self.cp.max_epoch_seen:
+                log.info("ignoring a grant of epoch %s older than epoch %s", grant.epoch, self.cp.max_epoch_seen)
                 return
-            uid, versions = op["metadata"]["uid"], list(grant.get("versions") or [])
-            granted_at = str(grant.get("grantedAt", ""))
-            if self.cp.same_grant(uid, versions) and self.cp.phase == "Failed" and granted_at != self.cp.granted_at:
+            same = self.cp.same_grant(grant.uid, grant.versions)
+            if same and self.cp.phase == "Failed" and grant.granted_at != self.cp.granted_at:
                 # A retry: a new grant for the same work. Steps already done stay done.
                 log.info("retrying %s from its failed step", self.cp.operation)
                 for rec in self.cp.steps.values():
                     if rec.state != "done":
                         rec.state, rec.attempts = "pending", 0
-                self.cp.phase, self.cp.finished_at, self.cp.granted_at = "Upgrading", "", granted_at
-                self.cp.epoch = int(grant["epoch"])
+                self.cp.phase, self.cp.finished_at, self.cp.granted_at = "Upgrading", "", grant.granted_at
+                self.cp.epoch = grant.epoch
                 self.store.save(self.cp)
                 self._start()
                 return
-            if self.cp.same_grant(uid, versions) and self.cp.phase in ("Succeeded", "Failed"):
+            if same and self.cp.phase in ("Succeeded", "Failed"):
                 return  # done already; the coordinator has not caught up with our report yet
-            if not (self.cp.same_grant(uid, versions) and self.cp.active):
+            if not (same and self.cp.active):
                 self.cp = Checkpoint(
-                    operation=op["metadata"]["name"], uid=uid, epoch=int(grant["epoch"]), versions=versions,
-                    granted_at=granted_at,
-                    first_control_plane=bool(grant.get("firstControlPlane")),
-                    control_plane=entry.get("role") == "ControlPlane" if entry else False,
-                    backup=bool(grant.get("backup")), spec=dict(op.get("spec") or {}), phase="Upgrading",
-                    started_at=utcnow(), max_epoch_seen=self.cp.max_epoch_seen)
+                    operation=grant.operation, uid=grant.uid, epoch=grant.epoch, versions=list(grant.versions),
+                    granted_at=grant.granted_at, first_control_plane=grant.first_control_plane,
+                    control_plane=grant.control_plane, backup=grant.backup, spec=dict(grant.spec),
+                    phase="Upgrading", started_at=utcnow(), max_epoch_seen=self.cp.max_epoch_seen)
             else:
-                self.cp.epoch = int(grant["epoch"])
+                self.cp.epoch = grant.epoch
             self.store.save(self.cp)
             self._start()
 

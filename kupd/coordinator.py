@@ -5,14 +5,20 @@ holder's renewTime stand still for a whole lease duration (measured on its own c
 skew between nodes does not matter), and every takeover increments leaseTransitions: the epoch.
 Writes use resourceVersion, so two candidates cannot both win.
 
-Reconcile: informers keep DirectUpdates, member Leases and Nodes in memory; any change (or a
-1 s tick, for lease expiry, bake times and windows) runs the pure planner on the oldest
-unfinished DirectUpdate and writes its status once if it changed, then emits the Events.
+Reconcile: informers keep DirectUpdates, Leases and Nodes in memory; any change (or a 1 s
+tick, for lease expiry, bake times and windows) runs the pure planner on the oldest unfinished
+DirectUpdate. A new grant is delivered at once in the node's own grant Lease (one small write,
+seen by that node alone); the status, which grows with the cluster (~0.5 MB at 1000 nodes, and
+the API server needs ~0.5 s to store it), is the record and is written coalesced, at most once
+per STATUS_INTERVAL or twice its last cost. A grant Lease is cleared only once the status that
+records the end of its turn is stored, so a successor finds every turn either in the status or
+in a grant Lease (the planner adopts the latter).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import queue
 import threading
@@ -32,11 +38,19 @@ from kupd.versions import Version
 
 log = logging.getLogger(__name__)
 
+
+def _in_flight(status: dict[str, Any]) -> set[str]:
+    return {e["name"] for e in status.get("nodes") or [] if e.get("phase") in planner.IN_FLIGHT and e.get("grant")}
+
 GATE_SECONDS = 5.0
+STATUS_INTERVAL = 1.0
+NODE_ONLY_EVENTS = frozenset({"StepStarted"})
 
 
 
 def _lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    if (new.get("metadata") or {}).get("name", "").startswith(p.GRANT_LEASE_PREFIX):
+        return False  # grant Leases are this coordinator's own writes
     if old is None:
         return True
     o, n = old.get("spec") or {}, new.get("spec") or {}
@@ -161,6 +175,12 @@ class Coordinator:
         self._resolved: dict[tuple[int, int], str] = {}
         self._gate_cache: tuple[str, float, str | None] | None = None
         self.writes = 0
+        self.grant_writes = 0
+        # Statuses planned but not yet stored, by DirectUpdate uid; plans build on these.
+        self._planned: dict[str, dict[str, Any]] = {}
+        self._unwritten: set[str] = set()
+        self._written_at = 0.0
+        self._write_cost = 0.0
         self.ops = kube.Informer("directupdates", self.custom.list_cluster_custom_object, self._dirty.set,
                                  group=p.GROUP, version=p.VERSION, plural=p.DIRECTUPDATES)
         # A renewal that changes nothing but renewTime needs no round: expiry is found by the
@@ -275,6 +295,7 @@ class Coordinator:
                                                       o["metadata"]["name"]))
         active = [o for o in ops if (o.get("status") or {}).get("phase") not in planner.TERMINAL_OP]
         if not active:
+            self._clear_grants(keep=set())
             return
         nodes, members = self._views(now)
         first = active[0]
@@ -289,7 +310,8 @@ class Coordinator:
     def _reconcile_one(self, obj: dict[str, Any], nodes: list[planner.NodeView],
                        members: dict[str, planner.MemberView], now: datetime) -> None:
         md = obj["metadata"]
-        status = obj.get("status") or {}
+        uid = md["uid"]
+        status = self._planned.get(uid) or obj.get("status") or {}
         resolved: dict[tuple[int, int], str] = {}
         if not status.get("hops"):
             try:
@@ -299,14 +321,93 @@ class Coordinator:
                     resolved = self._resolve(planner.hop_minors(min(versions), target)[:-1])
             except KupdError as e:
                 log.warning("resolving hops for %s: %s", md["name"], e)
-        op = planner.Operation(md["name"], md["uid"], int(md.get("generation", 1)), obj.get("spec") or {},
+        op = planner.Operation(md["name"], uid, int(md.get("generation", 1)), obj.get("spec") or {},
                                status, md.get("annotations") or {})
         result = planner.plan(op, nodes, members, epoch=self.elector.epoch, coordinator=self.identity,
                               now=now, resolved_minors=resolved, validate_spec=self.validate_spec,
-                              gate_failure=self._gates((obj.get("spec") or {}).get("healthGates")))
-        if result.status != status:
-            with logsetup.log_context(operation=md["name"]):
-                self._write(obj, result.status, result.events)
+                              gate_failure=self._gates((obj.get("spec") or {}).get("healthGates")),
+                              delivered=self._delivered())
+        with logsetup.log_context(operation=md["name"]):
+            if result.status != status:
+                self._planned[uid] = result.status
+                self._unwritten.add(uid)
+                self.on_plan(md["name"], result.status)
+                self._queue_events(obj, result.events)
+            # Deliver before recording: a turn must not wait for the large status write.
+            self._deliver(obj, self._planned.get(uid) or status)
+            if uid in self._unwritten and time.monotonic() - self._written_at >= max(STATUS_INTERVAL,
+                                                                                    2 * self._write_cost):
+                self._write(obj, self._planned[uid], [])
+                self._unwritten.discard(uid)
+                self._planned.pop(uid, None)
+                self._clear_grants(keep=_in_flight(self._written_status(obj)))
+
+    def _written_status(self, obj: dict[str, Any]) -> dict[str, Any]:
+        new = self.ops.get(kube.Informer.key(obj))
+        return (new or obj).get("status") or {}
+
+    # -- grant Leases ------------------------------------------------------------------------
+    def _grant_leases(self) -> dict[str, str]:
+        """node -> the value of its grant Lease's annotation, as last seen or written."""
+        out = {}
+        for lease in self.leases.items():
+            name = lease["metadata"]["name"]
+            if name.startswith(p.GRANT_LEASE_PREFIX):
+                out[name[len(p.GRANT_LEASE_PREFIX):]] = (lease["metadata"].get("annotations") or {}).get(
+                    p.ANN_GRANT, "")
+        return out
+
+    def _delivered(self) -> dict[str, p.Grant]:
+        out = {}
+        for node, value in self._grant_leases().items():
+            g = p.Grant.decode(value)
+            if g is not None:
+                out[node] = g
+        return out
+
+    def _deliver(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        """Write every in-flight grant of `status` that its node's grant Lease does not carry yet."""
+        md = obj["metadata"]
+        current = self._grant_leases()
+        for e in status.get("nodes") or []:
+            g = e.get("grant")
+            if e.get("phase") not in planner.IN_FLIGHT or not g:
+                continue
+            grant = p.Grant(operation=md["name"], uid=md["uid"], epoch=int(g["epoch"]),
+                            versions=list(g["versions"]), granted_at=str(g["grantedAt"]),
+                            first_control_plane=bool(g.get("firstControlPlane")), backup=bool(g.get("backup")),
+                            control_plane=e.get("role") == "ControlPlane", spec=dict(obj.get("spec") or {}))
+            value = grant.encode()
+            if current.get(e["name"]) != value:
+                self._write_grant(e["name"], value)
+
+    def _clear_grants(self, keep: set[str]) -> None:
+        for node, value in self._grant_leases().items():
+            if value and node not in keep:
+                self._write_grant(node, "")
+
+    def _write_grant(self, node: str, value: str) -> None:
+        if not self.elector.leading:
+            return
+        name = p.grant_lease_name(node)
+        body = {"metadata": {"name": name, "namespace": self.namespace, "annotations": {p.ANN_GRANT: value},
+                             "labels": {"app.kubernetes.io/name": "kupd", "kupd.io/node": node,
+                                        p.LABEL_LEASE_KIND: p.LEASE_KIND_GRANT}},
+                "spec": {"holderIdentity": node}}
+        what = f"{'clear' if not value else 'deliver'} grant of {node}"
+        try:
+            resp = self.coord.patch_namespaced_lease(name, self.namespace, body, _preload_content=False)
+        except ApiException as e:
+            if e.status != 404:
+                raise kube.map_error(e, what) from e
+            resp = kube.call(self.coord.create_namespaced_lease, what, self.namespace, body,
+                             _preload_content=False)
+        except Exception as e:
+            raise kube.map_error(e, what) from e
+        self.grant_writes += 1
+        self.leases.put(json.loads(resp.data))
+        if value:
+            log.info("delivered grant to %s", node)
 
     def _gates(self, gates: dict[str, Any] | None) -> str | None:
         """External health gates, evaluated at most every GATE_SECONDS (they cost a query each)."""
@@ -327,6 +428,7 @@ class Coordinator:
             return
         body = copy.deepcopy(obj)
         body["status"] = status
+        t0 = time.monotonic()
         try:
             new = self.custom.replace_cluster_custom_object_status(
                 p.GROUP, p.VERSION, p.DIRECTUPDATES, obj["metadata"]["name"], body)
@@ -334,12 +436,15 @@ class Coordinator:
             raise kube.map_error(e, f"write status of {obj['metadata']['name']}") from e
         except Exception as e:
             raise kube.map_error(e, f"write status of {obj['metadata']['name']}") from e
+        self._written_at = time.monotonic()
+        self._write_cost = self._written_at - t0
         self.writes += 1
-        self.on_plan(obj["metadata"]["name"], status)
         # Keep the cache current so the next round does not plan from the old status.
         if isinstance(new, dict):
-            with self.ops._lock:
-                self.ops._cache[kube.Informer.key(new)] = new
+            self.ops.put(new)
+        self._queue_events(obj, events)
+
+    def _queue_events(self, obj: dict[str, Any], events: list[planner.PlanEvent]) -> None:
         # Queue only what an Event names, not the whole object: at 1000 nodes each queued
         # DirectUpdate is ~0.5 MB and the queue holds many while the API server is slow.
         ref = {"metadata": {"name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"]}}
@@ -354,6 +459,8 @@ class Coordinator:
         now = micro_time()
         targets = [{"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "name": md["name"],
                     "uid": md["uid"]}]
+        if ev.reason in NODE_ONLY_EVENTS and ev.node:
+            targets = []  # per-step detail: on the Node only, it would drown the DirectUpdate's Events
         if ev.node:
             targets.append({"apiVersion": "v1", "kind": "Node", "name": ev.node, "uid": ev.node})
         for ref in targets:

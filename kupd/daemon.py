@@ -120,14 +120,17 @@ class Daemon:
         member.start()
         agent.resume()
 
-        custom = client.CustomObjectsApi(api)
+        # The agent watches its own grant Lease, by name: one small object, whatever the cluster's size.
+        grant_key = f"{lease.namespace}/{p.grant_lease_name(self.node)}"
 
-        def offer_all() -> None:
-            for op in ops.items():
-                agent.offer(op)
+        def offer() -> None:
+            obj = grants.get(grant_key)
+            if obj is not None:
+                agent.offer(p.Grant.decode((obj["metadata"].get("annotations") or {}).get(p.ANN_GRANT)))
 
-        ops = kube.Informer("agent-directupdates", custom.list_cluster_custom_object, offer_all,
-                            group=p.GROUP, version=p.VERSION, plural=p.DIRECTUPDATES).start()
+        grants = kube.Informer("grant", client.CoordinationV1Api(api).list_namespaced_lease, offer,
+                               namespace=lease.namespace,
+                               field_selector=f"metadata.name={p.grant_lease_name(self.node)}").start()
 
         eligible = s.coordinator_eligible == "any" or (s.coordinator_eligible == "control-plane" and control_plane)
         elector = Elector(api, lease.namespace, self.node, lease.coordinator_duration_seconds)
@@ -152,7 +155,7 @@ class Daemon:
         elector.release()
         agent.stop()
         member.stop()
-        ops.stop()
+        grants.stop()
         return 0
 
     def _elect(self, api: client.ApiClient, elector: Elector, host: Host) -> None:

@@ -4,7 +4,8 @@ Each node's daemon authenticates as its own ServiceAccount, `kupd-system/kupd-no
 token from the TokenRequest API, and is granted kupd's roles through per-node bindings (see
 packaging/rbac/ and docs/usage/security.md):
 
-- every node: ClusterRole kupd-member (cluster-wide) and kupd-member-leases (in kupd-system);
+- every node: ClusterRole kupd-member (cluster-wide) and kupd-member-leases (in kupd-system), and
+  a Role kupd-grant:<node> to read and watch its own grant Lease, kupd-grant-<node>, by name;
 - control-plane nodes, in addition: kupd-control-plane, kupd-control-plane-leases (in kupd-system),
   kupd-events (in default) and, when a backup Secret is named, get on that one Secret.
 
@@ -99,6 +100,19 @@ def backup_secret_role(namespace: str, name: str) -> dict[str, Any]:
     }
 
 
+def grant_role(node: str) -> dict[str, Any]:
+    """A Role to get, list and watch one Lease: the node's own grant (watched by field selector)."""
+    from kupd.protocol import grant_lease_name
+
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": f"kupd-grant:{node}", "namespace": NAMESPACE, "labels": _labels(node)},
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                   "resourceNames": [grant_lease_name(node)], "verbs": ["get", "list", "watch"]}],
+    }
+
+
 def manifests(node: str, control_plane: bool, backup_secret: tuple[str, str] | None = None) -> list[dict[str, Any]]:
     """The objects that give `node` its identity and its roles, in apply order."""
     sa = service_account(node)
@@ -109,6 +123,8 @@ def manifests(node: str, control_plane: bool, backup_secret: tuple[str, str] | N
          "automountServiceAccountToken": False},
         _binding("ClusterRoleBinding", f"kupd-member:{node}", "ClusterRole", "kupd-member", sa, node),
         _binding("RoleBinding", f"kupd-member:{node}", "ClusterRole", "kupd-member-leases", sa, node, NAMESPACE),
+        grant_role(node),
+        _binding("RoleBinding", f"kupd-grant:{node}", "Role", f"kupd-grant:{node}", sa, node, NAMESPACE),
     ]
     if control_plane:
         objs += [

@@ -57,7 +57,8 @@ class Member:
         }
         return {
             "metadata": {"name": self.name, "namespace": self.namespace, "annotations": anns,
-                         "labels": {"app.kubernetes.io/name": "kupd", "kupd.io/node": self.node}},
+                         "labels": {"app.kubernetes.io/name": "kupd", "kupd.io/node": self.node,
+                                    p.LABEL_LEASE_KIND: p.LEASE_KIND_MEMBER}},
             "spec": {"holderIdentity": self.node, "leaseDurationSeconds": self.duration,
                      "renewTime": micro_time()},
         }

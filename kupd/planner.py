@@ -17,7 +17,7 @@ from typing import Any
 
 from kupd import windows
 from kupd.errors import ValidationError
-from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, Report
+from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, Grant, Report
 from kupd.versions import SkewError, Version, check_target
 
 # Node phases.
@@ -190,6 +190,7 @@ def plan(
     resolved_minors: Mapping[tuple[int, int], str] | None = None,
     validate_spec: Any = None,
     gate_failure: str | None = None,
+    delivered: Mapping[str, Grant] | None = None,
 ) -> Plan:
     """Compute the next status of one DirectUpdate.
 
@@ -197,6 +198,9 @@ def plan(
     ValidationError naming the field); a failure ends the operation Failed with a Condition.
     `gate_failure` is the coordinator's latest evaluation of the external health gates
     (control-plane pods, Prometheus): None when they pass or are not configured.
+    `delivered` holds the grants found in the nodes' grant Leases. A grant is delivered before
+    the status recording it is written, so after a coordinator change the status may lag: a
+    delivered grant the status does not know is adopted, and its slot is never given twice.
     """
     status: dict[str, Any] = copy.deepcopy(dict(op.status))
     events: list[PlanEvent] = []
@@ -301,6 +305,7 @@ def plan(
                     e["phase"] = SKIPPED
                     e["message"] = f"already at {m.kubelet}"
             entries[n.name] = e
+        _adopt(e, (delivered or {}).get(n.name), op, epoch)
         _observe(e, m, op, policy, now, events, n.name)
 
     ordered = [entries[n.name] for n in selected]
@@ -393,6 +398,18 @@ def plan(
     status.setdefault("startedAt", _iso(now))
     _condition(status, "Progressing", True, "Upgrading", f"{done_count}/{len(ordered)} nodes done", gen, now)
     return Plan(status, events)
+
+
+def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> None:
+    """Record a delivered grant of this operation that the status does not (yet) know."""
+    if g is None or g.uid != op.uid or e["phase"] in (SUCCEEDED, SKIPPED):
+        return
+    if (e.get("grant") or {}).get("grantedAt") == g.granted_at:
+        return
+    e["grant"] = {**g.record(), "epoch": epoch}
+    e["phase"] = GRANTED
+    e["message"] = f"granted {', '.join(g.versions)}"
+    e.pop("finishedAt", None)
 
 
 def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Policy, now: datetime,

@@ -4,8 +4,11 @@ docs/development/protocol.md explains who writes what and why. In short:
 - each daemon renews its own member Lease `kupd-node-<node>` and writes its progress report
   into that Lease's annotations (one write per step change, piggybacked on renewals);
 - the coordinator (holder of Lease `kupd-coordinator`, whose leaseTransitions is the epoch)
-  is the only writer of DirectUpdate status, and a grant is an entry in `status.nodes[].grant`;
-- agents read grants by watching DirectUpdates and ignore grants older than the newest epoch seen.
+  is the only writer of DirectUpdate status and of the grant Leases `kupd-grant-<node>`;
+- a grant is delivered in its node's own grant Lease (annotation `kupd.io/grant`), which only
+  that node's agent watches, by name: a turn costs one small write seen by one watcher, whatever
+  the cluster's size. `status.nodes[].grant` records it; the record is written coalesced.
+- agents ignore grants older than the newest epoch they have seen.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ UPDATESCHEDULES = "updateschedules"
 
 COORDINATOR_LEASE = "kupd-coordinator"
 MEMBER_LEASE_PREFIX = "kupd-node-"
+GRANT_LEASE_PREFIX = "kupd-grant-"
 
 # Member lease annotations.
 ANN_BOOT_ID = "kupd.io/boot-id"
@@ -33,6 +37,14 @@ ANN_KUBECTL = "kupd.io/kubectl-version"
 ANN_CONTAINERD = "kupd.io/containerd-version"
 ANN_CONTROL_PLANE = "kupd.io/control-plane"
 ANN_REPORT = "kupd.io/report"
+
+# Label telling grant Leases from member Leases (both carry kupd.io/node).
+LABEL_LEASE_KIND = "kupd.io/lease"
+LEASE_KIND_GRANT = "grant"
+LEASE_KIND_MEMBER = "member"
+
+# Grant lease annotation: the Grant (JSON), or "" when the node holds no turn.
+ANN_GRANT = "kupd.io/grant"
 
 # Node annotation: set when kupd cordoned the node, so it uncordons only what it cordoned.
 ANN_CORDONED_BY = "kupd.io/cordoned-by"
@@ -67,6 +79,50 @@ STEPS = (
 
 def member_lease_name(node: str) -> str:
     return MEMBER_LEASE_PREFIX + node
+
+
+def grant_lease_name(node: str) -> str:
+    return GRANT_LEASE_PREFIX + node
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A node's turn, as the coordinator delivers it in the node's grant Lease.
+
+    It carries everything the agent needs to do the work (the operation's spec included), so
+    the agent never reads the DirectUpdate, whose status grows with the cluster.
+    """
+
+    operation: str
+    uid: str
+    epoch: int
+    versions: list[str]
+    granted_at: str
+    first_control_plane: bool = False
+    backup: bool = False
+    control_plane: bool = False
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str | None) -> Grant | None:
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            g = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError):
+            return None
+        if not (g.operation and g.uid and g.versions and g.granted_at):
+            return None
+        return g
+
+    def record(self) -> dict[str, Any]:
+        """The grant as `status.nodes[].grant` records it."""
+        return {"epoch": self.epoch, "versions": list(self.versions), "firstControlPlane": self.first_control_plane,
+                "backup": self.backup, "grantedAt": self.granted_at}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from kupd import protocol as p
 from kupd.devcluster import ControlPlane
 from kupd.simcluster import SimCluster
 
+NAMESPACE = "kupd-system"
+
 IN_FLIGHT = ("Granted", "Upgrading", "Lost")
 
 
@@ -60,7 +62,12 @@ def cleanup(cp: ControlPlane) -> None:
 
 @dataclass
 class Monitor:
-    """Watches DirectUpdates and Nodes and records the worst it ever saw."""
+    """Watches DirectUpdates, Nodes and kupd's Leases and records the worst it ever saw.
+
+    Turns are counted where they really are: a node holds one from the moment its grant Lease
+    carries a grant until its member Lease reports that grant Succeeded or Failed. The status
+    is the coalesced record of the same and is checked too.
+    """
 
     cp: ControlPlane
     max_cp_granted: int = 0
@@ -82,6 +89,9 @@ class Monitor:
                          kwargs={"group": p.GROUP, "version": p.VERSION, "plural": p.DIRECTUPDATES},
                          daemon=True).start()
         threading.Thread(target=self._loop, args=(core.list_node, self._on_node), daemon=True).start()
+        threading.Thread(target=self._loop, args=(client.CoordinationV1Api(api).list_namespaced_lease,
+                                                  self._on_lease),
+                         kwargs={"namespace": NAMESPACE}, daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -110,13 +120,40 @@ class Monitor:
                    if n["role"] == "ControlPlane" and n["phase"] not in ("Succeeded", "Skipped")]
         if ws and cp_open:
             self.worker_before_cp.append(f"{[w['name'] for w in ws]} granted while {cp_open} not done")
+
+    _grants: dict[str, p.Grant] = field(default_factory=dict)
+    _reports: dict[str, p.Report] = field(default_factory=dict)
+
+    def _on_lease(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        anns = obj["metadata"].get("annotations") or {}
         now = time.monotonic()
-        for n in nodes:
-            if n["phase"] in IN_FLIGHT and n["name"] not in self.grant_times:
-                self.grant_times[n["name"]] = now
-                self.grant_order.append(n["name"])
-            if n["phase"] == "Succeeded" and n["name"] not in self.done_times:
-                self.done_times[n["name"]] = now
+        if name.startswith(p.GRANT_LEASE_PREFIX):
+            node = name[len(p.GRANT_LEASE_PREFIX):]
+            g = p.Grant.decode(anns.get(p.ANN_GRANT))
+            if g is None:
+                self._grants.pop(node, None)
+                return
+            self._grants[node] = g
+            if node not in self.grant_times:
+                self.grant_times[node] = now
+                self.grant_order.append(node)
+        elif name.startswith(p.MEMBER_LEASE_PREFIX):
+            node = name[len(p.MEMBER_LEASE_PREFIX):]
+            r = p.Report.decode(anns.get(p.ANN_REPORT))
+            if r is None:
+                return
+            self._reports[node] = r
+            if r.phase == "Succeeded" and node in self.grant_times and node not in self.done_times:
+                self.done_times[node] = now
+        else:
+            return
+        active = [n for n, g in self._grants.items()
+                  if not ((r := self._reports.get(n)) and r.granted_at == g.granted_at
+                          and r.phase in ("Succeeded", "Failed"))]
+        self.max_cp_granted = max(self.max_cp_granted, sum(1 for n in active if self._grants[n].control_plane))
+        self.max_workers_granted = max(self.max_workers_granted,
+                                       sum(1 for n in active if not self._grants[n].control_plane))
 
     _cordoned: dict[str, bool] = field(default_factory=dict)
     _roles: dict[str, bool] = field(default_factory=dict)
