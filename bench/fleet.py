@@ -1,7 +1,9 @@
 """Many nodes' agent + member + simulated host in ONE process, without a thread per node.
 
 What is shared and what is per node:
-- one DirectUpdate informer (kupd.kube.Informer) fans grants out to the in-process agents;
+- one informer over the grant Leases (kupd.kube.Informer) offers each agent its own grant, as
+  each daemon's watch of `kupd-grant-<node>` would; one DirectUpdate informer only records when
+  the status showed what (agents never read the DirectUpdate);
 - one renewal scheduler (a heap and a small thread pool) renews every member Lease on its
   period with the real `Member.renew()` (one merge-patch), and at once when an agent's report
   changes, as the daemon's member thread does after a poke;
@@ -27,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-
 from kupd import kube
 from kupd import protocol as p
 from kupd.agent import Agent
@@ -41,13 +41,10 @@ from kupd.versions import Version
 log = logging.getLogger(__name__)
 
 
-def api_client(kubeconfig: str | Path, pool: int = 64) -> client.ApiClient:
-    """kupd.kube.api_client, with a connection pool big enough for many threads."""
-    api = kube.api_client(str(kubeconfig), timeout=30.0)
-    # Pools are made lazily per host from these keywords; urllib3 would otherwise discard
-    # connections beyond its default size and reconnect (a TLS handshake per request).
-    api.rest_client.pool_manager.connection_pool_kw["maxsize"] = pool
-    return api
+def api_client(kubeconfig: str | Path, pool: int = 64) -> kube.Client:
+    """kupd's client, with a connection pool big enough for many threads: urllib3 would otherwise
+    discard connections beyond the pool's size and reconnect (a TLS handshake per request)."""
+    return kube.Client.from_kubeconfig(str(kubeconfig), timeout=30.0, pool_size=pool)
 
 
 class MemoryHost(SimulatedHost):
@@ -257,8 +254,6 @@ class Fleet:
                  renew_fraction: float = 0.33, namespace: str = "kupd-system", workers: int = 48) -> None:
         self.names = names
         self.api = api_client(kubeconfig, pool=max(64, workers * 2))
-        self.core = client.CoreV1Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
         self.timeline = Timeline()
         self.initial_version = initial_version
         self.agents: dict[str, Agent] = {}
@@ -278,7 +273,6 @@ class Fleet:
         self.informer: kube.Informer | None = None
         self.grant_informer: kube.Informer | None = None
         self.namespace = namespace
-        self.coord = client.CoordinationV1Api(self.api)
         self._granted_seen: set[str] = set()
 
     # -- per-node callbacks -----------------------------------------------------------------
@@ -306,16 +300,17 @@ class Fleet:
                          "containerRuntimeVersion": "containerd://1.7.22", "operatingSystem": "linux",
                          "architecture": "amd64"},
         }}
-        kube.call(self.core.patch_node_status, f"status of {name}", name, body)
+        kube.call(self.api.patch, f"status of {name}", kube.path("", "v1", "nodes", name, subresource="status"),
+                  body, "strategic")
 
     def _register_one(self, name: str) -> None:
-        body = client.V1Node(metadata=client.V1ObjectMeta(
-            name=name, labels={"kubernetes.io/hostname": name, "kupd.io/bench": "true"}))
+        body = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kupd.io/bench": "true"}}}
         for attempt in range(5):
             try:
                 try:
-                    self.core.create_node(body)
-                except client.ApiException as e:
+                    self.api.create(kube.path("", "v1", "nodes"), body)
+                except kube.ApiError as e:
                     if e.status != 409:
                         raise
                 self._set_node_status(name, self.initial_version)
@@ -362,12 +357,11 @@ class Fleet:
 
     def start(self) -> None:
         self.renewer.start()
-        self.informer = kube.Informer("bench-directupdates", self.custom.list_cluster_custom_object,
-                                      self._observe_status, group=p.GROUP, version=p.VERSION,
-                                      plural=p.DIRECTUPDATES).start()
-        self.grant_informer = kube.Informer("bench-grants", self.coord.list_namespaced_lease, self._offer_grants,
-                                            namespace=self.namespace,
-                                            label_selector=f"{p.LABEL_LEASE_KIND}={p.LEASE_KIND_GRANT}").start()
+        self.informer = kube.Informer("bench-directupdates", self.api, kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES),
+                                      self._observe_status).start()
+        self.grant_informer = kube.Informer(
+            "bench-grants", self.api, kube.path("coordination.k8s.io", "v1", "leases", namespace=self.namespace),
+            self._offer_grants, labelSelector=f"{p.LABEL_LEASE_KIND}={p.LEASE_KIND_GRANT}").start()
 
     def stop(self) -> None:
         for inf in (self.informer, self.grant_informer):

@@ -24,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kubernetes import client
-
 from bench import measure
 from bench.fleet import Fleet, api_client
+from kupd import kube
 from kupd import protocol as p
 from kupd.agent import step_sequence
+from kupd.config import LeaseSettings
 from kupd.devcluster import ControlPlane, free_port
 from kupd.simcluster import SimCluster
 
@@ -42,6 +42,10 @@ AVAILABLE = ["v1.31.2", "v1.32.0"]
 # step costs nothing when no reboot is required.
 TIMED_STEPS = {p.STEP_PREFLIGHT, p.STEP_REPOSITORY, p.STEP_KUBEADM_PACKAGE, p.STEP_KUBEADM_UPGRADE,
                p.STEP_KUBELET_PACKAGE, p.STEP_RESTART, p.STEP_VERIFY}
+
+
+# The production lease durations (kupd/config.py defaults), so idle API load is what a cluster sees.
+LEASE = LeaseSettings()
 
 
 def default_concurrency(n: int) -> int:
@@ -163,7 +167,8 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
     res = RunResult(nodes=n, concurrency=concurrency, step_seconds=step)
     cp = _start_control_plane(workdir)
     sc = SimCluster(cp, workdir / "sim", step_seconds=step, initial_version=INITIAL, available=AVAILABLE,
-                    member_seconds=20, coordinator_seconds=15, log_level="warning")
+                    member_seconds=LEASE.member_duration_seconds,
+                    coordinator_seconds=LEASE.coordinator_duration_seconds, log_level="warning")
     fleet: Fleet | None = None
     try:
         node = sc.add_node("cp-1", control_plane=True, start=False)
@@ -171,19 +176,18 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         assert node.proc is not None
         pid = node.proc.pid
         api = api_client(cp.admin_kubeconfig)
-        coord = client.CoordinationV1Api(api)
-        custom = client.CustomObjectsApi(api)
 
         def coordinating() -> bool:
             try:
-                lease = coord.read_namespaced_lease(p.COORDINATOR_LEASE, "kupd-system")
-                return bool(lease.spec.holder_identity == "cp-1")
-            except client.ApiException:
+                lease = api.get(kube.path("coordination.k8s.io", "v1", "leases", p.COORDINATOR_LEASE, "kupd-system"))
+                return bool((lease.get("spec") or {}).get("holderIdentity") == "cp-1")
+            except kube.ApiError:
                 return False
 
         _wait(coordinating, 90, "cp-1 coordinating")
         names = [f"w-{i:04d}" for i in range(1, n)]
         fleet = Fleet(cp.admin_kubeconfig, names, step_seconds=step, initial_version=INITIAL,
+                      member_duration=LEASE.member_duration_seconds, renew_fraction=LEASE.renew_fraction,
                       available=AVAILABLE, workers=workers)
         t0 = time.monotonic()
         fleet.register(workers)
@@ -208,7 +212,7 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
                 "spec": {"version": TARGET, "concurrency": concurrency, "backup": {"required": False}}}
         t_start = time.monotonic()
         d1 = measure.scrape_durations(cp.server, cp.token("admin"), cp.ca_file)
-        custom.create_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, body)
+        api.create(kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES), body)
 
         def phase() -> str:
             assert fleet is not None and fleet.informer is not None
@@ -290,8 +294,9 @@ def daemon_footprint(idle: float, workdir: Path, env: dict[str, str] | None = No
     out = DaemonResult()
     cp = _start_control_plane(workdir)
     notify = measure.NotifySocket(workdir / "notify.sock")
-    sc = SimCluster(cp, workdir / "sim", initial_version=INITIAL, available=AVAILABLE, member_seconds=20,
-                    coordinator_seconds=15, log_level="warning",
+    sc = SimCluster(cp, workdir / "sim", initial_version=INITIAL, available=AVAILABLE,
+                    member_seconds=LEASE.member_duration_seconds,
+                    coordinator_seconds=LEASE.coordinator_duration_seconds, log_level="warning",
                     extra_env={"NOTIFY_SOCKET": str(notify.path), **(env or {})})
     try:
         t0 = time.monotonic()

@@ -28,7 +28,9 @@ class _Strict(BaseModel):
 class LeaseSettings(_Strict):
     namespace: str = Field("kupd-system", description="Namespace of the member and coordinator Leases.")
     member_duration_seconds: int = Field(
-        20, ge=5, le=600, description="A member whose lease is older than this is considered lost."
+        60, ge=5, le=600,
+        description="A member whose lease is older than this is considered lost. Members renew every "
+        "duration * renew_fraction: 60 * 0.33 is one small write per node every 20 s.",
     )
     coordinator_duration_seconds: int = Field(
         15, ge=3, le=600, description="How long a coordinator lease stays valid without renewal."

@@ -18,7 +18,6 @@ in a grant Lease (the planner adopts the latter).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import queue
 import threading
@@ -26,9 +25,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-
-from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from kupd import kube, logsetup, planner
 from kupd import protocol as p
@@ -60,8 +56,8 @@ def _lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
 
 
 class Elector:
-    def __init__(self, api: client.ApiClient, namespace: str, identity: str, duration: int) -> None:
-        self.coord = client.CoordinationV1Api(api)
+    def __init__(self, api: kube.Client, namespace: str, identity: str, duration: int) -> None:
+        self.api = api
         self.namespace = namespace
         self.identity = identity
         self.duration = duration
@@ -69,6 +65,7 @@ class Elector:
         self._observed: tuple[str, str] | None = None
         self._observed_at = 0.0
         self._renewed_at = 0.0
+        self._path = kube.path("coordination.k8s.io", "v1", "leases", p.COORDINATOR_LEASE, namespace)
 
     @property
     def leading(self) -> bool:
@@ -78,54 +75,54 @@ class Elector:
         """One election round; returns whether this daemon is the coordinator afterwards."""
         now = micro_time()
         try:
-            lease = self.coord.read_namespaced_lease(p.COORDINATOR_LEASE, self.namespace)
-        except ApiException as e:
+            lease = self.api.get(self._path)
+        except kube.ApiError as e:
             if e.status != 404:
                 raise kube.map_error(e, "read coordinator lease") from e
-            body = client.V1Lease(
-                metadata=client.V1ObjectMeta(name=p.COORDINATOR_LEASE, namespace=self.namespace),
-                spec=client.V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.duration,
-                                        acquire_time=now, renew_time=now, lease_transitions=0))
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": p.COORDINATOR_LEASE, "namespace": self.namespace},
+                    "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration,
+                             "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
-                self.coord.create_namespaced_lease(self.namespace, body)
-            except ApiException as e2:
+                self.api.create(kube.path("coordination.k8s.io", "v1", "leases", namespace=self.namespace), body)
+            except kube.ApiError as e2:
                 if e2.status == 409:
                     return False
+                raise kube.map_error(e2, "create coordinator lease") from e2
+            except Exception as e2:
                 raise kube.map_error(e2, "create coordinator lease") from e2
             return self._won(0)
         except Exception as e:
             raise kube.map_error(e, "read coordinator lease") from e
 
-        spec = lease.spec
-        holder, renew = spec.holder_identity or "", str(spec.renew_time or "")
+        spec = lease.setdefault("spec", {})
+        holder, renew = str(spec.get("holderIdentity") or ""), str(spec.get("renewTime") or "")
         mono = time.monotonic()
         if (holder, renew) != self._observed:
             self._observed, self._observed_at = (holder, renew), mono
-        transitions = int(spec.lease_transitions or 0)
+        transitions = int(spec.get("leaseTransitions") or 0)
         if holder == self.identity:
-            spec.renew_time = now
+            spec["renewTime"] = now
             if self._replace(lease):
                 return self._won(transitions)
             return False
-        expired = not holder or mono - self._observed_at > (spec.lease_duration_seconds or self.duration)
+        expired = not holder or mono - self._observed_at > int(spec.get("leaseDurationSeconds") or self.duration)
         if not expired:
             self.epoch = -1
             return False
-        spec.holder_identity = self.identity
-        spec.acquire_time = now
-        spec.renew_time = now
-        spec.lease_duration_seconds = self.duration
-        spec.lease_transitions = transitions + 1
+        spec.update(holderIdentity=self.identity, acquireTime=now, renewTime=now,
+                    leaseDurationSeconds=self.duration, leaseTransitions=transitions + 1)
         if self._replace(lease):
             log.info("became coordinator at epoch %d (previous holder %r)", transitions + 1, holder)
             return self._won(transitions + 1)
         return False
 
-    def _replace(self, lease: Any) -> bool:
+    def _replace(self, lease: dict[str, Any]) -> bool:
+        # PUT with the resourceVersion just read: of two candidates, only one can win.
         try:
-            self.coord.replace_namespaced_lease(p.COORDINATOR_LEASE, self.namespace, lease)
+            self.api.replace(self._path, lease)
             return True
-        except ApiException as e:
+        except kube.ApiError as e:
             if e.status == 409:
                 self.epoch = -1
                 return False
@@ -143,10 +140,10 @@ class Elector:
         if self.epoch < 0:
             return
         try:
-            lease = self.coord.read_namespaced_lease(p.COORDINATOR_LEASE, self.namespace)
-            if lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = ""
-                self.coord.replace_namespaced_lease(p.COORDINATOR_LEASE, self.namespace, lease)
+            lease = self.api.get(self._path)
+            if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+                lease["spec"]["holderIdentity"] = ""
+                self.api.replace(self._path, lease)
         except Exception as e:
             log.debug("releasing the coordinator lease: %s", e)
         self.epoch = -1
@@ -155,14 +152,11 @@ class Elector:
 class Coordinator:
     """Runs while this daemon holds the coordinator lease."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, identity: str, member_duration: int,
+    def __init__(self, api: kube.Client, namespace: str, identity: str, member_duration: int,
                  elector: Elector, newest_patch: Callable[[str], str],
                  validate_spec: Callable[[dict[str, Any]], Any] | None = None,
                  on_plan: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.api = api
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.coord = client.CoordinationV1Api(api)
         self.namespace = namespace
         self.identity = identity
         self.member_duration = member_duration
@@ -181,28 +175,28 @@ class Coordinator:
         self._unwritten: set[str] = set()
         self._written_at = 0.0
         self._write_cost = 0.0
-        self.ops = kube.Informer("directupdates", self.custom.list_cluster_custom_object, self._dirty.set,
-                                 group=p.GROUP, version=p.VERSION, plural=p.DIRECTUPDATES)
+        self.ops = kube.Informer("directupdates", api, kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES),
+                                 self._dirty.set)
         # A renewal that changes nothing but renewTime needs no round: expiry is found by the
         # 1 s tick. Without this, every member's renewal (N every ~7 s) runs an O(N) round.
-        self.leases = kube.Informer("leases", self.coord.list_namespaced_lease, self._dirty.set,
-                                    relevant=_lease_changed, namespace=namespace)
+        self.leases = kube.Informer("leases", api, kube.path("coordination.k8s.io", "v1", "leases",
+                                                             namespace=namespace),
+                                    self._dirty.set, relevant=_lease_changed)
         # Events are best effort and cost two POSTs each: send them off the reconcile path.
         self._events: queue.Queue[tuple[dict[str, Any], planner.PlanEvent]] = queue.Queue(maxsize=10000)
-        self.nodes = kube.Informer("nodes", self.core.list_node, self._dirty.set)
+        self.nodes = kube.Informer("nodes", api, kube.path("", "v1", "nodes"), self._dirty.set)
         # Schedules: their own informers only wake the scheduler, which lists what it needs.
         self._sched_dirty = threading.Event()
         self._sched_dirty.set()
         self._sched_due: datetime | None = None
         self.schedules = [
-            kube.Informer(plural, self.custom.list_cluster_custom_object, self._wake_scheduler,
-                          group=p.GROUP, version=p.VERSION, plural=plural)
+            kube.Informer(plural, api, kube.path(p.GROUP, p.VERSION, plural), self._wake_scheduler)
             for plural in (p.SCHEDULEDUPDATES, p.UPDATESCHEDULES)
         ]
         from kupd.clock import SystemClock
         from kupd.scheduler import Scheduler
 
-        self.scheduler = Scheduler(self.custom, SystemClock(), newest_patch)
+        self.scheduler = Scheduler(api, SystemClock(), newest_patch)
 
     def _wake_scheduler(self) -> None:
         self._sched_dirty.set()
@@ -395,17 +389,17 @@ class Coordinator:
                                         p.LABEL_LEASE_KIND: p.LEASE_KIND_GRANT}},
                 "spec": {"holderIdentity": node}}
         what = f"{'clear' if not value else 'deliver'} grant of {node}"
+        leases = kube.path("coordination.k8s.io", "v1", "leases", namespace=self.namespace)
         try:
-            resp = self.coord.patch_namespaced_lease(name, self.namespace, body, _preload_content=False)
-        except ApiException as e:
+            new = self.api.patch(kube.path("coordination.k8s.io", "v1", "leases", name, self.namespace), body)
+        except kube.ApiError as e:
             if e.status != 404:
                 raise kube.map_error(e, what) from e
-            resp = kube.call(self.coord.create_namespaced_lease, what, self.namespace, body,
-                             _preload_content=False)
+            new = kube.call(self.api.create, what, leases, body)
         except Exception as e:
             raise kube.map_error(e, what) from e
         self.grant_writes += 1
-        self.leases.put(json.loads(resp.data))
+        self.leases.put(new)
         if value:
             log.info("delivered grant to %s", node)
 
@@ -419,7 +413,7 @@ class Coordinator:
             return self._gate_cache[2]
         from kupd import health
 
-        result = health.evaluate(self.core, gates)
+        result = health.evaluate(self.api, gates)
         self._gate_cache = (key, now, result)
         return result
 
@@ -429,19 +423,14 @@ class Coordinator:
         body = copy.deepcopy(obj)
         body["status"] = status
         t0 = time.monotonic()
-        try:
-            new = self.custom.replace_cluster_custom_object_status(
-                p.GROUP, p.VERSION, p.DIRECTUPDATES, obj["metadata"]["name"], body)
-        except ApiException as e:
-            raise kube.map_error(e, f"write status of {obj['metadata']['name']}") from e
-        except Exception as e:
-            raise kube.map_error(e, f"write status of {obj['metadata']['name']}") from e
+        new = kube.call(self.api.replace, f"write status of {obj['metadata']['name']}",
+                        kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES, obj["metadata"]["name"], subresource="status"),
+                        body)
         self._written_at = time.monotonic()
         self._write_cost = self._written_at - t0
         self.writes += 1
         # Keep the cache current so the next round does not plan from the old status.
-        if isinstance(new, dict):
-            self.ops.put(new)
+        self.ops.put(new)
         self._queue_events(obj, events)
 
     def _queue_events(self, obj: dict[str, Any], events: list[planner.PlanEvent]) -> None:
@@ -473,6 +462,6 @@ class Coordinator:
                 "reportingComponent": "kupd.io/coordinator", "reportingInstance": self.identity,
             }
             try:
-                self.core.create_namespaced_event("default", body)
+                self.api.create(kube.path("", "v1", "events", namespace="default"), body)
             except Exception as e:  # Events are best effort; status is the record
                 log.debug("event %s: %s", ev.reason, e)

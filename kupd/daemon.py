@@ -13,8 +13,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client
-
 from kupd import kube, logsetup, metrics
 from kupd import protocol as p
 from kupd.agent import Agent
@@ -42,7 +40,7 @@ def make_host(settings: Settings, node: str) -> Host:
     return RealHost.from_settings(settings, node)
 
 
-def make_backup_fn(api: client.ApiClient, settings: Settings, node: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def make_backup_fn(api: kube.Client, settings: Settings, node: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The agent's backup step: snapshot the local etcd, verify, upload, and return status.backup."""
 
     def backup(spec_backup: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +49,7 @@ def make_backup_fn(api: client.ApiClient, settings: Settings, node: str) -> Call
 
         cfg = BackupConfig.from_spec(spec_backup, work_dir=f"{settings.state_dir}/backup")
         # Credentials are read at use, never kept or logged.
-        creds = load_credentials(cfg.store, client.CoreV1Api(api))
+        creds = load_credentials(cfg.store, api)
         record = take_backup(cfg, creds, settings.cluster_name, node, SystemClock())
         return dict(record.to_status())
 
@@ -66,14 +64,13 @@ class Daemon:
         self._stop = threading.Event()
         self.coordinator: Coordinator | None = None
 
-    def _control_plane(self, api: client.ApiClient) -> bool:
+    def _control_plane(self, api: kube.Client) -> bool:
         if self.settings.control_plane is not None:
             return self.settings.control_plane
-        core = client.CoreV1Api(api)
         while not self._stop.is_set():
             try:
-                node = kube.call(core.read_node, "read own node", self.node)
-                return p.LABEL_CONTROL_PLANE in (node.metadata.labels or {})
+                node = kube.call(api.get, "read own node", kube.path("", "v1", "nodes", self.node))
+                return p.LABEL_CONTROL_PLANE in (node["metadata"].get("labels") or {})
             except KupdError as e:
                 log.warning("cannot read Node %s yet (%s); retrying", self.node, e)
                 self._stop.wait(3)
@@ -128,9 +125,9 @@ class Daemon:
             if obj is not None:
                 agent.offer(p.Grant.decode((obj["metadata"].get("annotations") or {}).get(p.ANN_GRANT)))
 
-        grants = kube.Informer("grant", client.CoordinationV1Api(api).list_namespaced_lease, offer,
-                               namespace=lease.namespace,
-                               field_selector=f"metadata.name={p.grant_lease_name(self.node)}").start()
+        leases = kube.path("coordination.k8s.io", "v1", "leases", namespace=lease.namespace)
+        grants = kube.Informer("grant", api, leases, offer,
+                               fieldSelector=f"metadata.name={p.grant_lease_name(self.node)}").start()
 
         eligible = s.coordinator_eligible == "any" or (s.coordinator_eligible == "control-plane" and control_plane)
         elector = Elector(api, lease.namespace, self.node, lease.coordinator_duration_seconds)
@@ -158,7 +155,7 @@ class Daemon:
         grants.stop()
         return 0
 
-    def _elect(self, api: client.ApiClient, elector: Elector, host: Host) -> None:
+    def _elect(self, api: kube.Client, elector: Elector, host: Host) -> None:
         try:
             leading = elector.try_acquire_or_renew()
         except KupdError as e:

@@ -22,12 +22,15 @@ import base64
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from kupd import validate
 from kupd.errors import PermanentError, ValidationError
+
+if TYPE_CHECKING:
+    from kupd.kubeapi import Client
 
 NAMESPACE = "kupd-system"
 SA_PREFIX = "kupd-node-"
@@ -152,56 +155,50 @@ def to_yaml(objs: Iterable[dict[str, Any]]) -> str:
 # -- against the API (an administrator's client) ------------------------------------------
 
 
-def apply(api: Any, objs: Iterable[dict[str, Any]]) -> None:
-    """Create each object, replacing it if it exists. `api` is a kubernetes.client.ApiClient."""
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
+RBAC = "rbac.authorization.k8s.io"
+# kind -> (API group, resource); all are namespaced but ClusterRoleBinding.
+_RESOURCES = {
+    "ServiceAccount": ("", "serviceaccounts"),
+    "ClusterRoleBinding": (RBAC, "clusterrolebindings"),
+    "RoleBinding": (RBAC, "rolebindings"),
+    "Role": (RBAC, "roles"),
+}
 
+
+def apply(api: Client, objs: Iterable[dict[str, Any]]) -> None:
+    """Create each object, replacing it if it exists."""
     from kupd import kube
 
-    core = client.CoreV1Api(api)
-    rbac = client.RbacAuthorizationV1Api(api)
     for obj in objs:
         kind, md = obj["kind"], obj["metadata"]
-        ns = md.get("namespace")
-        create: Any
-        replace: Any
-        if kind == "ServiceAccount":
-            create = lambda o, ns=ns: core.create_namespaced_service_account(ns, o)  # noqa: E731
-            replace = None  # an existing ServiceAccount is kept: replacing it would revoke its tokens
-        elif kind == "ClusterRoleBinding":
-            create = rbac.create_cluster_role_binding
-            replace = lambda o, n=md["name"]: rbac.replace_cluster_role_binding(n, o)  # noqa: E731
-        elif kind == "RoleBinding":
-            create = lambda o, ns=ns: rbac.create_namespaced_role_binding(ns, o)  # noqa: E731
-            replace = lambda o, n=md["name"], ns=ns: rbac.replace_namespaced_role_binding(n, ns, o)  # noqa: E731
-        elif kind == "Role":
-            create = lambda o, ns=ns: rbac.create_namespaced_role(ns, o)  # noqa: E731
-            replace = lambda o, n=md["name"], ns=ns: rbac.replace_namespaced_role(n, ns, o)  # noqa: E731
-        else:
+        if kind not in _RESOURCES:
             raise PermanentError(f"enroll: unexpected kind {kind}")
+        group, plural = _RESOURCES[kind]
+        ns = md.get("namespace") if kind != "ClusterRoleBinding" else None
         try:
-            create(obj)
-        except ApiException as e:
+            api.create(kube.path(group, "v1", plural, namespace=ns), obj)
+        except kube.ApiError as e:
             if e.status != 409:
                 raise kube.map_error(e, f"create {kind} {md['name']}") from e
-            if replace is not None:
-                kube.call(replace, f"replace {kind} {md['name']}", obj)
+            # An existing ServiceAccount is kept: replacing it would revoke its tokens.
+            if kind != "ServiceAccount":
+                kube.call(api.replace, f"replace {kind} {md['name']}",
+                          kube.path(group, "v1", plural, md["name"], ns), obj)
+        except Exception as e:
+            raise kube.map_error(e, f"create {kind} {md['name']}") from e
 
 
-def request_token(api: Any, node: str, seconds: int = DEFAULT_TOKEN_SECONDS) -> str:
+def request_token(api: Client, node: str, seconds: int = DEFAULT_TOKEN_SECONDS) -> str:
     """A bound token for the node's ServiceAccount (TokenRequest API). Deleting the ServiceAccount
     revokes it; it expires after `seconds` (or the API server's --service-account-max-token-expiration)."""
-    from kubernetes import client
-
     from kupd import kube
 
-    core = client.CoreV1Api(api)
-    body = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-        audiences=[], expiration_seconds=seconds))
-    resp = kube.call(core.create_namespaced_service_account_token, f"token for {service_account(node)}",
-                     service_account(node), NAMESPACE, body)
-    return str(resp.status.token)
+    sa = service_account(node)
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": [], "expirationSeconds": seconds}}
+    resp = kube.call(api.create, f"token for {sa}", kube.path("", "v1", "serviceaccounts", sa, NAMESPACE, "token"),
+                     body)
+    return str(resp["status"]["token"])
 
 
 def kubeconfig(server: str, ca_pem: bytes, token: str, node: str) -> dict[str, Any]:
@@ -230,7 +227,7 @@ def write_private(path: str | os.PathLike[str], text: str) -> Path:
     return target
 
 
-def enroll(api: Any, node: str, control_plane: bool, server: str, ca_pem: bytes,
+def enroll(api: Client, node: str, control_plane: bool, server: str, ca_pem: bytes,
            backup_secret: tuple[str, str] | None = None, output: str | os.PathLike[str] = KUBECONFIG_PATH,
            seconds: int = DEFAULT_TOKEN_SECONDS) -> Path:
     """Create the node's identity and roles, and write its kubeconfig to `output`."""

@@ -15,22 +15,20 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes import client
-
 from kupd import kube
 from kupd.errors import KupdError
 
 log = logging.getLogger(__name__)
 
 
-def control_plane_pods(core: client.CoreV1Api) -> str | None:
+def control_plane_pods(api: kube.Client) -> str | None:
     """None when every kube-system pod labelled tier=control-plane is Ready, else what is not."""
-    pods = kube.call(core.list_namespaced_pod, "list control-plane pods", "kube-system",
-                     label_selector="tier=control-plane").items
-    for pod in pods:
-        conds = pod.status.conditions if pod.status else None
-        if not any(c.type == "Ready" and c.status == "True" for c in conds or []):
-            return f"control-plane pod kube-system/{pod.metadata.name} is not Ready"
+    pods = kube.call(api.list, "list control-plane pods", kube.path("", "v1", "pods", namespace="kube-system"),
+                     labelSelector="tier=control-plane")
+    for pod in pods.get("items") or []:
+        conds = (pod.get("status") or {}).get("conditions")
+        if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds or []):
+            return f"control-plane pod kube-system/{pod['metadata']['name']} is not Ready"
     return None
 
 
@@ -56,11 +54,11 @@ def prometheus(gate: Mapping[str, Any]) -> str | None:
     return None
 
 
-def evaluate(core: client.CoreV1Api, gates: Mapping[str, Any]) -> str | None:
+def evaluate(api: kube.Client, gates: Mapping[str, Any]) -> str | None:
     """The first failing external gate, or None."""
     try:
         if gates.get("controlPlanePods", True):
-            failing = control_plane_pods(core)
+            failing = control_plane_pods(api)
             if failing:
                 return failing
     except KupdError as e:

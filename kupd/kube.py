@@ -7,29 +7,26 @@ last resourceVersion and relists on 410 Gone, so API outages cost one list when 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import urllib3
-from kubernetes import client, config, watch
-from kubernetes.client.rest import ApiException
 
 from kupd.errors import PermanentError, RetryableError
+from kupd.kubeapi import ApiError, Client, Watch, path
+
+__all__ = ["ApiError", "Client", "Conflict", "Forbidden", "Informer", "NotFound", "api_client", "call",
+           "is_api_down", "map_error", "path"]
 
 log = logging.getLogger(__name__)
 
 
-def api_client(kubeconfig: str, timeout: float = 10.0) -> client.ApiClient:
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    # Keep retries ours: urllib3's own retries would hide outages and stretch timeouts.
-    cfg.retries = 0
-    api = client.ApiClient(cfg)
-    api.rest_client.pool_manager.connection_pool_kw["timeout"] = urllib3.Timeout(connect=timeout, read=timeout)
-    return api
+def api_client(kubeconfig: str, timeout: float = 10.0) -> Client:
+    """A client from a kubeconfig file. kupd's own small client (kupd/kubeapi.py), not the
+    official one: that one imports ~800 model classes and would double the daemon's memory."""
+    return Client.from_kubeconfig(kubeconfig, timeout=timeout)
 
 
 class Conflict(RetryableError):
@@ -45,7 +42,7 @@ class Forbidden(PermanentError):
 
 
 def map_error(e: Exception, what: str) -> Exception:
-    if isinstance(e, ApiException):
+    if isinstance(e, ApiError):
         if e.status == 409:
             return Conflict(f"{what}: conflict", delay=0.2)
         if e.status == 404:
@@ -60,19 +57,15 @@ def map_error(e: Exception, what: str) -> Exception:
     return RetryableError(f"{what}: API unreachable: {type(e).__name__}: {str(e)[:200]}", delay=2.0)
 
 
-def _reason(e: ApiException) -> str:
-    try:
-        body = json.loads(e.body or "{}")
-        return str(body.get("message") or e.reason)[:500]
-    except ValueError:
-        return str(e.reason)
+def _reason(e: ApiError) -> str:
+    return str(e.message or e.reason)[:500]
 
 
 def call(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any:
     """Run one API call, mapping its errors to kupd's error types."""
     try:
         return fn(*args, **kwargs)
-    except (ApiException, urllib3.exceptions.HTTPError, OSError) as e:
+    except (ApiError, urllib3.exceptions.HTTPError, OSError) as e:
         raise map_error(e, what) from e
 
 
@@ -87,23 +80,25 @@ class Informer:
     """List+watch one resource into a dict cache keyed by namespace/name; call `on_change` on every change.
 
     Objects are kept as plain dicts (the API's JSON), so custom and built-in resources look alike.
+    `query` are the list's parameters, e.g. labelSelector or fieldSelector.
     """
 
-    def __init__(self, name: str, list_fn: Callable[..., Any], on_change: Callable[[], None],
+    def __init__(self, name: str, api: Client, resource: str, on_change: Callable[[], None],
                  relevant: Callable[[dict[str, Any] | None, dict[str, Any]], bool] | None = None,
-                 **list_kwargs: Any) -> None:
+                 **query: Any) -> None:
         self.name = name
         # When given, a MODIFIED event calls on_change only if relevant(old, new) is true.
         self._relevant = relevant
-        self._list_fn = list_fn
-        self._kwargs = list_kwargs
+        self._api = api
+        self._resource = resource
+        self._query = query
         self._on_change = on_change
         self._cache: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.synced = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"informer-{name}", daemon=True)
-        self._watch: watch.Watch | None = None
+        self._watch: Watch | None = None
 
     def start(self) -> Informer:
         self._thread.start()
@@ -112,7 +107,7 @@ class Informer:
     def stop(self) -> None:
         self._stop.set()
         if self._watch is not None:
-            self._watch.stop()
+            self._watch.close()
 
     def items(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -134,10 +129,9 @@ class Informer:
         return f"{ns}/{md['name']}" if ns else str(md["name"])
 
     def _relist(self) -> str:
-        resp = self._list_fn(_preload_content=False, **self._kwargs)
-        data = json.loads(resp.data)
+        data = self._api.list(self._resource, **self._query)
         with self._lock:
-            self._cache = {self.key(o): o for o in data.get("items", [])}
+            self._cache = {self.key(o): o for o in data.get("items") or []}
         self.synced.set()
         self._on_change()
         return str(data["metadata"]["resourceVersion"])
@@ -149,16 +143,15 @@ class Informer:
             try:
                 if rv is None:
                     rv = self._relist()
-                self._watch = watch.Watch()
-                for ev in self._watch.stream(self._list_fn, resource_version=rv, timeout_seconds=240,
-                                             allow_watch_bookmarks=True, _request_timeout=300,
-                                             deserialize=False, **self._kwargs):
+                self._watch = self._api.watch(self._resource, resource_version=rv, timeout_seconds=240,
+                                              **self._query)
+                for ev in self._watch:
                     if self._stop.is_set():
                         return
                     typ, obj = ev["type"], ev["object"]
                     if typ == "ERROR":
                         if obj.get("code") == 410:
-                            rv = None
+                            rv = None  # our resourceVersion is too old: relist
                             break
                         raise RuntimeError(f"watch error: {obj.get('message')}")
                     rv = obj.get("metadata", {}).get("resourceVersion", rv)
@@ -174,19 +167,17 @@ class Informer:
                         continue
                     self._on_change()
                 backoff = 0.5
-            except ApiException as e:
+            except ApiError as e:
                 if e.status == 410:
                     rv = None
                     continue
-                log.debug("informer %s: %s; retrying in %.1fs", self.name, e.status, backoff)
+                log.debug("informer %s: %s; retrying in %.1fs", self.name, e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception as e:
-                # A dropped connection or an API outage. Relist rather than resume from rv: a
-                # restarted API server answers an old rv with 410 Gone, which the client library
-                # fails to surface as such when events are not deserialized.
+                # A dropped connection or an API outage: relist, since a restarted API server may
+                # not know our resourceVersion any more.
                 rv = None
                 log.debug("informer %s: %s; relisting in %.1fs", self.name, e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-

@@ -317,17 +317,18 @@ class Client:
     server: str
 
     @classmethod
-    def from_kubeconfig(cls, path: str, timeout: float = 10.0, context: str | None = None) -> Client:
+    def from_kubeconfig(cls, path: str, timeout: float = 10.0, context: str | None = None,
+                        pool_size: int = POOL_SIZE) -> Client:
         s = load_kubeconfig(path, context)
         return cls(s.server, token=s.token, token_file=s.token_file, ca_file=s.ca_file, ca_data=s.ca_data,
                    cert_file=s.cert_file, key_file=s.key_file, cert_data=s.cert_data, key_data=s.key_data,
-                   insecure=s.insecure, timeout=timeout)
+                   insecure=s.insecure, timeout=timeout, pool_size=pool_size)
 
     def __init__(self, server: str, *, token: str | None = None, token_file: str | None = None,
                  ca_file: str | None = None, ca_data: bytes | None = None,
                  cert_file: str | None = None, key_file: str | None = None,
                  cert_data: bytes | None = None, key_data: bytes | None = None,
-                 insecure: bool = False, timeout: float = 10.0) -> None:
+                 insecure: bool = False, timeout: float = 10.0, pool_size: int = POOL_SIZE) -> None:
         url = urllib.parse.urlsplit(server)
         if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
             raise ValueError(f"API server must be an http(s) URL without query: {server!r}")
@@ -347,7 +348,7 @@ class Client:
         # block=False: a burst beyond the pool opens extra connections instead of waiting, and
         # only POOL_SIZE idle ones are kept. retries=False: see the module docstring.
         self._pool = urllib3.PoolManager(
-            num_pools=2, maxsize=POOL_SIZE, block=False, retries=False,
+            num_pools=2, maxsize=pool_size, block=False, retries=False,
             timeout=urllib3.Timeout(connect=timeout, read=timeout), **kw)
 
     def _bearer(self) -> str | None:

@@ -13,9 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.rest import ApiException
-
 from kupd import kube
 from kupd.errors import PermanentError, RetryableError
 from kupd.planner import selector_matches
@@ -55,61 +52,70 @@ def _parse_selector(text: str) -> dict[str, str]:
 
 
 class NodeOps:
-    def __init__(self, api: client.ApiClient, node: str) -> None:
-        self.core = client.CoreV1Api(api)
-        self.policy_api = client.PolicyV1Api(api)
+    def __init__(self, api: kube.Client, node: str) -> None:
+        self.api = api
         self.node = node
+        self._path = kube.path("", "v1", "nodes", node)
 
-    def read_node(self) -> Any:
-        return kube.call(self.core.read_node, f"read node {self.node}", self.node)
+    def read_node(self) -> dict[str, Any]:
+        node: dict[str, Any] = kube.call(self.api.get, f"read node {self.node}", self._path)
+        return node
+
+    def _patch_node(self, body: dict[str, Any], what: str) -> None:
+        # Built-in kinds take a strategic merge patch; for these maps it equals a merge patch.
+        kube.call(self.api.patch, what, self._path, body, kind="strategic")
 
     def cordon(self) -> None:
         node = self.read_node()
-        anns = node.metadata.annotations or {}
-        if node.spec.unschedulable and anns.get(ANN_CORDONED_BY) != "kupd":
+        anns = node["metadata"].get("annotations") or {}
+        unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
+        if unschedulable and anns.get(ANN_CORDONED_BY) != "kupd":
             log.info("node %s was already cordoned by someone else; kupd will leave it cordoned", self.node)
             return
-        if node.spec.unschedulable:
+        if unschedulable:
             return
         body = {"metadata": {"annotations": {ANN_CORDONED_BY: "kupd"}}, "spec": {"unschedulable": True}}
-        kube.call(self.core.patch_node, f"cordon {self.node}", self.node, body)
+        self._patch_node(body, f"cordon {self.node}")
 
     def uncordon(self) -> None:
         node = self.read_node()
-        anns = node.metadata.annotations or {}
+        anns = node["metadata"].get("annotations") or {}
         if anns.get(ANN_CORDONED_BY) != "kupd":
             return
         body = {"metadata": {"annotations": {ANN_CORDONED_BY: None}}, "spec": {"unschedulable": None}}
-        kube.call(self.core.patch_node, f"uncordon {self.node}", self.node, body)
+        self._patch_node(body, f"uncordon {self.node}")
 
-    def _pods(self) -> list[Any]:
-        pods = kube.call(self.core.list_pod_for_all_namespaces, "list pods",
-                         field_selector=f"spec.nodeName={self.node}").items
+    def _pods(self) -> list[dict[str, Any]]:
+        listed = kube.call(self.api.list, "list pods", kube.path("", "v1", "pods"),
+                           fieldSelector=f"spec.nodeName={self.node}")
         out = []
-        for p in pods:
-            anns = p.metadata.annotations or {}
+        for p in listed.get("items") or []:
+            md = p["metadata"]
+            anns = md.get("annotations") or {}
             if "kubernetes.io/config.mirror" in anns:
                 continue  # static pods belong to the kubelet, not to the API
-            if any(o.kind == "DaemonSet" for o in p.metadata.owner_references or []):
+            if any(o.get("kind") == "DaemonSet" for o in md.get("ownerReferences") or []):
                 continue  # the DaemonSet controller would recreate them at once
             if self._policy_selector and not selector_matches(
-                    {"matchLabels": self._policy_selector}, p.metadata.labels or {}):
+                    {"matchLabels": self._policy_selector}, md.get("labels") or {}):
                 continue
             out.append(p)
         return out
 
     _policy_selector: dict[str, str] | None = None
 
-    def _blocking_pdb(self, pod: Any) -> str:
-        pdbs = kube.call(self.policy_api.list_namespaced_pod_disruption_budget, "list pdbs",
-                         pod.metadata.namespace).items
-        for pdb in pdbs:
-            sel = pdb.spec.selector
-            sel_d = {"matchLabels": sel.match_labels or {},
-                     "matchExpressions": [{"key": e.key, "operator": e.operator, "values": e.values}
-                                          for e in sel.match_expressions or []]} if sel else {}
-            if selector_matches(sel_d, pod.metadata.labels or {}):
-                return f"{pdb.metadata.namespace}/{pdb.metadata.name}"
+    def _blocking_pdb(self, pod: dict[str, Any]) -> str:
+        md = pod["metadata"]
+        pdbs = kube.call(self.api.list, "list pdbs",
+                         kube.path("policy", "v1", "poddisruptionbudgets", namespace=md["namespace"]))
+        for pdb in pdbs.get("items") or []:
+            sel = (pdb.get("spec") or {}).get("selector")
+            sel_d = {"matchLabels": sel.get("matchLabels") or {},
+                     "matchExpressions": [{"key": e.get("key"), "operator": e.get("operator"),
+                                           "values": e.get("values")}
+                                          for e in sel.get("matchExpressions") or []]} if sel else {}
+            if selector_matches(sel_d, md.get("labels") or {}):
+                return f"{pdb['metadata']['namespace']}/{pdb['metadata']['name']}"
         return "unknown"
 
     def drain(self, policy: DrainPolicy, report: Callable[[str, str], None],
@@ -127,52 +133,51 @@ class NodeOps:
             if not pods:
                 return
             for p in pods:
-                if p.metadata.deletion_timestamp:
+                if p["metadata"].get("deletionTimestamp"):
                     continue
                 if not policy.delete_emptydir_data and any(
-                        v.empty_dir is not None for v in p.spec.volumes or []):
+                        v.get("emptyDir") is not None for v in (p.get("spec") or {}).get("volumes") or []):
                     raise PermanentError(
-                        f"pod {p.metadata.namespace}/{p.metadata.name} uses emptyDir data; "
+                        f"pod {_pod_name(p)} uses emptyDir data; "
                         "set spec.drain.deleteEmptyDirData to evict it")
                 self._evict(p, policy)
-            remaining = [p for p in self._pods() if not p.metadata.deletion_timestamp]
+            remaining = [p for p in self._pods() if not p["metadata"].get("deletionTimestamp")]
             blocked = []
             for p in remaining:
                 blocked.append((p, self._blocking_pdb(p)))
             if blocked:
                 p, pdb = blocked[0]
-                msg = (f"eviction of pod {p.metadata.namespace}/{p.metadata.name} refused by "
-                       f"PodDisruptionBudget {pdb}")
+                msg = f"eviction of pod {_pod_name(p)} refused by PodDisruptionBudget {pdb}"
                 if msg != blocked_msg:
                     report("DrainBlocked", msg)
                     blocked_msg = msg
             if time.monotonic() > deadline:
                 if policy.on_timeout == "ForceDelete":
                     for p in self._pods():
-                        kube.call(self.core.delete_namespaced_pod, "force delete", p.metadata.name,
-                                  p.metadata.namespace, grace_period_seconds=0)
+                        md = p["metadata"]
+                        kube.call(self.api.delete, "force delete",
+                                  kube.path("", "v1", "pods", md["name"], md["namespace"]), gracePeriodSeconds=0)
                     continue
                 raise PermanentError(f"drain timed out after {policy.timeout_seconds}s: "
                                      + (blocked_msg or "pods still terminating"))
             sleep(1.0 if not blocked else 3.0)
 
-    def _evict(self, pod: Any, policy: DrainPolicy) -> None:
-        opts = None
+    def _evict(self, pod: dict[str, Any], policy: DrainPolicy) -> None:
+        name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+        body: dict[str, Any] = {"apiVersion": "policy/v1", "kind": "Eviction",
+                                "metadata": {"name": name, "namespace": namespace}}
         if policy.grace_period_seconds >= 0:
-            opts = client.V1DeleteOptions(grace_period_seconds=policy.grace_period_seconds)
-        body = client.V1Eviction(
-            metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=pod.metadata.namespace),
-            delete_options=opts)
+            body["deleteOptions"] = {"gracePeriodSeconds": policy.grace_period_seconds}
         try:
-            self.core.create_namespaced_pod_eviction(pod.metadata.name, pod.metadata.namespace, body)
-        except ApiException as e:
+            self.api.create(kube.path("", "v1", "pods", name, namespace, "eviction"), body)
+        except kube.ApiError as e:
             if e.status == 429:
                 return  # a PDB forbids it now; the caller reports and tries again
             if e.status == 404:
                 return
-            raise kube.map_error(e, f"evict {pod.metadata.name}") from e
+            raise kube.map_error(e, f"evict {name}") from e
         except Exception as e:
-            raise kube.map_error(e, f"evict {pod.metadata.name}") from e
+            raise kube.map_error(e, f"evict {name}") from e
 
     def wait_ready(self, version: str, timeout: float = 300, sleep: Callable[[float], object] = time.sleep) -> None:
         """Wait until the Node is Ready and reports kubeletVersion == version."""
@@ -181,10 +186,11 @@ class NodeOps:
         api_down = False
         while True:
             try:
-                node = self.read_node()
+                status = self.read_node().get("status") or {}
                 api_down = False
-                kv = node.status.node_info.kubelet_version if node.status and node.status.node_info else ""
-                ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+                kv = (status.get("nodeInfo") or {}).get("kubeletVersion") or ""
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in status.get("conditions") or [])
                 if ready and kv == version:
                     return
                 last = f"Ready={ready} kubeletVersion={kv or '?'}"
@@ -195,3 +201,7 @@ class NodeOps:
                 # An unreachable API is not the node's fault: wait for it rather than fail the node.
                 raise RetryableError(msg) if api_down else PermanentError(msg)
             sleep(1.0)
+
+
+def _pod_name(pod: dict[str, Any]) -> str:
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"

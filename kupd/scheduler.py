@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
+import urllib3
 
 from kupd import validate
 from kupd.api.models import (
@@ -36,6 +36,7 @@ from kupd.api.models import (
 )
 from kupd.clock import Clock
 from kupd.errors import RetryableError, ValidationError
+from kupd.kubeapi import ApiError, Client, path
 from kupd.protocol import (
     ANN_WINDOW_END,
     ANN_WINDOW_START,
@@ -305,12 +306,12 @@ def decide_update_schedule(obj: Obj, children: Sequence[Obj], now: datetime) -> 
 
 # -- the I/O ---------------------------------------------------------------------------
 class Scheduler:
-    """Executes the decisions against the API server. `custom_objects_api` is a
-    kubernetes.client.CustomObjectsApi; `resolve_minor` asks the package source."""
+    """Executes the decisions against the API server through `api`; `resolve_minor` asks the
+    package source."""
 
-    def __init__(self, custom_objects_api: Any, clock: Clock, resolve_minor: ResolveMinor,
+    def __init__(self, api: Client, clock: Clock, resolve_minor: ResolveMinor,
                  retry_seconds: float = 30.0) -> None:
-        self.api = custom_objects_api
+        self.api = api
         self.clock = clock
         self.resolve_minor = resolve_minor
         self.retry = timedelta(seconds=retry_seconds)
@@ -349,14 +350,14 @@ class Scheduler:
     def _execute(self, plural: str, obj: Obj, d: Decision, now: datetime) -> None:
         for child, window in d.set_windows.items():
             log.info("moving the window of DirectUpdate %s to %s", child, window)
-            self._call(self.api.patch_cluster_custom_object, GROUP, VERSION, DIRECTUPDATES, child,
-                       {"metadata": {"annotations": window}}, ignore=(404,))
+            self._call(f"moving the window of DirectUpdate {child}", self.api.patch, _path(DIRECTUPDATES, child),
+                       {"metadata": {"annotations": window}}, kind="merge", ignore=(404,))
         if d.create is not None:
             self._create(d)
         for child in d.delete:
             log.info("deleting DirectUpdate %s beyond the history limit", child)
-            self._call(self.api.delete_cluster_custom_object, GROUP, VERSION, DIRECTUPDATES, child,
-                       propagation_policy="Background", ignore=(404,))
+            self._call(f"deleting DirectUpdate {child}", self.api.delete, _path(DIRECTUPDATES, child),
+                       propagationPolicy="Background", ignore=(404,))
         self._write_status(plural, obj, d, now)
 
     def _create(self, d: Decision) -> None:
@@ -378,13 +379,14 @@ class Scheduler:
             "spec": spec,
         }
         try:
-            self.api.create_cluster_custom_object(GROUP, VERSION, DIRECTUPDATES, body,
-                                                  field_manager=FIELD_MANAGER)
+            self.api.create(_path(DIRECTUPDATES), body, fieldManager=FIELD_MANAGER)
             log.info("created DirectUpdate %s (version %s)", new.name, spec["version"])
-        except ApiException as e:
+        except _UNREACHABLE as e:
+            raise RetryableError(f"creating DirectUpdate {new.name}: {_unreachable(e)}") from e
+        except ApiError as e:
             if e.status == 409:
-                existing = self._call(self.api.get_cluster_custom_object, GROUP, VERSION, DIRECTUPDATES,
-                                      new.name)
+                existing = self._call(f"reading DirectUpdate {new.name}", self.api.get,
+                                      _path(DIRECTUPDATES, new.name))
                 if existing is not None and is_owned_by(existing, new.owner["uid"]):
                     return  # created by an earlier pass that did not get to write status
                 self._fail(d, new, R_NAME_CONFLICT,
@@ -423,9 +425,11 @@ class Scheduler:
             return
         body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": status}
         try:
-            self.api.patch_cluster_custom_object_status(GROUP, VERSION, plural, obj["metadata"]["name"], body,
-                                                        field_manager=FIELD_MANAGER)
-        except ApiException as e:
+            self.api.patch(_path(plural, obj["metadata"]["name"], "status"), body, kind="merge",
+                           fieldManager=FIELD_MANAGER)
+        except _UNREACHABLE as e:
+            raise RetryableError(f"writing status: {_unreachable(e)}", delay=self.retry.total_seconds()) from e
+        except ApiError as e:
             if e.status == 404:
                 return
             # 409: the object changed since it was listed; the next pass sees the new version.
@@ -433,21 +437,20 @@ class Scheduler:
                                  delay=1.0 if e.status == 409 else self.retry.total_seconds()) from e
 
     def _list(self, plural: str, label_selector: str | None = None) -> list[Obj]:
-        kwargs = {"label_selector": label_selector} if label_selector else {}
-        try:
-            result = self.api.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
-        except ApiException as e:
-            raise RetryableError(f"listing {plural}: {_api_message(e)}") from e
+        result = self._call(f"listing {plural}", self.api.list, _path(plural), labelSelector=label_selector)
         items: list[Obj] = result.get("items") or []
         return items
 
-    def _call(self, fn: Callable[..., Any], *args: Any, ignore: tuple[int, ...] = (), **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Callable[..., Obj], *args: Any, ignore: tuple[int, ...] = (),
+              **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ApiException as e:
+        except _UNREACHABLE as e:
+            raise RetryableError(f"{what}: {_unreachable(e)}") from e
+        except ApiError as e:
             if e.status in ignore:
                 return None
-            raise RetryableError(f"{getattr(fn, '__name__', 'request')}: {_api_message(e)}") from e
+            raise RetryableError(f"{what}: {_api_message(e)}") from e
 
 
 def merge_conditions(current: Sequence[Mapping[str, Any]], wanted: Sequence[Condition], now: datetime,
@@ -492,9 +495,20 @@ def _duration(delta: timedelta) -> str:
     return str(timedelta(seconds=round(delta.total_seconds())))
 
 
-def _api_message(e: Any) -> str:
-    body = str(getattr(e, "body", "") or "")[:300]
-    return f"{getattr(e, 'status', '?')} {getattr(e, 'reason', '')}: {body}"
+def _path(plural: str, name: str | None = None, subresource: str | None = None) -> str:
+    return path(GROUP, VERSION, plural, name, subresource=subresource)
+
+
+# The client does not retry: a dropped connection is worth a retry here, not a traceback.
+_UNREACHABLE = (urllib3.exceptions.HTTPError, OSError)
+
+
+def _unreachable(e: Exception) -> str:
+    return f"API unreachable: {type(e).__name__}: {str(e)[:200]}"
+
+
+def _api_message(e: ApiError) -> str:
+    return f"{e.status} {e.reason}: {e.message[:300]}"
 
 
 __all__ = [

@@ -15,11 +15,14 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kupd import validate
 from kupd.backup import CREDENTIALS_INVALID, CREDENTIALS_UNAVAILABLE, BackupFailed, BackupRetryable
 from kupd.errors import PermanentError, RetryableError
+
+if TYPE_CHECKING:
+    from kupd.kubeapi import Client
 
 KEYS = ("accessKeyId", "secretAccessKey", "sessionToken", "serviceAccountJson")
 
@@ -140,22 +143,20 @@ def from_secret_data(data: Mapping[str, str] | None, source: str) -> Credentials
     return creds
 
 
-def from_secret(core_v1: Any, namespace: str, name: str) -> Credentials:
-    """Read the Secret now (not cached: a rotated key is used at the next backup).
-
-    `core_v1` is a kubernetes.client.CoreV1Api."""
+def from_secret(api: Client, namespace: str, name: str) -> Credentials:
+    """Read the Secret now (not cached: a rotated key is used at the next backup)."""
     from kupd import kube
 
     validate.node_name(namespace, "credentialsSecret.namespace")
     validate.node_name(name, "credentialsSecret.name")
     source = f"Secret {namespace}/{name}"
     try:
-        secret = kube.call(core_v1.read_namespaced_secret, f"read {source}", name, namespace)
+        secret = kube.call(api.get, f"read {source}", kube.path("", "v1", "secrets", name, namespace))
     except RetryableError as e:
         raise BackupRetryable(CREDENTIALS_UNAVAILABLE, f"cannot read {source}: {e}") from e
     except PermanentError as e:
         raise BackupFailed(CREDENTIALS_UNAVAILABLE, f"cannot read {source}: {e}") from e
-    data = secret.data if hasattr(secret, "data") else (secret or {}).get("data")
+    data = (secret or {}).get("data")
     return from_secret_data(data, source)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kupd import validate
 from kupd.backup import (
@@ -42,6 +42,9 @@ from kupd.backup.stores import BackupStore, ObjectInfo, StoreConfig, open_store,
 from kupd.clock import Clock
 from kupd.errors import ValidationError
 from kupd.host import runner
+
+if TYPE_CHECKING:
+    from kupd.kubeapi import Client
 
 log = logging.getLogger(__name__)
 
@@ -351,13 +354,13 @@ def _retain(store: BackupStore, config: StoreConfig, cluster: str, keep_key: str
     return tuple(doomed)
 
 
-def load_credentials(store: StoreConfig, core_v1: Any | None = None) -> Credentials:
-    """The credentials `store` names: its Secret (read now, with `core_v1`, a CoreV1Api), its file, or none
+def load_credentials(store: StoreConfig, api: Client | None = None) -> Credentials:
+    """The credentials `store` names: its Secret (read now, through `api`), its file, or none
     (then boto3 / google-auth use their default chains: instance role, environment, metadata server)."""
     if store.credentials_secret is not None:
-        if core_v1 is None:
+        if api is None:
             raise ValidationError("store.credentialsSecret", "a Kubernetes client is needed to read the Secret")
-        return creds_mod.from_secret(core_v1, store.credentials_secret.namespace, store.credentials_secret.name)
+        return creds_mod.from_secret(api, store.credentials_secret.namespace, store.credentials_secret.name)
     if store.credentials_file:
         return creds_mod.from_file(store.credentials_file)
     return NONE

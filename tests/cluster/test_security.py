@@ -369,6 +369,52 @@ def test_control_plane_identity_coordinates_and_others_are_fenced(ids: Identitie
     ids.cp.kubectl("delete", "lease", "-n", NS, p.COORDINATOR_LEASE)
 
 
+def _grant_lease(node: str, holder: str | None = None) -> dict[str, Any]:
+    grant = p.Grant(operation="sec-grants", uid="u-1", epoch=0, versions=["v1.32.0"], granted_at="2026-11-27T00:00:00Z")
+    return {"metadata": {"name": p.grant_lease_name(node), "namespace": NS,
+                         "annotations": {p.ANN_GRANT: grant.encode()}},
+            "spec": {"holderIdentity": holder or node}}
+
+
+def test_only_the_coordinator_writes_grant_leases_and_a_node_watches_only_its_own(ids: Identities) -> None:
+    ids.cp.kubectl("delete", "lease", "-n", NS, p.COORDINATOR_LEASE, "--ignore-not-found")
+    ids.coord("cp-1").create_namespaced_lease(NS, {"metadata": {"name": p.COORDINATOR_LEASE, "namespace": NS},
+                                                   "spec": {"holderIdentity": "cp-1", "leaseDurationSeconds": 15,
+                                                            "leaseTransitions": 0}})
+    try:
+        # A worker cannot give itself (or anyone) a turn.
+        e = _refused(lambda: ids.coord("w-1").create_namespaced_lease(NS, _grant_lease("w-1")))
+        assert "may write only its own member Lease" in str(e.body)
+        # The coordinator writes grants (once the policy's parameter, the Lease, reached its informer).
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                _create(ids.coord("cp-1").create_namespaced_lease, NS, _grant_lease("w-1"))
+                break
+            except ApiException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        # A control-plane node that does not hold the coordinator Lease cannot (an API-side fence).
+        e = _refused(lambda: ids.coord("cp-2").create_namespaced_lease(NS, _grant_lease("w-2")))
+        assert "does not hold it" in str(e.body)
+        e = _refused(lambda: ids.coord("cp-2").patch_namespaced_lease(p.grant_lease_name("w-1"), NS,
+                                                                      {"metadata": {"annotations": {p.ANN_GRANT: ""}}}))
+        assert "does not hold it" in str(e.body)
+        # A grant Lease names its own node as holder.
+        e = _refused(lambda: ids.coord("cp-1").create_namespaced_lease(NS, _grant_lease("w-2", holder="w-1")))
+        assert "must be the node it is named after" in str(e.body)
+        # The worker watches its own grant Lease by name, and no other node's.
+        own = ids.coord("w-1").list_namespaced_lease(NS, field_selector=f"metadata.name={p.grant_lease_name('w-1')}")
+        assert [i.metadata.name for i in own.items] == [p.grant_lease_name("w-1")]
+        assert p.Grant.decode(own.items[0].metadata.annotations[p.ANN_GRANT]) is not None
+        _refused(lambda: ids.coord("w-1").list_namespaced_lease(
+            NS, field_selector=f"metadata.name={p.grant_lease_name('w-2')}"))
+    finally:
+        ids.cp.kubectl("delete", "lease", "-n", NS, p.COORDINATOR_LEASE, p.grant_lease_name("w-1"),
+                       "--ignore-not-found")
+
+
 # -- hostile custom resources ---------------------------------------------------------------
 
 
