@@ -1,16 +1,23 @@
 """A real local Kubernetes control plane for the demo and the test suite.
 
 It runs the `kupd-testcp` binary built from the pinned upstream release (tests/controlplane):
-an embedded etcd, kube-apiserver with token authentication and Node,RBAC authorization, and
+an embedded etcd, kube-apiserver with token and client-certificate authentication and Node,RBAC
+authorization, and
 kube-controller-manager running only the controllers kupd's behaviour depends on (the
 disruption controller, so PodDisruptionBudgets gate evictions). Nothing here is simulated:
 the simulated part of the demo is the nodes' hosts, not Kubernetes.
+
+The certificates follow kubeadm's layout under <workdir>/pki: ca.crt/ca.key is the cluster CA that
+signs the API server's serving certificate (apiserver.crt) and the client certificates it accepts;
+etcd/ has etcd's own CA and certificates. All are made with openssl (EC P-256: fast to generate).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -45,6 +52,43 @@ def find_binary(build: bool = True) -> Path:
         raise FileNotFoundError("kupd-testcp is not built; run tests/controlplane/build.sh")
     res = runner.run(["bash", str(BUILD_SCRIPT)], timeout=3600)
     return Path(res.stdout.strip().splitlines()[-1])
+
+
+_EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+_DAYS = "30"
+
+
+def _subject_value(value: str, what: str) -> str:
+    """`value` escaped for openssl's -subj; user and group names are refused if openssl could mangle them."""
+    if not value or not value.isascii() or not value.isprintable():
+        raise ValueError(f"invalid {what} for a certificate subject: {value!r}")
+    return re.sub(r"([\\/+=])", r"\\\1", value)
+
+
+def _make_ca(crt: Path, key: Path, cn: str) -> None:
+    runner.run(["openssl", "req", "-x509", *_EC_KEY, "-keyout", str(key), "-out", str(crt),
+                "-days", _DAYS, "-subj", f"/CN={cn}"], timeout=60)
+
+
+def _issue(ca_crt: Path, ca_key: Path, out: Path, name: str, subject: str, ext: str) -> tuple[Path, Path]:
+    """A key and a certificate signed by the CA: out/<name>.crt and out/<name>.key."""
+    (out / f"{name}.ext").write_text(ext + "\n")
+    crt, key, csr = out / f"{name}.crt", out / f"{name}.key", out / f"{name}.csr"
+    runner.run(["openssl", "req", *_EC_KEY, "-keyout", str(key), "-out", str(csr), "-subj", subject], timeout=60)
+    runner.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
+                "-CAcreateserial", "-out", str(crt), "-days", _DAYS, "-extfile", str(out / f"{name}.ext")],
+               timeout=60)
+    return crt, key
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Written 0600 from the start (it holds a private key) and put in place atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def free_port() -> int:
@@ -88,9 +132,7 @@ class ControlPlane:
         if (d / "healthcheck-client.crt").exists():
             return
         d.mkdir(parents=True, exist_ok=True)
-        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        runner.run(["openssl", "req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"),
-                    "-days", "30", "-subj", "/CN=etcd-ca"], timeout=60)
+        _make_ca(d / "ca.crt", d / "ca.key", "etcd-ca")
         leaves = {
             "server": ("etcd-server",
                        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth"),
@@ -98,16 +140,27 @@ class ControlPlane:
             "apiserver-etcd-client": ("kube-apiserver-etcd-client", "extendedKeyUsage=clientAuth"),
         }
         for name, (cn, ext) in leaves.items():
-            (d / f"{name}.ext").write_text(ext + "\n")
-            runner.run(["openssl", "req", *ec, "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"),
-                        "-subj", f"/CN={cn}"], timeout=60)
-            runner.run(["openssl", "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
-                        "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-out", str(d / f"{name}.crt"),
-                        "-days", "30", "-extfile", str(d / f"{name}.ext")], timeout=60)
+            _issue(d / "ca.crt", d / "ca.key", d, name, f"/CN={cn}", ext)
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
 
     @property
     def ca_file(self) -> Path:
-        return self.workdir / "certs" / "apiserver.crt"
+        """The cluster CA (kubeadm's pki/ca.crt): it signs the serving certificate and client certificates."""
+        return self.pki / "ca.crt"
+
+    def _make_cluster_pki(self) -> None:
+        d = self.pki
+        if (d / "apiserver.crt").exists():
+            return
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_ca(d / "ca.crt", d / "ca.key", "kubernetes")
+        sans = ",".join(["IP:127.0.0.1", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
+                         "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"])
+        _issue(d / "ca.crt", d / "ca.key", d, "apiserver", "/CN=kube-apiserver",
+               f"subjectAltName={sans}\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth")
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -116,7 +169,7 @@ class ControlPlane:
     # -- set-up -------------------------------------------------------------------------
     def prepare(self, extra_users: dict[str, list[str]] | None = None) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.workdir / "certs").mkdir(exist_ok=True)
+        self._make_cluster_pki()
         key = self.workdir / "sa.key"
         if not key.exists():
             runner.run(["openssl", "genrsa", "-out", str(key), "2048"], timeout=60)
@@ -146,6 +199,32 @@ class ControlPlane:
             }
             path.write_text(yaml.safe_dump(cfg))
             os.chmod(path, 0o600)
+        return path
+
+    def cert_kubeconfig(self, user: str, groups: list[str]) -> Path:
+        """A kubeconfig with a fresh client certificate (CN=user, O=each group) signed by the cluster CA,
+        everything embedded as kubeadm's admin.conf has it. Each call issues a new certificate."""
+        subject = f"/CN={_subject_value(user, 'user')}" + "".join(
+            f"/O={_subject_value(g, 'group')}" for g in groups)
+        self._make_cluster_pki()
+        with tempfile.TemporaryDirectory(dir=self.pki, prefix="client-") as tmp:
+            crt, key = _issue(self.ca_file, self.pki / "ca.key", Path(tmp), "client", subject,
+                              "keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth")
+            cert_data, key_data = crt.read_bytes(), key.read_bytes()
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {
+                "server": self.server,
+                "certificate-authority-data": base64.b64encode(self.ca_file.read_bytes()).decode()}}],
+            "users": [{"name": user, "user": {
+                "client-certificate-data": base64.b64encode(cert_data).decode(),
+                "client-key-data": base64.b64encode(key_data).decode()}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+            "current-context": "local",
+        }
+        path = self.workdir / f"{re.sub(r'[^A-Za-z0-9._-]', '_', user)}.cert.kubeconfig"
+        _write_private(path, yaml.safe_dump(cfg))
         return path
 
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -188,7 +267,9 @@ class ControlPlane:
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             f"--secure-port={self.api_port}",
-            f"--cert-dir={w / 'certs'}",
+            f"--tls-cert-file={self.pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={self.pki / 'apiserver.key'}",
+            f"--client-ca-file={self.ca_file}",
             f"--token-auth-file={w / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -233,24 +314,21 @@ class ControlPlane:
             raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail}")
 
     def wait_ready(self, timeout: float = 120) -> None:
-        ctx = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file.exists() else None
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             self._check_alive("kube-apiserver")
-            if ctx is None and self.ca_file.exists():
-                ctx = ssl.create_default_context(cafile=str(self.ca_file))
-            if ctx is not None:
-                req = urllib.request.Request(  # noqa: S310 - https only
-                    f"{self.server}/readyz",
-                    headers={"Authorization": f"Bearer {self.identities['admin'].token}"},
-                )
-                try:
-                    with urllib.request.urlopen(req, timeout=3, context=ctx) as r:  # noqa: S310 - https only
-                        if r.status == 200:
-                            return
-                except (urllib.error.URLError, OSError, ssl.SSLError) as e:
-                    last = str(e)
+            req = urllib.request.Request(  # noqa: S310 - https only
+                f"{self.server}/readyz",
+                headers={"Authorization": f"Bearer {self.identities['admin'].token}"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=3, context=ctx) as r:  # noqa: S310 - https only
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError, ssl.SSLError) as e:
+                last = str(e)
             time.sleep(0.25)
         raise TimeoutError(f"kube-apiserver not ready in {timeout}s: {last}")
 
@@ -296,6 +374,22 @@ class ControlPlane:
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd_dir))
         self.kubectl("create", "namespace", "kupd-system", check=False)
+        # Established is not yet served: for a moment the API server answers 429 "storage is
+        # (re)initializing", which kubectl retries on its own and kupd's client reports.
+        from kupd import kube
+
+        api = kube.api_client(str(self.admin_kubeconfig))
+        deadline = time.monotonic() + 60
+        for plural in ("directupdates", "scheduledupdates", "updateschedules"):
+            while True:
+                try:
+                    api.list(kube.path("kupd.io", "v1alpha1", plural), limit=1)
+                    break
+                except kube.ApiError as e:
+                    if e.status not in (404, 429, 503) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        api.close()
 
     def token(self, user: str) -> str:
         return self.identities[user].token

@@ -176,16 +176,12 @@ def apply(api: Client, objs: Iterable[dict[str, Any]]) -> None:
         group, plural = _RESOURCES[kind]
         ns = md.get("namespace") if kind != "ClusterRoleBinding" else None
         try:
-            api.create(kube.path(group, "v1", plural, namespace=ns), obj)
-        except kube.ApiError as e:
-            if e.status != 409:
-                raise kube.map_error(e, f"create {kind} {md['name']}") from e
+            kube.call(api.create, f"create {kind} {md['name']}", kube.path(group, "v1", plural, namespace=ns), obj)
+        except kube.Conflict:  # it exists already
             # An existing ServiceAccount is kept: replacing it would revoke its tokens.
             if kind != "ServiceAccount":
                 kube.call(api.replace, f"replace {kind} {md['name']}",
                           kube.path(group, "v1", plural, md["name"], ns), obj)
-        except Exception as e:
-            raise kube.map_error(e, f"create {kind} {md['name']}") from e
 
 
 def request_token(api: Client, node: str, seconds: int = DEFAULT_TOKEN_SECONDS) -> str:

@@ -219,7 +219,7 @@ def setup_logging(
     setattr(handler, "_kupd", True)  # noqa: B010 - marks our handler so a second setup replaces it
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    for noisy in ("kubernetes.client.rest", "urllib3", "botocore", "google"):
+    for noisy in ("urllib3", "botocore", "google"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     if fallback_reason:
         logging.getLogger(__name__).warning(fallback_reason)

@@ -13,10 +13,13 @@ import json
 import socket
 import sys
 import tomllib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kupd import validate
 from kupd.errors import ValidationError
+
+if TYPE_CHECKING:
+    from kupd.kubeapi import Client
 
 DEFAULT_CLUSTER = "kubernetes"  # kubeadm's default ClusterConfiguration.clusterName
 DEFAULT_KUBECONFIG = "/etc/kubernetes/admin.conf"
@@ -132,8 +135,8 @@ def run_now(args: argparse.Namespace) -> int:
             ).validated(),
         )
     try:
-        core_v1 = _core_v1(args) if config.store.credentials_secret is not None else None
-        creds = run.load_credentials(config.store, core_v1)
+        api = _api(args) if config.store.credentials_secret is not None else None
+        creds = run.load_credentials(config.store, api)
         record = run.take_backup(config, creds, cluster, node, SystemClock())
     except (BackupFailed, BackupRetryable) as e:
         if args.output == "json":
@@ -152,9 +155,7 @@ def run_now(args: argparse.Namespace) -> int:
     return 0
 
 
-def _core_v1(args: argparse.Namespace) -> Any:
-    from kubernetes import client
-
+def _api(args: argparse.Namespace) -> Client:
     from kupd import kube
 
-    return client.CoreV1Api(kube.api_client(args.kubeconfig or DEFAULT_KUBECONFIG))
+    return kube.api_client(args.kubeconfig or DEFAULT_KUBECONFIG)

@@ -9,7 +9,9 @@ TokenRequest API for a token, and writes the node's kubeconfig (mode 0600, direc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +46,31 @@ def run(args: argparse.Namespace) -> int:
     if args.print_only:
         sys.stdout.write(enroll.to_yaml(objs))
         return 0
-    from kubernetes import config
+    from kupd import kube, kubeapi
 
-    api = config.new_client_from_config(config_file=args.kubeconfig)
-    cfg = api.configuration
-    if cfg.ssl_ca_cert:
-        ca = Path(cfg.ssl_ca_cert).read_bytes()
+    kubeconfig = admin_kubeconfig(args.kubeconfig, os.environ, Path.home())
+    settings = kubeapi.load_kubeconfig(kubeconfig)
+    if settings.ca_data:
+        ca = settings.ca_data
+    elif settings.ca_file:
+        try:
+            ca = Path(settings.ca_file).read_bytes()
+        except OSError as e:
+            raise PermanentError(f"cannot read the CA certificate {settings.ca_file}: {e.strerror or e}") from e
     else:
         raise PermanentError("the administrator's kubeconfig names no CA certificate; the node needs one")
-    path = enroll.enroll(api, args.node, args.control_plane, cfg.host, ca, secret, args.output, args.duration)
+    api = kube.api_client(kubeconfig)
+    path = enroll.enroll(api, args.node, args.control_plane, settings.server, ca, secret, args.output,
+                         args.duration)
     print(f"enrolled {args.node} as {enroll.username(args.node)}; kubeconfig written to {path} (mode 0600)")
     return 0
+
+
+def admin_kubeconfig(flag: str | None, env: Mapping[str, str], home: Path) -> str:
+    """--kubeconfig, else the first existing file of $KUBECONFIG, else ~/.kube/config (as kubectl)."""
+    if flag:
+        return flag
+    for candidate in env.get("KUBECONFIG", "").split(os.pathsep):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return str(home / ".kube" / "config")

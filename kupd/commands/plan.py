@@ -52,22 +52,21 @@ def _cluster_from_args(args: argparse.Namespace) -> tuple[list[planner.NodeView]
 
 
 def _cluster_from_api(kubeconfig: str) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
-    from kubernetes import client
-
     from kupd import kube
 
     api = kube.api_client(kubeconfig)
-    core, coord = client.CoreV1Api(api), client.CoordinationV1Api(api)
     nodes = []
-    for n in kube.call(core.list_node, "list nodes").items:
-        labels = n.metadata.labels or {}
-        nodes.append(planner.NodeView(n.metadata.name, labels, p.LABEL_CONTROL_PLANE in labels))
+    for n in kube.call(api.list, "list nodes", kube.path("", "v1", "nodes")).get("items") or []:
+        labels = n["metadata"].get("labels") or {}
+        nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels))
     members = {}
-    for lease in kube.call(coord.list_namespaced_lease, "list member leases", "kupd-system").items:
-        name = lease.metadata.name
+    leases = kube.call(api.list, "list member leases",
+                       kube.path("coordination.k8s.io", "v1", "leases", namespace="kupd-system"))
+    for lease in leases.get("items") or []:
+        name = lease["metadata"]["name"]
         if name.startswith(p.MEMBER_LEASE_PREFIX):
             node = name[len(p.MEMBER_LEASE_PREFIX):]
-            kubelet = (lease.metadata.annotations or {}).get(p.ANN_KUBELET)
+            kubelet = (lease["metadata"].get("annotations") or {}).get(p.ANN_KUBELET)
             members[node] = planner.MemberView(node, True, Version.parse(kubelet) if kubelet else None)
     return nodes, members
 

@@ -58,25 +58,26 @@ class Reader:
     """Fetches DirectUpdates through the API, with kupd's error mapping."""
 
     def __init__(self, kubeconfig: str) -> None:
-        from kubernetes import client
-
         from kupd import kube
 
         self._kube = kube
-        self._custom = client.CustomObjectsApi(kube.api_client(kubeconfig))
+        self._api = kube.api_client(kubeconfig)
 
     def fetch(self, name: str | None) -> list[dict[str, Any]]:
         from kupd import protocol as p
 
         if name:
             try:
-                obj = self._kube.call(self._custom.get_cluster_custom_object, f"get directupdate {name}",
-                                      p.GROUP, p.VERSION, p.DIRECTUPDATES, name)
+                url = self._kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES, name)
+            except ValueError:
+                raise PermanentError(f"{name!r} is not a valid DirectUpdate name") from None
+            try:
+                obj = self._kube.call(self._api.get, f"get directupdate {name}", url)
             except self._kube.NotFound:
                 raise PermanentError(f"directupdate {name!r} not found") from None
             return [obj]
-        res = self._kube.call(self._custom.list_cluster_custom_object, "list directupdates",
-                              p.GROUP, p.VERSION, p.DIRECTUPDATES)
+        res = self._kube.call(self._api.list, "list directupdates",
+                              self._kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES))
         return list(res.get("items") or [])
 
 

@@ -49,32 +49,34 @@ class ClusterView(Protocol):
 
 
 class KubeClusterView:
-    """ClusterView through the kubernetes client and a kubeconfig (the kubelet's, by default)."""
+    """ClusterView through kupd's API client and a kubeconfig (the kubelet's, by default)."""
 
     def __init__(self, kubeconfig: str) -> None:
         self.kubeconfig = validate.safe_path(kubeconfig, "kubeconfig")
 
-    def _client(self) -> Any:
-        from kubernetes import client, config
+    def _get(self, path: str, what: str) -> dict[str, Any]:
+        from kupd import kube
 
-        return config.new_client_from_config(config_file=self.kubeconfig), client
+        # A client per call: the kubelet's client certificate rotates, and the file names the current one.
+        api = kube.api_client(self.kubeconfig)
+        try:
+            return api.get(path)
+        except Exception as e:  # ApiError, urllib3 errors and OSError alike
+            raise RetryableError(f"cannot read {what}: {e}", 10.0) from e
+        finally:
+            api.close()
 
     def apiserver_version(self) -> Version:
-        api, client = self._client()
-        try:
-            info = client.VersionApi(api).get_code()
-        except Exception as e:  # the client raises urllib3 and ApiException alike
-            raise RetryableError(f"cannot read the API server version: {e}", 10.0) from e
-        return Version.parse(info.git_version.split("+")[0].split("-")[0])
+        info = self._get("/version", "the API server version")
+        return Version.parse(str(info.get("gitVersion", "")).split("+")[0].split("-")[0])
 
     def node_status(self, name: str) -> NodeStatus:
-        api, client = self._client()
-        try:
-            node = client.CoreV1Api(api).read_node(name)
-        except Exception as e:
-            raise RetryableError(f"cannot read Node {name}: {e}", 10.0) from e
-        ready = any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
-        return NodeStatus(ready, node.status.node_info.kubelet_version)
+        from kupd import kube
+
+        node = self._get(kube.path("", "v1", "nodes", name), f"Node {name}")
+        status = node.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        return NodeStatus(ready, str((status.get("nodeInfo") or {}).get("kubeletVersion", "")))
 
 
 @dataclass(frozen=True)

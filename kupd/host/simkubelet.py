@@ -12,24 +12,25 @@ import logging
 import threading
 from typing import Any
 
-from kubernetes import client, watch
-
+from kupd import kube
 from kupd.host.simulated import SimulatedHost
+from kupd.kubeapi import Watch
 from kupd.protocol import LABEL_CONTROL_PLANE
 
 log = logging.getLogger(__name__)
 
 
 class SimKubelet:
-    def __init__(self, api: client.ApiClient, node: str, host: SimulatedHost, control_plane: bool,
+    def __init__(self, api: kube.Client, node: str, host: SimulatedHost, control_plane: bool,
                  labels: dict[str, str] | None = None) -> None:
-        self.core = client.CoreV1Api(api)
+        self.api = api
         self.node = node
         self.host = host
         self.control_plane = control_plane
         self.labels = dict(labels or {})
         self._stop = threading.Event()
         self._reported = ""
+        self._watch: Watch | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._status_loop, name="simkubelet-status", daemon=True).start()
@@ -37,15 +38,18 @@ class SimKubelet:
 
     def stop(self) -> None:
         self._stop.set()
+        w = self._watch
+        if w is not None:
+            w.close()
 
     def _register(self) -> None:
         labels = {"kubernetes.io/hostname": self.node, **self.labels}
         if self.control_plane:
             labels[LABEL_CONTROL_PLANE] = ""
-        body = client.V1Node(metadata=client.V1ObjectMeta(name=self.node, labels=labels))
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node, "labels": labels}}
         try:
-            self.core.create_node(body)
-        except client.ApiException as e:
+            self.api.create(kube.path("", "v1", "nodes"), body)
+        except kube.ApiError as e:
             if e.status != 409:
                 raise
 
@@ -73,33 +77,40 @@ class SimKubelet:
                          "containerRuntimeVersion": "containerd://" + self.host.state()["versions"]["containerd"],
                          "operatingSystem": "linux", "architecture": "amd64"},
         }}
-        self.core.patch_node_status(self.node, body)
+        # Strategic merge, as a kubelet posts it: conditions merge by type.
+        self.api.patch(kube.path("", "v1", "nodes", self.node, subresource="status"), body, kind="strategic")
 
     def _run_pod(self, name: str, namespace: str) -> None:
         """Report the pod Running and Ready, as a kubelet would once its containers start."""
         body = {"status": {"phase": "Running", "conditions": [
             {"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"},
             {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"}]}}
-        with contextlib.suppress(client.ApiException):
-            self.core.patch_namespaced_pod_status(name, namespace, body)
+        with contextlib.suppress(kube.ApiError):
+            self.api.patch(kube.path("", "v1", "pods", name, namespace, "status"), body, kind="strategic")
 
     def _pod_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                w = watch.Watch()
-                for ev in w.stream(self.core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={self.node}",
-                                   timeout_seconds=240, deserialize=False):
-                    if self._stop.is_set():
-                        return
-                    obj = ev["object"]
-                    md = obj.get("metadata", {})
-                    if ev["type"] == "DELETED":
-                        continue
-                    if md.get("deletionTimestamp"):
-                        with contextlib.suppress(client.ApiException):
-                            self.core.delete_namespaced_pod(md["name"], md["namespace"], grace_period_seconds=0)
-                    elif (obj.get("status") or {}).get("phase") != "Running":
-                        self._run_pod(md["name"], md["namespace"])
+                # No resourceVersion: the watch starts with an ADDED event for every pod already there.
+                self._watch = self.api.watch(kube.path("", "v1", "pods"), timeout_seconds=240,
+                                             fieldSelector=f"spec.nodeName={self.node}")
+                with self._watch as events:
+                    for ev in events:
+                        if self._stop.is_set():
+                            return
+                        if ev["type"] == "ERROR":
+                            raise RuntimeError(f"watch error: {ev['object'].get('message')}")
+                        if ev["type"] in ("DELETED", "BOOKMARK"):
+                            continue
+                        self._kubelet(ev["object"])
             except Exception as e:
                 log.debug("simkubelet %s pods: %s", self.node, e)
                 self._stop.wait(1.0)
+
+    def _kubelet(self, pod: dict[str, Any]) -> None:
+        md = pod.get("metadata", {})
+        if md.get("deletionTimestamp"):
+            with contextlib.suppress(kube.ApiError):
+                self.api.delete(kube.path("", "v1", "pods", md["name"], md["namespace"]), gracePeriodSeconds=0)
+        elif (pod.get("status") or {}).get("phase") != "Running":
+            self._run_pod(md["name"], md["namespace"])

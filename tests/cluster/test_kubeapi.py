@@ -2,19 +2,13 @@
 (events, end, close from another thread, expired resourceVersion) and sharing one client between
 threads.
 
-The API server of the test control plane has no client-certificate CA, so client certificates are
-checked against a local TLS peer that requires one (stdlib http.server), which also serves the
-http:// case.
+Client certificates are issued by the control plane's cluster CA (as kubeadm's admin.conf and
+kubelet.conf carry them); the API server accepts them alongside tokens.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import datetime
-import http.server
-import ipaddress
-import json
 import ssl
 import tempfile
 import threading
@@ -329,105 +323,90 @@ def test_watch_error_status_raises_before_iteration(api: Client) -> None:
     assert e.value.status == 404
 
 
-# -- client certificates and plain http, against a local TLS peer -------------------------------
+# -- client certificates ------------------------------------------------------------------------
 
-def _cert(cn: str, key: Any) -> bytes:
-    """A self-signed certificate for 127.0.0.1, its own CA (so either side can trust it directly)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import NameOID
-
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM)
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where kubeapi's temporary files go (it writes embedded certificate data there for OpenSSL)."""
+    d = tmp_path / "scratch"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
 
 
-def _key() -> tuple[Any, bytes]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
-
-
-class _WhoAmI(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        peer: Any = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
-        subject = {k: v for ((k, v),) in peer["subject"]} if peer else {}
-        body = json.dumps({"cn": subject.get("commonName"), "auth": self.headers.get("Authorization"),
-                           "agent": self.headers.get("User-Agent")}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _serve(tls: ssl.SSLContext | None) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WhoAmI)
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_client_certificate_from_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("cryptography")
-    server_key, server_key_pem = _key()
-    server_cert = _cert("kupd-test-server", server_key)
-    client_key, client_key_pem = _key()
-    client_cert = _cert("kupd-node-1", client_key)
-    (tmp_path / "server.crt").write_bytes(server_cert)
-    (tmp_path / "server.key").write_bytes(server_key_pem)
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
-    tls.verify_mode = ssl.CERT_REQUIRED
-    tls.load_verify_locations(cadata=client_cert.decode())
-
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    with _serve(tls) as url:
-        client = Client(url, ca_data=server_cert, cert_data=client_cert, key_data=client_key_pem)
-        # The key was written only for OpenSSL to read it, and is gone.
-        assert list(scratch.iterdir()) == []
-        assert client.get("/")["cn"] == "kupd-node-1"
-        # Without a client certificate the peer refuses the handshake.
-        anonymous = Client(url, ca_data=server_cert)
-        with pytest.raises((urllib3.exceptions.SSLError, urllib3.exceptions.ProtocolError, OSError)):
-            anonymous.get("/")
-        # The same certificate from files (as in /etc/kubernetes/kubelet.conf).
-        (tmp_path / "client.pem").write_bytes(client_cert + client_key_pem)
-        from_files = Client(url, ca_file=str(tmp_path / "server.crt"), cert_file=str(tmp_path / "client.pem"),
-                            key_file=str(tmp_path / "client.pem"))
-        assert from_files.get("/")["cn"] == "kupd-node-1"
-
-    # A key that does not match the certificate is refused when the client is built.
-    _, other_key_pem = _key()
-    with pytest.raises(ssl.SSLError):
-        Client("https://127.0.0.1:9", ca_data=server_cert, cert_data=client_cert, key_data=other_key_pem)
+def test_client_certificate_from_kubeconfig_data(control_plane: ControlPlane, scratch: Path) -> None:
+    """An admin.conf-style kubeconfig: CA, client certificate and key embedded as base64."""
+    cfg = control_plane.cert_kubeconfig("kupd-cert-admin", ["system:masters"])
+    assert cfg.stat().st_mode & 0o777 == 0o600
+    user = yaml.safe_load(cfg.read_text())["users"][0]["user"]
+    assert set(user) == {"client-certificate-data", "client-key-data"}  # no token to fall back on
+    client = Client.from_kubeconfig(str(cfg))
+    # The key was written only for OpenSSL to read it, and is gone.
     assert list(scratch.iterdir()) == []
+    names = [n["metadata"]["name"] for n in client.list(path("", "v1", "namespaces"))["items"]]
+    assert "default" in names
+    info = client.create(path("authentication.k8s.io", "v1", "selfsubjectreviews"), {})["status"]["userInfo"]
+    assert info["username"] == "kupd-cert-admin"
+    assert "system:masters" in info["groups"]
+    client.close()
 
 
-def test_plain_http_server() -> None:
-    with _serve(None) as url:
-        answer = Client(url, token="t0k3n").get("/")
-        assert answer["auth"] == "Bearer t0k3n"
-        assert answer["agent"].startswith("kupd/")
+def test_client_certificate_from_files(control_plane: ControlPlane, tmp_path: Path) -> None:
+    """As kubelet.conf has it: relative paths, certificate and key in one PEM file."""
+    user = yaml.safe_load(control_plane.cert_kubeconfig("kupd-cert-files", ["system:masters"]).read_text())
+    pem = base64.b64decode(user["users"][0]["user"]["client-certificate-data"]) + base64.b64decode(
+        user["users"][0]["user"]["client-key-data"])
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "pki" / "client.pem").write_bytes(pem)
+    (tmp_path / "pki" / "ca.crt").write_bytes(control_plane.ca_file.read_bytes())
+    cfg = {
+        "clusters": [{"name": "c", "cluster": {"server": control_plane.server, "certificate-authority": "pki/ca.crt"}}],
+        "users": [{"name": "u", "user": {"client-certificate": "pki/client.pem", "client-key": "pki/client.pem"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    (tmp_path / "kubelet.conf").write_text(yaml.safe_dump(cfg))
+    client = Client.from_kubeconfig(str(tmp_path / "kubelet.conf"))
+    review = client.create(path("authentication.k8s.io", "v1", "selfsubjectreviews"), {})
+    assert review["status"]["userInfo"]["username"] == "kupd-cert-files"
+    client.close()
+
+
+def test_client_certificate_without_rights_is_forbidden(control_plane: ControlPlane) -> None:
+    """The certificate is accepted (the user is named), the request is not authorized."""
+    client = Client.from_kubeconfig(str(control_plane.cert_kubeconfig("kupd-cert-nobody", [])))
+    with pytest.raises(ApiError) as e:
+        client.list(path("", "v1", "namespaces"))
+    assert (e.value.status, e.value.reason) == (403, "Forbidden")
+    assert 'User "kupd-cert-nobody"' in e.value.message
+    # Control: without the certificate the same request is anonymous.
+    anonymous = Client(control_plane.server, ca_file=str(control_plane.ca_file))
+    with pytest.raises(ApiError) as e:
+        anonymous.list(path("", "v1", "namespaces"))
+    assert e.value.status == 403
+    assert 'User "system:anonymous"' in e.value.message
+    client.close()
+    anonymous.close()
+
+
+def test_client_certificate_from_another_ca_is_unauthorized(control_plane: ControlPlane) -> None:
+    # A valid certificate, but signed by etcd's CA, which the API server does not accept for users.
+    etcd = control_plane.etcd_pki
+    client = Client(control_plane.server, ca_file=str(control_plane.ca_file),
+                    cert_file=str(etcd / "healthcheck-client.crt"), key_file=str(etcd / "healthcheck-client.key"))
+    with pytest.raises(ApiError) as e:
+        client.list(path("", "v1", "namespaces"))
+    assert (e.value.status, e.value.reason) == (401, "Unauthorized")
+    client.close()
+
+
+def test_client_key_that_does_not_match_the_certificate(
+        control_plane: ControlPlane, tmp_path: Path, scratch: Path) -> None:
+    """Refused when the client is built, before any connection, and the key written for OpenSSL is gone."""
+    doc = yaml.safe_load(control_plane.cert_kubeconfig("kupd-cert-one", []).read_text())
+    other = yaml.safe_load(control_plane.cert_kubeconfig("kupd-cert-two", []).read_text())
+    doc["users"][0]["user"]["client-key-data"] = other["users"][0]["user"]["client-key-data"]
+    (tmp_path / "mismatch.conf").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH"):
+        Client.from_kubeconfig(str(tmp_path / "mismatch.conf"))
+    assert list(scratch.iterdir()) == []

@@ -13,8 +13,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from kubernetes import client, config
 
+from kupd import kube
 from kupd.clock import ManualClock
 from kupd.devcluster import ControlPlane
 from kupd.protocol import ANN_WINDOW_END, ANN_WINDOW_START, DIRECTUPDATES, GROUP, SCHEDULEDUPDATES, VERSION
@@ -30,18 +30,23 @@ from kupd.windows import format_time
 NEW_YORK = ZoneInfo("America/New_York")
 
 
+def path(plural: str, name: str | None = None, subresource: str | None = None) -> str:
+    return kube.path(GROUP, VERSION, plural, name, subresource=subresource)
+
+
 @pytest.fixture(scope="module")
-def api(crds: ControlPlane) -> Any:
-    api_client = config.new_client_from_config(config_file=str(crds.admin_kubeconfig))  # type: ignore[no-untyped-call]
-    return client.CustomObjectsApi(api_client)
+def api(crds: ControlPlane) -> Iterator[kube.Client]:
+    client = kube.api_client(str(crds.admin_kubeconfig))
+    yield client
+    client.close()
 
 
 @pytest.fixture(autouse=True)
-def clean(api: Any) -> Iterator[None]:
+def clean(api: kube.Client) -> Iterator[None]:
     def wipe() -> None:
         for plural in (SCHEDULEDUPDATES, SCHEDULES, DIRECTUPDATES):
-            for obj in api.list_cluster_custom_object(GROUP, VERSION, plural)["items"]:
-                api.delete_cluster_custom_object(GROUP, VERSION, plural, obj["metadata"]["name"])
+            for obj in api.list(path(plural))["items"]:
+                api.delete(path(plural, obj["metadata"]["name"]))
     wipe()
     yield
     wipe()
@@ -69,32 +74,34 @@ class Resolver:
         return f"{minor}.{self.patch}"
 
 
-def create(api: Any, plural: str, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+def create(api: kube.Client, plural: str, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
-    obj: dict[str, Any] = api.create_cluster_custom_object(GROUP, VERSION, plural, body)
-    return obj
+    return api.create(path(plural), body)
 
 
-def get(api: Any, plural: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = api.get_cluster_custom_object(GROUP, VERSION, plural, name)
-    return obj
+def get(api: kube.Client, plural: str, name: str) -> dict[str, Any]:
+    return api.get(path(plural, name))
 
 
-def operations(api: Any) -> dict[str, dict[str, Any]]:
-    items = api.list_cluster_custom_object(GROUP, VERSION, DIRECTUPDATES)["items"]
+def operations(api: kube.Client) -> dict[str, dict[str, Any]]:
+    items = api.list(path(DIRECTUPDATES))["items"]
     return {o["metadata"]["name"]: o for o in items}
 
 
-def set_phase(api: Any, name: str, phase: str) -> None:
+def set_status(api: kube.Client, plural: str, name: str, status: dict[str, Any]) -> None:
+    api.patch(path(plural, name, "status"), {"status": status})
+
+
+def set_phase(api: kube.Client, name: str, phase: str) -> None:
     """What the coordinator would write."""
-    api.patch_cluster_custom_object_status(GROUP, VERSION, DIRECTUPDATES, name, {"status": {"phase": phase}})
+    set_status(api, DIRECTUPDATES, name, {"phase": phase})
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
 
 
-def test_scheduled_update_creates_one_operation_at_start_time(api: Any, base: datetime) -> None:
+def test_scheduled_update_creates_one_operation_at_start_time(api: kube.Client, base: datetime) -> None:
     start = base + timedelta(hours=2)
     create(api, SCHEDULEDUPDATES, "ScheduledUpdate", "upgrade-131",
            {"startTime": format_time(start), "template": {"version": "v1.31.4", "concurrency": 2}})
@@ -124,8 +131,7 @@ def test_scheduled_update_creates_one_operation_at_start_time(api: Any, base: da
 
     # A crash between the create and the status write: a new scheduler finds its own
     # DirectUpdate and does not make a second one.
-    api.patch_cluster_custom_object_status(GROUP, VERSION, SCHEDULEDUPDATES, "upgrade-131",
-                                           {"status": {"phase": "Waiting", "operation": None}})
+    set_status(api, SCHEDULEDUPDATES, "upgrade-131", {"phase": "Waiting", "operation": None})
     clock.advance(timedelta(hours=5))
     Scheduler(api, clock, resolver).reconcile()
     assert list(operations(api)) == ["upgrade-131"]
@@ -133,7 +139,7 @@ def test_scheduled_update_creates_one_operation_at_start_time(api: Any, base: da
     assert su["status"]["phase"] == "Started" and su["status"]["operation"] == "upgrade-131"
 
 
-def test_update_schedule_fires_in_its_time_zone(api: Any, base: datetime) -> None:
+def test_update_schedule_fires_in_its_time_zone(api: kube.Client, base: datetime) -> None:
     day = [base.date() + timedelta(days=i) for i in range(8)]
     create(api, SCHEDULES, "UpdateSchedule", "nightly", {
         "schedule": "0 2 * * *", "timeZone": "America/New_York", "window": {"durationMinutes": 120},
@@ -211,7 +217,7 @@ def test_update_schedule_fires_in_its_time_zone(api: Any, base: datetime) -> Non
     assert resolver.asked == ["v1.31"] * 4
 
 
-def test_missed_firing_after_downtime_starts_once_if_window_open(api: Any, base: datetime) -> None:
+def test_missed_firing_after_downtime_starts_once_if_window_open(api: kube.Client, base: datetime) -> None:
     create(api, SCHEDULES, "UpdateSchedule", "hourly", {
         "schedule": "0 * * * *", "window": {"durationMinutes": 30}, "template": {"version": "v1.31.2"},
     })
@@ -233,7 +239,7 @@ def test_missed_firing_after_downtime_starts_once_if_window_open(api: Any, base:
     assert "0:10:00 late" in condition(get(api, SCHEDULES, "hourly"), "Scheduled")["message"]
 
 
-def test_suspend_and_resolver_outage(api: Any, base: datetime) -> None:
+def test_suspend_and_resolver_outage(api: kube.Client, base: datetime) -> None:
     create(api, SCHEDULES, "UpdateSchedule", "weekly", {
         "schedule": "30 3 * * *", "suspend": True, "window": {"durationMinutes": 60},
         "template": {"version": "v1.30"},
@@ -247,7 +253,7 @@ def test_suspend_and_resolver_outage(api: Any, base: datetime) -> None:
     assert operations(api) == {} and "nextScheduleTime" not in us["status"]
     assert condition(us, "Scheduled")["reason"] == "Suspended"
 
-    api.patch_cluster_custom_object(GROUP, VERSION, SCHEDULES, "weekly", {"spec": {"suspend": False}})
+    api.patch(path(SCHEDULES, "weekly"), {"spec": {"suspend": False}})
     resolver.fail = True
     clock.advance(60)
     assert scheduler.reconcile() == clock.now() + timedelta(seconds=30)  # retry soon
@@ -267,7 +273,7 @@ def test_suspend_and_resolver_outage(api: Any, base: datetime) -> None:
     ({"timeZone": "Mars/Olympus_Mons"}, "spec.timeZone"),
     ({"schedule": "0 2 31 2 *"}, "spec.schedule"),
 ])
-def test_malformed_schedule_gets_condition_naming_field(api: Any, base: datetime, spec: dict[str, Any],
+def test_malformed_schedule_gets_condition_naming_field(api: kube.Client, base: datetime, spec: dict[str, Any],
                                                         field: str) -> None:
     create(api, SCHEDULES, "UpdateSchedule", "broken", {"schedule": "0 2 * * *", "template": {"version": "v1.31"}}
            | spec)
@@ -280,7 +286,7 @@ def test_malformed_schedule_gets_condition_naming_field(api: Any, base: datetime
     assert operations(api) == {}
 
 
-def test_crash_before_status_write_never_makes_two(api: Any, base: datetime) -> None:
+def test_crash_before_status_write_never_makes_two(api: kube.Client, base: datetime) -> None:
     create(api, SCHEDULES, "UpdateSchedule", "nightly", {
         "schedule": "0 3 * * *", "window": {"durationMinutes": 60}, "template": {"version": "v1.31.2"},
     })
@@ -288,8 +294,7 @@ def test_crash_before_status_write_never_makes_two(api: Any, base: datetime) -> 
     Scheduler(api, clock, Resolver()).reconcile()
     assert len(operations(api)) == 1
     # Lose the status write, as if the coordinator died right after the create.
-    api.patch_cluster_custom_object_status(GROUP, VERSION, SCHEDULES, "nightly",
-                                           {"status": {"lastScheduleTime": None, "active": None}})
+    set_status(api, SCHEDULES, "nightly", {"lastScheduleTime": None, "active": None})
     clock.advance(120)
     Scheduler(api, clock, Resolver()).reconcile()
     assert len(operations(api)) == 1
@@ -298,7 +303,7 @@ def test_crash_before_status_write_never_makes_two(api: Any, base: datetime) -> 
     assert status["active"] == list(operations(api))
 
 
-def test_name_taken_by_someone_else_is_reported(api: Any, base: datetime) -> None:
+def test_name_taken_by_someone_else_is_reported(api: kube.Client, base: datetime) -> None:
     create(api, DIRECTUPDATES, "DirectUpdate", "upgrade-x", {"version": "v1.30.1"})
     create(api, SCHEDULEDUPDATES, "ScheduledUpdate", "upgrade-x",
            {"startTime": format_time(base), "template": {"version": "v1.31.4"}})

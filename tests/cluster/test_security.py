@@ -22,7 +22,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from kupd import enroll
+from kupd import enroll, kube
 from kupd import protocol as p
 from kupd.api.models import parse_directupdate_spec
 from kupd.devcluster import ControlPlane
@@ -136,7 +136,7 @@ def ids(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     out = Identities(cp, workdir)
     ca = cp.ca_file.read_bytes()
     for node, control_plane in NODES.items():
-        path = enroll.enroll(admin, node, control_plane, cp.server, ca,
+        path = enroll.enroll(kube.api_client(str(cp.admin_kubeconfig)), node, control_plane, cp.server, ca,
                              backup_secret=(SECRET_NS, SECRET_NAME) if control_plane else None,
                              output=workdir / node / "kubeconfig", seconds=3600)
         out.kubeconfigs[node] = path

@@ -422,16 +422,12 @@ def test_credentials_file_must_be_private_and_values_stay_hidden(tmp_path: Path)
 
 
 def test_credentials_from_a_secret() -> None:
-    class Secret:
-        def __init__(self) -> None:
-            self.data = {"accessKeyId": _b64("AKIASECRET"), "secretAccessKey": _b64("s3cr3t-value\n")}
+    class Api:
+        def get(self, path: str) -> dict[str, dict[str, str]]:
+            assert path == "/api/v1/namespaces/kupd-system/secrets/s3-creds"
+            return {"data": {"accessKeyId": _b64("AKIASECRET"), "secretAccessKey": _b64("s3cr3t-value\n")}}
 
-    class CoreV1:
-        def read_namespaced_secret(self, name: str, namespace: str) -> Secret:
-            assert (name, namespace) == ("s3-creds", "kupd-system")
-            return Secret()
-
-    creds = credentials.from_secret(CoreV1(), "kupd-system", "s3-creds")
+    creds = credentials.from_secret(Api(), "kupd-system", "s3-creds")  # type: ignore[arg-type]  # a fake Client
     assert creds.s3_keys() == ("AKIASECRET", "s3cr3t-value", None)
     assert creds.source == "Secret kupd-system/s3-creds"
     with pytest.raises(BackupFailed):

@@ -10,7 +10,7 @@ import pytest
 from kupd import planner
 from kupd.errors import ValidationError
 from kupd.planner import MemberView, NodeView, Operation, plan
-from kupd.protocol import Report
+from kupd.protocol import Grant, Report
 from kupd.versions import Version
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -284,3 +284,44 @@ def test_retry_regrants_the_same_work_once_per_request() -> None:
     p = run(spec, nodes, members, p.status, annotations=ann, now=later)
     p = run(spec, nodes, members, p.status, annotations=ann, now=later)
     assert p.status["nodes"][1]["phase"] == "Failed"
+
+
+def _delivered(p: planner.Plan, name: str, op_uid: str = UID) -> Grant:
+    g = next(e for e in p.status["nodes"] if e["name"] == name)["grant"]
+    return Grant("op", op_uid, g["epoch"], g["versions"], g["grantedAt"], g["firstControlPlane"], g["backup"])
+
+
+def test_a_delivered_grant_the_status_lost_is_adopted_and_its_slot_not_given_twice() -> None:
+    # The coordinator delivered cp-1's and then w-1's grant and died before the status recorded
+    # w-1's: its successor plans from the older status and the grant Leases.
+    nodes, members = cluster(1, 3)
+    spec = {"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.32.0", p)
+    recorded = run(spec, nodes, members, p.status)  # the status as stored: cp-1 done, no w-1 grant yet
+    lost_write = run(spec, nodes, members, recorded.status, now=NOW + timedelta(seconds=1))
+    assert granted(lost_write) == ["w-1"]
+    stale = {**recorded.status, "nodes": [e for e in recorded.status["nodes"] if e["name"] != "w-1"]
+             + [{"name": "w-1", "role": "Worker", "canary": False, "phase": "Pending", "attempts": 0,
+                 "toVersion": "v1.32.0"}]}
+    delivered = {"w-1": _delivered(lost_write, "w-1")}
+    after = run(spec, nodes, members, stale, now=NOW + timedelta(seconds=30), delivered=delivered)
+    assert granted(after) == ["w-1"], "the adopted grant holds the only slot"
+    w1 = next(e for e in after.status["nodes"] if e["name"] == "w-1")
+    assert w1["grant"]["grantedAt"] == delivered["w-1"].granted_at and w1["grant"]["epoch"] == 3
+    assert not any(e.reason == "NodeGranted" for e in after.events), "adopting is not a new grant"
+
+
+def test_delivered_grants_of_another_operation_or_an_ended_turn_are_not_adopted() -> None:
+    nodes, members = cluster(1, 2)
+    spec = {"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    other = {"w-1": Grant("older", "uid-0", 1, ["v1.31.9"], "2026-11-20T00:00:00Z")}
+    p2 = run(spec, nodes, members, p.status, delivered=other)
+    assert granted(p2) == ["cp-1"]
+    # cp-1's turn ended; its grant Lease is not cleared yet: the Succeeded entry stays Succeeded.
+    finish(members, "cp-1", "v1.32.0", p2)
+    done = run(spec, nodes, members, p2.status)
+    p3 = run(spec, nodes, members, done.status, delivered={"cp-1": _delivered(p2, "cp-1")})
+    assert next(e for e in p3.status["nodes"] if e["name"] == "cp-1")["phase"] == "Succeeded"
+    assert granted(p3) == ["w-1"]

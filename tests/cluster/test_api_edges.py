@@ -1,0 +1,114 @@
+"""The small API users at kupd's edges, against the real API server: `kupd enroll` and
+`kupd plan --kubeconfig` (in-process), the host's ClusterView, and the control-plane pods gate.
+The daemon's own API use is covered by the rollout tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kupd import enroll, health, kube
+from kupd import protocol as p
+from kupd.cli import main
+from kupd.devcluster import ControlPlane
+from kupd.host.real import KubeClusterView
+from kupd.versions import Version
+from tests.cluster import harness
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = "edge-9"
+
+
+@pytest.fixture
+def api(crds: ControlPlane) -> Iterator[kube.Client]:
+    harness.cleanup(crds)
+    client = kube.api_client(str(crds.admin_kubeconfig))
+    try:
+        yield client
+    finally:
+        client.close()
+        harness.cleanup(crds)
+
+
+def make_node(api: kube.Client, name: str, labels: dict[str, str], kubelet: str | None = None) -> None:
+    api.create(kube.path("", "v1", "nodes"), {"apiVersion": "v1", "kind": "Node",
+                                              "metadata": {"name": name, "labels": labels}})
+    if kubelet:
+        api.patch(kube.path("", "v1", "nodes", name, subresource="status"), {"status": {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test"}],
+            "nodeInfo": {"kubeletVersion": kubelet}}}, kind="strategic")
+
+
+def test_enroll_writes_a_kubeconfig_that_authenticates_as_the_node(crds: ControlPlane, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "etc" / "kupd" / "kubeconfig"
+    args = ["enroll", NODE, "--kubeconfig", str(crds.admin_kubeconfig), "-o", str(out), "--duration", "3600"]
+    try:
+        assert main(args) == 0
+        # Again: the bindings exist now and are replaced, the ServiceAccount is kept.
+        assert main(args) == 0
+        assert f"enrolled {NODE} as {enroll.username(NODE)}" in capsys.readouterr().out
+        assert out.stat().st_mode & 0o777 == 0o600
+        doc = yaml.safe_load(out.read_text())
+        assert doc["clusters"][0]["cluster"]["server"] == crds.server
+        node_api = kube.api_client(str(out))
+        review = node_api.create("/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                                 {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        node_api.close()
+        assert review["status"]["userInfo"]["username"] == enroll.username(NODE)
+    finally:
+        crds.kubectl("delete", "clusterrolebindings,rolebindings,roles", "-A", "-l", f"{enroll.NODE_LABEL}={NODE}",
+                     check=False)
+        crds.kubectl("delete", "serviceaccount", "-n", enroll.NAMESPACE, enroll.service_account(NODE), check=False)
+
+
+def test_plan_reads_nodes_and_member_leases(api: kube.Client, crds: ControlPlane,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    make_node(api, "cp-1", {p.LABEL_CONTROL_PLANE: ""})
+    make_node(api, "w-1", {})
+    make_node(api, "w-2", {})
+    leases = kube.path("coordination.k8s.io", "v1", "leases", namespace="kupd-system")
+    for node, kubelet in (("cp-1", "v1.31.2"), ("w-1", "v1.30.4"), ("w-2", "v1.30.4")):
+        api.create(leases, {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {
+            "name": p.member_lease_name(node), "annotations": {p.ANN_KUBELET: kubelet}}})
+    rc = main(["plan", "-f", str(ROOT / "examples" / "directupdate-simple.yaml"),
+               "--kubeconfig", str(crds.admin_kubeconfig), "-o", "json"])
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert rc == 0, out
+    # cp-1 is already at v1.31.2: only the workers are planned.
+    assert [w["nodes"] for w in out["waves"]] == [["w-1"], ["w-2"]]
+
+
+def test_cluster_view_reads_version_and_node(api: kube.Client, crds: ControlPlane) -> None:
+    view = KubeClusterView(str(crds.admin_kubeconfig))
+    git = str(api.get("/version")["gitVersion"])
+    assert view.apiserver_version() == Version.parse(git.split("+")[0].split("-")[0])
+    make_node(api, "w-1", {})
+    status = view.node_status("w-1")
+    assert not status.ready and status.kubelet_version == ""
+    api.patch(kube.path("", "v1", "nodes", "w-1", subresource="status"), {"status": {
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test"}],
+        "nodeInfo": {"kubeletVersion": "v1.31.2"}}}, kind="strategic")
+    status = view.node_status("w-1")
+    assert status.ready and status.kubelet_version == "v1.31.2"
+
+
+def test_control_plane_pods_gate(api: kube.Client) -> None:
+    pods = kube.path("", "v1", "pods", namespace="kube-system")
+    name = "kube-apiserver-edge"
+    api.create(pods, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": name, "labels": {"tier": "control-plane"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}})
+    try:
+        assert health.evaluate(api, {}) == f"control-plane pod kube-system/{name} is not Ready"
+        api.patch(kube.path("", "v1", "pods", name, "kube-system", "status"), {"status": {
+            "conditions": [{"type": "Ready", "status": "True"}]}}, kind="strategic")
+        assert health.control_plane_pods(api) is None
+        assert health.evaluate(api, {"controlPlanePods": False}) is None
+    finally:
+        api.delete(kube.path("", "v1", "pods", name, "kube-system"), gracePeriodSeconds=0)
