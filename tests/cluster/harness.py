@@ -10,8 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client, config, watch
-
+from kupd import kube
 from kupd import protocol as p
 from kupd.devcluster import ControlPlane
 from kupd.simcluster import SimCluster
@@ -21,8 +20,8 @@ NAMESPACE = "kupd-system"
 IN_FLIGHT = ("Granted", "Upgrading", "Lost")
 
 
-def api_for(cp: ControlPlane) -> client.ApiClient:
-    return config.new_client_from_config(config_file=str(cp.admin_kubeconfig))
+def api_for(cp: ControlPlane) -> kube.Client:
+    return kube.api_client(str(cp.admin_kubeconfig))
 
 
 def apply_du(cp: ControlPlane, name: str, spec: dict[str, Any]) -> None:
@@ -80,31 +79,29 @@ class Monitor:
     done_times: dict[str, float] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _watches: list[watch.Watch] = field(default_factory=list)
+    _watches: list[kube.Watch] = field(default_factory=list)
 
     def start(self) -> Monitor:
         api = api_for(self.cp)
-        custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
-        threading.Thread(target=self._loop, args=(custom.list_cluster_custom_object, self._on_du),
-                         kwargs={"group": p.GROUP, "version": p.VERSION, "plural": p.DIRECTUPDATES},
-                         daemon=True).start()
-        threading.Thread(target=self._loop, args=(core.list_node, self._on_node), daemon=True).start()
-        threading.Thread(target=self._loop, args=(client.CoordinationV1Api(api).list_namespaced_lease,
-                                                  self._on_lease),
-                         kwargs={"namespace": NAMESPACE}, daemon=True).start()
+        for resource, handler in ((kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES), self._on_du),
+                                  (kube.path("", "v1", "nodes"), self._on_node),
+                                  (kube.path("coordination.k8s.io", "v1", "leases", namespace=NAMESPACE),
+                                   self._on_lease)):
+            threading.Thread(target=self._loop, args=(api, resource, handler), daemon=True).start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         for w in self._watches:
-            w.stop()
+            w.close()
 
-    def _loop(self, fn: Any, handler: Callable[[dict[str, Any]], None], **kw: Any) -> None:
+    def _loop(self, api: kube.Client, resource: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        # A watch without a resourceVersion starts with an ADDED event per existing object.
         while not self._stop.is_set():
-            w = watch.Watch()
-            self._watches.append(w)
             try:
-                for ev in w.stream(fn, timeout_seconds=30, deserialize=False, **kw):
+                w = api.watch(resource, timeout_seconds=30)
+                self._watches.append(w)
+                for ev in w:
                     if ev["type"] in ("ADDED", "MODIFIED"):
                         handler(ev["object"])
             except Exception:

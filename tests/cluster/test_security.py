@@ -74,6 +74,11 @@ class Identities:
         return client.CustomObjectsApi(self.client(node))
 
 
+def _admin(cp: ControlPlane) -> client.ApiClient:
+    """The official client, as an independent check of what kupd's own client does."""
+    return config.new_client_from_config(config_file=str(cp.admin_kubeconfig))
+
+
 def _apply(cp: ControlPlane, obj: dict[str, Any] | list[dict[str, Any]]) -> None:
     docs = obj if isinstance(obj, list) else [obj]
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=yaml.safe_dump_all(docs))
@@ -124,7 +129,7 @@ def ids(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     cp = crds
     harness.cleanup(cp)
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC_DIR))
-    admin = harness.api_for(cp)
+    admin = _admin(cp)
     core, rbac = client.CoreV1Api(admin), client.RbacAuthorizationV1Api(admin)
     _create(rbac.create_cluster_role, SIMKUBELET_ROLE)
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET_NAME, "namespace": SECRET_NS},
@@ -272,7 +277,7 @@ def test_only_control_plane_identities_read_the_backup_secret(ids: Identities) -
 
 
 def test_worker_changes_only_its_own_node_and_only_the_cordon(ids: Identities) -> None:
-    admin = client.CoreV1Api(harness.api_for(ids.cp))
+    admin = client.CoreV1Api(_admin(ids.cp))
     for node in ("w-1", "w-2"):
         try:
             admin.create_node({"metadata": {"name": node, "annotations": {"other": "x"}}})
@@ -293,7 +298,7 @@ def test_worker_changes_only_its_own_node_and_only_the_cordon(ids: Identities) -
 
 
 def test_worker_deletes_only_pods_on_its_own_node(ids: Identities) -> None:
-    admin = client.CoreV1Api(harness.api_for(ids.cp))
+    admin = client.CoreV1Api(_admin(ids.cp))
     for name, node in (("sec-mine", "w-1"), ("sec-other", "w-2")):
         admin.create_namespaced_pod("default", {
             "metadata": {"name": name},
@@ -420,7 +425,7 @@ def test_only_the_coordinator_writes_grant_leases_and_a_node_watches_only_its_ow
 
 def test_hostile_custom_resources_are_refused_by_the_api_and_by_the_daemon(ids: Identities) -> None:
     assert len(HOSTILE) >= 20
-    custom = client.CustomObjectsApi(harness.api_for(ids.cp))
+    custom = client.CustomObjectsApi(_admin(ids.cp))
     accepted = []
     for h in HOSTILE:
         obj = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate",
@@ -491,7 +496,7 @@ def test_loosened_schema_hostile_crs_never_reach_a_subprocess(ids: Identities, d
     coordinator marks it Failed (InvalidSpec, naming the field), grants no node, and nothing from
     it reaches argv."""
     cp = ids.cp
-    custom = client.CustomObjectsApi(harness.api_for(cp))
+    custom = client.CustomObjectsApi(_admin(cp))
     crd = json.loads(cp.kubectl("get", "crd", "directupdates.kupd.io", "-o", "json").stdout)
     loose = json.loads(json.dumps(crd))
     for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
@@ -602,7 +607,7 @@ def test_a_worker_cannot_fake_the_verified_backup(ids: Identities, daemons: SimC
     operation in its own report. The coordinator must still have the first control-plane node take
     a real backup before `kubeadm upgrade apply`."""
     cp = ids.cp
-    admin = harness.api_for(cp)
+    admin = _admin(cp)
     custom = client.CustomObjectsApi(admin)
     _create(client.CoreV1Api(admin).create_node, {"metadata": {"name": "w-2"}})
     store = tmp_path / "backups"

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
 
+from kupd import kube
 from kupd.devcluster import ControlPlane
 from kupd.protocol import LABEL_CONTROL_PLANE
 from tests.cluster.harness import Monitor, api_for, apply_du, wait_phase
@@ -76,7 +76,7 @@ class StandInKubelet:
     version installed on that node, with a boot id that changes on every boot of the node."""
 
     def __init__(self, cp: ControlPlane, nodes: list[nspawn.Node]) -> None:
-        self.core = client.CoreV1Api(api_for(cp))
+        self.api = api_for(cp)
         self.nodes = nodes
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -86,10 +86,10 @@ class StandInKubelet:
             labels = {"kubernetes.io/hostname": node.name}
             if node.name.startswith("e2e-cp"):
                 labels[LABEL_CONTROL_PLANE] = ""
-            body = client.V1Node(metadata=client.V1ObjectMeta(name=node.name, labels=labels))
+            body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name, "labels": labels}}
             try:
-                self.core.create_node(body)
-            except client.ApiException as e:
+                self.api.create(kube.path("", "v1", "nodes"), body)
+            except kube.ApiError as e:
                 if e.status != 409:
                     raise
         self._thread.start()
@@ -114,7 +114,7 @@ class StandInKubelet:
                                  "containerRuntimeVersion": "containerd://1.7.20", "operatingSystem": "linux",
                                  "architecture": "amd64"}}}
                 with contextlib.suppress(Exception):  # the API may be away on purpose
-                    self.core.patch_node_status(node.name, body)
+                    self.api.patch(kube.path("", "v1", "nodes", node.name, subresource="status"), body, "strategic")
             self._stop.wait(1.0)
 
 
