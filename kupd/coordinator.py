@@ -74,6 +74,9 @@ class Elector:
     def try_acquire_or_renew(self) -> bool:
         """One election round; returns whether this daemon is the coordinator afterwards."""
         now = micro_time()
+        # Leadership counts from before the request: the holder must give up no later than a
+        # successor (who measures from the renewTime it saw) may take over.
+        started = time.monotonic()
         try:
             lease = self.api.get(self._path)
         except kube.ApiError as e:
@@ -91,7 +94,7 @@ class Elector:
                 raise kube.map_error(e2, "create coordinator lease") from e2
             except Exception as e2:
                 raise kube.map_error(e2, "create coordinator lease") from e2
-            return self._won(0)
+            return self._won(0, started)
         except Exception as e:
             raise kube.map_error(e, "read coordinator lease") from e
 
@@ -104,7 +107,7 @@ class Elector:
         if holder == self.identity:
             spec["renewTime"] = now
             if self._replace(lease):
-                return self._won(transitions)
+                return self._won(transitions, started)
             return False
         expired = not holder or mono - self._observed_at > int(spec.get("leaseDurationSeconds") or self.duration)
         if not expired:
@@ -114,7 +117,7 @@ class Elector:
                     leaseDurationSeconds=self.duration, leaseTransitions=transitions + 1)
         if self._replace(lease):
             log.info("became coordinator at epoch %d (previous holder %r)", transitions + 1, holder)
-            return self._won(transitions + 1)
+            return self._won(transitions + 1, started)
         return False
 
     def _replace(self, lease: dict[str, Any]) -> bool:
@@ -130,9 +133,9 @@ class Elector:
         except Exception as e:
             raise kube.map_error(e, "update coordinator lease") from e
 
-    def _won(self, epoch: int) -> bool:
+    def _won(self, epoch: int, started: float) -> bool:
         self.epoch = epoch
-        self._renewed_at = time.monotonic()
+        self._renewed_at = started
         return True
 
     def release(self) -> None:
@@ -289,7 +292,8 @@ class Coordinator:
                                                       o["metadata"]["name"]))
         active = [o for o in ops if (o.get("status") or {}).get("phase") not in planner.TERMINAL_OP]
         if not active:
-            self._clear_grants(keep=set())
+            if any(self._grant_leases().values()):
+                self._clear_grants(None, ops, self._views(now)[1])
             return
         nodes, members = self._views(now)
         first = active[0]
@@ -300,12 +304,20 @@ class Coordinator:
                 st.update(phase=planner.OP_PENDING, message=msg)
                 self._write(queued, st, [])
         self._reconcile_one(first, nodes, members, now)
+        self._clear_grants(first["metadata"]["uid"], ops, members)
 
     def _reconcile_one(self, obj: dict[str, Any], nodes: list[planner.NodeView],
                        members: dict[str, planner.MemberView], now: datetime) -> None:
         md = obj["metadata"]
         uid = md["uid"]
-        status = self._planned.get(uid) or obj.get("status") or {}
+        planned = self._planned.get(uid)
+        if planned is not None and planned.get("epoch") != self.elector.epoch:
+            # Planned in an earlier term of this daemon: another coordinator may have written
+            # since, so plan from what is stored.
+            self._planned.pop(uid, None)
+            self._unwritten.discard(uid)
+            planned = None
+        status = planned or obj.get("status") or {}
         resolved: dict[tuple[int, int], str] = {}
         if not status.get("hops"):
             try:
@@ -334,11 +346,6 @@ class Coordinator:
                 self._write(obj, self._planned[uid], [])
                 self._unwritten.discard(uid)
                 self._planned.pop(uid, None)
-                self._clear_grants(keep=_in_flight(self._written_status(obj)))
-
-    def _written_status(self, obj: dict[str, Any]) -> dict[str, Any]:
-        new = self.ops.get(kube.Informer.key(obj))
-        return (new or obj).get("status") or {}
 
     # -- grant Leases ------------------------------------------------------------------------
     def _grant_leases(self) -> dict[str, str]:
@@ -375,16 +382,35 @@ class Coordinator:
             if current.get(e["name"]) != value:
                 self._write_grant(e["name"], value)
 
-    def _clear_grants(self, keep: set[str]) -> None:
+    def _clear_grants(self, active_uid: str | None, ops: list[dict[str, Any]],
+                      members: dict[str, planner.MemberView]) -> None:
+        """Clear the grant Leases of turns that are over.
+
+        A turn of the operation being run is over once the stored status records it so (until
+        then a successor needs the Lease to adopt it). A turn of any other operation (finished,
+        failed or deleted while the node still worked) is over when its node reports so.
+        """
+        by_uid = {o["metadata"]["uid"]: o for o in ops}
         for node, value in self._grant_leases().items():
-            if value and node not in keep:
+            if not value:
+                continue
+            g = p.Grant.decode(value)
+            if g is not None and g.uid == active_uid and g.uid in by_uid:
+                keep = (node in _in_flight(by_uid[g.uid].get("status") or {})
+                        or node in _in_flight(self._planned.get(g.uid) or {}))
+            else:
+                keep = g is not None and not planner.turn_over(members.get(node), g)
+            if not keep:
                 self._write_grant(node, "")
 
     def _write_grant(self, node: str, value: str) -> None:
         if not self.elector.leading:
             return
         name = p.grant_lease_name(node)
-        body = {"metadata": {"name": name, "namespace": self.namespace, "annotations": {p.ANN_GRANT: value},
+        # The epoch annotation lets admission policy kupd.io-grants check it against the coordinator
+        # Lease: a deposed coordinator's late write is refused by the API server itself.
+        anns = {p.ANN_GRANT: value, p.ANN_EPOCH: str(self.elector.epoch)}
+        body = {"metadata": {"name": name, "namespace": self.namespace, "annotations": anns,
                              "labels": {"app.kubernetes.io/name": "kupd", "kupd.io/node": node,
                                         p.LABEL_LEASE_KIND: p.LEASE_KIND_GRANT}},
                 "spec": {"holderIdentity": node}}

@@ -143,6 +143,9 @@ class Daemon:
             if eligible:
                 self._elect(api, elector, host)
             metrics.coordinator(elector.leading, elector.epoch)
+            # A grant that arrived while the agent was still busy with an earlier one gets no
+            # second watch event: look at the grant Lease again on every tick.
+            offer()
             self.notifier.watchdog()
             self._stop.wait(tick)
         log.info("stopping")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +77,16 @@ def is_api_down(e: BaseException) -> bool:
 Handler = Callable[[str, dict[str, Any]], None]
 
 
+def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:
+    """Whether `obj` is an older version of `than`. resourceVersions are opaque by contract, but
+    kube-apiserver's are etcd revisions (integers); anything else is never called older."""
+    if than is None:
+        return False
+    a = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+    b = str((than.get("metadata") or {}).get("resourceVersion", ""))
+    return a.isdigit() and b.isdigit() and int(a) < int(b)
+
+
 class Informer:
     """List+watch one resource into a dict cache keyed by namespace/name; call `on_change` on every change.
 
@@ -116,7 +127,8 @@ class Informer:
     def put(self, obj: dict[str, Any]) -> None:
         """Record an object this process just wrote, before its watch event arrives."""
         with self._lock:
-            self._cache[self.key(obj)] = obj
+            if not _older(obj, self._cache.get(self.key(obj))):
+                self._cache[self.key(obj)] = obj
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -131,7 +143,12 @@ class Informer:
     def _relist(self) -> str:
         data = self._api.list(self._resource, **self._query)
         with self._lock:
-            self._cache = {self.key(o): o for o in data.get("items") or []}
+            fresh = {self.key(o): o for o in data.get("items") or []}
+            for k, o in fresh.items():
+                mine = self._cache.get(k)
+                if mine is not None and _older(o, mine):
+                    fresh[k] = mine  # put() while the list was under way
+            self._cache = fresh
         self.synced.set()
         self._on_change()
         return str(data["metadata"]["resourceVersion"])
@@ -145,6 +162,10 @@ class Informer:
                     rv = self._relist()
                 self._watch = self._api.watch(self._resource, resource_version=rv, timeout_seconds=240,
                                               **self._query)
+                if self._stop.is_set():  # stop() ran while the watch was being opened
+                    self._watch.close()
+                    return
+                started = time.monotonic()
                 for ev in self._watch:
                     if self._stop.is_set():
                         return
@@ -162,16 +183,22 @@ class Informer:
                             old = self._cache.pop(self.key(obj), None)
                         else:
                             old = self._cache.get(self.key(obj))
+                            if _older(obj, old):
+                                continue  # this process already put() a newer version
                             self._cache[self.key(obj)] = obj
                     if typ == "MODIFIED" and self._relevant is not None and not self._relevant(old, obj):
                         continue
                     self._on_change()
                 backoff = 0.5
+                if time.monotonic() - started < 1.0:
+                    self._stop.wait(1.0)  # a watch the server ends at once must not become a busy loop
             except ApiError as e:
                 if e.status == 410:
                     rv = None
                     continue
-                log.debug("informer %s: %s; retrying in %.1fs", self.name, e, backoff)
+                # Refusals say the credential or its roles are wrong: the operator must see them.
+                level = logging.WARNING if e.status in (401, 403) else logging.DEBUG
+                log.log(level, "informer %s: %s; retrying in %.1fs", self.name, e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception as e:

@@ -262,6 +262,23 @@ def plan(
             _condition(status, "Valid", False, "kubelet-not-newer-than-apiserver", msg, gen, now)
             return _fail(op, status, "VersionSkew", msg, now, events)
 
+    # Every selected node has an entry; a grant delivered but not yet recorded is adopted first, so
+    # that the retry, the backup record and the observation below all see it.
+    for n in selected:
+        m = members.get(n.name)
+        e = entries.get(n.name)
+        if e is None:
+            e = {"name": n.name, "role": "ControlPlane" if n.control_plane else "Worker",
+                 "canary": n.name in canaries, "phase": PENDING, "attempts": 0,
+                 "toVersion": str(policy.target)}
+            if m and m.kubelet:
+                e["fromVersion"] = str(m.kubelet)
+                if m.kubelet >= policy.target:
+                    e["phase"] = SKIPPED
+                    e["message"] = f"already at {m.kubelet}"
+            entries[n.name] = e
+        _adopt(e, (delivered or {}).get(n.name), op, epoch)
+
     # An operator's retry request puts Failed nodes back in line, once per annotation value.
     retry = op.annotations.get(ANN_RETRY_NODES, "")
     if retry:
@@ -293,20 +310,7 @@ def plan(
 
     # Bring every selected node's entry up to date with what its member reports.
     for n in selected:
-        m = members.get(n.name)
-        e = entries.get(n.name)
-        if e is None:
-            e = {"name": n.name, "role": "ControlPlane" if n.control_plane else "Worker",
-                 "canary": n.name in canaries, "phase": PENDING, "attempts": 0,
-                 "toVersion": str(policy.target)}
-            if m and m.kubelet:
-                e["fromVersion"] = str(m.kubelet)
-                if m.kubelet >= policy.target:
-                    e["phase"] = SKIPPED
-                    e["message"] = f"already at {m.kubelet}"
-            entries[n.name] = e
-        _adopt(e, (delivered or {}).get(n.name), op, epoch)
-        _observe(e, m, op, policy, now, events, n.name)
+        _observe(entries[n.name], members.get(n.name), op, policy, now, events, n.name)
 
     ordered = [entries[n.name] for n in selected]
     status["nodes"] = list(ordered)
@@ -389,7 +393,11 @@ def plan(
     if op.spec.get("healthGates"):
         _condition(status, "HealthGates", True, "GatesPassed", "every health gate passes", gen, now)
 
-    _grant(ordered, hops, policy, members, epoch, now, events, status, canaries)
+    # Turns of another DirectUpdate that are not over yet (it was deleted or failed mid-turn while
+    # its nodes still work) hold their slots too: a turn ends only when its node says so.
+    elsewhere = {n: g for n, g in (delivered or {}).items()
+                 if g.uid != op.uid and not turn_over(members.get(n), g)}
+    _grant(ordered, hops, policy, members, epoch, now, events, status, canaries, elsewhere)
     in_flight = [e for e in ordered if e["phase"] in IN_FLIGHT]
     if not attention:
         status["phase"] = OP_RUNNING
@@ -400,11 +408,20 @@ def plan(
     return Plan(status, events)
 
 
+def turn_over(m: MemberView | None, g: Grant) -> bool:
+    """Whether the node has reported the end (Succeeded or Failed) of the turn `g` gave it."""
+    r = m.report if m is not None else None
+    return (r is not None and r.uid == g.uid and r.granted_at == g.granted_at
+            and r.phase in ("Succeeded", "Failed"))
+
+
 def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> None:
     """Record a delivered grant of this operation that the status does not (yet) know."""
     if g is None or g.uid != op.uid or e["phase"] in (SUCCEEDED, SKIPPED):
         return
-    if (e.get("grant") or {}).get("grantedAt") == g.granted_at:
+    # Only a grant newer than the one recorded: an old one still in its Lease (not cleared yet)
+    # must not undo a retry or a later hop. grantedAt values share one format, so they sort.
+    if g.granted_at <= str((e.get("grant") or {}).get("grantedAt") or ""):
         return
     e["grant"] = {**g.record(), "epoch": epoch}
     e["phase"] = GRANTED
@@ -418,6 +435,17 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
     if e["phase"] in (SUCCEEDED, SKIPPED, FAILED):
         return
     grant = e.get("grant")
+    if e["phase"] == PENDING and not grant and m is not None and m.kubelet is not None \
+            and m.kubelet >= policy.target:
+        # At the target without a turn on record: the record lagged behind this node's upgrade
+        # (or someone upgraded it by hand). Never grant an empty list of hops.
+        r = m.report
+        if r is not None and r.uid == op.uid and r.phase == "Succeeded":
+            e["phase"], e["message"] = SUCCEEDED, f"upgraded to {policy.target}"
+            e.setdefault("finishedAt", r.finished_at or _iso(now))
+        else:
+            e["phase"], e["message"] = SKIPPED, f"already at {m.kubelet}"
+        return
     if e["phase"] in IN_FLIGHT and grant:
         if m is None or not m.alive:
             if e["phase"] != LOST:
@@ -506,8 +534,10 @@ def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Polic
 
 def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
            members: Mapping[str, MemberView], epoch: int, now: datetime, events: list[PlanEvent],
-           status: dict[str, Any], canaries: set[str]) -> None:
+           status: dict[str, Any], canaries: set[str], elsewhere: Mapping[str, Grant]) -> None:
     def give(e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool) -> None:
+        if not versions:
+            return
         e["phase"] = GRANTED
         e["grant"] = {"epoch": epoch, "versions": [str(v) for v in versions], "firstControlPlane": first_cp,
                       "backup": backup, "grantedAt": _iso(now)}
@@ -521,7 +551,8 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
 
     def eligible(e: dict[str, Any]) -> bool:
         m = members.get(e["name"])
-        return e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
+        return (e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
+                and e["name"] not in elsewhere)
 
     # Every in-flight grant is re-stamped with this coordinator's epoch: agents ignore older ones.
     for e in ordered:
@@ -529,7 +560,7 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
             e["grant"]["epoch"] = epoch
 
     cps = [e for e in ordered if e["role"] == "ControlPlane"]
-    cp_busy = any(e["phase"] in IN_FLIGHT for e in cps)
+    cp_busy = any(e["phase"] in IN_FLIGHT for e in cps) or any(g.control_plane for g in elsewhere.values())
     cp_left = [e for e in cps if e["phase"] not in DONE]
     if cp_left:
         if cp_busy:
@@ -551,7 +582,7 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
 
     workers = [e for e in ordered if e["role"] == "Worker"]
     in_flight = [e for e in workers if e["phase"] in IN_FLIGHT]
-    slots = policy.concurrency - len(in_flight)
+    slots = policy.concurrency - len(in_flight) - sum(1 for g in elsewhere.values() if not g.control_plane)
     canary_entries = [e for e in workers if e["name"] in canaries]
     canaries_done = all(e["phase"] in DONE for e in canary_entries)
     candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]

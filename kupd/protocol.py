@@ -43,8 +43,10 @@ LABEL_LEASE_KIND = "kupd.io/lease"
 LEASE_KIND_GRANT = "grant"
 LEASE_KIND_MEMBER = "member"
 
-# Grant lease annotation: the Grant (JSON), or "" when the node holds no turn.
+# Grant lease annotations: the Grant (JSON), or "" when the node holds no turn; and the epoch of
+# the coordinator that wrote it (checked at admission against the coordinator Lease).
 ANN_GRANT = "kupd.io/grant"
+ANN_EPOCH = "kupd.io/epoch"
 
 # Node annotation: set when kupd cordoned the node, so it uncordons only what it cordoned.
 ANN_CORDONED_BY = "kupd.io/cordoned-by"

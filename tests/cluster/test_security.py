@@ -374,10 +374,10 @@ def test_control_plane_identity_coordinates_and_others_are_fenced(ids: Identitie
     ids.cp.kubectl("delete", "lease", "-n", NS, p.COORDINATOR_LEASE)
 
 
-def _grant_lease(node: str, holder: str | None = None) -> dict[str, Any]:
+def _grant_lease(node: str, holder: str | None = None, epoch: int = 0) -> dict[str, Any]:
     grant = p.Grant(operation="sec-grants", uid="u-1", epoch=0, versions=["v1.32.0"], granted_at="2026-11-27T00:00:00Z")
     return {"metadata": {"name": p.grant_lease_name(node), "namespace": NS,
-                         "annotations": {p.ANN_GRANT: grant.encode()}},
+                         "annotations": {p.ANN_GRANT: grant.encode(), p.ANN_EPOCH: str(epoch)}},
             "spec": {"holderIdentity": holder or node}}
 
 
@@ -406,6 +406,9 @@ def test_only_the_coordinator_writes_grant_leases_and_a_node_watches_only_its_ow
         e = _refused(lambda: ids.coord("cp-2").patch_namespaced_lease(p.grant_lease_name("w-1"), NS,
                                                                       {"metadata": {"annotations": {p.ANN_GRANT: ""}}}))
         assert "does not hold it" in str(e.body)
+        # A grant of another epoch than the coordinator Lease's (a deposed holder's late write).
+        e = _refused(lambda: ids.coord("cp-1").create_namespaced_lease(NS, _grant_lease("w-2", epoch=1)))
+        assert "current coordinator epoch" in str(e.body)
         # A grant Lease names its own node as holder.
         e = _refused(lambda: ids.coord("cp-1").create_namespaced_lease(NS, _grant_lease("w-2", holder="w-1")))
         assert "must be the node it is named after" in str(e.body)

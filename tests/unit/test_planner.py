@@ -325,3 +325,50 @@ def test_delivered_grants_of_another_operation_or_an_ended_turn_are_not_adopted(
     p3 = run(spec, nodes, members, done.status, delivered={"cp-1": _delivered(p2, "cp-1")})
     assert next(e for e in p3.status["nodes"] if e["name"] == "cp-1")["phase"] == "Succeeded"
     assert granted(p3) == ["w-1"]
+
+
+def test_a_turn_of_another_operation_not_yet_over_holds_its_slot() -> None:
+    # op "older" was deleted while w-1 was mid-turn; w-1's grant Lease still carries that turn.
+    nodes, members = cluster(0, 3, version="v1.31.2")
+    spec = {"version": "v1.31.3", "concurrency": 2, "backup": NO_BACKUP}
+    other = {"w-1": Grant("older", "uid-0", 1, ["v1.31.3"], "2026-11-27T11:00:00Z")}
+    p = run(spec, nodes, members, delivered=other)
+    assert granted(p) == ["w-2"], "one of two slots is w-1's, and w-1 is not granted twice"
+    members["w-1"] = MemberView("w-1", True, Version.parse("v1.31.3"),
+                                Report("older", "uid-0", 1, ["v1.31.3"], "Succeeded", "uncordon",
+                                       granted_at="2026-11-27T11:00:00Z"))
+    p = run(spec, nodes, members, p.status, delivered=other)
+    assert granted(p) == ["w-2", "w-3"]
+    assert next(e for e in p.status["nodes"] if e["name"] == "w-1")["phase"] == "Skipped"
+
+
+def test_a_pending_node_already_at_the_target_is_never_granted_an_empty_turn() -> None:
+    # The record lags: w-1's entry says Pending, but its member reports this operation done.
+    nodes, members = cluster(0, 2)
+    spec = {"version": "v1.31.3", "concurrency": 1, "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    assert granted(p) == ["w-1"]
+    pending = {**p.status, "nodes": [{**e, "phase": "Pending"} for e in p.status["nodes"]]}
+    for e in pending["nodes"]:
+        e.pop("grant", None)
+    members["w-1"] = MemberView("w-1", True, Version.parse("v1.31.3"),
+                                Report("op", UID, 3, ["v1.31.3"], "Succeeded", "uncordon"))
+    p2 = run(spec, nodes, members, pending)
+    assert next(e for e in p2.status["nodes"] if e["name"] == "w-1")["phase"] == "Succeeded"
+    assert granted(p2) == ["w-2"]
+
+
+def test_a_retry_is_not_undone_by_the_failed_grant_still_in_its_lease() -> None:
+    nodes, members = cluster(0, 1)
+    spec = {"version": "v1.31.3", "concurrency": 1, "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    g = p.status["nodes"][0]["grant"]
+    members["w-1"] = MemberView("w-1", True, Version.parse("v1.31.2"),
+                                Report("op", UID, 3, g["versions"], "Failed", "drain", granted_at=g["grantedAt"]))
+    failed = run(spec, nodes, members, p.status)
+    assert failed.status["nodes"][0]["phase"] == "Failed"
+    later = NOW + timedelta(minutes=5)
+    retried = run(spec, nodes, members, failed.status, now=later, annotations={"kupd.io/retry-nodes": "w-1"},
+                  delivered={"w-1": _delivered(p, "w-1")})
+    assert retried.status["nodes"][0]["phase"] == "Granted"
+    assert retried.status["nodes"][0]["grant"]["grantedAt"] == "2026-11-27T12:05:00Z"
