@@ -178,6 +178,14 @@ class Coordinator:
         self._unwritten: set[str] = set()
         self._written_at = 0.0
         self._write_cost = 0.0
+        # The status write runs on its own thread: at 1000 nodes the API server needs ~0.5 s to
+        # store it, and grants must not wait for that. Only the latest planned status is written.
+        self._write_lock = threading.Lock()
+        self._write_wake = threading.Event()
+        self._to_write: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._writing = False
+        # Decoded member Leases by resourceVersion: a round re-reads N Leases, most unchanged.
+        self._decoded: dict[str, tuple[str, datetime | None, int, Version | None, p.Report | None]] = {}
         self.ops = kube.Informer("directupdates", api, kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES),
                                  self._dirty.set)
         # A renewal that changes nothing but renewTime needs no round: expiry is found by the
@@ -210,6 +218,7 @@ class Coordinator:
             inf.start()
         threading.Thread(target=self._loop, name="coordinator", daemon=True).start()
         threading.Thread(target=self._event_loop, name="coordinator-events", daemon=True).start()
+        threading.Thread(target=self._write_loop, name="coordinator-status", daemon=True).start()
 
     def _event_loop(self) -> None:
         while not self._stop.is_set():
@@ -222,6 +231,7 @@ class Coordinator:
     def stop(self) -> None:
         self._stop.set()
         self._dirty.set()
+        self._write_wake.set()
         for inf in (self.ops, self.leases, self.nodes, *self.schedules):
             inf.stop()
 
@@ -270,14 +280,19 @@ class Coordinator:
             if not name.startswith(p.MEMBER_LEASE_PREFIX):
                 continue
             node = name[len(p.MEMBER_LEASE_PREFIX):]
-            spec = lease.get("spec") or {}
-            renew = planner.parse_time(spec.get("renewTime"))
-            duration = int(spec.get("leaseDurationSeconds") or self.member_duration)
+            rv = str(lease["metadata"].get("resourceVersion", ""))
+            cached = self._decoded.get(name)
+            if cached is None or cached[0] != rv or not rv:
+                spec = lease.get("spec") or {}
+                anns = lease["metadata"].get("annotations") or {}
+                kubelet = anns.get(p.ANN_KUBELET)
+                cached = (rv, planner.parse_time(spec.get("renewTime")),
+                          int(spec.get("leaseDurationSeconds") or self.member_duration),
+                          Version.parse(kubelet) if kubelet else None, p.Report.decode(anns.get(p.ANN_REPORT)))
+                self._decoded[name] = cached
+            _, renew, duration, kubelet_version, report = cached
             alive = renew is not None and (now - renew).total_seconds() < duration
-            anns = lease["metadata"].get("annotations") or {}
-            kubelet = anns.get(p.ANN_KUBELET)
-            members[node] = planner.MemberView(
-                node, alive, Version.parse(kubelet) if kubelet else None, p.Report.decode(anns.get(p.ANN_REPORT)))
+            members[node] = planner.MemberView(node, alive, kubelet_version, report)
         return nodes, members
 
     def _resolve(self, hops_needed: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
@@ -343,9 +358,40 @@ class Coordinator:
             self._deliver(obj, self._planned.get(uid) or status)
             if uid in self._unwritten and time.monotonic() - self._written_at >= max(STATUS_INTERVAL,
                                                                                     2 * self._write_cost):
-                self._write(obj, self._planned[uid], [])
-                self._unwritten.discard(uid)
-                self._planned.pop(uid, None)
+                with self._write_lock:
+                    if not self._writing:
+                        self._to_write = (obj, self._planned[uid])
+                        self._write_wake.set()
+
+    def _write_loop(self) -> None:
+        """Store the planned status handed over by the reconcile loop, one write at a time."""
+        while not self._stop.is_set():
+            self._write_wake.wait(1.0)
+            with self._write_lock:
+                self._write_wake.clear()
+                job, self._to_write = self._to_write, None
+                self._writing = job is not None
+            if job is None:
+                continue
+            obj, status = job
+            uid = obj["metadata"]["uid"]
+            try:
+                self._write(obj, status, [])
+                with self._write_lock:
+                    # A newer plan made meanwhile stays to be written next.
+                    if self._planned.get(uid) is status:
+                        self._planned.pop(uid, None)
+                        self._unwritten.discard(uid)
+            except KupdError as e:
+                log.warning("writing the status of %s: %s", obj["metadata"]["name"], e)
+                self._written_at = time.monotonic()  # try again after the usual interval
+            except Exception:
+                log.exception("writing the status of %s", obj["metadata"]["name"])
+                self._written_at = time.monotonic()
+            finally:
+                with self._write_lock:
+                    self._writing = False
+            self._dirty.set()
 
     # -- grant Leases ------------------------------------------------------------------------
     def _grant_leases(self) -> dict[str, str]:
