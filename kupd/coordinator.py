@@ -44,15 +44,31 @@ NODE_ONLY_EVENTS = frozenset({"StepStarted"})
 
 
 
+def _report_key(anns: dict[str, Any]) -> tuple[Any, ...]:
+    r = p.Report.decode(anns.get(p.ANN_REPORT))
+    return (r.uid, r.granted_at, r.phase, r.reason, tuple(r.versions)) if r else ()
+
+
 def _lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a Lease's change needs a round now. A renewal that moves only renewTime does not:
+    expiry is found by the 1 s tick. Nor does a report that moves only to the next step: the
+    record of steps is coalesced anyway, and the tick picks it up. What frees or holds a slot
+    (a turn's start, its end, a drain blocked) and changed facts do."""
     if (new.get("metadata") or {}).get("name", "").startswith(p.GRANT_LEASE_PREFIX):
         return False  # grant Leases are this coordinator's own writes
     if old is None:
         return True
     o, n = old.get("spec") or {}, new.get("spec") or {}
-    return ((old.get("metadata") or {}).get("annotations") != (new.get("metadata") or {}).get("annotations")
-            or o.get("holderIdentity") != n.get("holderIdentity")
-            or o.get("leaseDurationSeconds") != n.get("leaseDurationSeconds"))
+    if o.get("holderIdentity") != n.get("holderIdentity") or o.get("leaseDurationSeconds") != n.get(
+            "leaseDurationSeconds"):
+        return True
+    oa = dict((old.get("metadata") or {}).get("annotations") or {})
+    na = dict((new.get("metadata") or {}).get("annotations") or {})
+    if oa.get(p.ANN_REPORT) != na.get(p.ANN_REPORT) and _report_key(oa) != _report_key(na):
+        return True
+    oa.pop(p.ANN_REPORT, None)
+    na.pop(p.ANN_REPORT, None)
+    return oa != na
 
 
 class Elector:
@@ -186,6 +202,7 @@ class Coordinator:
         self._writing = False
         # Decoded member Leases by resourceVersion: a round re-reads N Leases, most unchanged.
         self._decoded: dict[str, tuple[str, datetime | None, int, Version | None, p.Report | None]] = {}
+        self._grant_memo: dict[str, p.Grant | None] = {}
         self.ops = kube.Informer("directupdates", api, kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES),
                                  self._dirty.set)
         # A renewal that changes nothing but renewTime needs no round: expiry is found by the
@@ -404,10 +421,17 @@ class Coordinator:
                     p.ANN_GRANT, "")
         return out
 
+    def _decode_grant(self, value: str) -> p.Grant | None:
+        if value not in self._grant_memo:
+            if len(self._grant_memo) > 10000:
+                self._grant_memo.clear()
+            self._grant_memo[value] = p.Grant.decode(value)
+        return self._grant_memo[value]
+
     def _delivered(self) -> dict[str, p.Grant]:
         out = {}
         for node, value in self._grant_leases().items():
-            g = p.Grant.decode(value)
+            g = self._decode_grant(value) if value else None
             if g is not None:
                 out[node] = g
         return out
@@ -424,9 +448,9 @@ class Coordinator:
                             versions=list(g["versions"]), granted_at=str(g["grantedAt"]),
                             first_control_plane=bool(g.get("firstControlPlane")), backup=bool(g.get("backup")),
                             control_plane=e.get("role") == "ControlPlane", spec=dict(obj.get("spec") or {}))
-            value = grant.encode()
-            if current.get(e["name"]) != value:
-                self._write_grant(e["name"], value)
+            have = current.get(e["name"])
+            if not have or self._decode_grant(have) != grant:
+                self._write_grant(e["name"], grant.encode())
 
     def _clear_grants(self, active_uid: str | None, ops: list[dict[str, Any]],
                       members: dict[str, planner.MemberView]) -> None:
@@ -440,7 +464,7 @@ class Coordinator:
         for node, value in self._grant_leases().items():
             if not value:
                 continue
-            g = p.Grant.decode(value)
+            g = self._decode_grant(value)
             if g is not None and g.uid == active_uid and g.uid in by_uid:
                 keep = (node in _in_flight(by_uid[g.uid].get("status") or {})
                         or node in _in_flight(self._planned.get(g.uid) or {}))

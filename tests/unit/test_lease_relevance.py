@@ -1,0 +1,36 @@
+"""Which Lease changes wake a coordinator round at once (the rest wait for the 1 s tick)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kupd import protocol as p
+from kupd.coordinator import _lease_changed
+
+
+def lease(name: str = "kupd-node-w-1", renew: str = "t1", report: p.Report | None = None,
+          **anns: str) -> dict[str, Any]:
+    a = {p.ANN_KUBELET: "v1.31.2", p.ANN_REPORT: report.encode() if report else "", **anns}
+    return {"metadata": {"name": name, "annotations": a},
+            "spec": {"holderIdentity": "w-1", "leaseDurationSeconds": 60, "renewTime": renew}}
+
+
+def report(phase: str = "Upgrading", step: str = "drain", reason: str = "") -> p.Report:
+    return p.Report("op", "uid", 1, ["v1.32.0"], phase, step, granted_at="g1", reason=reason)
+
+
+def test_renewals_and_step_progress_wait_for_the_tick() -> None:
+    assert not _lease_changed(lease(), lease(renew="t2"))
+    assert not _lease_changed(lease(report=report(step="drain")), lease(report=report(step="kubelet-package")))
+
+
+def test_what_frees_or_holds_a_slot_and_changed_facts_wake_a_round() -> None:
+    assert _lease_changed(None, lease())
+    assert _lease_changed(lease(report=report()), lease(report=report("Succeeded", "uncordon")))
+    assert _lease_changed(lease(report=report()), lease(report=report(reason="DrainBlocked")))
+    assert _lease_changed(lease(), lease(report=report()))
+    assert _lease_changed(lease(), lease(**{p.ANN_KUBELET: "v1.32.0"}))
+
+
+def test_grant_leases_never_wake_a_round() -> None:
+    assert not _lease_changed(lease("kupd-grant-w-1"), lease("kupd-grant-w-1", **{p.ANN_GRANT: "x"}))
