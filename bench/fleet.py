@@ -346,7 +346,7 @@ class Fleet:
         assert self.grant_informer is not None
         for lease in self.grant_informer.items():
             name = lease["metadata"]["name"][len(p.GRANT_LEASE_PREFIX):]
-            grant = p.Grant.decode((lease["metadata"].get("annotations") or {}).get(p.ANN_GRANT))
+            grant = p.Grant.decode(p.grant_value(lease))
             if grant is None or name not in self.agents:
                 continue
             if name not in self._granted_seen:
@@ -360,7 +360,7 @@ class Fleet:
         self.informer = kube.Informer("bench-directupdates", self.api, kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES),
                                       self._observe_status).start()
         self.grant_informer = kube.Informer(
-            "bench-grants", self.api, kube.path("coordination.k8s.io", "v1", "leases", namespace=self.namespace),
+            "bench-grants", self.api, kube.lease_path(self.namespace),
             self._offer_grants, labelSelector=f"{p.LABEL_LEASE_KIND}={p.LEASE_KIND_GRANT}").start()
 
     def stop(self) -> None:

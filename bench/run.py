@@ -179,7 +179,7 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
 
         def coordinating() -> bool:
             try:
-                lease = api.get(kube.path("coordination.k8s.io", "v1", "leases", p.COORDINATOR_LEASE, "kupd-system"))
+                lease = api.get(kube.lease_path("kupd-system", p.COORDINATOR_LEASE))
                 return bool((lease.get("spec") or {}).get("holderIdentity") == "cp-1")
             except kube.ApiError:
                 return False

@@ -34,14 +34,13 @@ from kupd.versions import Version
 
 log = logging.getLogger(__name__)
 
-
-def _in_flight(status: dict[str, Any]) -> set[str]:
-    return {e["name"] for e in status.get("nodes") or [] if e.get("phase") in planner.IN_FLIGHT and e.get("grant")}
-
 GATE_SECONDS = 5.0
 STATUS_INTERVAL = 1.0
 NODE_ONLY_EVENTS = frozenset({"StepStarted"})
 
+
+def _in_flight(status: dict[str, Any]) -> set[str]:
+    return {e["name"] for e in status.get("nodes") or [] if e.get("phase") in planner.IN_FLIGHT and e.get("grant")}
 
 
 def _report_key(anns: dict[str, Any]) -> tuple[Any, ...]:
@@ -81,7 +80,7 @@ class Elector:
         self._observed: tuple[str, str] | None = None
         self._observed_at = 0.0
         self._renewed_at = 0.0
-        self._path = kube.path("coordination.k8s.io", "v1", "leases", p.COORDINATOR_LEASE, namespace)
+        self._path = kube.lease_path(namespace, p.COORDINATOR_LEASE)
 
     @property
     def leading(self) -> bool:
@@ -103,7 +102,7 @@ class Elector:
                     "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration,
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
-                self.api.create(kube.path("coordination.k8s.io", "v1", "leases", namespace=self.namespace), body)
+                self.api.create(kube.lease_path(self.namespace), body)
             except kube.ApiError as e2:
                 if e2.status == 409:
                     return False
@@ -191,7 +190,6 @@ class Coordinator:
         self.grant_writes = 0
         # Statuses planned but not yet stored, by DirectUpdate uid; plans build on these.
         self._planned: dict[str, dict[str, Any]] = {}
-        self._unwritten: set[str] = set()
         self._written_at = 0.0
         self._write_cost = 0.0
         # The status write runs on its own thread: at 1000 nodes the API server needs ~0.5 s to
@@ -207,9 +205,8 @@ class Coordinator:
                                  self._dirty.set)
         # A renewal that changes nothing but renewTime needs no round: expiry is found by the
         # 1 s tick. Without this, every member's renewal (N every ~7 s) runs an O(N) round.
-        self.leases = kube.Informer("leases", api, kube.path("coordination.k8s.io", "v1", "leases",
-                                                             namespace=namespace),
-                                    self._dirty.set, relevant=_lease_changed)
+        self.leases = kube.Informer("leases", api, kube.lease_path(namespace), self._dirty.set,
+                                    relevant=_lease_changed)
         # Events are best effort and cost two POSTs each: send them off the reconcile path.
         self._events: queue.Queue[tuple[dict[str, Any], planner.PlanEvent]] = queue.Queue(maxsize=10000)
         self.nodes = kube.Informer("nodes", api, kube.path("", "v1", "nodes"), self._dirty.set)
@@ -288,9 +285,8 @@ class Coordinator:
         nodes = []
         for n in self.nodes.items():
             labels = n["metadata"].get("labels") or {}
-            conds = (n.get("status") or {}).get("conditions") or []
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
-            nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels, ready))
+            nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels,
+                                          kube.ready(n)))
         members: dict[str, planner.MemberView] = {}
         for lease in self.leases.items():
             name = lease["metadata"]["name"]
@@ -323,9 +319,11 @@ class Coordinator:
         ops = sorted(self.ops.items(), key=lambda o: (o["metadata"].get("creationTimestamp", ""),
                                                       o["metadata"]["name"]))
         active = [o for o in ops if (o.get("status") or {}).get("phase") not in planner.TERMINAL_OP]
+        # The grant Leases, read once a round and kept current with this round's own writes.
+        grants = self._grant_leases()
         if not active:
-            if any(self._grant_leases().values()):
-                self._clear_grants(None, ops, self._views(now)[1])
+            if any(grants.values()):
+                self._clear_grants(None, ops, self._views(now)[1], grants)
             return
         nodes, members = self._views(now)
         first = active[0]
@@ -334,12 +332,12 @@ class Coordinator:
             msg = f"queued behind {first['metadata']['name']}"
             if st.get("message") != msg or st.get("phase") != planner.OP_PENDING:
                 st.update(phase=planner.OP_PENDING, message=msg)
-                self._write(queued, st, [])
-        self._reconcile_one(first, nodes, members, now)
-        self._clear_grants(first["metadata"]["uid"], ops, members)
+                self._write(queued, st)
+        self._reconcile_one(first, nodes, members, now, grants)
+        self._clear_grants(first["metadata"]["uid"], ops, members, grants)
 
     def _reconcile_one(self, obj: dict[str, Any], nodes: list[planner.NodeView],
-                       members: dict[str, planner.MemberView], now: datetime) -> None:
+                       members: dict[str, planner.MemberView], now: datetime, grants: dict[str, str]) -> None:
         md = obj["metadata"]
         uid = md["uid"]
         planned = self._planned.get(uid)
@@ -347,7 +345,6 @@ class Coordinator:
             # Planned in an earlier term of this daemon: another coordinator may have written
             # since, so plan from what is stored.
             self._planned.pop(uid, None)
-            self._unwritten.discard(uid)
             planned = None
         status = planned or obj.get("status") or {}
         resolved: dict[tuple[int, int], str] = {}
@@ -364,16 +361,15 @@ class Coordinator:
         result = planner.plan(op, nodes, members, epoch=self.elector.epoch, coordinator=self.identity,
                               now=now, resolved_minors=resolved, validate_spec=self.validate_spec,
                               gate_failure=self._gates((obj.get("spec") or {}).get("healthGates")),
-                              delivered=self._delivered())
+                              delivered=self._delivered(grants))
         with logsetup.log_context(operation=md["name"]):
             if result.status != status:
                 self._planned[uid] = result.status
-                self._unwritten.add(uid)
                 self.on_plan(md["name"], result.status)
                 self._queue_events(obj, result.events)
             # Deliver before recording: a turn must not wait for the large status write.
-            self._deliver(obj, self._planned.get(uid) or status)
-            if uid in self._unwritten and time.monotonic() - self._written_at >= max(STATUS_INTERVAL,
+            self._deliver(obj, self._planned.get(uid) or status, grants)
+            if uid in self._planned and time.monotonic() - self._written_at >= max(STATUS_INTERVAL,
                                                                                     2 * self._write_cost):
                 with self._write_lock:
                     if not self._writing:
@@ -393,12 +389,11 @@ class Coordinator:
             obj, status = job
             uid = obj["metadata"]["uid"]
             try:
-                self._write(obj, status, [])
+                self._write(obj, status)
                 with self._write_lock:
                     # A newer plan made meanwhile stays to be written next.
                     if self._planned.get(uid) is status:
                         self._planned.pop(uid, None)
-                        self._unwritten.discard(uid)
             except KupdError as e:
                 log.warning("writing the status of %s: %s", obj["metadata"]["name"], e)
                 self._written_at = time.monotonic()  # try again after the usual interval
@@ -417,8 +412,7 @@ class Coordinator:
         for lease in self.leases.items():
             name = lease["metadata"]["name"]
             if name.startswith(p.GRANT_LEASE_PREFIX):
-                out[name[len(p.GRANT_LEASE_PREFIX):]] = (lease["metadata"].get("annotations") or {}).get(
-                    p.ANN_GRANT, "")
+                out[name[len(p.GRANT_LEASE_PREFIX):]] = p.grant_value(lease)
         return out
 
     def _decode_grant(self, value: str) -> p.Grant | None:
@@ -428,32 +422,27 @@ class Coordinator:
             self._grant_memo[value] = p.Grant.decode(value)
         return self._grant_memo[value]
 
-    def _delivered(self) -> dict[str, p.Grant]:
+    def _delivered(self, grants: dict[str, str]) -> dict[str, p.Grant]:
         out = {}
-        for node, value in self._grant_leases().items():
+        for node, value in grants.items():
             g = self._decode_grant(value) if value else None
             if g is not None:
                 out[node] = g
         return out
 
-    def _deliver(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
+    def _deliver(self, obj: dict[str, Any], status: dict[str, Any], grants: dict[str, str]) -> None:
         """Write every in-flight grant of `status` that its node's grant Lease does not carry yet."""
         md = obj["metadata"]
-        current = self._grant_leases()
         for e in status.get("nodes") or []:
-            g = e.get("grant")
-            if e.get("phase") not in planner.IN_FLIGHT or not g:
+            if e.get("phase") not in planner.IN_FLIGHT or not e.get("grant"):
                 continue
-            grant = p.Grant(operation=md["name"], uid=md["uid"], epoch=int(g["epoch"]),
-                            versions=list(g["versions"]), granted_at=str(g["grantedAt"]),
-                            first_control_plane=bool(g.get("firstControlPlane")), backup=bool(g.get("backup")),
-                            control_plane=e.get("role") == "ControlPlane", spec=dict(obj.get("spec") or {}))
-            have = current.get(e["name"])
+            grant = p.Grant.from_record(md["name"], md["uid"], e, obj.get("spec") or {})
+            have = grants.get(e["name"])
             if not have or self._decode_grant(have) != grant:
-                self._write_grant(e["name"], grant.encode())
+                self._write_grant(e["name"], grant.encode(), grants)
 
     def _clear_grants(self, active_uid: str | None, ops: list[dict[str, Any]],
-                      members: dict[str, planner.MemberView]) -> None:
+                      members: dict[str, planner.MemberView], grants: dict[str, str]) -> None:
         """Clear the grant Leases of turns that are over.
 
         A turn of the operation being run is over once the stored status records it so (until
@@ -461,7 +450,7 @@ class Coordinator:
         failed or deleted while the node still worked) is over when its node reports so.
         """
         by_uid = {o["metadata"]["uid"]: o for o in ops}
-        for node, value in self._grant_leases().items():
+        for node, value in list(grants.items()):
             if not value:
                 continue
             g = self._decode_grant(value)
@@ -471,9 +460,9 @@ class Coordinator:
             else:
                 keep = g is not None and not planner.turn_over(members.get(node), g)
             if not keep:
-                self._write_grant(node, "")
+                self._write_grant(node, "", grants)
 
-    def _write_grant(self, node: str, value: str) -> None:
+    def _write_grant(self, node: str, value: str, grants: dict[str, str]) -> None:
         if not self.elector.leading:
             return
         name = p.grant_lease_name(node)
@@ -485,17 +474,11 @@ class Coordinator:
                                         p.LABEL_LEASE_KIND: p.LEASE_KIND_GRANT}},
                 "spec": {"holderIdentity": node}}
         what = f"{'clear' if not value else 'deliver'} grant of {node}"
-        leases = kube.path("coordination.k8s.io", "v1", "leases", namespace=self.namespace)
-        try:
-            new = self.api.patch(kube.path("coordination.k8s.io", "v1", "leases", name, self.namespace), body)
-        except kube.ApiError as e:
-            if e.status != 404:
-                raise kube.map_error(e, what) from e
-            new = kube.call(self.api.create, what, leases, body)
-        except Exception as e:
-            raise kube.map_error(e, what) from e
+        new = kube.patch_or_create(self.api, kube.lease_path(self.namespace, name), kube.lease_path(self.namespace),
+                                   body, what)
         self.grant_writes += 1
         self.leases.put(new)
+        grants[node] = value
         if value:
             log.info("delivered grant to %s", node)
 
@@ -513,7 +496,7 @@ class Coordinator:
         self._gate_cache = (key, now, result)
         return result
 
-    def _write(self, obj: dict[str, Any], status: dict[str, Any], events: list[planner.PlanEvent]) -> None:
+    def _write(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
         if not self.elector.leading:
             return
         body = copy.deepcopy(obj)
@@ -527,7 +510,6 @@ class Coordinator:
         self.writes += 1
         # Keep the cache current so the next round does not plan from the old status.
         self.ops.put(new)
-        self._queue_events(obj, events)
 
     def _queue_events(self, obj: dict[str, Any], events: list[planner.PlanEvent]) -> None:
         # Queue only what an Event names, not the whole object: at 1000 nodes each queued

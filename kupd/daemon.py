@@ -123,10 +123,9 @@ class Daemon:
         def offer() -> None:
             obj = grants.get(grant_key)
             if obj is not None:
-                agent.offer(p.Grant.decode((obj["metadata"].get("annotations") or {}).get(p.ANN_GRANT)))
+                agent.offer(p.Grant.decode(p.grant_value(obj)))
 
-        leases = kube.path("coordination.k8s.io", "v1", "leases", namespace=lease.namespace)
-        grants = kube.Informer("grant", api, leases, offer,
+        grants = kube.Informer("grant", api, kube.lease_path(lease.namespace), offer,
                                fieldSelector=f"metadata.name={p.grant_lease_name(self.node)}").start()
 
         eligible = s.coordinator_eligible == "any" or (s.coordinator_eligible == "control-plane" and control_plane)

@@ -26,8 +26,7 @@ def control_plane_pods(api: kube.Client) -> str | None:
     pods = kube.call(api.list, "list control-plane pods", kube.path("", "v1", "pods", namespace="kube-system"),
                      labelSelector="tier=control-plane")
     for pod in pods.get("items") or []:
-        conds = (pod.get("status") or {}).get("conditions")
-        if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds or []):
+        if not kube.ready(pod):
             return f"control-plane pod kube-system/{pod['metadata']['name']} is not Ready"
     return None
 

@@ -19,7 +19,7 @@ from kupd.errors import PermanentError, RetryableError
 from kupd.kubeapi import ApiError, Client, Watch, path
 
 __all__ = ["ApiError", "Client", "Conflict", "Forbidden", "Informer", "NotFound", "api_client", "call",
-           "is_api_down", "map_error", "path"]
+           "lease_path", "map_error", "patch_or_create", "path", "ready"]
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,31 @@ def call(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any:
         raise map_error(e, what) from e
 
 
-def is_api_down(e: BaseException) -> bool:
-    return isinstance(e, RetryableError) and not isinstance(e, Conflict)
+def ready(obj: dict[str, Any]) -> bool:
+    """Whether a Node's or Pod's status has condition Ready=True."""
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
-Handler = Callable[[str, dict[str, Any]], None]
+def lease_path(namespace: str, name: str | None = None) -> str:
+    """A Lease (or, without a name, the Leases) in `namespace`: kupd's member, grant and coordinator objects."""
+    return path("coordination.k8s.io", "v1", "leases", name, namespace)
+
+
+def patch_or_create(api: Client, item: str, collection: str, body: dict[str, Any], what: str,
+                    create_body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge-patch the object at `item`, creating it in `collection` (from `create_body`, by
+    default `body`) when it does not exist: one request for an object this process owns, no read."""
+    try:
+        new: dict[str, Any] = api.patch(item, body)
+        return new
+    except ApiError as e:
+        if e.status != 404:
+            raise map_error(e, what) from e
+    except Exception as e:
+        raise map_error(e, what) from e
+    created: dict[str, Any] = call(api.create, what, collection, create_body or body)
+    return created
 
 
 def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:

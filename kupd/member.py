@@ -62,16 +62,9 @@ class Member:
 
     def renew(self) -> None:
         body = self.body()
-        try:
-            self.api.patch(kube.path("coordination.k8s.io", "v1", "leases", self.name, self.namespace), body)
-        except kube.ApiError as e:
-            if e.status != 404:
-                raise kube.map_error(e, f"renew lease {self.name}") from e
-            body["spec"]["acquireTime"] = body["spec"]["renewTime"]
-            kube.call(self.api.create, f"create lease {self.name}",
-                      kube.path("coordination.k8s.io", "v1", "leases", namespace=self.namespace), body)
-        except Exception as e:
-            raise kube.map_error(e, f"renew lease {self.name}") from e
+        create = {**body, "spec": {**body["spec"], "acquireTime": body["spec"]["renewTime"]}}
+        kube.patch_or_create(self.api, kube.lease_path(self.namespace, self.name), kube.lease_path(self.namespace),
+                             body, f"renew lease {self.name}", create_body=create)
         self.writes += 1
         self.last_ok = datetime.now(UTC)
 

@@ -109,12 +109,7 @@ class NodeOps:
         pdbs = kube.call(self.api.list, "list pdbs",
                          kube.path("policy", "v1", "poddisruptionbudgets", namespace=md["namespace"]))
         for pdb in pdbs.get("items") or []:
-            sel = (pdb.get("spec") or {}).get("selector")
-            sel_d = {"matchLabels": sel.get("matchLabels") or {},
-                     "matchExpressions": [{"key": e.get("key"), "operator": e.get("operator"),
-                                           "values": e.get("values")}
-                                          for e in sel.get("matchExpressions") or []]} if sel else {}
-            if selector_matches(sel_d, md.get("labels") or {}):
+            if selector_matches((pdb.get("spec") or {}).get("selector"), md.get("labels") or {}):
                 return f"{pdb['metadata']['namespace']}/{pdb['metadata']['name']}"
         return "unknown"
 
@@ -186,11 +181,10 @@ class NodeOps:
         api_down = False
         while True:
             try:
-                status = self.read_node().get("status") or {}
+                node = self.read_node()
                 api_down = False
-                kv = (status.get("nodeInfo") or {}).get("kubeletVersion") or ""
-                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                            for c in status.get("conditions") or [])
+                kv = ((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion") or ""
+                ready = kube.ready(node)
                 if ready and kv == version:
                     return
                 last = f"Ready={ready} kubeletVersion={kv or '?'}"

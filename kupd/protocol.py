@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 GROUP = "kupd.io"
 VERSION = "v1alpha1"
@@ -106,20 +108,23 @@ class Grant:
     spec: dict[str, Any] = field(default_factory=dict)
 
     def encode(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return _encode(self)
 
     @classmethod
     def decode(cls, text: str | None) -> Grant | None:
-        if not text:
-            return None
-        try:
-            data = json.loads(text)
-            g = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except (ValueError, TypeError):
-            return None
-        if not (g.operation and g.uid and g.versions and g.granted_at):
+        g = _decode(cls, text)
+        if g is None or not (g.operation and g.uid and g.versions and g.granted_at):
             return None
         return g
+
+    @classmethod
+    def from_record(cls, operation: str, uid: str, entry: dict[str, Any], spec: dict[str, Any]) -> Grant:
+        """The grant of a `status.nodes[]` entry, as its node's grant Lease carries it."""
+        g = entry["grant"]
+        return cls(operation=operation, uid=uid, epoch=int(g["epoch"]), versions=list(g["versions"]),
+                   granted_at=str(g["grantedAt"]), first_control_plane=bool(g.get("firstControlPlane")),
+                   backup=bool(g.get("backup")), control_plane=entry.get("role") == "ControlPlane",
+                   spec=dict(spec))
 
     def record(self) -> dict[str, Any]:
         """The grant as `status.nodes[].grant` records it."""
@@ -147,14 +152,29 @@ class Report:
     granted_at: str = ""  # which grant this reports on: a retry is a new grant for the same work
 
     def encode(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return _encode(self)
 
     @classmethod
     def decode(cls, text: str | None) -> Report | None:
-        if not text:
-            return None
-        try:
-            data = json.loads(text)
-            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except (ValueError, TypeError):
-            return None
+        return _decode(cls, text)
+
+
+def grant_value(lease: dict[str, Any]) -> str:
+    """The grant annotation of a grant Lease ("" when the node holds no turn)."""
+    return str(((lease.get("metadata") or {}).get("annotations") or {}).get(ANN_GRANT) or "")
+
+
+def _encode(obj: Any) -> str:
+    return json.dumps(asdict(obj), sort_keys=True, separators=(",", ":"))
+
+
+def _decode(cls: type[T], text: str | None) -> T | None:
+    """A dataclass from its JSON, ignoring unknown keys (a newer kupd may add some); None when absent
+    or malformed."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})  # type: ignore[attr-defined]
+    except (ValueError, TypeError):
+        return None

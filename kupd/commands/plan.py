@@ -61,7 +61,7 @@ def _cluster_from_api(kubeconfig: str) -> tuple[list[planner.NodeView], dict[str
         nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels))
     members = {}
     leases = kube.call(api.list, "list member leases",
-                       kube.path("coordination.k8s.io", "v1", "leases", namespace="kupd-system"))
+                       kube.lease_path("kupd-system"))
     for lease in leases.get("items") or []:
         name = lease["metadata"]["name"]
         if name.startswith(p.MEMBER_LEASE_PREFIX):

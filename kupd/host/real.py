@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kupd import validate
+from kupd import kube, validate
 from kupd.errors import CommandError, PermanentError, RetryableError
 from kupd.fsutil import atomic_write
 from kupd.host import packages, parsers, runner, sources
@@ -55,8 +55,6 @@ class KubeClusterView:
         self.kubeconfig = validate.safe_path(kubeconfig, "kubeconfig")
 
     def _get(self, path: str, what: str) -> dict[str, Any]:
-        from kupd import kube
-
         # A client per call: the kubelet's client certificate rotates, and the file names the current one.
         api = kube.api_client(self.kubeconfig)
         try:
@@ -71,12 +69,9 @@ class KubeClusterView:
         return Version.parse(str(info.get("gitVersion", "")).split("+")[0].split("-")[0])
 
     def node_status(self, name: str) -> NodeStatus:
-        from kupd import kube
-
         node = self._get(kube.path("", "v1", "nodes", name), f"Node {name}")
-        status = node.get("status") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-        return NodeStatus(ready, str((status.get("nodeInfo") or {}).get("kubeletVersion", "")))
+        info = (node.get("status") or {}).get("nodeInfo") or {}
+        return NodeStatus(kube.ready(node), str(info.get("kubeletVersion", "")))
 
 
 @dataclass(frozen=True)

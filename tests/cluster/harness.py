@@ -85,7 +85,7 @@ class Monitor:
         api = api_for(self.cp)
         for resource, handler in ((kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES), self._on_du),
                                   (kube.path("", "v1", "nodes"), self._on_node),
-                                  (kube.path("coordination.k8s.io", "v1", "leases", namespace=NAMESPACE),
+                                  (kube.lease_path(NAMESPACE),
                                    self._on_lease)):
             threading.Thread(target=self._loop, args=(api, resource, handler), daemon=True).start()
         return self

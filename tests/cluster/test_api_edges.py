@@ -72,7 +72,7 @@ def test_plan_reads_nodes_and_member_leases(api: kube.Client, crds: ControlPlane
     make_node(api, "cp-1", {p.LABEL_CONTROL_PLANE: ""})
     make_node(api, "w-1", {})
     make_node(api, "w-2", {})
-    leases = kube.path("coordination.k8s.io", "v1", "leases", namespace="kupd-system")
+    leases = kube.lease_path("kupd-system")
     for node, kubelet in (("cp-1", "v1.31.2"), ("w-1", "v1.30.4"), ("w-2", "v1.30.4")):
         api.create(leases, {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {
             "name": p.member_lease_name(node), "annotations": {p.ANN_KUBELET: kubelet}}})
