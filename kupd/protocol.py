@@ -175,6 +175,11 @@ def _decode(cls: type[T], text: str | None) -> T | None:
         return None
     try:
         data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None  # a member Lease is written by its node: `[]` must not stop the coordinator
+    try:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})  # type: ignore[attr-defined]
-    except (ValueError, TypeError):
+    except TypeError:
         return None

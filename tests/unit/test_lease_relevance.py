@@ -34,3 +34,9 @@ def test_what_frees_or_holds_a_slot_and_changed_facts_wake_a_round() -> None:
 
 def test_grant_leases_never_wake_a_round() -> None:
     assert not _lease_changed(lease("kupd-grant-w-1"), lease("kupd-grant-w-1", **{p.ANN_GRANT: "x"}))
+
+
+def test_a_report_or_grant_that_is_json_but_not_an_object_reads_as_none() -> None:
+    for text in ("[]", "1", '"x"', "null"):
+        assert p.Report.decode(text) is None
+        assert p.Grant.decode(text) is None
