@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kupd import logsetup
@@ -23,14 +22,11 @@ from kupd.checkpoint import Checkpoint, CheckpointStore, StepRecord
 from kupd.errors import CommandError, KupdError, RetryableError
 from kupd.host.base import Host
 from kupd.nodeops import DrainPolicy, NodeOps
+from kupd.rfc3339 import now as utcnow
 
 log = logging.getLogger(__name__)
 
 BackupFn = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-def utcnow() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

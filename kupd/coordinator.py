@@ -26,10 +26,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kupd import kube, logsetup, planner
+from kupd import k8s, logsetup, planner, rfc3339
 from kupd import protocol as p
 from kupd.errors import KupdError
-from kupd.member import micro_time
+from kupd.rfc3339 import format_micro, parse_or_none
 from kupd.versions import Version
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
 
 
 class Elector:
-    def __init__(self, api: kube.Client, namespace: str, identity: str, duration: int) -> None:
+    def __init__(self, api: k8s.Client, namespace: str, identity: str, duration: int) -> None:
         self.api = api
         self.namespace = namespace
         self.identity = identity
@@ -80,7 +80,7 @@ class Elector:
         self._observed: tuple[str, str] | None = None
         self._observed_at = 0.0
         self._renewed_at = 0.0
-        self._path = kube.lease_path(namespace, p.COORDINATOR_LEASE)
+        self._path = k8s.lease_path(namespace, p.COORDINATOR_LEASE)
 
     @property
     def leading(self) -> bool:
@@ -88,30 +88,30 @@ class Elector:
 
     def try_acquire_or_renew(self) -> bool:
         """One election round; returns whether this daemon is the coordinator afterwards."""
-        now = micro_time()
+        now = format_micro()
         # Leadership counts from before the request: the holder must give up no later than a
         # successor (who measures from the renewTime it saw) may take over.
         started = time.monotonic()
         try:
             lease = self.api.get(self._path)
-        except kube.ApiError as e:
+        except k8s.ApiError as e:
             if e.status != 404:
-                raise kube.map_error(e, "read coordinator lease") from e
+                raise k8s.map_error(e, "read coordinator lease") from e
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": p.COORDINATOR_LEASE, "namespace": self.namespace},
                     "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration,
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
-                self.api.create(kube.lease_path(self.namespace), body)
-            except kube.ApiError as e2:
+                self.api.create(k8s.lease_path(self.namespace), body)
+            except k8s.ApiError as e2:
                 if e2.status == 409:
                     return False
-                raise kube.map_error(e2, "create coordinator lease") from e2
-            except Exception as e2:
-                raise kube.map_error(e2, "create coordinator lease") from e2
+                raise k8s.map_error(e2, "create coordinator lease") from e2
+            except k8s.TRANSPORT_ERRORS as e2:
+                raise k8s.map_error(e2, "create coordinator lease") from e2
             return self._won(0, started)
-        except Exception as e:
-            raise kube.map_error(e, "read coordinator lease") from e
+        except k8s.TRANSPORT_ERRORS as e:
+            raise k8s.map_error(e, "read coordinator lease") from e
 
         spec = lease.setdefault("spec", {})
         holder, renew = str(spec.get("holderIdentity") or ""), str(spec.get("renewTime") or "")
@@ -140,13 +140,13 @@ class Elector:
         try:
             self.api.replace(self._path, lease)
             return True
-        except kube.ApiError as e:
+        except k8s.ApiError as e:
             if e.status == 409:
                 self.epoch = -1
                 return False
-            raise kube.map_error(e, "update coordinator lease") from e
-        except Exception as e:
-            raise kube.map_error(e, "update coordinator lease") from e
+            raise k8s.map_error(e, "update coordinator lease") from e
+        except k8s.TRANSPORT_ERRORS as e:
+            raise k8s.map_error(e, "update coordinator lease") from e
 
     def _won(self, epoch: int, started: float) -> bool:
         self.epoch = epoch
@@ -170,7 +170,7 @@ class Elector:
 class Coordinator:
     """Runs while this daemon holds the coordinator lease."""
 
-    def __init__(self, api: kube.Client, namespace: str, identity: str, member_duration: int,
+    def __init__(self, api: k8s.Client, namespace: str, identity: str, member_duration: int,
                  elector: Elector, newest_patch: Callable[[str], str],
                  validate_spec: Callable[[dict[str, Any]], Any] | None = None,
                  on_plan: Callable[[str, dict[str, Any]], None] | None = None) -> None:
@@ -201,22 +201,22 @@ class Coordinator:
         # Decoded member Leases by resourceVersion: a round re-reads N Leases, most unchanged.
         self._decoded: dict[str, tuple[str, datetime | None, int, Version | None, p.Report | None]] = {}
         self._grant_memo: dict[str, p.Grant | None] = {}
-        self.ops = kube.Informer("directupdates", api, kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES),
+        self.ops = k8s.Informer("directupdates", api, k8s.kupd_path(k8s.DIRECTUPDATES),
                                  self._dirty.set)
         # A renewal that changes nothing but renewTime needs no round: expiry is found by the
         # 1 s tick. Without this, every member's renewal (N every ~7 s) runs an O(N) round.
-        self.leases = kube.Informer("leases", api, kube.lease_path(namespace), self._dirty.set,
+        self.leases = k8s.Informer("leases", api, k8s.lease_path(namespace), self._dirty.set,
                                     relevant=_lease_changed)
         # Events are best effort and cost two POSTs each: send them off the reconcile path.
         self._events: queue.Queue[tuple[dict[str, Any], planner.PlanEvent]] = queue.Queue(maxsize=10000)
-        self.nodes = kube.Informer("nodes", api, kube.path("", "v1", "nodes"), self._dirty.set)
+        self.nodes = k8s.Informer("nodes", api, k8s.node_path(), self._dirty.set)
         # Schedules: their own informers only wake the scheduler, which lists what it needs.
         self._sched_dirty = threading.Event()
         self._sched_dirty.set()
         self._sched_due: datetime | None = None
         self.schedules = [
-            kube.Informer(plural, api, kube.path(p.GROUP, p.VERSION, plural), self._wake_scheduler)
-            for plural in (p.SCHEDULEDUPDATES, p.UPDATESCHEDULES)
+            k8s.Informer(plural, api, k8s.kupd_path(plural), self._wake_scheduler)
+            for plural in (k8s.SCHEDULEDUPDATES, k8s.UPDATESCHEDULES)
         ]
         from kupd.clock import SystemClock
         from kupd.scheduler import Scheduler
@@ -286,7 +286,7 @@ class Coordinator:
         for n in self.nodes.items():
             labels = n["metadata"].get("labels") or {}
             nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels,
-                                          kube.ready(n)))
+                                          k8s.ready(n)))
         members: dict[str, planner.MemberView] = {}
         for lease in self.leases.items():
             name = lease["metadata"]["name"]
@@ -299,7 +299,7 @@ class Coordinator:
                 spec = lease.get("spec") or {}
                 anns = lease["metadata"].get("annotations") or {}
                 kubelet = anns.get(p.ANN_KUBELET)
-                cached = (rv, planner.parse_time(spec.get("renewTime")),
+                cached = (rv, parse_or_none(spec.get("renewTime")),
                           int(spec.get("leaseDurationSeconds") or self.member_duration),
                           Version.parse(kubelet) if kubelet else None, p.Report.decode(anns.get(p.ANN_REPORT)))
                 self._decoded[name] = cached
@@ -474,7 +474,7 @@ class Coordinator:
                                         p.LABEL_LEASE_KIND: p.LEASE_KIND_GRANT}},
                 "spec": {"holderIdentity": node}}
         what = f"{'clear' if not value else 'deliver'} grant of {node}"
-        new = kube.patch_or_create(self.api, kube.lease_path(self.namespace, name), kube.lease_path(self.namespace),
+        new = k8s.patch_or_create(self.api, k8s.lease_path(self.namespace, name), k8s.lease_path(self.namespace),
                                    body, what)
         self.grant_writes += 1
         self.leases.put(new)
@@ -502,8 +502,8 @@ class Coordinator:
         body = copy.deepcopy(obj)
         body["status"] = status
         t0 = time.monotonic()
-        new = kube.call(self.api.replace, f"write status of {obj['metadata']['name']}",
-                        kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES, obj["metadata"]["name"], subresource="status"),
+        new = k8s.call(self.api.replace, f"write status of {obj['metadata']['name']}",
+                        k8s.kupd_path(k8s.DIRECTUPDATES, obj["metadata"]["name"], subresource="status"),
                         body)
         self._written_at = time.monotonic()
         self._write_cost = self._written_at - t0
@@ -523,8 +523,8 @@ class Coordinator:
 
     def _event(self, obj: dict[str, Any], ev: planner.PlanEvent) -> None:
         md = obj["metadata"]
-        now = micro_time()
-        targets = [{"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "name": md["name"],
+        now = rfc3339.now()
+        targets = [{"apiVersion": k8s.API_VERSION, "kind": "DirectUpdate", "name": md["name"],
                     "uid": md["uid"]}]
         if ev.reason in NODE_ONLY_EVENTS and ev.node:
             targets = []  # per-step detail: on the Node only, it would drown the DirectUpdate's Events
@@ -536,10 +536,10 @@ class Coordinator:
                 "involvedObject": ref, "reason": ev.reason, "message": ev.message[:1000],
                 "type": "Warning" if ev.warning else "Normal",
                 "source": {"component": "kupd", "host": self.identity},
-                "firstTimestamp": now[:19] + "Z", "lastTimestamp": now[:19] + "Z", "count": 1,
+                "firstTimestamp": now, "lastTimestamp": now, "count": 1,
                 "reportingComponent": "kupd.io/coordinator", "reportingInstance": self.identity,
             }
             try:
-                self.api.create(kube.path("", "v1", "events", namespace="default"), body)
+                self.api.create(k8s.path("", "v1", "events", namespace="default"), body)
             except Exception as e:  # Events are best effort; status is the record
                 log.debug("event %s: %s", ev.reason, e)

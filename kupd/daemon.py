@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kupd import kube, logsetup, metrics
+from kupd import k8s, logsetup, metrics
 from kupd import protocol as p
 from kupd.agent import Agent
 from kupd.checkpoint import CheckpointStore
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def make_host(settings: Settings, node: str) -> Host:
     if settings.host == "simulated":
-        from kupd.host.simulated import SimulatedHost
+        from kupd.sim.simulated import SimulatedHost
 
         sim = settings.simulated
         state = sim.state_file or f"{settings.state_dir}/simulated-host.json"
@@ -40,7 +40,7 @@ def make_host(settings: Settings, node: str) -> Host:
     return RealHost.from_settings(settings, node)
 
 
-def make_backup_fn(api: kube.Client, settings: Settings, node: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def make_backup_fn(api: k8s.Client, settings: Settings, node: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The agent's backup step: snapshot the local etcd, verify, upload, and return status.backup."""
 
     def backup(spec_backup: dict[str, Any]) -> dict[str, Any]:
@@ -64,12 +64,12 @@ class Daemon:
         self._stop = threading.Event()
         self.coordinator: Coordinator | None = None
 
-    def _control_plane(self, api: kube.Client) -> bool:
+    def _control_plane(self, api: k8s.Client) -> bool:
         if self.settings.control_plane is not None:
             return self.settings.control_plane
         while not self._stop.is_set():
             try:
-                node = kube.call(api.get, "read own node", kube.path("", "v1", "nodes", self.node))
+                node = k8s.call(api.get, "read own node", k8s.node_path(self.node))
                 return p.LABEL_CONTROL_PLANE in (node["metadata"].get("labels") or {})
             except KupdError as e:
                 log.warning("cannot read Node %s yet (%s); retrying", self.node, e)
@@ -81,7 +81,7 @@ class Daemon:
         logsetup.set_defaults(node=self.node)
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        api = kube.api_client(s.kubeconfig)
+        api = k8s.api_client(s.kubeconfig)
         host = make_host(s, self.node)
         store = CheckpointStore(s.state_dir)
         nodeops = NodeOps(api, self.node)
@@ -101,8 +101,8 @@ class Daemon:
         agent = Agent(self.node, host, nodeops, store, backup_fn=make_backup_fn(api, s, self.node),
                       on_report=on_report)
         if s.host == "simulated":
-            from kupd.host.simkubelet import SimKubelet
-            from kupd.host.simulated import SimulatedHost
+            from kupd.sim.simkubelet import SimKubelet
+            from kupd.sim.simulated import SimulatedHost
 
             assert isinstance(host, SimulatedHost)
             SimKubelet(api, self.node, host, bool(s.control_plane), s.simulated.node_labels).start()
@@ -125,7 +125,7 @@ class Daemon:
             if obj is not None:
                 agent.offer(p.Grant.decode(p.grant_value(obj)))
 
-        grants = kube.Informer("grant", api, kube.lease_path(lease.namespace), offer,
+        grants = k8s.Informer("grant", api, k8s.lease_path(lease.namespace), offer,
                                fieldSelector=f"metadata.name={p.grant_lease_name(self.node)}").start()
 
         eligible = s.coordinator_eligible == "any" or (s.coordinator_eligible == "control-plane" and control_plane)
@@ -157,7 +157,7 @@ class Daemon:
         grants.stop()
         return 0
 
-    def _elect(self, api: kube.Client, elector: Elector, host: Host) -> None:
+    def _elect(self, api: k8s.Client, elector: Elector, host: Host) -> None:
         try:
             leading = elector.try_acquire_or_renew()
         except KupdError as e:

@@ -15,18 +15,18 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from kupd import kube
+from kupd import k8s
 from kupd.errors import KupdError
 
 log = logging.getLogger(__name__)
 
 
-def control_plane_pods(api: kube.Client) -> str | None:
+def control_plane_pods(api: k8s.Client) -> str | None:
     """None when every kube-system pod labelled tier=control-plane is Ready, else what is not."""
-    pods = kube.call(api.list, "list control-plane pods", kube.path("", "v1", "pods", namespace="kube-system"),
+    pods = k8s.call(api.list, "list control-plane pods", k8s.path("", "v1", "pods", namespace="kube-system"),
                      labelSelector="tier=control-plane")
     for pod in pods.get("items") or []:
-        if not kube.ready(pod):
+        if not k8s.ready(pod):
             return f"control-plane pod kube-system/{pod['metadata']['name']} is not Ready"
     return None
 
@@ -53,7 +53,7 @@ def prometheus(gate: Mapping[str, Any]) -> str | None:
     return None
 
 
-def evaluate(api: kube.Client, gates: Mapping[str, Any]) -> str | None:
+def evaluate(api: k8s.Client, gates: Mapping[str, Any]) -> str | None:
     """The first failing external gate, or None."""
     try:
         if gates.get("controlPlanePods", True):

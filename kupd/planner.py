@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kupd import windows
+from kupd import selectors, windows
+from kupd.conditions import Condition, set_condition
 from kupd.errors import ValidationError
-from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, Grant, Report
+from kupd.protocol import ANN_RETRY_NODES, ANN_WINDOW_END, ANN_WINDOW_START, STEP_BACKUP, Grant, Report
+from kupd.rfc3339 import format_time, parse_or_none, parse_time
 from kupd.versions import SkewError, Version, check_target
 
 # Node phases.
@@ -103,27 +105,6 @@ class Plan:
     events: list[PlanEvent]
 
 
-# -- label selectors ------------------------------------------------------------------------
-def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """metav1.LabelSelector semantics; an empty or missing selector matches everything."""
-    if not selector:
-        return True
-    for k, v in (selector.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
-
-
 # -- hops -----------------------------------------------------------------------------------
 def hop_minors(current: Version, target: Version) -> list[tuple[int, int]]:
     """Minors the upgrade passes through; the last is the target's. Same minor: one patch hop."""
@@ -144,28 +125,15 @@ def hops_for(current: Version, target: Version, resolved: Mapping[tuple[int, int
 
 
 # -- the planner ----------------------------------------------------------------------------
-def _iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: str | None) -> datetime | None:
-    if not s:
-        return None
-    return datetime.fromisoformat(s.replace("Z", "+00:00"))
-
-
 def _condition(status: dict[str, Any], ctype: str, value: bool, reason: str, message: str,
                generation: int, now: datetime) -> None:
     conds: list[dict[str, Any]] = status.setdefault("conditions", [])
-    want = "True" if value else "False"
-    for c in conds:
-        if c["type"] == ctype:
-            if c["status"] != want:
-                c["lastTransitionTime"] = _iso(now)
-            c.update(status=want, reason=reason, message=message[:1000], observedGeneration=generation)
-            return
-    conds.append({"type": ctype, "status": want, "reason": reason, "message": message[:1000],
-                  "observedGeneration": generation, "lastTransitionTime": _iso(now)})
+    set_condition(conds, Condition(ctype, "True" if value else "False", reason, message), now, generation)
+
+
+def _annotation_time(op: Operation, key: str) -> datetime | None:
+    value = op.annotations.get(key)
+    return parse_time(value, f"metadata.annotations[{key}]") if value else None
 
 
 def _fail(op: Operation, status: dict[str, Any], reason: str, message: str, now: datetime,
@@ -174,7 +142,7 @@ def _fail(op: Operation, status: dict[str, Any], reason: str, message: str, now:
         events.append(PlanEvent(reason, message, warning=True))
     status["phase"] = OP_FAILED
     status["message"] = message[:1000]
-    status.setdefault("finishedAt", _iso(now))
+    status.setdefault("finishedAt", format_time(now))
     _condition(status, "Progressing", False, reason, message, op.generation, now)
     return Plan(status, events)
 
@@ -221,12 +189,12 @@ def plan(
     _condition(status, "Valid", True, "SpecValid", "the spec passed the daemon's validation", gen, now)
 
     # Which nodes, in which order: control plane first, then canaries, then the rest, by name.
-    selected = sorted((n for n in nodes if selector_matches(policy.node_selector, n.labels)),
+    selected = sorted((n for n in nodes if selectors.matches(policy.node_selector, n.labels)),
                       key=lambda n: (not n.control_plane, n.name))
     workers = [n for n in selected if not n.control_plane]
     canaries: set[str] = set()
     if policy.canary_selector:
-        canaries = {n.name for n in workers if selector_matches(policy.canary_selector, n.labels)}
+        canaries = {n.name for n in workers if selectors.matches(policy.canary_selector, n.labels)}
     elif policy.canary_count:
         canaries = {n.name for n in workers[: policy.canary_count]}
     selected.sort(key=lambda n: (not n.control_plane, n.name not in canaries, n.name))
@@ -289,7 +257,7 @@ def plan(
                 # The same work again under a fresh grant. The node's slot was never given to anyone
                 # else (a failure stops all grants), so this stays within the limits.
                 e.update(phase=GRANTED, attempts=0, retryToken=retry, message="retry requested")
-                e["grant"].update(epoch=epoch, grantedAt=_iso(now))
+                e["grant"].update(epoch=epoch, grantedAt=format_time(now))
                 e.pop("finishedAt", None)
                 events.append(PlanEvent("RetryRequested", f"{name}: retry requested by {ANN_RETRY_NODES}", name))
 
@@ -340,7 +308,7 @@ def plan(
             events.append(PlanEvent("Succeeded", f"all {len(ordered)} nodes at {policy.target}"))
         status["phase"] = OP_SUCCEEDED
         status["message"] = f"all {len(ordered)} selected nodes are at {policy.target}"
-        status.setdefault("finishedAt", _iso(now))
+        status.setdefault("finishedAt", format_time(now))
         status["progress"] = f"{len(ordered)}/{len(ordered)}"
         _condition(status, "Progressing", False, "Completed", status["message"], gen, now)
         _condition(status, "RequiresAttention", False, "NoProblem", "", gen, now)
@@ -403,7 +371,7 @@ def plan(
         status["phase"] = OP_RUNNING
         status["message"] = (f"upgrading {', '.join(e['name'] for e in in_flight)}" if in_flight
                              else status.get("message", ""))
-    status.setdefault("startedAt", _iso(now))
+    status.setdefault("startedAt", format_time(now))
     _condition(status, "Progressing", True, "Upgrading", f"{done_count}/{len(ordered)} nodes done", gen, now)
     return Plan(status, events)
 
@@ -442,7 +410,7 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
         r = m.report
         if r is not None and r.uid == op.uid and r.phase == "Succeeded":
             e["phase"], e["message"] = SUCCEEDED, f"upgraded to {policy.target}"
-            e.setdefault("finishedAt", r.finished_at or _iso(now))
+            e.setdefault("finishedAt", r.finished_at or format_time(now))
         else:
             e["phase"], e["message"] = SKIPPED, f"already at {m.kubelet}"
         return
@@ -478,7 +446,7 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
             final = m.kubelet is not None and m.kubelet >= policy.target
             if final:
                 e["phase"] = SUCCEEDED
-                e["finishedAt"] = r.finished_at or _iso(now)
+                e["finishedAt"] = r.finished_at or format_time(now)
                 e["message"] = f"upgraded to {policy.target}"
                 events.append(PlanEvent("NodeUpgraded", f"{name} upgraded to {policy.target}", name))
             else:
@@ -488,7 +456,7 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
             e.pop("grant", None)
         elif r.phase == "Failed":
             e["phase"] = FAILED
-            e["finishedAt"] = r.finished_at or _iso(now)
+            e["finishedAt"] = r.finished_at or format_time(now)
             events.append(PlanEvent("NodeFailed", f"{name} failed at step {r.step}: {r.message}", name,
                                     warning=True))
 
@@ -511,7 +479,7 @@ def _health_gate(gates: Mapping[str, Any] | None, ordered: list[dict[str, Any]],
         return external
     bake = int(gates.get("bakeSeconds", 0))
     if bake:
-        last = max((f for e in finished if (f := parse_time(e.get("finishedAt")))), default=None)
+        last = max((f for e in finished if (f := parse_or_none(e.get("finishedAt")))), default=None)
         if last is not None and now < last + timedelta(seconds=bake):
             return f"baking {bake}s after {max(finished, key=lambda e: e.get('finishedAt', ''))['name']} finished"
     return None
@@ -519,13 +487,13 @@ def _health_gate(gates: Mapping[str, Any] | None, ordered: list[dict[str, Any]],
 
 def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Policy,
                      now: datetime) -> windows.WindowDecision | None:
-    start = parse_time(op.annotations.get("kupd.io/window-start"))
-    end = parse_time(op.annotations.get("kupd.io/window-end"))
+    start = _annotation_time(op, ANN_WINDOW_START)
+    end = _annotation_time(op, ANN_WINDOW_END)
     if start is None and end is None:
         return None
     measured = []
     for e in ordered:
-        s, f = parse_time(e.get("startedAt")), parse_time(e.get("finishedAt"))
+        s, f = parse_or_none(e.get("startedAt")), parse_or_none(e.get("finishedAt"))
         if e["phase"] == SUCCEEDED and s and f:
             measured.append((f - s).total_seconds())
     expected = windows.expected_node_seconds(measured, policy.default_node_seconds)
@@ -540,9 +508,9 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
             return
         e["phase"] = GRANTED
         e["grant"] = {"epoch": epoch, "versions": [str(v) for v in versions], "firstControlPlane": first_cp,
-                      "backup": backup, "grantedAt": _iso(now)}
+                      "backup": backup, "grantedAt": format_time(now)}
         e["message"] = f"granted {', '.join(str(v) for v in versions)}"
-        e.setdefault("startedAt", _iso(now))
+        e.setdefault("startedAt", format_time(now))
         events.append(PlanEvent("NodeGranted", f"{e['name']} may upgrade to {versions[-1]}", e["name"]))
 
     def current(e: dict[str, Any]) -> Version | None:
@@ -588,7 +556,7 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
     candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]
     if canaries_done:
         if canary_entries and policy.canary_bake_seconds:
-            finished = [f for e in canary_entries if (f := parse_time(e.get("finishedAt")))]
+            finished = [f for e in canary_entries if (f := parse_or_none(e.get("finishedAt")))]
             if finished and now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
                 status["message"] = "canaries upgraded; baking before the other workers"
                 return
@@ -657,6 +625,6 @@ def simulate(spec: Mapping[str, Any], nodes: Sequence[NodeView], members: Mappin
         versions = entry["grant"]["versions"]
         members[name] = MemberView(name, True, Version.parse(versions[-1]),
                                    Report("plan", "plan", 0, versions, "Succeeded", "uncordon",
-                                          finished_at=_iso(t0 + timedelta(seconds=clock))))
+                                          finished_at=format_time(t0 + timedelta(seconds=clock))))
         op = Operation("plan", "plan", 1, spec, status)
     raise RuntimeError("dry run did not converge")

@@ -19,12 +19,6 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-GROUP = "kupd.io"
-VERSION = "v1alpha1"
-DIRECTUPDATES = "directupdates"
-SCHEDULEDUPDATES = "scheduledupdates"
-UPDATESCHEDULES = "updateschedules"
-
 COORDINATOR_LEASE = "kupd-coordinator"
 MEMBER_LEASE_PREFIX = "kupd-node-"
 GRANT_LEASE_PREFIX = "kupd-grant-"

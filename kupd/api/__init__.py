@@ -1,9 +1,6 @@
 """kupd's custom resources (group kupd.io, version v1alpha1): their models and parsers."""
 
 from kupd.api.models import (
-    API_VERSION,
-    GROUP,
-    VERSION,
     BackupRecord,
     Condition,
     DirectUpdateSpec,
@@ -23,6 +20,7 @@ from kupd.api.models import (
     parse_updateschedule_spec,
     to_wire,
 )
+from kupd.k8s.paths import API_VERSION, GROUP, VERSION
 
 __all__ = [
     "API_VERSION",

@@ -3,7 +3,7 @@
 The API server enforces the CRD schemas at `kubectl apply`. The daemon validates every spec again
 with these models before acting on it, because an object may have been stored under an older,
 looser schema and because a refusal must reach a status Condition naming the field. Patterns come
-from kupd.validate, the same constants the CRDs carry; tests/unit/test_crd_models.py walks both
+from kupd.validate, the same constants the CRDs carry; a unit test (test_crd_models) walks both
 schemas and fails when a property, bound, pattern, enum, default or required field differs.
 
 Each cross-field validator below mirrors one CEL rule (`x-kubernetes-validations`) of the CRD and
@@ -34,10 +34,6 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from kupd import validate
 from kupd.errors import ValidationError
-
-GROUP = "kupd.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
 
 # The largest integer JSON and float64 carry exactly; bound of every int64 field in the CRDs.
 INT64_MAX = 2**53 - 1

@@ -44,7 +44,7 @@ from kupd.errors import ValidationError
 from kupd.host import runner
 
 if TYPE_CHECKING:
-    from kupd.kubeapi import Client
+    from kupd.k8s import Client
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from kupd import validate
 from kupd.errors import ValidationError
 
 if TYPE_CHECKING:
-    from kupd.kubeapi import Client
+    from kupd.k8s import Client
 
 DEFAULT_CLUSTER = "kubernetes"  # kubeadm's default ClusterConfiguration.clusterName
 DEFAULT_KUBECONFIG = "/etc/kubernetes/admin.conf"
@@ -156,6 +156,6 @@ def run_now(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> Client:
-    from kupd import kube
+    from kupd import k8s
 
-    return kube.api_client(args.kubeconfig or DEFAULT_KUBECONFIG)
+    return k8s.api_client(args.kubeconfig or DEFAULT_KUBECONFIG)

@@ -52,16 +52,16 @@ def _cluster_from_args(args: argparse.Namespace) -> tuple[list[planner.NodeView]
 
 
 def _cluster_from_api(kubeconfig: str) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
-    from kupd import kube
+    from kupd import k8s
 
-    api = kube.api_client(kubeconfig)
+    api = k8s.api_client(kubeconfig)
     nodes = []
-    for n in kube.call(api.list, "list nodes", kube.path("", "v1", "nodes")).get("items") or []:
+    for n in k8s.call(api.list, "list nodes", k8s.node_path()).get("items") or []:
         labels = n["metadata"].get("labels") or {}
         nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels))
     members = {}
-    leases = kube.call(api.list, "list member leases",
-                       kube.lease_path("kupd-system"))
+    leases = k8s.call(api.list, "list member leases",
+                       k8s.lease_path("kupd-system"))
     for lease in leases.get("items") or []:
         name = lease["metadata"]["name"]
         if name.startswith(p.MEMBER_LEASE_PREFIX):

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kupd import kube, validate
+from kupd import k8s, validate
 from kupd.errors import CommandError, PermanentError, RetryableError
 from kupd.fsutil import atomic_write
 from kupd.host import packages, parsers, runner, sources
@@ -56,10 +56,12 @@ class KubeClusterView:
 
     def _get(self, path: str, what: str) -> dict[str, Any]:
         # A client per call: the kubelet's client certificate rotates, and the file names the current one.
-        api = kube.api_client(self.kubeconfig)
+        api = k8s.api_client(self.kubeconfig)
         try:
             return api.get(path)
-        except Exception as e:  # ApiError, urllib3 errors and OSError alike
+        except k8s.TRANSPORT_ERRORS as e:
+            # Whatever the API answers (even a refusal: the kubelet's credential may be mid-rotation),
+            # the verify step waits for it; its deadline is the step's, not this call's.
             raise RetryableError(f"cannot read {what}: {e}", 10.0) from e
         finally:
             api.close()
@@ -69,9 +71,9 @@ class KubeClusterView:
         return Version.parse(str(info.get("gitVersion", "")).split("+")[0].split("-")[0])
 
     def node_status(self, name: str) -> NodeStatus:
-        node = self._get(kube.path("", "v1", "nodes", name), f"Node {name}")
+        node = self._get(k8s.node_path(name), f"Node {name}")
         info = (node.get("status") or {}).get("nodeInfo") or {}
-        return NodeStatus(kube.ready(node), str(info.get("kubeletVersion", "")))
+        return NodeStatus(k8s.ready(node), str(info.get("kubeletVersion", "")))
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import yaml
 from pydantic import BaseModel
 
 from kupd.api import models
-from kupd.devcluster import ControlPlane
 from kupd.errors import ValidationError
+from kupd.sim.devcluster import ControlPlane
 from tests.cluster.crdutil import CRD_NAMES, EXAMPLES_DIR, MALFORMED, Malformed, install_crds
 
 PARSERS: dict[str, Callable[[Mapping[str, Any]], BaseModel]] = {

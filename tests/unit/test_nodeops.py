@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from kupd.errors import PermanentError, RetryableError
-from kupd.kubeapi import ApiError
+from kupd.k8s import ApiError
 from kupd.nodeops import DrainPolicy, NodeOps
 from kupd.protocol import ANN_CORDONED_BY
 
@@ -65,7 +65,7 @@ class FakeApi:
 
 
 def ops(api: FakeApi) -> NodeOps:
-    return NodeOps(api, "w-1")  # type: ignore[arg-type]  # the fake stands in for kubeapi.Client
+    return NodeOps(api, "w-1")  # type: ignore[arg-type]  # the fake stands in for k8s.Client
 
 
 def test_cordon_marks_the_node_and_uncordon_only_undoes_its_own_mark() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kupd import planner
+from kupd import planner, selectors
 from kupd.errors import ValidationError
 from kupd.planner import MemberView, NodeView, Operation, plan
 from kupd.protocol import Grant, Report
@@ -215,7 +215,7 @@ def test_done_when_every_node_is_at_the_target() -> None:
     ({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}, {}, True),
 ])
 def test_selector(selector: dict[str, Any] | None, labels: dict[str, str], want: bool) -> None:
-    assert planner.selector_matches(selector, labels) is want
+    assert selectors.matches(selector, labels) is want
 
 
 def test_dry_run_waves_and_estimate() -> None:
