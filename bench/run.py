@@ -41,8 +41,8 @@ TARGET = "v1.32.0"
 AVAILABLE = ["v1.31.2", "v1.32.0"]
 # Steps of SimulatedHost that take step_seconds; drain/uncordon are API calls, and the reboot
 # step costs nothing when no reboot is required.
-TIMED_STEPS = {p.STEP_PREFLIGHT, p.STEP_REPOSITORY, p.STEP_KUBEADM_PACKAGE, p.STEP_KUBEADM_UPGRADE,
-               p.STEP_KUBELET_PACKAGE, p.STEP_RESTART, p.STEP_VERIFY}
+TIMED_STEPS = {p.Step.PREFLIGHT, p.Step.REPOSITORY, p.Step.KUBEADM_PACKAGE, p.Step.KUBEADM_UPGRADE,
+               p.Step.KUBELET_PACKAGE, p.Step.RESTART, p.Step.VERIFY}
 
 
 # The production lease durations (kupd/config.py defaults), so idle API load is what a cluster sees.

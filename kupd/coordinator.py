@@ -28,7 +28,8 @@ from typing import Any
 
 from kupd import k8s, logsetup, planner, rfc3339
 from kupd import protocol as p
-from kupd.errors import KupdError
+from kupd.api.models import DirectUpdateSpec, HealthGates, parse_directupdate_spec
+from kupd.errors import KupdError, ValidationError
 from kupd.rfc3339 import format_micro, parse_or_none
 from kupd.versions import Version
 
@@ -172,7 +173,6 @@ class Coordinator:
 
     def __init__(self, api: k8s.Client, namespace: str, identity: str, member_duration: int,
                  elector: Elector, newest_patch: Callable[[str], str],
-                 validate_spec: Callable[[dict[str, Any]], Any] | None = None,
                  on_plan: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.api = api
         self.namespace = namespace
@@ -180,7 +180,8 @@ class Coordinator:
         self.member_duration = member_duration
         self.elector = elector
         self.newest_patch = newest_patch
-        self.validate_spec = validate_spec
+        # The parsed spec of each DirectUpdate, by uid and generation: parsed once, not every round.
+        self._specs: dict[str, tuple[int, DirectUpdateSpec | ValidationError]] = {}
         self.on_plan = on_plan or (lambda name, status: None)
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -347,20 +348,21 @@ class Coordinator:
             self._planned.pop(uid, None)
             planned = None
         status = planned or obj.get("status") or {}
+        spec = self._spec(obj)
         resolved: dict[tuple[int, int], str] = {}
-        if not status.get("hops"):
+        if not status.get("hops") and isinstance(spec, DirectUpdateSpec):
             try:
-                target = Version.parse(str((obj.get("spec") or {}).get("version", "")))
+                target = Version.parse(spec.version)
                 versions = [m.kubelet for m in members.values() if m.kubelet]
                 if versions and min(versions) < target:
                     resolved = self._resolve(planner.hop_minors(min(versions), target)[:-1])
             except KupdError as e:
                 log.warning("resolving hops for %s: %s", md["name"], e)
-        op = planner.Operation(md["name"], uid, int(md.get("generation", 1)), obj.get("spec") or {},
+        op = planner.Operation(md["name"], uid, int(md.get("generation", 1)), spec,
                                status, md.get("annotations") or {})
+        gates = spec.health_gates if isinstance(spec, DirectUpdateSpec) else None
         result = planner.plan(op, nodes, members, epoch=self.elector.epoch, coordinator=self.identity,
-                              now=now, resolved_minors=resolved, validate_spec=self.validate_spec,
-                              gate_failure=self._gates((obj.get("spec") or {}).get("healthGates")),
+                              now=now, resolved_minors=resolved, gate_failure=self._gates(gates),
                               delivered=self._delivered(grants))
         with logsetup.log_context(operation=md["name"]):
             if result.status != status:
@@ -368,7 +370,8 @@ class Coordinator:
                 self.on_plan(md["name"], result.status)
                 self._queue_events(obj, result.events)
             # Deliver before recording: a turn must not wait for the large status write.
-            self._deliver(obj, self._planned.get(uid) or status, grants)
+            if isinstance(spec, DirectUpdateSpec):
+                self._deliver(obj, spec, self._planned.get(uid) or status, grants)
             if uid in self._planned and time.monotonic() - self._written_at >= max(STATUS_INTERVAL,
                                                                                     2 * self._write_cost):
                 with self._write_lock:
@@ -430,13 +433,26 @@ class Coordinator:
                 out[node] = g
         return out
 
-    def _deliver(self, obj: dict[str, Any], status: dict[str, Any], grants: dict[str, str]) -> None:
+    def _spec(self, obj: dict[str, Any]) -> DirectUpdateSpec | ValidationError:
+        md = obj["metadata"]
+        generation = int(md.get("generation", 1))
+        cached = self._specs.get(md["uid"])
+        if cached is None or cached[0] != generation:
+            try:
+                parsed: DirectUpdateSpec | ValidationError = parse_directupdate_spec(obj)
+            except ValidationError as e:
+                parsed = e
+            cached = self._specs[md["uid"]] = (generation, parsed)
+        return cached[1]
+
+    def _deliver(self, obj: dict[str, Any], spec: DirectUpdateSpec, status: dict[str, Any],
+                 grants: dict[str, str]) -> None:
         """Write every in-flight grant of `status` that its node's grant Lease does not carry yet."""
         md = obj["metadata"]
         for e in status.get("nodes") or []:
             if e.get("phase") not in planner.IN_FLIGHT or not e.get("grant"):
                 continue
-            grant = p.Grant.from_record(md["name"], md["uid"], e, obj.get("spec") or {})
+            grant = p.Grant.from_record(md["name"], md["uid"], e, spec)
             have = grants.get(e["name"])
             if not have or self._decode_grant(have) != grant:
                 self._write_grant(e["name"], grant.encode(), grants)
@@ -482,12 +498,12 @@ class Coordinator:
         if value:
             log.info("delivered grant to %s", node)
 
-    def _gates(self, gates: dict[str, Any] | None) -> str | None:
+    def _gates(self, gates: HealthGates | None) -> str | None:
         """External health gates, evaluated at most every GATE_SECONDS (they cost a query each)."""
-        if not gates:
+        if gates is None:
             return None
         now = time.monotonic()
-        key = repr(sorted(gates.items()))
+        key = repr(gates)
         if self._gate_cache and self._gate_cache[0] == key and now - self._gate_cache[1] < GATE_SECONDS:
             return self._gate_cache[2]
         from kupd import health

@@ -10,12 +10,12 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from kupd import k8s, logsetup, metrics
 from kupd import protocol as p
-from kupd.agent import Agent
+from kupd.agent import Agent, BackupFn
+from kupd.api import models
 from kupd.checkpoint import CheckpointStore
 from kupd.config import Settings
 from kupd.coordinator import Coordinator, Elector
@@ -40,14 +40,14 @@ def make_host(settings: Settings, node: str) -> Host:
     return RealHost.from_settings(settings, node)
 
 
-def make_backup_fn(api: k8s.Client, settings: Settings, node: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def make_backup_fn(api: k8s.Client, settings: Settings, node: str) -> BackupFn:
     """The agent's backup step: snapshot the local etcd, verify, upload, and return status.backup."""
 
-    def backup(spec_backup: dict[str, Any]) -> dict[str, Any]:
+    def backup(spec_backup: models.Backup) -> dict[str, Any]:
         from kupd.backup.run import BackupConfig, load_credentials, take_backup
         from kupd.clock import SystemClock
 
-        cfg = BackupConfig.from_spec(spec_backup, work_dir=f"{settings.state_dir}/backup")
+        cfg = BackupConfig.from_model(spec_backup, work_dir=f"{settings.state_dir}/backup")
         # Credentials are read at use, never kept or logged.
         creds = load_credentials(cfg.store, api)
         record = take_backup(cfg, creds, settings.cluster_name, node, SystemClock())
@@ -108,7 +108,8 @@ class Daemon:
             SimKubelet(api, self.node, host, bool(s.control_plane), s.simulated.node_labels).start()
         # An unfinished grant resumes before anything that needs the API: a granted node
         # finishes without it. Its role is in the checkpoint, so no API read is needed first.
-        control_plane = agent.cp.control_plane if agent.cp.active else self._control_plane(api)
+        control_plane = agent.cp.grant.control_plane if agent.cp.active and agent.cp.grant \
+            else self._control_plane(api)
         lease = s.lease
         member = Member(api, lease.namespace, self.node, lease.member_duration_seconds,
                         lease.member_duration_seconds * lease.renew_fraction, host.facts, agent.report,
@@ -167,7 +168,7 @@ class Daemon:
             log.info("coordinating at epoch %d", elector.epoch)
             self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
                                            self.settings.lease.member_duration_seconds, elector,
-                                           host.newest_patch, validate_spec=_validator(),
+                                           host.newest_patch,
                                            on_plan=metrics.operation_status)
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
@@ -177,15 +178,5 @@ class Daemon:
             metrics.coordinator_stopped()
 
 
-def _validator() -> Any:
-    try:
-        from kupd.api.models import parse_directupdate_spec
-    except ImportError:
-        return None
-
-    def check(spec: dict[str, Any]) -> None:
-        parse_directupdate_spec(spec)
-
-    return check
 
 

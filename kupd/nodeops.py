@@ -10,35 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from kupd import k8s, selectors
+from kupd.api.models import DrainPolicy
 from kupd.errors import PermanentError, RetryableError
 from kupd.protocol import ANN_CORDONED_BY
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DrainPolicy:
-    timeout_seconds: int = 600
-    grace_period_seconds: int = -1
-    delete_emptydir_data: bool = False
-    pod_selector: dict[str, str] | None = None
-    on_timeout: str = "RequiresAttention"  # or ForceDelete
-
-    @classmethod
-    def from_spec(cls, drain: dict[str, Any] | None) -> DrainPolicy:
-        d = drain or {}
-        sel = d.get("podSelector")
-        return cls(
-            timeout_seconds=int(d.get("timeoutSeconds", 600)),
-            grace_period_seconds=int(d.get("gracePeriodSeconds", -1)),
-            delete_emptydir_data=bool(d.get("deleteEmptyDirData", False)),
-            pod_selector=selectors.parse_equality(sel) if sel else None,
-            on_timeout=str(d.get("onTimeout", "RequiresAttention")),
-        )
 
 
 class NodeOps:
@@ -110,7 +89,7 @@ class NodeOps:
         `report(reason, message)` is called while a PDB blocks, so status names the blocker.
         """
         self.cordon()
-        self._policy_selector = policy.pod_selector
+        self._policy_selector = selectors.parse_equality(policy.pod_selector) if policy.pod_selector else None
         deadline = time.monotonic() + policy.timeout_seconds
         blocked_msg = ""
         while True:
@@ -120,7 +99,7 @@ class NodeOps:
             for p in pods:
                 if p["metadata"].get("deletionTimestamp"):
                     continue
-                if not policy.delete_emptydir_data and any(
+                if not policy.delete_empty_dir_data and any(
                         v.get("emptyDir") is not None for v in (p.get("spec") or {}).get("volumes") or []):
                     raise PermanentError(
                         f"pod {_pod_name(p)} uses emptyDir data; "

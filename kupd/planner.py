@@ -12,25 +12,36 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from kupd import selectors, windows
+from kupd.api.models import DirectUpdateSpec, HealthGates, to_wire
 from kupd.conditions import Condition, set_condition
 from kupd.errors import ValidationError
-from kupd.protocol import ANN_RETRY_NODES, ANN_WINDOW_END, ANN_WINDOW_START, STEP_BACKUP, Grant, Report
+from kupd.protocol import (
+    ANN_RETRY_NODES,
+    ANN_WINDOW_END,
+    ANN_WINDOW_START,
+    Grant,
+    NodePhase,
+    OpPhase,
+    Report,
+    Step,
+    TurnPhase,
+    grant_record,
+)
 from kupd.rfc3339 import format_time, parse_or_none, parse_time
 from kupd.versions import SkewError, Version, check_target
 
-# Node phases.
 PENDING, GRANTED, UPGRADING, SUCCEEDED, FAILED, SKIPPED, LOST = (
-    "Pending", "Granted", "Upgrading", "Succeeded", "Failed", "Skipped", "Lost",
+    NodePhase.PENDING, NodePhase.GRANTED, NodePhase.UPGRADING, NodePhase.SUCCEEDED, NodePhase.FAILED,
+    NodePhase.SKIPPED, NodePhase.LOST,
 )
 IN_FLIGHT = (GRANTED, UPGRADING, LOST)
 DONE = (SUCCEEDED, SKIPPED)
-# Operation phases.
 OP_PENDING, OP_RUNNING, OP_PAUSED, OP_SUCCEEDED, OP_FAILED, OP_ATTENTION = (
-    "Pending", "Running", "Paused", "Succeeded", "Failed", "RequiresAttention",
+    OpPhase.PENDING, OpPhase.RUNNING, OpPhase.PAUSED, OpPhase.SUCCEEDED, OpPhase.FAILED, OpPhase.REQUIRES_ATTENTION,
 )
 TERMINAL_OP = (OP_SUCCEEDED, OP_FAILED)
 
@@ -53,7 +64,8 @@ class MemberView:
 
 @dataclass(frozen=True)
 class Policy:
-    """The parts of a DirectUpdate spec the planner acts on, with defaults applied."""
+    """The parts of a DirectUpdate spec the planner acts on, derived from the parsed spec (whose
+    model holds the defaults)."""
 
     target: Version
     concurrency: int = 1
@@ -63,30 +75,34 @@ class Policy:
     canary_bake_seconds: int = 0
     backup_required: bool = True
     paused: bool = False
+    health_gates: HealthGates | None = None
     default_node_seconds: float = 600.0
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any]) -> Policy:
-        canary = spec.get("canary") or {}
-        backup = spec.get("backup") or {}
+    def of(cls, spec: DirectUpdateSpec) -> Policy:
+        canary = spec.canary
         return cls(
-            target=Version.parse(str(spec.get("version", "")), "spec.version"),
-            concurrency=int(spec.get("concurrency", 1)),
-            node_selector=spec.get("nodeSelector"),
-            canary_count=int(canary.get("count", 0)),
-            canary_selector=canary.get("selector"),
-            canary_bake_seconds=int(canary.get("bakeSeconds", 0)),
-            backup_required=bool(backup.get("required", True)),
-            paused=bool(spec.get("paused", False)),
+            target=Version.parse(spec.version, "spec.version"),
+            concurrency=spec.concurrency,
+            node_selector=to_wire(spec.node_selector) if spec.node_selector is not None else None,
+            canary_count=(canary.count or 0) if canary is not None else 0,
+            canary_selector=to_wire(canary.selector) if canary is not None and canary.selector is not None else None,
+            canary_bake_seconds=canary.bake_seconds if canary is not None else 0,
+            backup_required=spec.backup.required,
+            paused=spec.paused,
+            health_gates=spec.health_gates,
         )
 
 
 @dataclass(frozen=True)
 class Operation:
+    """One DirectUpdate as the planner sees it. `spec` is kupd.api.models' parse of its spec, or
+    the ValidationError that parse raised (the operation then fails, naming the field)."""
+
     name: str
     uid: str
     generation: int
-    spec: Mapping[str, Any]
+    spec: DirectUpdateSpec | ValidationError
     status: Mapping[str, Any]
     annotations: Mapping[str, str] = field(default_factory=dict)
 
@@ -156,14 +172,12 @@ def plan(
     coordinator: str,
     now: datetime,
     resolved_minors: Mapping[tuple[int, int], str] | None = None,
-    validate_spec: Any = None,
     gate_failure: str | None = None,
     delivered: Mapping[str, Grant] | None = None,
 ) -> Plan:
     """Compute the next status of one DirectUpdate.
 
-    `validate_spec`, when given, is the daemon's re-validation of the spec (raises
-    ValidationError naming the field); a failure ends the operation Failed with a Condition.
+    A spec that failed validation ends the operation Failed with a Condition naming the field.
     `gate_failure` is the coordinator's latest evaluation of the external health gates
     (control-plane pods, Prometheus): None when they pass or are not configured.
     `delivered` holds the grants found in the nodes' grant Leases. A grant is delivered before
@@ -179,13 +193,10 @@ def plan(
     if status.get("phase") in TERMINAL_OP:
         return Plan(status, events)
 
-    try:
-        if validate_spec is not None:
-            validate_spec(op.spec)
-        policy = Policy.from_spec(op.spec)
-    except ValidationError as err:
-        _condition(status, "Valid", False, "InvalidSpec", str(err), gen, now)
-        return _fail(op, status, "InvalidSpec", str(err), now, events)
+    if isinstance(op.spec, ValidationError):
+        _condition(status, "Valid", False, "InvalidSpec", str(op.spec), gen, now)
+        return _fail(op, status, "InvalidSpec", str(op.spec), now, events)
+    policy = Policy.of(op.spec)
     _condition(status, "Valid", True, "SpecValid", "the spec passed the daemon's validation", gen, now)
 
     # Which nodes, in which order: control plane first, then canaries, then the rest, by name.
@@ -297,7 +308,7 @@ def plan(
     status["summary"] = summary
 
     failed = [e for e in ordered if e["phase"] == FAILED]
-    backup_failed = [e for e in failed if e.get("step") == STEP_BACKUP]
+    backup_failed = [e for e in failed if e.get("step") == Step.BACKUP]
     if backup_failed:
         msg = f"backup failed on {backup_failed[0]['name']}: {backup_failed[0].get('message', '')}"
         _condition(status, "BackupSucceeded", False, "BackupFailed", msg, gen, now)
@@ -349,7 +360,7 @@ def plan(
         _condition(status, "Progressing", False, "OutsideWindow", window.reason, gen, now)
         return Plan(status, events)
 
-    gate = _health_gate(op.spec.get("healthGates"), ordered, nodes, now, gate_failure)
+    gate = _health_gate(policy.health_gates, ordered, nodes, now, gate_failure)
     if gate is not None:
         if status.get("phase") != OP_PAUSED or status.get("message") != gate:
             events.append(PlanEvent("HealthGateFailed", gate, warning=True))
@@ -358,7 +369,7 @@ def plan(
             status["phase"] = OP_PAUSED
             status["message"] = f"health gate: {gate}"
         return Plan(status, events)
-    if op.spec.get("healthGates"):
+    if policy.health_gates is not None:
         _condition(status, "HealthGates", True, "GatesPassed", "every health gate passes", gen, now)
 
     # Turns of another DirectUpdate that are not over yet (it was deleted or failed mid-turn while
@@ -380,7 +391,7 @@ def turn_over(m: MemberView | None, g: Grant) -> bool:
     """Whether the node has reported the end (Succeeded or Failed) of the turn `g` gave it."""
     r = m.report if m is not None else None
     return (r is not None and r.uid == g.uid and r.granted_at == g.granted_at
-            and r.phase in ("Succeeded", "Failed"))
+            and r.phase in (TurnPhase.SUCCEEDED, TurnPhase.FAILED))
 
 
 def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> None:
@@ -408,7 +419,7 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
         # At the target without a turn on record: the record lagged behind this node's upgrade
         # (or someone upgraded it by hand). Never grant an empty list of hops.
         r = m.report
-        if r is not None and r.uid == op.uid and r.phase == "Succeeded":
+        if r is not None and r.uid == op.uid and r.phase == TurnPhase.SUCCEEDED:
             e["phase"], e["message"] = SUCCEEDED, f"upgraded to {policy.target}"
             e.setdefault("finishedAt", r.finished_at or format_time(now))
         else:
@@ -436,13 +447,13 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
         e["message"] = r.message[:1000]
         if r.started_at:
             e.setdefault("startedAt", r.started_at)
-        if r.phase == "Upgrading":
+        if r.phase == TurnPhase.UPGRADING:
             e["phase"] = UPGRADING
             if r.step != prev_step:
                 events.append(PlanEvent("StepStarted", f"{name}: {r.step}", name))
             if r.reason == "DrainBlocked" and r.message != prev_msg:
                 events.append(PlanEvent("DrainBlocked", f"{name}: {r.message}", name, warning=True))
-        elif r.phase == "Succeeded":
+        elif r.phase == TurnPhase.SUCCEEDED:
             final = m.kubelet is not None and m.kubelet >= policy.target
             if final:
                 e["phase"] = SUCCEEDED
@@ -454,30 +465,30 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
                 e["phase"] = PENDING
                 e["message"] = f"at {m.kubelet}, waiting for the next hop"
             e.pop("grant", None)
-        elif r.phase == "Failed":
+        elif r.phase == TurnPhase.FAILED:
             e["phase"] = FAILED
             e["finishedAt"] = r.finished_at or format_time(now)
             events.append(PlanEvent("NodeFailed", f"{name} failed at step {r.step}: {r.message}", name,
                                     warning=True))
 
 
-def _health_gate(gates: Mapping[str, Any] | None, ordered: list[dict[str, Any]], nodes: Sequence[NodeView],
+def _health_gate(gates: HealthGates | None, ordered: list[dict[str, Any]], nodes: Sequence[NodeView],
                  now: datetime, external: str | None) -> str | None:
     """The failing gate, if any. Gates hold only once a node has finished in this operation: they
     guard the next grant after the control plane, after the canaries and between waves."""
-    if not gates:
+    if gates is None:
         return None
     finished = [e for e in ordered if e["phase"] == SUCCEEDED]
     if not finished:
         return None
-    if gates.get("nodesReady", True):
+    if gates.nodes_ready:
         ready = {n.name: n.ready for n in nodes}
         for e in finished:
             if not ready.get(e["name"], False):
                 return f"node {e['name']} is not Ready after its upgrade"
     if external:
         return external
-    bake = int(gates.get("bakeSeconds", 0))
+    bake = gates.bake_seconds
     if bake:
         last = max((f for e in finished if (f := parse_or_none(e.get("finishedAt")))), default=None)
         if last is not None and now < last + timedelta(seconds=bake):
@@ -507,8 +518,7 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
         if not versions:
             return
         e["phase"] = GRANTED
-        e["grant"] = {"epoch": epoch, "versions": [str(v) for v in versions], "firstControlPlane": first_cp,
-                      "backup": backup, "grantedAt": format_time(now)}
+        e["grant"] = grant_record(epoch, [str(v) for v in versions], first_cp, backup, format_time(now))
         e["message"] = f"granted {', '.join(str(v) for v in versions)}"
         e.setdefault("startedAt", format_time(now))
         events.append(PlanEvent("NodeGranted", f"{e['name']} may upgrade to {versions[-1]}", e["name"]))
@@ -570,61 +580,3 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
         assert v is not None
         give(e, [h for h in hops if h > v], False, False)
         slots -= 1
-
-
-@dataclass(frozen=True)
-class Wave:
-    """Nodes granted together in a dry run, with when they start and end."""
-
-    nodes: list[str]
-    versions: list[list[str]]
-    start_seconds: float
-    end_seconds: float
-
-
-def simulate(spec: Mapping[str, Any], nodes: Sequence[NodeView], members: Mapping[str, MemberView],
-             node_seconds: float, resolved_minors: Mapping[tuple[int, int], str] | None = None,
-             now: datetime | None = None) -> tuple[dict[str, Any], list[Wave]]:
-    """Dry-run the planner to the end: every granted node finishes after `node_seconds`.
-
-    Returns the final status and the waves in order; what `kupd plan` prints. Pure.
-    """
-    t0 = now or datetime(2000, 1, 1, tzinfo=UTC)
-    members = dict(members)
-    op = Operation("plan", "plan", 1, spec, {})
-    clock = 0.0
-    waves: list[Wave] = []
-    running: dict[str, float] = {}
-    for _ in range(100 * (len(nodes) + 10)):
-        result = plan(op, nodes, members, epoch=0, coordinator="plan", now=t0 + timedelta(seconds=clock),
-                      resolved_minors=resolved_minors)
-        status = result.status
-        new = [e for e in status.get("nodes", []) if e["phase"] == GRANTED and e["name"] not in running]
-        if new:
-            if waves and waves[-1].start_seconds == clock:
-                # Several slots freed at the same moment are one wave.
-                last = waves.pop()
-                new_names, new_versions = last.nodes, last.versions
-            else:
-                new_names, new_versions = [], []
-            waves.append(Wave(new_names + [e["name"] for e in new],
-                              new_versions + [e["grant"]["versions"] for e in new], clock, clock + node_seconds))
-            for e in new:
-                running[e["name"]] = clock + node_seconds
-        stuck = status.get("phase") == OP_PENDING and not status.get("nodes")
-        if (stuck or status.get("phase") in (OP_SUCCEEDED, OP_FAILED, OP_ATTENTION)) and not running:
-            return status, waves
-        if not running:
-            # Nothing in flight and nothing granted: waiting on time (a canary bake) — step the clock.
-            clock += 15.0
-            op = Operation("plan", "plan", 1, spec, status)
-            continue
-        name = min(running, key=lambda n: running[n])
-        clock = running.pop(name)
-        entry = next(e for e in status["nodes"] if e["name"] == name)
-        versions = entry["grant"]["versions"]
-        members[name] = MemberView(name, True, Version.parse(versions[-1]),
-                                   Report("plan", "plan", 0, versions, "Succeeded", "uncordon",
-                                          finished_at=format_time(t0 + timedelta(seconds=clock))))
-        op = Operation("plan", "plan", 1, spec, status)
-    raise RuntimeError("dry run did not converge")

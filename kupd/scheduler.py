@@ -21,7 +21,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kupd import conditions, k8s, validate
@@ -86,7 +86,7 @@ class NewOperation:
     """A DirectUpdate to create; its version may still be a minor to resolve."""
 
     name: str
-    template: Obj
+    template: DirectUpdateSpec
     labels: dict[str, str]
     annotations: dict[str, str]
     owner: Obj
@@ -127,10 +127,10 @@ def is_owned_by(child: Obj, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in child.get("metadata", {}).get("ownerReferences") or [])
 
 
-def operation_spec(template: Mapping[str, Any], version: str) -> Obj:
+def operation_spec(template: DirectUpdateSpec, version: str) -> Obj:
     """The spec of the DirectUpdate a run creates: the template with its version resolved,
     validated as a DirectUpdate spec (errors name `spec.template.<field>`)."""
-    spec = parse_spec(DirectUpdateSpec, {**template, "version": version}, root="spec.template")
+    spec = parse_spec(DirectUpdateSpec, {**to_wire(template), "version": version}, root="spec.template")
     return to_wire(spec)
 
 
@@ -147,7 +147,7 @@ def resolve_version(requested: str, resolve_minor: ResolveMinor, field: str = "s
 
 def decide_scheduled_update(obj: Obj, child: Obj | None, now: datetime) -> Decision:
     """A ScheduledUpdate: create its DirectUpdate at spec.startTime, once."""
-    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    meta, status = obj["metadata"], obj.get("status") or {}
     name = meta["name"]
     generation = meta.get("generation")
     d = Decision(status={"observedGeneration": generation})
@@ -156,8 +156,7 @@ def decide_scheduled_update(obj: Obj, child: Obj | None, now: datetime) -> Decis
         return d
     try:
         parsed = parse_scheduledupdate_spec(obj)
-        start = parse_time(spec.get("startTime"), "spec.startTime")
-        template: Obj = spec["template"]
+        start = parsed.start_time.astimezone(UTC)
     except ValidationError as e:
         d.status["phase"] = "Failed"
         d.conditions = [Condition(COND_VALID, "False", R_INVALID_SPEC, str(e))]
@@ -176,7 +175,7 @@ def decide_scheduled_update(obj: Obj, child: Obj | None, now: datetime) -> Decis
         return d
     d.create = NewOperation(
         name=name,
-        template=template,
+        template=parsed.template,
         labels={LABEL_CREATED_BY: CREATED_BY_SCHEDULED_UPDATE, LABEL_CREATOR_UID: meta["uid"]},
         annotations={ANN_SCHEDULED_UPDATE: name, ANN_SCHEDULED_TIME: format_time(start),
                      ANN_REQUESTED_VERSION: parsed.template.version},
@@ -191,7 +190,7 @@ def decide_scheduled_update(obj: Obj, child: Obj | None, now: datetime) -> Decis
 
 def decide_update_schedule(obj: Obj, children: Sequence[Obj], now: datetime) -> Decision:
     """An UpdateSchedule: fire per cron, keep active operations in the current window, prune."""
-    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    meta, status = obj["metadata"], obj.get("status") or {}
     name = meta["name"]
     d = Decision(status={"observedGeneration": meta.get("generation")})
     try:
@@ -202,7 +201,6 @@ def decide_update_schedule(obj: Obj, children: Sequence[Obj], now: datetime) -> 
         )
         policy = parsed.concurrency_policy
         keep_ok, keep_failed = parsed.successful_history_limit, parsed.failed_history_limit
-        template: Obj = spec["template"]
         last = _optional_time(status.get("lastScheduleTime"), "status.lastScheduleTime")
     except ValidationError as e:
         d.status["nextScheduleTime"] = None
@@ -254,10 +252,10 @@ def decide_update_schedule(obj: Obj, children: Sequence[Obj], now: datetime) -> 
         else:
             d.create = NewOperation(
                 name=this_name,
-                template=template,
+                template=parsed.template,
                 labels={LABEL_CREATED_BY: CREATED_BY_UPDATE_SCHEDULE, LABEL_CREATOR_UID: meta["uid"]},
                 annotations={ANN_SCHEDULE: name, ANN_SCHEDULED_TIME: format_time(firing),
-                             ANN_REQUESTED_VERSION: template["version"],
+                             ANN_REQUESTED_VERSION: parsed.template.version,
                              **{k: v for k, v in wanted.items() if v is not None}},
                 owner=owner_reference(obj),
             )
@@ -350,12 +348,12 @@ class Scheduler:
         assert d.create is not None
         new = d.create
         try:
-            spec = operation_spec(new.template, resolve_version(new.template["version"], self.resolve_minor))
+            spec = operation_spec(new.template, resolve_version(new.template.version, self.resolve_minor))
         except ValidationError as e:
             self._fail(d, new, R_RESOLVE_FAILED, str(e))
             return
         except Exception as e:  # the package source is I/O: any failure there is worth a retry
-            self._fail(d, new, R_RESOLVE_FAILED, f"resolving {new.template['version']}: {e}", retry=True)
+            self._fail(d, new, R_RESOLVE_FAILED, f"resolving {new.template.version}: {e}", retry=True)
             return
         body = {
             "apiVersion": API_VERSION,

@@ -19,6 +19,7 @@ from kupd import validate
 from kupd.errors import ValidationError
 
 if TYPE_CHECKING:
+    from kupd.backup import run
     from kupd.k8s import Client
 
 DEFAULT_CLUSTER = "kubernetes"  # kubeadm's default ClusterConfiguration.clusterName
@@ -124,7 +125,7 @@ def run_now(args: argparse.Namespace) -> int:
     from kupd.clock import SystemClock
 
     spec, cluster, node = settings(args)
-    config = run.BackupConfig.from_spec(spec)
+    config = backup_config(spec)
     if args.dial_timeout or args.snapshot_timeout:
         config = dataclasses.replace(
             config,
@@ -153,6 +154,32 @@ def run_now(args: argparse.Namespace) -> int:
         for key in record.pruned:
             print(f"{'pruned':<{width}}  {key}")
     return 0
+
+
+def backup_config(spec: dict[str, Any]) -> run.BackupConfig:
+    """The backup's configuration from `spec.backup`'s fields plus the command's own (workDir,
+    verifyDownload, keepLocal, store.credentialsFile); the CR's part is parsed by kupd.api.models."""
+    from kupd.api import models
+    from kupd.backup import run
+
+    spec = dict(spec)
+    store = dict(spec.get("store") or {})
+    credentials_file = str(store.pop("credentialsFile", "") or "")
+    # A store without a retention keeps all its backups here; the CR's default is for the daemon.
+    retention = store.pop("retention", 0)
+    spec["store"] = store
+    work_dir = str(spec.pop("workDir", "") or run.DEFAULT_WORK_DIR)
+    verify_download = spec.pop("verifyDownload", True)
+    keep_local = spec.pop("keepLocal", False)
+    for name, value in (("verifyDownload", verify_download), ("keepLocal", keep_local)):
+        if not isinstance(value, bool):
+            raise ValidationError(f"backup.{name}", "must be true or false")
+    if not isinstance(retention, int) or isinstance(retention, bool):
+        raise ValidationError("backup.store.retention", "must be an integer")
+    parsed = models.parse_spec(models.Backup, spec, root="backup")
+    return run.BackupConfig.from_model(parsed, work_dir=work_dir, verify_download=verify_download,
+                                       keep_local=keep_local, credentials_file=credentials_file,
+                                       retention=retention, field_path="backup")
 
 
 def _api(args: argparse.Namespace) -> Client:

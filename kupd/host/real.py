@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kupd import k8s, validate
+from kupd.api import models
 from kupd.errors import CommandError, PermanentError, RetryableError
 from kupd.fsutil import atomic_write
 from kupd.host import packages, parsers, runner, sources
@@ -153,16 +154,16 @@ class RealHost:
         if real is not None:
             extra = real.model_dump() if hasattr(real, "model_dump") else dict(real)
             if isinstance(extra.get("source"), Mapping):
-                extra["source"] = PackageSource.from_spec(extra["source"])
+                extra["source"] = PackageSource.from_model(
+                    models.parse_spec(models.PackageSource, extra["source"], root="real.source"))
             if isinstance(extra.get("services"), list):
                 extra["services"] = tuple(extra["services"])
             fields.update({k: v for k, v in extra.items() if v is not None or k == "kubeconfig"})
         return cls(RealHostConfig(node_name=node, **fields))
 
-    def set_package_source(self, spec: Mapping[str, Any] | PackageSource | None) -> None:
+    def set_package_source(self, source: models.PackageSource | None) -> None:
         """Use the package source of the DirectUpdate being run (its spec.packageSource)."""
-        self.source = spec if isinstance(spec, PackageSource) else (
-            PackageSource.from_spec(spec) if spec else self.config.source)
+        self.source = PackageSource.from_model(source) if source is not None else self.config.source
 
     def _in_root(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/")) if self.root != "/" else path

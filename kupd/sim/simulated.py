@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from kupd.api.models import PackageSource
 from kupd.errors import CommandError, PermanentError
 from kupd.fsutil import atomic_write_json, read_json
 from kupd.host.base import HostFacts
@@ -97,7 +98,7 @@ class SimulatedHost:
         if Version.parse(version) not in self.available:
             raise PermanentError(f"version {version} is not offered by the package source")
 
-    def set_package_source(self, spec: Any) -> None:
+    def set_package_source(self, source: PackageSource | None) -> None:
         """The simulated package source is the configured list of versions, whatever the spec says."""
 
     def newest_patch(self, minor: str) -> str:

@@ -14,6 +14,7 @@ import yaml
 
 from kupd import enroll, health, k8s
 from kupd import protocol as p
+from kupd.api.models import HealthGates
 from kupd.cli import main
 from kupd.host.real import KubeClusterView
 from kupd.sim.devcluster import ControlPlane
@@ -105,10 +106,10 @@ def test_control_plane_pods_gate(api: k8s.Client) -> None:
         "name": name, "labels": {"tier": "control-plane"}},
         "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}})
     try:
-        assert health.evaluate(api, {}) == f"control-plane pod kube-system/{name} is not Ready"
+        assert health.evaluate(api, HealthGates()) == f"control-plane pod kube-system/{name} is not Ready"
         api.patch(k8s.path("", "v1", "pods", name, "kube-system", "status"), {"status": {
             "conditions": [{"type": "Ready", "status": "True"}]}}, kind="strategic")
         assert health.control_plane_pods(api) is None
-        assert health.evaluate(api, {"controlPlanePods": False}) is None
+        assert health.evaluate(api, HealthGates(control_plane_pods=False)) is None
     finally:
         api.delete(k8s.path("", "v1", "pods", name, "kube-system"), gracePeriodSeconds=0)

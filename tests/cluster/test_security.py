@@ -376,7 +376,9 @@ def test_control_plane_identity_coordinates_and_others_are_fenced(ids: Identitie
 
 
 def _grant_lease(node: str, holder: str | None = None, epoch: int = 0) -> dict[str, Any]:
-    grant = p.Grant(operation="sec-grants", uid="u-1", epoch=0, versions=["v1.32.0"], granted_at="2026-11-27T00:00:00Z")
+    work = parse_directupdate_spec({"version": "v1.32.0"}).node_work(
+        ["v1.32.0"], control_plane=False, first_control_plane=False, backup=False)
+    grant = p.Grant(operation="sec-grants", uid="u-1", epoch=0, granted_at="2026-11-27T00:00:00Z", work=work)
     return {"metadata": {"name": p.grant_lease_name(node), "namespace": NS,
                          "annotations": {p.ANN_GRANT: grant.encode(), p.ANN_EPOCH: str(epoch)}},
             "spec": {"holderIdentity": holder or node}}

@@ -384,7 +384,7 @@ def test_status_round_trips() -> None:
         phase="Running", observed_generation=2, coordinator="cp-1", epoch=4, hops=["v1.31.2"],
         progress="1/3", summary=models.Summary(total=3, succeeded=1, upgrading=1, pending=1),
         nodes=[models.NodeStatus(name="cp-1", role="ControlPlane", phase="Succeeded",
-                                 grant=models.Grant(epoch=4, versions=["v1.31.2"], first_control_plane=True))],
+                                 grant=models.GrantRecord(epoch=4, versions=["v1.31.2"], first_control_plane=True))],
     )
     wire = models.to_wire(status)
     assert wire["nodes"][0]["grant"]["firstControlPlane"] is True
