@@ -63,18 +63,22 @@ def register(sub: Any) -> None:
     now.set_defaults(func=run_now)
 
 
+def _config_file(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.config:
+        return {}
+    try:
+        with open(args.config, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ValidationError("--config", f"cannot read {args.config}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValidationError("--config", f"{args.config} is not valid TOML: {e}") from None
+    return dict(doc.get("backup", doc))
+
+
 def settings(args: argparse.Namespace) -> tuple[dict[str, Any], str, str]:
     """(spec.backup-shaped dict, cluster, node) from the config file and the flags."""
-    doc: dict[str, Any] = {}
-    if args.config:
-        try:
-            with open(args.config, "rb") as f:
-                doc = tomllib.load(f)
-        except OSError as e:
-            raise ValidationError("--config", f"cannot read {args.config}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ValidationError("--config", f"{args.config} is not valid TOML: {e}") from None
-    spec: dict[str, Any] = dict(doc.get("backup", doc))
+    spec = _config_file(args)
     cluster = str(spec.pop("cluster", "") or args.cluster or DEFAULT_CLUSTER)
     node = str(spec.pop("node", "") or args.node or socket.gethostname().split(".")[0].lower())
     if args.cluster:
@@ -160,9 +164,13 @@ def backup_config(spec: dict[str, Any]) -> run.BackupConfig:
     """The backup's configuration from `spec.backup`'s fields plus the command's own (workDir,
     verifyDownload, keepLocal, store.credentialsFile); the CR's part is parsed by kupd.api.models."""
     from kupd.api import models
-    from kupd.backup import run
+    from kupd.backup import etcd, run
 
     spec = dict(spec)
+    access = dict(spec.pop("etcd", None) or {})
+    if access:
+        # The flags may name the certificates only: the endpoints then are kubeadm's.
+        spec["etcd"] = {"endpoints": list(etcd.DEFAULT_ENDPOINTS), **access}
     store = dict(spec.get("store") or {})
     credentials_file = str(store.pop("credentialsFile", "") or "")
     # A store without a retention keeps all its backups here; the CR's default is for the daemon.

@@ -93,6 +93,34 @@ class Informer:
         self._on_change()
         return str(data["metadata"]["resourceVersion"])
 
+    def _consume(self, watch: Watch, rv: str | None) -> str | None:
+        """Apply a watch's events to the cache until it ends; returns the resourceVersion to resume
+        from (None: relist)."""
+        for ev in watch:
+            if self._stop.is_set():
+                return rv
+            typ, obj = ev["type"], ev["object"]
+            if typ == "ERROR":
+                if obj.get("code") == 410:
+                    return None  # our resourceVersion is too old: relist
+                raise RuntimeError(f"watch error: {obj.get('message')}")
+            rv = obj.get("metadata", {}).get("resourceVersion", rv)
+            if typ != "BOOKMARK" and self._apply(typ, obj):
+                self._on_change()
+        return rv
+
+    def _apply(self, typ: str, obj: dict[str, Any]) -> bool:
+        """Apply one event to the cache; whether it is a change that calls on_change."""
+        with self._lock:
+            if typ == "DELETED":
+                old = self._cache.pop(self.key(obj), None)
+            else:
+                old = self._cache.get(self.key(obj))
+                if _older(obj, old):
+                    return False  # this process already put() a newer version
+                self._cache[self.key(obj)] = obj
+        return not (typ == "MODIFIED" and self._relevant is not None and not self._relevant(old, obj))
+
     def _run(self) -> None:
         rv: str | None = None
         backoff = 0.5
@@ -106,29 +134,9 @@ class Informer:
                     self._watch.close()
                     return
                 started = time.monotonic()
-                for ev in self._watch:
-                    if self._stop.is_set():
-                        return
-                    typ, obj = ev["type"], ev["object"]
-                    if typ == "ERROR":
-                        if obj.get("code") == 410:
-                            rv = None  # our resourceVersion is too old: relist
-                            break
-                        raise RuntimeError(f"watch error: {obj.get('message')}")
-                    rv = obj.get("metadata", {}).get("resourceVersion", rv)
-                    if typ == "BOOKMARK":
-                        continue
-                    with self._lock:
-                        if typ == "DELETED":
-                            old = self._cache.pop(self.key(obj), None)
-                        else:
-                            old = self._cache.get(self.key(obj))
-                            if _older(obj, old):
-                                continue  # this process already put() a newer version
-                            self._cache[self.key(obj)] = obj
-                    if typ == "MODIFIED" and self._relevant is not None and not self._relevant(old, obj):
-                        continue
-                    self._on_change()
+                rv = self._consume(self._watch, rv)
+                if self._stop.is_set():
+                    return
                 backoff = 0.5
                 if time.monotonic() - started < 1.0:
                     self._stop.wait(1.0)  # a watch the server ends at once must not become a busy loop
