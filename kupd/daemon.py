@@ -6,24 +6,28 @@ backends; this module builds them from the settings and runs their loops.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
 import threading
 from typing import Any
 
-from kupd import k8s, logsetup, metrics
+from kupd import health, k8s, logsetup, metrics
 from kupd import protocol as p
 from kupd.agent import Agent, BackupFn
 from kupd.api import models
 from kupd.checkpoint import CheckpointStore
+from kupd.clock import SystemClock
 from kupd.config import Settings
-from kupd.coordinator import Coordinator, Elector
+from kupd.coordinator import Coordinator
+from kupd.election import Elector
 from kupd.errors import KupdError
 from kupd.host.base import Host
 from kupd.member import Member
 from kupd.nodeops import NodeOps
 from kupd.notify import Notifier, watchdog_interval
+from kupd.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +172,9 @@ class Daemon:
             log.info("coordinating at epoch %d", elector.epoch)
             self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
                                            self.settings.lease.member_duration_seconds, elector,
-                                           host.newest_patch,
-                                           on_plan=metrics.operation_status)
+                                           host.newest_patch, on_plan=metrics.operation_status,
+                                           scheduler=Scheduler(api, SystemClock(), host.newest_patch),
+                                           gates=functools.partial(health.evaluate, api))
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
             log.info("no longer coordinator")

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from kupd.api.models import DirectUpdateSpec, NodeWork, parse_node_work, to_wire
 from kupd.errors import ValidationError
+from kupd.rfc3339 import parse_or_none
+from kupd.versions import Version
 
 T = TypeVar("T")
 
@@ -244,9 +247,84 @@ class Report:
         return _decode(cls, text)
 
 
+# -- Lease bodies: pure codecs of what the coordinator reads and writes --------------------------
 def grant_value(lease: dict[str, Any]) -> str:
     """The grant annotation of a grant Lease ("" when the node holds no turn)."""
     return str(((lease.get("metadata") or {}).get("annotations") or {}).get(ANN_GRANT) or "")
+
+
+def grant_values(leases: list[dict[str, Any]]) -> dict[str, str]:
+    """node -> the grant annotation of its grant Lease, for the grant Leases among `leases`."""
+    out = {}
+    for lease in leases:
+        name = lease["metadata"]["name"]
+        if name.startswith(GRANT_LEASE_PREFIX):
+            out[name[len(GRANT_LEASE_PREFIX):]] = grant_value(lease)
+    return out
+
+
+def grant_lease_body(namespace: str, node: str, value: str, epoch: int) -> dict[str, Any]:
+    """The merge patch (or the new object) of a node's grant Lease carrying `value` ("" clears it).
+    The epoch annotation lets admission policy kupd.io-grants check it against the coordinator
+    Lease: a deposed coordinator's late write is refused by the API server itself."""
+    return {"metadata": {"name": grant_lease_name(node), "namespace": namespace,
+                         "annotations": {ANN_GRANT: value, ANN_EPOCH: str(epoch)},
+                         "labels": {"app.kubernetes.io/name": "kupd", "kupd.io/node": node,
+                                    LABEL_LEASE_KIND: LEASE_KIND_GRANT}},
+            "spec": {"holderIdentity": node}}
+
+
+@dataclass(frozen=True)
+class MemberLease:
+    """What a member Lease says: when it was renewed (by the node's clock), for how long, the
+    kubelet version installed and the agent's report."""
+
+    node: str
+    renew_time: datetime | None
+    duration: int
+    kubelet: Version | None
+    report: Report | None
+
+
+def decode_member_lease(lease: dict[str, Any], default_duration: int) -> MemberLease | None:
+    """The member Lease's content; None when `lease` is not a member Lease."""
+    md = lease.get("metadata") or {}
+    name = str(md.get("name") or "")
+    if not name.startswith(MEMBER_LEASE_PREFIX):
+        return None
+    spec = lease.get("spec") or {}
+    anns = md.get("annotations") or {}
+    kubelet = anns.get(ANN_KUBELET)
+    return MemberLease(name[len(MEMBER_LEASE_PREFIX):], parse_or_none(spec.get("renewTime")),
+                       int(spec.get("leaseDurationSeconds") or default_duration),
+                       Version.parse(kubelet) if kubelet else None, Report.decode(anns.get(ANN_REPORT)))
+
+
+def _report_key(anns: dict[str, Any]) -> tuple[Any, ...]:
+    r = Report.decode(anns.get(ANN_REPORT))
+    return (r.uid, r.granted_at, r.phase, r.reason, tuple(r.versions)) if r else ()
+
+
+def lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a Lease's change needs a coordinator round now. A renewal that moves only renewTime
+    does not: expiry is found by the 1 s tick. Nor does a report that moves only to the next step:
+    the record of steps is coalesced anyway, and the tick picks it up. What frees or holds a slot
+    (a turn's start, its end, a drain blocked) and changed facts do."""
+    if (new.get("metadata") or {}).get("name", "").startswith(GRANT_LEASE_PREFIX):
+        return False  # grant Leases are the coordinator's own writes
+    if old is None:
+        return True
+    o, n = old.get("spec") or {}, new.get("spec") or {}
+    if o.get("holderIdentity") != n.get("holderIdentity") or o.get("leaseDurationSeconds") != n.get(
+            "leaseDurationSeconds"):
+        return True
+    oa = dict((old.get("metadata") or {}).get("annotations") or {})
+    na = dict((new.get("metadata") or {}).get("annotations") or {})
+    if oa.get(ANN_REPORT) != na.get(ANN_REPORT) and _report_key(oa) != _report_key(na):
+        return True
+    oa.pop(ANN_REPORT, None)
+    na.pop(ANN_REPORT, None)
+    return oa != na
 
 
 def _encode(obj: Any) -> str:
