@@ -1,4 +1,5 @@
-"""kupd's custom resources (group kupd.io, version v1alpha1): their models and parsers."""
+"""kupd's custom resources (group kupd.io, version v1alpha1, as kupd.k8s.paths names them): their
+models and parsers."""
 
 from kupd.api.models import (
     BackupRecord,
@@ -22,12 +23,8 @@ from kupd.api.models import (
     parse_updateschedule_spec,
     to_wire,
 )
-from kupd.k8s.paths import API_VERSION, GROUP, VERSION
 
 __all__ = [
-    "API_VERSION",
-    "GROUP",
-    "VERSION",
     "BackupRecord",
     "Condition",
     "DirectUpdateSpec",
