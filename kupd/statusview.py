@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from kupd.api.models import DirectUpdateSpec, parse_directupdate_spec
+from kupd.errors import ValidationError
 from kupd.rfc3339 import format_time, parse_or_none
 
 TERMINAL = ("Succeeded", "Failed")
@@ -88,10 +90,8 @@ def eta_seconds(obj: Mapping[str, Any], now: datetime) -> float | None:
     median = median_node_seconds(entries)
     if median is None:
         return None
-    try:
-        concurrency = max(int((obj.get("spec") or {}).get("concurrency", 1)), 1)
-    except (TypeError, ValueError):
-        concurrency = 1
+    spec = _spec(obj)
+    concurrency = spec.concurrency if spec is not None else 1
     cp_turns = 0.0
     worker_turns = 0.0
     for e in entries:
@@ -141,9 +141,17 @@ def node_view(entry: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
+def _spec(obj: Mapping[str, Any]) -> DirectUpdateSpec | None:
+    """The parsed spec; None for one that fails validation (its status says why)."""
+    try:
+        return parse_directupdate_spec(obj.get("spec") or {})
+    except ValidationError:
+        return None
+
+
 def operation_view(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     md = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
+    spec = _spec(obj)
     status = obj.get("status") or {}
     done, total = _counts(status)
     started = parse_or_none(status.get("startedAt"))
@@ -154,10 +162,10 @@ def operation_view(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     return {
         "name": md.get("name", ""),
         "phase": status.get("phase") or "Pending",
-        "target": spec.get("version", ""),
+        "target": spec.version if spec is not None else "",
         "hops": list(status.get("hops") or []),
-        "concurrency": int(spec.get("concurrency", 1) or 1),
-        "paused": bool(spec.get("paused", False)),
+        "concurrency": spec.concurrency if spec is not None else 1,
+        "paused": spec.paused if spec is not None else False,
         "progress": {"done": done, "total": total, "percent": percent(done, total)},
         "summary": dict(status.get("summary") or {}),
         "startedAt": status.get("startedAt"),
