@@ -13,12 +13,11 @@ import socket
 import threading
 from typing import Any
 
-from kupd import health, k8s, logsetup, metrics
+from kupd import k8s, logsetup, metrics
 from kupd import protocol as p
 from kupd.agent import Agent, BackupFn
 from kupd.api import models
 from kupd.checkpoint import CheckpointStore
-from kupd.clock import SystemClock
 from kupd.config import Settings
 from kupd.coordinator import Coordinator
 from kupd.election import Elector
@@ -27,7 +26,6 @@ from kupd.host.base import Host
 from kupd.member import Member
 from kupd.nodeops import NodeOps
 from kupd.notify import Notifier, watchdog_interval
-from kupd.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +167,11 @@ class Daemon:
             log.warning("coordinator election: %s", e)
             leading = elector.leading
         if leading and self.coordinator is None:
+            # Imported here: only the coordinator runs them, and every daemon's memory counts.
+            from kupd import health
+            from kupd.clock import SystemClock
+            from kupd.scheduler import Scheduler
+
             log.info("coordinating at epoch %d", elector.epoch)
             self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
                                            self.settings.lease.member_duration_seconds, elector,
