@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -113,16 +114,17 @@ class MemoryStore(CheckpointStore):
 
 
 class Renewer:
-    """Renews many member Leases on their period from a small pool, and at once when kicked."""
+    """Renews many member Leases from a small pool, each on its own member's period, and at once
+    when kicked; as the daemon's member thread does, any renewal restarts its node's period."""
 
-    def __init__(self, members: dict[str, Member], every: float, workers: int = 48) -> None:
+    def __init__(self, members: dict[str, Member], workers: int = 48) -> None:
         self.members = members
-        self.every = every
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="renew")
         # Report changes do not queue behind periodic renewals: each daemon publishes at once.
         self._kick_pool = ThreadPoolExecutor(max(4, workers // 4), thread_name_prefix="publish")
         self._cv = threading.Condition()
         self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
         self._urgent: deque[str] = deque()
         self._queued: set[str] = set()
         self._running: set[str] = set()
@@ -131,13 +133,16 @@ class Renewer:
         self.errors = 0
         self.renewals = 0
 
+    def _schedule(self, name: str, due: float) -> None:
+        self._due[name] = due
+        heapq.heappush(self._heap, (due, name))
+
     def start(self) -> None:
         now = time.monotonic()
-        names = sorted(self.members)
-        n = max(1, len(names))
-        # Spread the periodic renewals evenly over one period, as independent daemons would be.
-        self._heap = [(now + self.every * (i / n), name) for i, name in enumerate(names)]
-        heapq.heapify(self._heap)
+        # Independent daemons renew at random phases of their period: the steady state.
+        with self._cv:
+            for name, m in self.members.items():
+                self._schedule(name, now + random.uniform(0, m.renew_every))  # noqa: S311 (a phase)
         threading.Thread(target=self._loop, name="renewer", daemon=True).start()
 
     def stop(self) -> None:
@@ -182,8 +187,9 @@ class Renewer:
                         urgent.add(name)
                         batch.append(name)
                     while self._heap and self._heap[0][0] <= now:
-                        _, name = heapq.heappop(self._heap)
-                        heapq.heappush(self._heap, (now + self.every, name))
+                        due, name = heapq.heappop(self._heap)
+                        if self._due.get(name) != due:
+                            continue  # rescheduled by a renewal since
                         if name not in self._running and name not in self._queued:
                             self._queued.add(name)
                             batch.append(name)
@@ -201,8 +207,9 @@ class Renewer:
                     return
 
     def _do(self, name: str) -> None:
+        m = self.members[name]
         try:
-            self.members[name].renew()
+            m.renew()
             self.renewals += 1
         except Exception as e:
             self.errors += 1
@@ -212,12 +219,72 @@ class Renewer:
         finally:
             with self._cv:
                 self._running.discard(name)
+                self._schedule(name, time.monotonic() + m.renew_every)
                 if name in self._again:
                     self._again.discard(name)
                     if name not in self._queued:
                         self._queued.add(name)
                         self._urgent.append(name)
-                    self._cv.notify()
+                self._cv.notify()
+
+
+class WatchReopens:
+    """Each daemon holds two watches by name (its grant Lease, the activity Lease), each ended by
+    the API server after `watch_seconds` plus up to 50 % jitter and then re-opened: one WATCH
+    request per re-open. The fleet shares one watch of each kind (the same events, N times fewer
+    connections), so this sends, on each node's own jittered schedule, the WATCH request that
+    node's re-open would send (by name, from the current resourceVersion, ended by the server
+    after 1 s): the API server counts the requests an idle fleet of N daemons makes. What it does
+    not reproduce is N open connections held in the API server's memory."""
+
+    KINDS = 2
+
+    def __init__(self, api: k8s.Client, namespace: str, names: list[str], watch_seconds: int,
+                 workers: int = 8) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.names = names
+        self.watch_seconds = watch_seconds
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rewatch")
+        self._stop = threading.Event()
+        self.rv = "0"
+        self.reopens = 0
+
+    def _period(self) -> float:
+        return self.watch_seconds * random.uniform(1.0, 1.5)  # noqa: S311 (jitter)
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="rewatch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _loop(self) -> None:
+        now = time.monotonic()
+        heap = [(now + random.uniform(0, self._period()), i, name)  # noqa: S311 (a phase)
+                for name in self.names for i in range(self.KINDS)]
+        heapq.heapify(heap)
+        while heap and not self._stop.is_set():
+            due, i, name = heap[0]
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
+            heapq.heapreplace(heap, (time.monotonic() + self._period(), i, name))
+            lease = p.grant_lease_name(name) if i == 0 else p.ACTIVITY_LEASE
+            try:
+                self._pool.submit(self._reopen, lease)
+            except RuntimeError:
+                return
+
+    def _reopen(self, lease: str) -> None:
+        try:
+            with self.api.watch(k8s.lease_path(self.namespace), resource_version=self.rv, timeout_seconds=1,
+                                fieldSelector=f"metadata.name={lease}") as w:
+                for _ in w:
+                    pass
+            self.reopens += 1
+        except Exception as e:
+            log.debug("re-open watch of %s: %s", lease, e)
 
 
 @dataclass
@@ -251,7 +318,8 @@ class Fleet:
 
     def __init__(self, kubeconfig: str | Path, names: list[str], *, step_seconds: float,
                  initial_version: str, available: list[str], member_duration: int = 20,
-                 renew_fraction: float = 0.33, namespace: str = "kupd-system", workers: int = 48) -> None:
+                 renew_fraction: float = 0.33, namespace: str = "kupd-system", workers: int = 48,
+                 idle_renew: float | None = None, watch_seconds: int = 240) -> None:
         self.names = names
         self.api = api_client(kubeconfig, pool=max(64, workers * 2))
         self.timeline = Timeline()
@@ -266,12 +334,15 @@ class Fleet:
                           on_report=self._report_cb(name), retry_delay=1.0)
             self.agents[name] = agent
             m = TimedMember(self.api, namespace, name, member_duration, member_duration * renew_fraction,
-                            host.facts, agent.report, control_plane=False)
+                            host.facts, agent.report, control_plane=False, idle_renew=idle_renew)
             m.timeline = self.timeline
             self.members[name] = m
-        self.renewer = Renewer(self.members, member_duration * renew_fraction, workers)
+        self.renewer = Renewer(self.members, workers)
+        self.watch_seconds = watch_seconds
+        self.reopens = WatchReopens(self.api, namespace, names, watch_seconds)
         self.informer: k8s.Informer | None = None
         self.grant_informer: k8s.Informer | None = None
+        self.activity_informer: k8s.Informer | None = None
         self.namespace = namespace
         self._granted_seen: set[str] = set()
 
@@ -355,21 +426,35 @@ class Fleet:
                     self.timeline.granted.setdefault(name, time.monotonic())
             self.agents[name].offer(grant)
 
+    def _on_activity(self) -> None:
+        # One watch of the activity Lease stands in for each daemon's: an operation's start makes
+        # every member renew at once (Member.set_active), from the fleet's publish pool.
+        assert self.activity_informer is not None
+        active = bool(p.activity_value(self.activity_informer.get(f"{self.namespace}/{p.ACTIVITY_LEASE}")))
+        for name, m in self.members.items():
+            if m.set_activity(active):
+                self.renewer.kick(name)
+
     def start(self) -> None:
         self.renewer.start()
+        self.reopens.start()
         self.informer = k8s.Informer("bench-directupdates", self.api, k8s.kupd_path(k8s.DIRECTUPDATES),
-                                      self._observe_status).start()
+                                      self._observe_status, watch_seconds=self.watch_seconds).start()
         self.grant_informer = k8s.Informer(
-            "bench-grants", self.api, k8s.lease_path(self.namespace),
-            self._offer_grants, labelSelector=f"{p.LABEL_LEASE_KIND}={p.LEASE_KIND_GRANT}").start()
+            "bench-grants", self.api, k8s.lease_path(self.namespace), self._offer_grants,
+            watch_seconds=self.watch_seconds, labelSelector=f"{p.LABEL_LEASE_KIND}={p.LEASE_KIND_GRANT}").start()
+        self.activity_informer = k8s.Informer(
+            "bench-activity", self.api, k8s.lease_path(self.namespace), self._on_activity,
+            watch_seconds=self.watch_seconds, fieldSelector=f"metadata.name={p.ACTIVITY_LEASE}").start()
 
     def stop(self) -> None:
-        for inf in (self.informer, self.grant_informer):
+        for inf in (self.informer, self.grant_informer, self.activity_informer):
             if inf is not None:
                 inf.stop()
         for a in self.agents.values():
             a.stop()
         self.renewer.stop()
+        self.reopens.stop()
 
     def versions(self) -> dict[str, str]:
         return {n: h._mem["running_kubelet"] for n, h in self.hosts.items()}

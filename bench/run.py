@@ -74,6 +74,7 @@ class RunResult:
     register_s: float = math.nan
     idle_s: float = math.nan
     idle_per_node_min: dict[str, float] = field(default_factory=dict)
+    idle_total_per_node_min: float = math.nan  # every verb, watch re-opens included
     idle_by_resource: dict[str, int] = field(default_factory=dict)
     rollout_per_node_min: dict[str, float] = field(default_factory=dict)
     rollout_by_resource: dict[str, int] = field(default_factory=dict)
@@ -169,7 +170,8 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
     cp = _start_control_plane(workdir)
     sc = SimCluster(cp, workdir / "sim", step_seconds=step, initial_version=INITIAL, available=AVAILABLE,
                     member_seconds=LEASE.member_duration_seconds,
-                    coordinator_seconds=LEASE.coordinator_duration_seconds, log_level="warning")
+                    coordinator_seconds=LEASE.coordinator_duration_seconds,
+                    coordinator_idle_seconds=LEASE.coordinator_idle_duration_seconds, log_level="warning")
     fleet: Fleet | None = None
     try:
         node = sc.add_node("cp-1", control_plane=True, start=False)
@@ -189,15 +191,16 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         names = [f"w-{i:04d}" for i in range(1, n)]
         fleet = Fleet(cp.admin_kubeconfig, names, step_seconds=step, initial_version=INITIAL,
                       member_duration=LEASE.member_duration_seconds, renew_fraction=LEASE.renew_fraction,
-                      available=AVAILABLE, workers=workers)
+                      available=AVAILABLE, workers=workers, idle_renew=LEASE.member_idle_renew_seconds,
+                      watch_seconds=LEASE.watch_seconds)
         t0 = time.monotonic()
         fleet.register(workers)
         fleet.start()
         res.register_s = time.monotonic() - t0
         assert fleet.informer is not None
         _wait(fleet.informer.synced.is_set, 60, "fleet informer")
-        # Let the just-created leases pass one renewal period before measuring idle.
-        time.sleep(min(10.0, fleet.renewer.every + 1) if settle is None else settle)
+        # Let registration's writes settle before measuring idle.
+        time.sleep(10.0 if settle is None else settle)
 
         m0, c0, f0 = _scrape(cp), measure.cpu_seconds(pid), time.process_time()
         t_idle = time.monotonic()
@@ -206,6 +209,7 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         res.idle_s = time.monotonic() - t_idle
         idle_c = measure.diff(m1, m0)
         res.idle_per_node_min = measure.per_node_minute(measure.by_verb(idle_c), n, res.idle_s)
+        res.idle_total_per_node_min = sum(idle_c.values()) / n / (res.idle_s / 60)
         res.idle_by_resource = _by_resource(idle_c)
         res.coordinator_idle_cpu_s_per_min = (c1 - c0) / (res.idle_s / 60)
 
@@ -351,6 +355,7 @@ def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, fl
     row("overhead ratio", lambda r: _f(r.overhead_ratio))
     row("node time: timed steps / worker p50 / coordinator's node (s)",
         lambda r: f"{_f(r.timed_node_s, '{:.2f}')} / {_f(r.node_p50_s, '{:.2f}')} / {_f(r.cp_node_s, '{:.2f}')}")
+    row("API requests per node per minute, idle, all verbs", lambda r: _f(r.idle_total_per_node_min, "{:.3f}"))
     row("API requests per node per minute, idle (by verb)", lambda r: _verbs(r.idle_per_node_min))
     row("API requests per node per minute, rollout (by verb)", lambda r: _verbs(r.rollout_per_node_min))
     row("API requests per upgraded node, whole rollout (by verb)", lambda r: _verbs(r.rollout_per_upgraded_node))

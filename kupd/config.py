@@ -38,6 +38,24 @@ class LeaseSettings(_Strict):
     renew_fraction: float = Field(
         0.33, gt=0, lt=1, description="Renew when this fraction of the duration has passed."
     )
+    # While no operation runs nothing waits on liveness: members and the coordinator renew rarely
+    # and say so in leaseDurationSeconds (docs/development/protocol.md, "Idle and active").
+    member_idle_renew_seconds: int = Field(
+        3600, ge=10, le=86400,
+        description="While no operation is active, members renew every this many seconds (jittered by "
+        "10 %), declaring a lease of 3 times as long; an operation's start makes them renew at once and "
+        "then every member_duration_seconds * renew_fraction.",
+    )
+    coordinator_idle_duration_seconds: int = Field(
+        180, ge=3, le=3600,
+        description="The coordinator Lease's duration while no operation is active (renewed every "
+        "duration * renew_fraction); a lost coordinator is replaced within this while idle.",
+    )
+    watch_seconds: int = Field(
+        3600, ge=30, le=86400,
+        description="Watches ask the API server to end them after this many seconds, plus up to 50 % "
+        "random jitter, so that re-opens are rare and spread out.",
+    )
 
 
 class SimulatedHostSettings(_Strict):

@@ -41,6 +41,18 @@ class SchedulerLike(Protocol):
         """One pass over the schedules; when the next one is due (None: on the next change only)."""
 
 
+def _node_facts(node: dict[str, Any]) -> tuple[Any, ...]:
+    md, spec = node.get("metadata") or {}, node.get("spec") or {}
+    info = (node.get("status") or {}).get("nodeInfo") or {}
+    return (md.get("labels"), k8s.ready(node), spec.get("unschedulable"), info.get("kubeletVersion"))
+
+
+def _node_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a Node's change can change a plan: its labels, readiness, cordon or kubelet version,
+    not the heartbeat times the kubelet rewrites every few minutes."""
+    return old is None or _node_facts(old) != _node_facts(new)
+
+
 def _in_flight(status: dict[str, Any]) -> set[str]:
     return {e["name"] for e in status.get("nodes") or [] if e.get("phase") in planner.IN_FLIGHT and e.get("grant")}
 
@@ -52,7 +64,7 @@ class Coordinator:
                  elector: Elector, newest_patch: Callable[[str], str],
                  on_plan: Callable[[str, dict[str, Any]], None] | None = None,
                  scheduler: SchedulerLike | None = None,
-                 gates: Callable[[HealthGates], str | None] | None = None) -> None:
+                 gates: Callable[[HealthGates], str | None] | None = None, watch_seconds: int = 240) -> None:
         self.api = api
         self.namespace = namespace
         self.identity = identity
@@ -72,12 +84,19 @@ class Coordinator:
         # Decoded member Leases by resourceVersion: a round re-reads N Leases, most unchanged.
         self._decoded: dict[str, tuple[str, p.MemberLease]] = {}
         self._grant_memo: dict[str, p.Grant | None] = {}
-        self.ops = k8s.Informer("directupdates", api, k8s.kupd_path(k8s.DIRECTUPDATES), self._dirty.set)
+        # Whether the last round found nothing to do (no operation to run, no grant Lease to
+        # clear): then only a change wakes a round, not the 1 s tick, so an idle coordinator's CPU
+        # does not grow with N.
+        self._idle = False
+        self.ops = k8s.Informer("directupdates", api, k8s.kupd_path(k8s.DIRECTUPDATES), self._dirty.set,
+                                watch_seconds=watch_seconds)
         # A renewal that changes nothing but renewTime needs no round: expiry is found by the
         # 1 s tick. Without this, every member's renewal (N every ~7 s) runs an O(N) round.
         self.leases = k8s.Informer("leases", api, k8s.lease_path(namespace), self._dirty.set,
-                                   relevant=p.lease_changed)
-        self.nodes = k8s.Informer("nodes", api, k8s.node_path(), self._dirty.set)
+                                   relevant=p.lease_changed, watch_seconds=watch_seconds)
+        # The kubelet rewrites its Node's status every few minutes; only what the planner reads wakes a round.
+        self.nodes = k8s.Informer("nodes", api, k8s.node_path(), self._dirty.set, relevant=_node_changed,
+                                  watch_seconds=watch_seconds)
         self.status = StatusWriter(api, lambda: self.elector.leading, self.ops.put, self._dirty.set)
         self.events = EventWriter(api, identity)
         # Schedules: their own informers only wake the scheduler, which lists what it needs.
@@ -85,7 +104,7 @@ class Coordinator:
         self._sched_dirty.set()
         self._sched_due: datetime | None = None
         self.schedules = [
-            k8s.Informer(plural, api, k8s.kupd_path(plural), self._wake_scheduler)
+            k8s.Informer(plural, api, k8s.kupd_path(plural), self._wake_scheduler, watch_seconds=watch_seconds)
             for plural in (k8s.SCHEDULEDUPDATES, k8s.UPDATESCHEDULES)
         ] if scheduler is not None else []
 
@@ -117,13 +136,14 @@ class Coordinator:
             while not inf.synced.wait(1) and not self._stop.is_set():
                 pass
         while not self._stop.is_set():
-            self._dirty.wait(1.0)
+            changed = self._dirty.wait(1.0)
             self._dirty.clear()
             if self._stop.is_set() or not self.elector.leading:
                 continue
             try:
                 self._run_scheduler()
-                self.reconcile()
+                if changed or not self._idle:
+                    self.reconcile()
             except KupdError as e:
                 log.warning("reconcile: %s", e)
                 self._stop.wait(getattr(e, "delay", 1.0))
@@ -165,7 +185,11 @@ class Coordinator:
                     continue
                 cached = self._decoded[name] = (rv, decoded)
             m = cached[1]
-            alive = m.renew_time is not None and (now - m.renew_time).total_seconds() < m.duration
+            # An idle member declares a long lease (it renews hourly); during an operation it is
+            # judged by the active duration at most, so only a renewal since the operation began
+            # (or within the last active duration) makes it eligible for a turn.
+            alive = m.renew_time is not None and (now - m.renew_time).total_seconds() < min(
+                m.duration, self.member_duration)
             members[m.node] = planner.MemberView(m.node, alive, m.kubelet, m.report)
         return nodes, members
 
@@ -182,6 +206,8 @@ class Coordinator:
         active = [o for o in ops if (o.get("status") or {}).get("phase") not in planner.TERMINAL_OP]
         # The grant Leases, read once a round and kept current with this round's own writes.
         grants = p.grant_values(self.leases.items())
+        self._announce(active[0] if active else None)
+        self._idle = not active and not any(grants.values())
         if not active:
             if any(grants.values()):
                 self._clear_grants(None, ops, self._views(now)[1], grants)
@@ -252,6 +278,24 @@ class Coordinator:
                 parsed = e
             cached = self._specs[md["uid"]] = (generation, parsed)
         return cached[1]
+
+    def _announce(self, running: dict[str, Any] | None) -> None:
+        """Keep the activity Lease naming the operation being run ("" when none): written only
+        when that changes, so its watchers (every member) hear of operations starting and ending
+        and of nothing else."""
+        value = f"{running['metadata']['name']}/{running['metadata']['uid']}" if running else ""
+        current = self.leases.get(f"{self.namespace}/{p.ACTIVITY_LEASE}")
+        if current is not None and p.activity_value(current) == value:
+            return
+        if current is None and not value:
+            return  # never written: members start idle
+        if not self.elector.leading:
+            return
+        body = p.activity_lease_body(self.namespace, value, self.elector.epoch)
+        new = k8s.patch_or_create(self.api, k8s.lease_path(self.namespace, p.ACTIVITY_LEASE),
+                                  k8s.lease_path(self.namespace), body, "announce activity")
+        self.leases.put(new)
+        log.info("activity: %s", value or "idle")
 
     # -- grant Leases ------------------------------------------------------------------------
     def _decode_grant(self, value: str) -> p.Grant | None:

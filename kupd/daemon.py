@@ -65,6 +65,11 @@ class Daemon:
         self.notifier = Notifier()
         self._stop = threading.Event()
         self.coordinator: Coordinator | None = None
+        self._wake = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
 
     def _control_plane(self, api: k8s.Client) -> bool:
         if self.settings.control_plane is not None:
@@ -81,8 +86,8 @@ class Daemon:
     def run(self) -> int:
         s = self.settings
         logsetup.set_defaults(node=self.node)
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
         api = k8s.api_client(s.kubeconfig)
         host = make_host(s, self.node)
         store = CheckpointStore(s.state_dir)
@@ -115,7 +120,7 @@ class Daemon:
         lease = s.lease
         member = Member(api, lease.namespace, self.node, lease.member_duration_seconds,
                         lease.member_duration_seconds * lease.renew_fraction, host.facts, agent.report,
-                        control_plane)
+                        control_plane, idle_renew=lease.member_idle_renew_seconds)
         member_holder.append(member)
         member.start()
         agent.resume()
@@ -129,19 +134,38 @@ class Daemon:
                 agent.offer(p.Grant.decode(p.grant_value(obj)))
 
         grants = k8s.Informer("grant", api, k8s.lease_path(lease.namespace), offer,
+                               watch_seconds=lease.watch_seconds,
                                fieldSelector=f"metadata.name={p.grant_lease_name(self.node)}").start()
 
         eligible = s.coordinator_eligible == "any" or (s.coordinator_eligible == "control-plane" and control_plane)
-        elector = Elector(api, lease.namespace, self.node, lease.coordinator_duration_seconds)
+        elector = Elector(api, lease.namespace, self.node, lease.coordinator_duration_seconds,
+                          idle_duration=lease.coordinator_idle_duration_seconds)
+        elector.idle = True
+        # Whether an operation is active: one small object, written only when operations start or
+        # end, watched by name. It sets how often this member renews and the coordinator Lease's
+        # duration (docs/development/protocol.md, "Idle and active").
+        activity_key = f"{lease.namespace}/{p.ACTIVITY_LEASE}"
+        wake = self._wake
+
+        def on_activity() -> None:
+            active = bool(p.activity_value(activity.get(activity_key)))
+            member.set_active(active)
+            if elector.idle == active:
+                elector.idle = not active
+                wake.set()
+
+        activity = k8s.Informer("activity", api, k8s.lease_path(lease.namespace), on_activity,
+                                watch_seconds=lease.watch_seconds,
+                                fieldSelector=f"metadata.name={p.ACTIVITY_LEASE}").start()
         self.notifier.ready(f"member of the cluster as {self.node}"
                             + (", coordinator candidate" if eligible else ""))
         log.info("kupd daemon started on %s (control plane: %s, coordinator candidate: %s)",
                  self.node, control_plane, eligible)
         wd = watchdog_interval()
-        tick = lease.coordinator_duration_seconds * lease.renew_fraction
-        if wd:
-            tick = min(tick, wd / 2)
         while not self._stop.is_set():
+            tick = elector.duration * lease.renew_fraction
+            if wd:
+                tick = min(tick, wd / 2)
             if eligible:
                 self._elect(api, elector, host)
             metrics.coordinator(elector.leading, elector.epoch)
@@ -149,7 +173,8 @@ class Daemon:
             # second watch event: look at the grant Lease again on every tick.
             offer()
             self.notifier.watchdog()
-            self._stop.wait(tick)
+            wake.wait(tick)
+            wake.clear()
         log.info("stopping")
         self.notifier.stopping("stopping")
         if self.coordinator:
@@ -158,6 +183,7 @@ class Daemon:
         agent.stop()
         member.stop()
         grants.stop()
+        activity.stop()
         return 0
 
     def _elect(self, api: k8s.Client, elector: Elector, host: Host) -> None:
@@ -177,7 +203,8 @@ class Daemon:
                                            self.settings.lease.member_duration_seconds, elector,
                                            host.newest_patch, on_plan=metrics.operation_status,
                                            scheduler=Scheduler(api, SystemClock(), host.newest_patch),
-                                           gates=functools.partial(health.evaluate, api))
+                                           gates=functools.partial(health.evaluate, api),
+                                           watch_seconds=self.settings.lease.watch_seconds)
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
             log.info("no longer coordinator")

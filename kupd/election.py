@@ -20,11 +20,17 @@ log = logging.getLogger(__name__)
 
 
 class Elector:
-    def __init__(self, api: k8s.Client, namespace: str, identity: str, duration: int) -> None:
+    def __init__(self, api: k8s.Client, namespace: str, identity: str, duration: int,
+                 idle_duration: int | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self.identity = identity
-        self.duration = duration
+        self.active_duration = duration
+        # While no operation is active the holder declares (and renews at a fraction of) a longer
+        # duration: a lost coordinator is then replaced more slowly, but nothing is waiting on it.
+        self.idle_duration = idle_duration or duration
+        self.idle = False
+        self._declared = duration
         self.epoch = -1
         self._observed: tuple[str, str] | None = None
         self._observed_at = 0.0
@@ -32,8 +38,14 @@ class Elector:
         self._path = k8s.lease_path(namespace, p.COORDINATOR_LEASE)
 
     @property
+    def duration(self) -> int:
+        """The duration this daemon declares when it takes or renews the Lease now."""
+        return self.idle_duration if self.idle else self.active_duration
+
+    @property
     def leading(self) -> bool:
-        return self.epoch >= 0 and time.monotonic() - self._renewed_at < self.duration
+        # Measured against the duration declared at the last renewal: that is what candidates wait out.
+        return self.epoch >= 0 and time.monotonic() - self._renewed_at < self._declared
 
     def try_acquire_or_renew(self) -> bool:
         """One election round; returns whether this daemon is the coordinator afterwards."""
@@ -70,6 +82,7 @@ class Elector:
         transitions = int(spec.get("leaseTransitions") or 0)
         if holder == self.identity:
             spec["renewTime"] = now
+            spec["leaseDurationSeconds"] = self.duration
             if self._replace(lease):
                 return self._won(transitions, started)
             return False
@@ -100,6 +113,7 @@ class Elector:
     def _won(self, epoch: int, started: float) -> bool:
         self.epoch = epoch
         self._renewed_at = started
+        self._declared = self.duration
         return True
 
     def release(self) -> None:

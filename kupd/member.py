@@ -1,13 +1,21 @@
 """The member Lease: every daemon's liveness, facts and progress report, in one object it owns.
 
-One merge-patch per renewal (no read), and one extra when the agent's report changes, so the
-API cost per node is a small constant: 3 writes a minute at the default durations (a 60 s
-lease renewed every 20 s; measured in docs/development/performance.md).
+One merge-patch per renewal (no read), and one extra when the agent's report changes. How often
+it renews depends on whether an operation is active (the activity Lease, which the daemon
+watches by name, says so; docs/development/protocol.md, "Idle and active"):
+
+- idle: every `idle_renew` seconds (1 h by default, jittered by 10 %), declaring a lease of three
+  times that: nothing waits on liveness while nothing runs;
+- active (an operation named by the activity Lease, or a turn of our own still being worked
+  on): at once when the operation starts (within ACTIVATION_SPREAD seconds, so N members do not
+  hit the API server in the same millisecond), then every `renew_every` seconds, declaring
+  `duration` (60 s renewed every 20 s by default).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,17 +29,25 @@ from kupd.rfc3339 import format_micro
 
 log = logging.getLogger(__name__)
 
+# An operation's start reaches every member at once; each renews within this many seconds.
+ACTIVATION_SPREAD = 1.0
+# An idle member declares a lease this many times its idle renewal period.
+IDLE_LEASE_FACTOR = 3
+
 
 class Member:
     def __init__(self, api: k8s.Client, namespace: str, node: str, duration: int, renew_every: float,
                  facts: Callable[[], HostFacts], report: Callable[[], p.Report | None],
-                 control_plane: bool) -> None:
+                 control_plane: bool, idle_renew: float | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self.node = node
         self.name = p.member_lease_name(node)
-        self.duration = duration
-        self.renew_every = renew_every
+        self.active_duration = duration
+        self.active_renew = renew_every
+        # None: always renew as if an operation were active (no activity Lease watched).
+        self.idle_renew = idle_renew
+        self._activity = False
         self.facts = facts
         self.report = report
         self.control_plane = control_plane
@@ -39,6 +55,41 @@ class Member:
         self._stop = threading.Event()
         self.last_ok: datetime | None = None
         self.writes = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether to renew often: an operation is active, or our own turn is still running."""
+        if self.idle_renew is None or self._activity:
+            return True
+        r = self.report()
+        return r is not None and r.phase == p.TurnPhase.UPGRADING
+
+    @property
+    def duration(self) -> int:
+        if self.active or self.idle_renew is None:
+            return self.active_duration
+        return max(self.active_duration, int(IDLE_LEASE_FACTOR * self.idle_renew))
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds until the next periodic renewal."""
+        if self.active or self.idle_renew is None:
+            return self.active_renew
+        return self.idle_renew * random.uniform(0.9, 1.1)  # noqa: S311 (jitter, not a secret)
+
+    def set_activity(self, active: bool) -> bool:
+        """Record what the activity Lease says; whether an operation has just started."""
+        was, self._activity = self._activity, active
+        return active and not was
+
+    def set_active(self, active: bool) -> None:
+        """What the activity Lease says. An operation's start makes this member renew at once:
+        its liveness at the start of the operation is established then, and from now on it
+        declares the short lease and renews often."""
+        if self.set_activity(active):
+            t = threading.Timer(random.uniform(0, ACTIVATION_SPREAD), self.poke)  # noqa: S311 (jitter)
+            t.daemon = True
+            t.start()
 
     def body(self) -> dict[str, Any]:
         f = self.facts()

@@ -28,6 +28,10 @@ from kupd.versions import Version
 T = TypeVar("T")
 
 COORDINATOR_LEASE = "kupd-coordinator"
+# Written by the coordinator only when an operation starts or ends; every member watches it by
+# name to renew rarely while it is "" and often while it names an operation.
+ACTIVITY_LEASE = "kupd-activity"
+ANN_ACTIVE = "kupd.io/active"
 MEMBER_LEASE_PREFIX = "kupd-node-"
 GRANT_LEASE_PREFIX = "kupd-grant-"
 
@@ -46,6 +50,7 @@ ANN_REPORT = "kupd.io/report"
 LABEL_LEASE_KIND = "kupd.io/lease"
 LEASE_KIND_GRANT = "grant"
 LEASE_KIND_MEMBER = "member"
+LEASE_KIND_ACTIVITY = "activity"
 
 # Grant lease annotations: the Grant (JSON), or "" when the node holds no turn; and the epoch of
 # the coordinator that wrote it (checked at admission against the coordinator Lease).
@@ -274,6 +279,21 @@ def grant_lease_body(namespace: str, node: str, value: str, epoch: int) -> dict[
             "spec": {"holderIdentity": node}}
 
 
+def activity_value(lease: dict[str, Any] | None) -> str:
+    """What the activity Lease says: "<name>/<uid>" of the operation being run, "" when idle."""
+    if lease is None:
+        return ""
+    return str(((lease.get("metadata") or {}).get("annotations") or {}).get(ANN_ACTIVE) or "")
+
+
+def activity_lease_body(namespace: str, value: str, epoch: int) -> dict[str, Any]:
+    """The merge patch (or the new object) of the activity Lease saying `value` ("" when idle)."""
+    return {"metadata": {"name": ACTIVITY_LEASE, "namespace": namespace,
+                         "annotations": {ANN_ACTIVE: value, ANN_EPOCH: str(epoch)},
+                         "labels": {"app.kubernetes.io/name": "kupd", LABEL_LEASE_KIND: LEASE_KIND_ACTIVITY}},
+            "spec": {"holderIdentity": "kupd-coordinator"}}
+
+
 @dataclass(frozen=True)
 class MemberLease:
     """What a member Lease says: when it was renewed (by the node's clock), for how long, the
@@ -310,8 +330,9 @@ def lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     does not: expiry is found by the 1 s tick. Nor does a report that moves only to the next step:
     the record of steps is coalesced anyway, and the tick picks it up. What frees or holds a slot
     (a turn's start, its end, a drain blocked) and changed facts do."""
-    if (new.get("metadata") or {}).get("name", "").startswith(GRANT_LEASE_PREFIX):
-        return False  # grant Leases are the coordinator's own writes
+    name = (new.get("metadata") or {}).get("name", "")
+    if name.startswith(GRANT_LEASE_PREFIX) or name == ACTIVITY_LEASE:
+        return False  # grant Leases and the activity Lease are the coordinator's own writes
     if old is None:
         return True
     o, n = old.get("spec") or {}, new.get("spec") or {}

@@ -7,6 +7,7 @@ and relists on 410 Gone, so API outages cost one list when it returns.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -36,8 +37,13 @@ class Informer:
 
     def __init__(self, name: str, api: Client, resource: str, on_change: Callable[[], None],
                  relevant: Callable[[dict[str, Any] | None, dict[str, Any]], bool] | None = None,
-                 **query: Any) -> None:
+                 watch_seconds: int = 240, **query: Any) -> None:
         self.name = name
+        # Each watch asks the server to end it after watch_seconds plus up to 50 % jitter: every
+        # re-open is one request, so long watches are what keeps an idle daemon quiet, and the
+        # jitter keeps N daemons started together from re-opening together. Bookmarks keep the
+        # resourceVersion fresh meanwhile, so a re-open resumes without a LIST.
+        self.watch_seconds = watch_seconds
         # When given, a MODIFIED event calls on_change only if relevant(old, new) is true.
         self._relevant = relevant
         self._api = api
@@ -121,6 +127,9 @@ class Informer:
                 self._cache[self.key(obj)] = obj
         return not (typ == "MODIFIED" and self._relevant is not None and not self._relevant(old, obj))
 
+    def _watch_timeout(self) -> int:
+        return int(self.watch_seconds * (1 + 0.5 * random.random()))  # noqa: S311 (jitter, not a secret)
+
     def _run(self) -> None:
         rv: str | None = None
         backoff = 0.5
@@ -128,7 +137,8 @@ class Informer:
             try:
                 if rv is None:
                     rv = self._relist()
-                self._watch = self._api.watch(self._resource, resource_version=rv, timeout_seconds=240,
+                self._watch = self._api.watch(self._resource, resource_version=rv,
+                                              timeout_seconds=self._watch_timeout(),
                                               **self._query)
                 if self._stop.is_set():  # stop() ran while the watch was being opened
                     self._watch.close()

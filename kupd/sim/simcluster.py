@@ -68,6 +68,10 @@ class SimCluster:
     available: list[str] = field(default_factory=lambda: ["v1.31.2", "v1.31.3", "v1.32.0", "v1.32.1", "v1.33.0"])
     member_seconds: int = 8
     coordinator_seconds: int = 5
+    # The coordinator Lease's duration while idle; None: as while active, so tests that stop a
+    # coordinator between operations see it replaced in seconds. The bench passes the default.
+    coordinator_idle_seconds: int | None = None
+    member_idle_renew_seconds: int | None = None
     nodes: dict[str, SimNode] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
     log_level: str = "info"
@@ -82,7 +86,10 @@ class SimCluster:
             "host": "simulated", "control_plane": control_plane, "metrics_address": "", "log_level": self.log_level,
             "coordinator_eligible": "control-plane",
             "lease": {"member_duration_seconds": self.member_seconds,
-                      "coordinator_duration_seconds": self.coordinator_seconds},
+                      "coordinator_duration_seconds": self.coordinator_seconds,
+                      "coordinator_idle_duration_seconds": self.coordinator_idle_seconds or self.coordinator_seconds,
+                      **({"member_idle_renew_seconds": self.member_idle_renew_seconds}
+                         if self.member_idle_renew_seconds else {})},
             "simulated": {"state_file": str(d / "state" / "simulated-host.json"),
                           "step_seconds": self.step_seconds, "initial_version": self.initial_version,
                           "available_versions": self.available},

@@ -24,6 +24,8 @@ def test_bench_produces_every_figure(tmp_path: Path) -> None:
     missing = [k for k, v in {**_figures(run), **_figures(daemon), **plan}.items() if math.isnan(v)]
     assert not missing, f"figures not produced: {missing}"
     assert run.handoffs > 0
-    assert run.idle_per_node_min and run.rollout_per_node_min and run.rollout_per_upgraded_node
+    # Idle, a 10-node cluster may send no request at all in 2 s: the total is a figure, 0 included.
+    assert run.idle_s > 0 and run.idle_total_per_node_min >= 0
+    assert run.rollout_per_node_min and run.rollout_per_upgraded_node
     assert run.status_writes > 0 and run.status_bytes > 0
     assert "n/a" not in out
