@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from kupd import planner
 from kupd.api.models import parse_directupdate_spec
@@ -208,3 +209,23 @@ def planner_time(nodes: int, concurrency: int = 50, repeat: int = 5) -> dict[str
         "in_flight": float(in_flight),
         "status_bytes": float(len(json.dumps(second.status, separators=(",", ":")))),
     }
+
+
+def finished_status(nodes: int) -> dict[str, Any]:
+    """The status of a `nodes`-node DirectUpdate once every node has finished, as the planner
+    writes it (compact entries): the largest a status gets."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    names = ["cp-1"] + [f"w-{i:05d}" for i in range(1, nodes)]
+    views = [planner.NodeView(n, {"kubernetes.io/hostname": n}, n == "cp-1") for n in names]
+    members = {n: planner.MemberView(n, True, Version.parse("v1.31.2")) for n in names}
+    spec = parse_directupdate_spec({"version": "v1.32.0", "concurrency": 50, "backup": {"required": False}})
+    status = planner.plan(planner.Operation("bench", "uid-1", 1, spec, {}), views, members, epoch=1,
+                          coordinator="cp-1", now=now).status
+    out = []
+    for e in status["nodes"]:
+        done = {**e, "phase": planner.SUCCEEDED, "attempts": 1, "step": "uncordon", "message": "upgraded to v1.32.0",
+                "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:07Z"}
+        planner.compact(done)
+        out.append(done)
+    return {**status, "nodes": out, "phase": "Succeeded",
+            "summary": {**status["summary"], "pending": 0, "upgrading": 0, "succeeded": nodes}}

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -74,7 +75,8 @@ class RunResult:
     register_s: float = math.nan
     idle_s: float = math.nan
     idle_per_node_min: dict[str, float] = field(default_factory=dict)
-    idle_total_per_node_min: float = math.nan  # every verb, watch re-opens included
+    idle_total_per_node_min: float = math.nan  # kupd's, every verb, watch re-opens included
+    idle_background_writes: int = 0  # the API server's own identity Lease renewals, subtracted
     idle_by_resource: dict[str, int] = field(default_factory=dict)
     rollout_per_node_min: dict[str, float] = field(default_factory=dict)
     rollout_by_resource: dict[str, int] = field(default_factory=dict)
@@ -149,6 +151,37 @@ def handoffs(timeline_finished: dict[str, float], timeline_granted: dict[str, fl
     return out
 
 
+class BackgroundLeaseWrites:
+    """Counts writes of the Leases in kube-system (kube-apiserver's identity Lease) from a watch,
+    so that the idle figures are kupd's own."""
+
+    def __init__(self, api: k8s.Client, seconds: float) -> None:
+        self._count = 0
+        self._marked = 0
+        self._watch = api.watch(k8s.lease_path("kube-system"), resource_version="0", timeout_seconds=int(seconds))
+        self._synced = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, name="background-leases", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for ev in self._watch:
+                if ev["type"] == "MODIFIED":
+                    with self._lock:
+                        self._count += 1
+        except Exception as e:
+            log.debug("background lease watch: %s", e)
+
+    def mark(self) -> int:
+        """Writes since the previous mark."""
+        with self._lock:
+            n, self._marked = self._count - self._marked, self._count
+        return n
+
+    def stop(self) -> None:
+        self._watch.close()
+
+
 def _start_daemon(sc: SimCluster, name: str, source: Path | None) -> None:
     """SimCluster.start, optionally with the `kupd` package imported from `source` (a patched copy)."""
     if source is None:
@@ -202,12 +235,20 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         # Let registration's writes settle before measuring idle.
         time.sleep(10.0 if settle is None else settle)
 
+        background = BackgroundLeaseWrites(api, idle + 120)
         m0, c0, f0 = _scrape(cp), measure.cpu_seconds(pid), time.process_time()
+        background.mark()
         t_idle = time.monotonic()
         time.sleep(idle)
         m1, c1 = _scrape(cp), measure.cpu_seconds(pid)
+        res.idle_background_writes = background.mark()
         res.idle_s = time.monotonic() - t_idle
+        background.stop()
         idle_c = measure.diff(m1, m0)
+        # Not kupd's: kube-apiserver renews its own identity Lease in kube-system every 10 s
+        # (6 PUTs a minute, 0.06 per node per minute at N=100), counted here from its events.
+        put = ("PUT", "leases")
+        idle_c[put] = max(0, idle_c.get(put, 0) - res.idle_background_writes)
         res.idle_per_node_min = measure.per_node_minute(measure.by_verb(idle_c), n, res.idle_s)
         res.idle_total_per_node_min = sum(idle_c.values()) / n / (res.idle_s / 60)
         res.idle_by_resource = _by_resource(idle_c)
@@ -329,6 +370,37 @@ def daemon_footprint(idle: float, workdir: Path, env: dict[str, str] | None = No
         cp.stop()
 
 
+def status_writes(sizes: list[int], workdir: Path, repeat: int = 5) -> dict[int, dict[str, float]]:
+    """For each size: the finished status of that many nodes (the largest a status gets), its
+    size, and the time the real API server takes to store it (PUT directupdates/status, the
+    client's median wall time over `repeat` writes; the coordinator writes it from its own thread)."""
+    out: dict[int, dict[str, float]] = {}
+    cp = _start_control_plane(workdir)
+    try:
+        api = api_client(cp.admin_kubeconfig)
+        for n in sizes:
+            name = f"size-{n}"
+            body = {"apiVersion": k8s.API_VERSION, "kind": "DirectUpdate", "metadata": {"name": name},
+                    "spec": {"version": TARGET, "concurrency": 50, "backup": {"required": False}}}
+            obj = api.create(k8s.kupd_path(k8s.DIRECTUPDATES), body)
+            status = measure.finished_status(n)
+            times = []
+            for _ in range(repeat):
+                t0 = time.monotonic()
+                path = k8s.kupd_path(k8s.DIRECTUPDATES, name, subresource="status")
+                obj = api.replace(path, {**obj, "status": status})
+                times.append(time.monotonic() - t0)
+                status = {**status, "message": f"write {len(times)}"}
+            stored = api.get(k8s.kupd_path(k8s.DIRECTUPDATES, name))
+            out[n] = {"status_bytes": float(len(json.dumps(status, separators=(",", ":")))),
+                      "object_bytes": float(len(json.dumps(stored, separators=(",", ":")))),
+                      "put_s": statistics.median(times), "stored_nodes": float(len(stored["status"]["nodes"]))}
+            api.delete(k8s.kupd_path(k8s.DIRECTUPDATES, name))
+        return out
+    finally:
+        cp.stop()
+
+
 # -- output -----------------------------------------------------------------------------------
 def _f(x: float, fmt: str = "{:.3f}") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
@@ -338,7 +410,8 @@ def _verbs(d: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if v >= 0.005) or "0"
 
 
-def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, float] | None) -> str:
+def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, float] | None,
+          sizes: dict[int, dict[str, float]] | None = None) -> str:
     head = ["figure"] + [f"N = {r.nodes}" for r in runs]
     rows: list[list[str]] = []
 
@@ -381,6 +454,10 @@ def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, fl
             lambda r: f"{_f(plan['first_s'])} / {_f(plan['steady_s'])}")
         row(f"planner, {int(plan['nodes'])} nodes: status size",
             lambda r: f"{plan['status_bytes'] / 1024:.0f} KiB")
+    for n, sz in (sizes or {}).items():
+        text = (f"{sz['status_bytes'] / 1024:.0f} KiB / {sz['object_bytes'] / 1024:.0f} KiB / "
+                f"{sz['put_s']:.3f} s")
+        rows.append([f"status of {n} finished nodes: size / stored object / PUT time"] + [text] * len(runs))
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -399,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="how long the single real daemon idles before its RSS/CPU are read; 0 skips it")
     ap.add_argument("--planner-nodes", type=int, default=5000, help="0 skips the planner timing")
     ap.add_argument("--workers", type=int, default=48, help="fleet threads for registration and renewals")
+    ap.add_argument("--status-nodes", type=int, nargs="*", default=[5000, 10000],
+                    help="sizes at which to store a finished status on the real API server and time it")
     ap.add_argument("--coordinator-source", type=Path,
                     help="run the coordinator's daemon with the kupd package from this folder (a patched copy)")
     ap.add_argument("--json", type=Path, help="also write every figure here")
@@ -413,7 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[RunResult] = []
     daemon: DaemonResult | None = None
     plan: dict[str, float] | None = None
+    sizes: dict[int, dict[str, float]] | None = None
     try:
+        if args.status_nodes:
+            log.info("status writes: %s nodes", args.status_nodes)
+            sizes = status_writes(args.status_nodes, root / "status")
         if args.planner_nodes:
             log.info("planner: %d nodes", args.planner_nodes)
             plan = measure.planner_time(args.planner_nodes)
@@ -431,10 +514,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-    print(table(runs, daemon, plan))
+    print(table(runs, daemon, plan, sizes))
     if args.json:
         args.json.write_text(json.dumps({"runs": [asdict(r) for r in runs],
-                                         "daemon": asdict(daemon) if daemon else None, "planner": plan},
+                                         "daemon": asdict(daemon) if daemon else None, "planner": plan,
+                                         "status": sizes},
                                         indent=2, default=str))
     return 0 if all(r.phase == "Succeeded" for r in runs) else 1
 

@@ -53,6 +53,14 @@ def _node_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     return old is None or _node_facts(old) != _node_facts(new)
 
 
+def _waiting(status: dict[str, Any]) -> bool:
+    """Whether an operation waits for an operator or a window: paused by spec.paused or outside
+    its maintenance window (not a health gate's pause between waves, nor a new one not planned yet)."""
+    return status.get("phase") == planner.OP_PAUSED and any(
+        c.get("type") == "Progressing" and c.get("status") == "False" and c.get("reason") in ("Paused", "OutsideWindow")
+        for c in status.get("conditions") or [])
+
+
 def _in_flight(status: dict[str, Any]) -> set[str]:
     return {e["name"] for e in status.get("nodes") or [] if e.get("phase") in planner.IN_FLIGHT and e.get("grant")}
 
@@ -206,9 +214,9 @@ class Coordinator:
         active = [o for o in ops if (o.get("status") or {}).get("phase") not in planner.TERMINAL_OP]
         # The grant Leases, read once a round and kept current with this round's own writes.
         grants = p.grant_values(self.leases.items())
-        self._announce(active[0] if active else None)
         self._idle = not active and not any(grants.values())
         if not active:
+            self._announce(None)
             if any(grants.values()):
                 self._clear_grants(None, ops, self._views(now)[1], grants)
             return
@@ -221,6 +229,11 @@ class Coordinator:
                 st.update(phase=planner.OP_PENDING, message=msg)
                 self.status.write(queued, st)
         self._reconcile_one(first, nodes, members, now, grants)
+        planned = self.status.planned.get(first["metadata"]["uid"]) or first.get("status") or {}
+        # Paused by spec.paused or outside its window, an operation may wait for days: members
+        # stay idle meanwhile (turns in flight keep their own members active) and renew at once
+        # when it resumes. A health gate's pause between waves is short: members stay active.
+        self._announce(None if _waiting(planned) else first)
         self._clear_grants(first["metadata"]["uid"], ops, members, grants)
 
     def _reconcile_one(self, obj: dict[str, Any], nodes: list[planner.NodeView],

@@ -40,6 +40,7 @@ PENDING, GRANTED, UPGRADING, SUCCEEDED, FAILED, SKIPPED, LOST = (
 )
 IN_FLIGHT = (GRANTED, UPGRADING, LOST)
 DONE = (SUCCEEDED, SKIPPED)
+CONTROL_PLANE, WORKER = "ControlPlane", "Worker"  # status.nodes[].role; absent means Worker
 OP_PENDING, OP_RUNNING, OP_PAUSED, OP_SUCCEEDED, OP_FAILED, OP_ATTENTION = (
     OpPhase.PENDING, OpPhase.RUNNING, OpPhase.PAUSED, OpPhase.SUCCEEDED, OpPhase.FAILED, OpPhase.REQUIRES_ATTENTION,
 )
@@ -304,9 +305,13 @@ def adopt(r: Round, policy: Policy, selection: Selection) -> dict[str, dict[str,
         m = r.members.get(n.name)
         e = entries.get(n.name)
         if e is None:
-            e = {"name": n.name, "role": "ControlPlane" if n.control_plane else "Worker",
-                 "canary": n.name in selection.canaries, "phase": PENDING, "attempts": 0,
-                 "toVersion": str(policy.target)}
+            # Compact (docs/development/protocol.md, "The size of the status"): role only for the
+            # control plane, canary only when true, toVersion only when it is not spec.version.
+            e = {"name": n.name, "phase": PENDING}
+            if n.control_plane:
+                e["role"] = CONTROL_PLANE
+            if n.name in selection.canaries:
+                e["canary"] = True
             if m and m.kubelet:
                 e["fromVersion"] = str(m.kubelet)
                 if m.kubelet >= policy.target:
@@ -373,6 +378,7 @@ def observe(r: Round, policy: Policy, selection: Selection, entries: dict[str, d
     status, with the summary counts."""
     for n in selection.nodes:
         _observe(r, entries[n.name], r.members.get(n.name), policy, n.name)
+        compact(entries[n.name])
     ordered = [entries[n.name] for n in selection.nodes]
     selected_names = {n.name for n in selection.nodes}
     r.status["nodes"] = ordered + [e for name, e in entries.items() if name not in selected_names]
@@ -403,6 +409,42 @@ def _observe(r: Round, e: dict[str, Any], m: MemberView | None, policy: Policy, 
             e["message"] = "member lease expired; waiting for kupd on this node to come back"
             return
         _fold_report(r, e, m, grant, policy, name)
+
+
+# What a finished node's entry keeps: who (and whether a canary), the outcome, when and how long (the bake and the
+# maintenance window read those), retries beyond the first attempt and an operator's retry token.
+_DONE_KEEP = ("name", "role", "canary", "phase", "finishedAt", "seconds", "retryToken")
+
+
+def compact(e: dict[str, Any]) -> None:
+    """Shrink an entry to what it must say (pure, idempotent): at 10,000 nodes the status must
+    stay well under etcd's request limit. A finished node (Succeeded, Skipped) keeps `_DONE_KEEP`,
+    its turn's duration in `seconds` instead of startedAt, and `attempts` only above 1; any entry
+    drops `role: Worker`, `canary: false`, `attempts: 0` (the absent values' meaning)."""
+    if e.get("role") == WORKER:
+        del e["role"]
+    if e.get("canary") is False:
+        del e["canary"]
+    if e.get("attempts") == 0:
+        del e["attempts"]
+    if e["phase"] not in DONE:
+        return
+    started, finished = parse_or_none(e.get("startedAt")), parse_or_none(e.get("finishedAt"))
+    if started is not None and finished is not None:
+        e["seconds"] = max(0, round((finished - started).total_seconds()))
+    attempts = e.get("attempts")
+    for key in [k for k in e if k not in _DONE_KEEP]:
+        del e[key]
+    if isinstance(attempts, int) and attempts > 1:
+        e["attempts"] = attempts
+
+
+def node_seconds(e: Mapping[str, Any]) -> float | None:
+    """How long a finished node's turn took: `seconds` of a compact entry, else from its times."""
+    if isinstance(e.get("seconds"), int):
+        return float(e["seconds"])
+    s, f = parse_or_none(e.get("startedAt")), parse_or_none(e.get("finishedAt"))
+    return (f - s).total_seconds() if s and f else None
 
 
 def _at_target(r: Round, e: dict[str, Any], m: MemberView, policy: Policy) -> None:
@@ -572,9 +614,9 @@ def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Polic
         return None
     measured = []
     for e in ordered:
-        s, f = parse_or_none(e.get("startedAt")), parse_or_none(e.get("finishedAt"))
-        if e["phase"] == SUCCEEDED and s and f:
-            measured.append((f - s).total_seconds())
+        seconds = node_seconds(e) if e["phase"] == SUCCEEDED else None
+        if seconds is not None:
+            measured.append(seconds)
     expected = windows.expected_node_seconds(measured, policy.default_node_seconds)
     return windows.can_start_node(now, start, end, expected)
 
@@ -593,11 +635,11 @@ def grant(r: Round, policy: Policy, ordered: list[dict[str, Any]], hops: list[Ve
     for e in ordered:
         if e["phase"] in IN_FLIGHT and e.get("grant"):
             e["grant"]["epoch"] = r.epoch
-    cps = [e for e in ordered if e["role"] == "ControlPlane"]
+    cps = [e for e in ordered if e.get("role") == CONTROL_PLANE]
     if any(e["phase"] not in DONE for e in cps):
         _grant_control_plane(r, policy, cps, hops, elsewhere)
     else:
-        _grant_workers(r, policy, [e for e in ordered if e["role"] == "Worker"], hops, canaries, elsewhere)
+        _grant_workers(r, policy, [e for e in ordered if e.get("role") != CONTROL_PLANE], hops, canaries, elsewhere)
 
 
 def _give(r: Round, e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool) -> None:

@@ -63,6 +63,8 @@ def is_terminal(obj: Mapping[str, Any]) -> bool:
 
 def node_seconds(entry: Mapping[str, Any], now: datetime) -> float | None:
     """How long the node has been (or was) upgrading; None if it has not started."""
+    if isinstance(entry.get("seconds"), int):
+        return float(entry["seconds"])  # a finished node's compact entry
     start = parse_or_none(entry.get("startedAt"))
     if start is None:
         return None
@@ -124,21 +126,32 @@ def _counts(status: Mapping[str, Any]) -> tuple[int, int]:
 
 
 # -- the JSON document ----------------------------------------------------------------------------
-def node_view(entry: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+def node_view(entry: Mapping[str, Any], now: datetime, target: str = "") -> dict[str, Any]:
+    """Every field of a node's entry, the compact entry's absent ones filled in (role Worker,
+    toVersion the operation's target)."""
     return {
         "name": entry.get("name", ""),
-        "role": entry.get("role", ""),
+        "role": entry.get("role", "Worker"),
         "canary": bool(entry.get("canary", False)),
         "phase": entry.get("phase", ""),
         "step": entry.get("step", ""),
-        "attempts": int(entry.get("attempts") or 0),
+        "attempts": int(entry.get("attempts") or (1 if entry.get("phase") == "Succeeded" else 0)),
         "fromVersion": entry.get("fromVersion", ""),
-        "toVersion": entry.get("toVersion", ""),
+        "toVersion": entry.get("toVersion", target),
         "startedAt": entry.get("startedAt"),
         "finishedAt": entry.get("finishedAt"),
         "durationSeconds": _round(node_seconds(entry, now)),
-        "message": entry.get("message", ""),
+        "message": entry.get("message") or _finished_message(entry, target),
     }
+
+
+def _finished_message(entry: Mapping[str, Any], target: str) -> str:
+    """What a finished node's compact entry no longer stores, said again."""
+    if entry.get("phase") == "Succeeded" and target:
+        return f"upgraded to {target}"
+    if entry.get("phase") == "Skipped":
+        return "already at the target"
+    return ""
 
 
 def _spec(obj: Mapping[str, Any]) -> DirectUpdateSpec | None:
@@ -181,7 +194,7 @@ def operation_view(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "backup": dict(status["backup"]) if status.get("backup") else None,
         "observedGeneration": status.get("observedGeneration"),
         "generation": md.get("generation"),
-        "nodes": [node_view(e, now) for e in entries],
+        "nodes": [node_view(e, now, str((obj.get("spec") or {}).get("version") or "")) for e in entries],
     }
 
 

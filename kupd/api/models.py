@@ -364,14 +364,18 @@ class GrantRecord(_Status):
 
 
 class NodeStatus(_Status):
+    """One node's entry, compact (planner.compact): an absent role is Worker, an absent canary
+    false, absent attempts 0 (1 for a finished node), an absent toVersion spec.version."""
+
     name: DnsSubdomain
-    role: NodeRole
-    canary: bool = False
+    role: NodeRole | None = None
+    canary: bool | None = None
     phase: NodePhase
     step: Annotated[str, Field(max_length=63)] | None = None
-    attempts: int = Field(default=0, ge=0, le=100)
+    attempts: int | None = Field(default=None, ge=0, le=100)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    seconds: int | None = Field(default=None, ge=0, le=31622400)
     from_version: Annotated[str, Field(max_length=64)] | None = None
     to_version: Annotated[str, Field(max_length=64)] | None = None
     message: Annotated[str, Field(max_length=2048)] | None = None
@@ -411,7 +415,7 @@ class DirectUpdateStatus(_Status):
     message: Annotated[str, Field(max_length=4096)] | None = None
     summary: Summary | None = None
     backup: BackupRecord | None = None
-    nodes: list[NodeStatus] = Field(default_factory=list, max_length=5000)
+    nodes: list[NodeStatus] = Field(default_factory=list, max_length=20000)
 
 
 class ScheduledUpdateStatus(_Status):

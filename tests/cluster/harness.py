@@ -109,12 +109,12 @@ class Monitor:
 
     def _on_du(self, obj: dict[str, Any]) -> None:
         nodes = (obj.get("status") or {}).get("nodes") or []
-        cps = [n for n in nodes if n["role"] == "ControlPlane" and n["phase"] in IN_FLIGHT]
-        ws = [n for n in nodes if n["role"] == "Worker" and n["phase"] in IN_FLIGHT]
+        cps = [n for n in nodes if n.get("role") == "ControlPlane" and n["phase"] in IN_FLIGHT]
+        ws = [n for n in nodes if n.get("role", "Worker") == "Worker" and n["phase"] in IN_FLIGHT]
         self.max_cp_granted = max(self.max_cp_granted, len(cps))
         self.max_workers_granted = max(self.max_workers_granted, len(ws))
         cp_open = [n["name"] for n in nodes
-                   if n["role"] == "ControlPlane" and n["phase"] not in ("Succeeded", "Skipped")]
+                   if n.get("role") == "ControlPlane" and n["phase"] not in ("Succeeded", "Skipped")]
         if ws and cp_open:
             self.worker_before_cp.append(f"{[w['name'] for w in ws]} granted while {cp_open} not done")
 

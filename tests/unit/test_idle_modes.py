@@ -88,3 +88,15 @@ def test_the_activity_lease_is_read_and_written_by_its_codec() -> None:
     assert body["metadata"]["annotations"][p.ANN_EPOCH] == "4"
     # Its changes are the coordinator's own writes: they wake no round.
     assert not p.lease_changed(body, p.activity_lease_body("kupd-system", "", 4))
+
+
+def _status(phase: str, reason: str) -> dict[str, Any]:
+    return {"phase": phase, "conditions": [{"type": "Progressing", "status": "False", "reason": reason}]}
+
+
+def test_members_go_idle_only_while_an_operation_waits_for_an_operator_or_a_window() -> None:
+    from kupd.coordinator import _waiting
+
+    assert _waiting(_status("Paused", "Paused")) and _waiting(_status("Paused", "OutsideWindow"))
+    assert not _waiting({"phase": "Paused", "conditions": [{"type": "HealthGates", "status": "False"}]})
+    assert not _waiting({"phase": "Running"}) and not _waiting({})
