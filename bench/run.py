@@ -91,6 +91,7 @@ class RunResult:
     coordinator_peak_rss_mb: float = math.nan
     fleet_cpu_s: float = math.nan
     renew_errors: int = 0
+    upgraded_workers: int = 0  # workers whose agent finished
 
 
 @dataclass
@@ -198,7 +199,8 @@ def _start_daemon(sc: SimCluster, name: str, source: Path | None) -> None:
 
 
 def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, workers: int = 48,
-            settle: float | None = None, coordinator_source: Path | None = None) -> RunResult:
+            settle: float | None = None, coordinator_source: Path | None = None,
+            max_rollout: float = 0.0) -> RunResult:
     res = RunResult(nodes=n, concurrency=concurrency, step_seconds=step)
     cp = _start_control_plane(workdir)
     sc = SimCluster(cp, workdir / "sim", step_seconds=step, initial_version=INITIAL, available=AVAILABLE,
@@ -281,7 +283,7 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
             return ph in ("Succeeded", "Failed", "RequiresAttention")
 
         try:
-            _wait(ended, max(120.0, 6 * res.ideal_s), "rollout end", every=0.05)
+            _wait(ended, max_rollout or max(120.0, 6 * res.ideal_s), "rollout end", every=0.05)
         except TimeoutError as e:
             log.error("%s", e)
         res.wall_s = time.monotonic() - t_start
@@ -320,6 +322,7 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         res.publish_p50_s = measure.percentile(pub, 50)
         res.coordinate_p50_s = measure.percentile(coordinate, 50)
         res.renew_errors = fleet.renewer.errors
+        res.upgraded_workers = len(finished)
         res.node_p50_s = measure.percentile([finished[w] - granted[w] for w in finished if w in granted], 50)
         sg, ss = tl.status_granted.get("cp-1"), tl.status_succeeded.get("cp-1")
         if sg is not None and ss is not None:
@@ -419,7 +422,12 @@ def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, fl
         rows.append([name] + [fn(r) for r in runs])
 
     row("worker concurrency / step duration", lambda r: f"{r.concurrency} / {r.step_seconds:g} s")
-    row("rollout result", lambda r: r.phase or "n/a")
+    def result(r: RunResult) -> str:
+        if r.phase in ("Succeeded", "Failed"):
+            return r.phase
+        return f"{r.phase or 'n/a'} ({r.upgraded_workers} of {r.nodes - 1} workers upgraded when stopped)"
+
+    row("rollout result", result)
     row("handoff latency p50 / p99 / max (s)",
         lambda r: f"{_f(r.handoff_p50_s)} / {_f(r.handoff_p99_s)} / {_f(r.handoff_max_s)} ({r.handoffs} handoffs)")
     row("  of which: report published p50 / coordinator+watch p50 (s)",
@@ -480,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="sizes at which to store a finished status on the real API server and time it")
     ap.add_argument("--coordinator-source", type=Path,
                     help="run the coordinator's daemon with the kupd package from this folder (a patched copy)")
+    ap.add_argument("--max-rollout-seconds", type=float, default=0.0,
+                    help="stop waiting for the rollout after this long and report what it did (default: 6 x ideal)")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     ap.add_argument("--workdir", type=Path, help="keep control planes and logs here (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -507,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             c = args.concurrency[i] if i < len(args.concurrency) else default_concurrency(n)
             log.info("N=%d: concurrency %d, step %.3g s", n, c, args.step_seconds)
             r = run_one(n, c, args.step_seconds, args.idle_seconds, root / f"n{n}", args.workers,
-                       coordinator_source=args.coordinator_source)
+                       coordinator_source=args.coordinator_source, max_rollout=args.max_rollout_seconds)
             log.info("N=%d: %s in %.1f s (ideal %.1f s), handoff p99 %.3f s", n, r.phase, r.wall_s, r.ideal_s,
                      r.handoff_p99_s)
             runs.append(r)
