@@ -148,10 +148,16 @@ def _iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(s: str | None) -> datetime | None:
-    if not s:
+def parse_time(s: object) -> datetime | None:
+    """A time kupd wrote (status, Lease times), or None when absent or not a time in range: such a
+    value was not written by kupd, and the rules that use it (bake times, liveness) treat it as unknown."""
+    if not s or not isinstance(s, str) or len(s) > 40:
         return None
-    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        return t.astimezone(UTC) if t.tzinfo is not None and windows.MIN_TIME <= t <= windows.MAX_TIME else None
+    except (ValueError, OverflowError):
+        return None
 
 
 def _condition(status: dict[str, Any], ctype: str, value: bool, reason: str, message: str,
@@ -373,7 +379,19 @@ def plan(
         _condition(status, "Progressing", False, "Paused", status["message"], gen, now)
         return Plan(status, events)
 
-    window = _window_decision(op, ordered, policy, now)
+    try:
+        window = _window_decision(op, ordered, policy, now)
+    except ValidationError as err:
+        # The annotations are written by the scheduler, or by anyone allowed to patch the object's
+        # metadata: a bad one holds this operation's next grants (when may they start?) and says so.
+        msg = f"invalid maintenance window, no node starts until it is fixed: {err}"
+        if status.get("message") != msg and not attention:
+            events.append(PlanEvent("InvalidWindow", msg, warning=True))
+        if not attention:
+            status["phase"] = OP_PAUSED
+            status["message"] = msg
+        _condition(status, "Progressing", False, "InvalidWindow", msg, gen, now)
+        return Plan(status, events)
     if window is not None and not window.allowed:
         if not attention:
             status["phase"] = OP_PAUSED
@@ -519,8 +537,7 @@ def _health_gate(gates: Mapping[str, Any] | None, ordered: list[dict[str, Any]],
 
 def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Policy,
                      now: datetime) -> windows.WindowDecision | None:
-    start = parse_time(op.annotations.get("kupd.io/window-start"))
-    end = parse_time(op.annotations.get("kupd.io/window-end"))
+    start, end = windows.window_from_annotations(op.annotations)
     if start is None and end is None:
         return None
     measured = []

@@ -19,6 +19,11 @@ from datetime import UTC, datetime, timedelta
 from kupd.errors import ValidationError
 from kupd.protocol import ANN_WINDOW_END, ANN_WINDOW_START
 
+# Times kupd accepts from stored objects and annotations. Arithmetic on them (a window's end, a
+# wake-up, a bake time) must not overflow datetime, so a margin is kept from datetime's limits.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+
 DEFAULT_NODE_SECONDS = 15 * 60.0
 """Expected duration of one node before any node of the operation has been measured."""
 
@@ -141,7 +146,15 @@ def parse_time(text: object, field: str) -> datetime:
         raise ValidationError(field, f"{text!r} is not an RFC 3339 time like 2026-12-05T02:00:00Z") from e
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError(field, f"{text!r} has no time zone offset; add Z or +hh:mm")
-    return value.astimezone(UTC)
+    try:
+        # Within a day of year 1 or 9999 the offset can carry the instant out of datetime's range:
+        # the schema's date-time format allows `9999-12-31T23:59:59-01:00`.
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not MIN_TIME <= utc <= MAX_TIME:
+        raise ValidationError(field, f"{text!r} is outside the supported range {MIN_TIME:%Y}..{MAX_TIME:%Y}")
+    return utc
 
 
 def _parse_annotation(annotations: Mapping[str, str], key: str) -> datetime | None:

@@ -192,6 +192,23 @@ def test_paused_and_window() -> None:
     assert granted(p) == ["cp-1"]
 
 
+@pytest.mark.parametrize("ann", [{"kupd.io/window-start": "not-a-time"},
+                                 {"kupd.io/window-end": "9999-12-31T23:59:59-01:00"},
+                                 {"kupd.io/window-start": "2026-11-27T13:00:00"},
+                                 {"kupd.io/window-start": "2026-11-27T15:00:00Z",
+                                  "kupd.io/window-end": "2026-11-27T13:00:00Z"}])
+def test_a_malformed_window_is_a_condition_and_holds_grants(ann: dict[str, str]) -> None:
+    nodes, members = cluster(1, 1)
+    p = run({"version": "v1.32.0", "backup": NO_BACKUP}, nodes, members, annotations=ann)
+    assert granted(p) == [] and p.status["phase"] == "Paused"
+    cond = next(c for c in p.status["conditions"] if c["type"] == "Progressing")
+    assert cond["reason"] == "InvalidWindow"
+    assert next(iter(ann)) in cond["message"] or "window-end" in cond["message"]
+    assert [e.reason for e in p.events] == ["InvalidWindow"] and p.events[0].warning
+    again = run({"version": "v1.32.0", "backup": NO_BACKUP}, nodes, members, status=p.status, annotations=ann)
+    assert again.events == []  # said once, not every round
+
+
 def test_done_when_every_node_is_at_the_target() -> None:
     nodes, members = cluster(1, 1)
     spec = {"version": "v1.32.0", "backup": NO_BACKUP}
