@@ -23,10 +23,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kupd import kube, logsetup, planner
+from kupd import health, kube, logsetup, planner
 from kupd import protocol as p
 from kupd.errors import KupdError
 from kupd.member import micro_time
@@ -34,9 +34,13 @@ from kupd.versions import Version
 
 log = logging.getLogger(__name__)
 
-GATE_SECONDS = 5.0
 STATUS_INTERVAL = 1.0
 NODE_ONLY_EVENTS = frozenset({"StepStarted"})
+
+
+def _int(value: object, default: int) -> int:
+    """An integer field of a Lease another node may have written: anything else is `default`."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else default
 
 
 def _in_flight(status: dict[str, Any]) -> set[str]:
@@ -77,6 +81,8 @@ class Elector:
         self.identity = identity
         self.duration = duration
         self.epoch = -1
+        self.live_takeovers = 0  # takeovers of this daemon's Lease while it was live (see below)
+        self._live_until = 0.0  # monotonic time until which this daemon's last renewal holds
         self._observed: tuple[str, str] | None = None
         self._observed_at = 0.0
         self._renewed_at = 0.0
@@ -118,17 +124,33 @@ class Elector:
         mono = time.monotonic()
         if (holder, renew) != self._observed:
             self._observed, self._observed_at = (holder, renew), mono
-        transitions = int(spec.get("leaseTransitions") or 0)
+        transitions = _int(spec.get("leaseTransitions"), 0)
         if holder == self.identity:
             spec["renewTime"] = now
             if self._replace(lease):
                 return self._won(transitions, started)
             return False
-        expired = not holder or mono - self._observed_at > int(spec.get("leaseDurationSeconds") or self.duration)
+        held_for = _int(spec.get("leaseDurationSeconds"), 0) or self.duration
+        if holder and time.monotonic() < self._live_until:
+            # Admission only checks the times a taker claims (CEL has no clock); the holder
+            # itself knows it renewed in time, so a takeover of its live Lease is detected here.
+            log.error("the coordinator Lease was taken from this live holder by %r (epoch %d -> %d); "
+                      "admission policy kupd.io-leases admits a takeover only after expiry, so the taker "
+                      "claimed a time ahead of the cluster's", holder, self.epoch, transitions)
+            self.live_takeovers += 1
+            self._live_until = 0.0
+        expired = not holder or mono - self._observed_at > held_for
         if not expired:
             self.epoch = -1
             return False
-        spec.update(holderIdentity=self.identity, acquireTime=now, renewTime=now,
+        # Observed expiry is measured on this daemon's monotonic clock; the admission policy wants
+        # acquireTime at least a lease duration after the last renewTime, on the writers' clocks.
+        # A clock behind the old holder's would be refused, so the claim is moved that far ahead.
+        acquired = now
+        last = planner.parse_time(renew) if holder else None
+        if last is not None and datetime.now(UTC) < last + timedelta(seconds=held_for, milliseconds=1):
+            acquired = micro_time(last + timedelta(seconds=held_for, milliseconds=1))
+        spec.update(holderIdentity=self.identity, acquireTime=acquired, renewTime=acquired,
                     leaseDurationSeconds=self.duration, leaseTransitions=transitions + 1)
         if self._replace(lease):
             log.info("became coordinator at epoch %d (previous holder %r)", transitions + 1, holder)
@@ -151,6 +173,7 @@ class Elector:
     def _won(self, epoch: int, started: float) -> bool:
         self.epoch = epoch
         self._renewed_at = started
+        self._live_until = started + self.duration
         return True
 
     def release(self) -> None:
@@ -165,6 +188,7 @@ class Elector:
         except Exception as e:
             log.debug("releasing the coordinator lease: %s", e)
         self.epoch = -1
+        self._live_until = 0.0
 
 
 class Coordinator:
@@ -185,7 +209,7 @@ class Coordinator:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._resolved: dict[tuple[int, int], str] = {}
-        self._gate_cache: tuple[str, float, str | None] | None = None
+        self._gate_runner = health.GateRunner(lambda gates: health.evaluate(self.api, gates))
         self.writes = 0
         self.grant_writes = 0
         # Statuses planned but not yet stored, by DirectUpdate uid; plans build on these.
@@ -483,18 +507,8 @@ class Coordinator:
             log.info("delivered grant to %s", node)
 
     def _gates(self, gates: dict[str, Any] | None) -> str | None:
-        """External health gates, evaluated at most every GATE_SECONDS (they cost a query each)."""
-        if not gates:
-            return None
-        now = time.monotonic()
-        key = repr(sorted(gates.items()))
-        if self._gate_cache and self._gate_cache[0] == key and now - self._gate_cache[1] < GATE_SECONDS:
-            return self._gate_cache[2]
-        from kupd import health
-
-        result = health.evaluate(self.api, gates)
-        self._gate_cache = (key, now, result)
-        return result
+        """External health gates' latest verdict; evaluated off this thread (health.GateRunner)."""
+        return self._gate_runner.check(gates)
 
     def _write(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
         if not self.elector.leading:
