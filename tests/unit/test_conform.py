@@ -106,6 +106,6 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(list(VALID) + ["other"]), json_values, max_size=8))
+@given(st.dictionaries(st.sampled_from([*VALID, "other"]), json_values, max_size=8))
 def test_any_status_conforms(status: dict[str, Any]) -> None:
     _valid(conform(models.DirectUpdateStatus, status))
