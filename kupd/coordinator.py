@@ -28,6 +28,8 @@ from typing import Any
 
 from kupd import health, kube, logsetup, planner
 from kupd import protocol as p
+from kupd.api.conform import conform
+from kupd.api.models import DirectUpdateStatus
 from kupd.errors import KupdError
 from kupd.member import micro_time
 from kupd.versions import Version
@@ -514,7 +516,8 @@ class Coordinator:
         if not self.elector.leading:
             return
         body = copy.deepcopy(obj)
-        body["status"] = status
+        # Valid by construction: one value out of the CRD's bounds would make every write fail.
+        body["status"] = conform(DirectUpdateStatus, status)
         t0 = time.monotonic()
         new = kube.call(self.api.replace, f"write status of {obj['metadata']['name']}",
                         kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES, obj["metadata"]["name"], subresource="status"),

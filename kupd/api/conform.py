@@ -32,10 +32,18 @@ def _schema(model: type[BaseModel]) -> Schema:
     return schema
 
 
+Fit = Callable[[Any], Any]
+
+
+@functools.cache
+def _fitter(model: type[BaseModel]) -> Fit:
+    root = _schema(model)
+    return _compile(root, root)
+
+
 def conform(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
     """`data` fitted to `model`'s schema; `data` itself is not changed."""
-    root = _schema(model)
-    out = _value(root, root, data)
+    out = _fitter(model)(data)
     return out if isinstance(out, dict) else {}
 
 
@@ -51,34 +59,101 @@ def _resolve(root: Schema, schema: Schema) -> Schema:
     return schema
 
 
-def _value(root: Schema, schema: Schema, value: Any) -> Any:
+def _compile(root: Schema, schema: Schema) -> Fit:
+    """The fitting function of one schema node, built once (a status of 1000 nodes is walked often)."""
     schema = _resolve(root, schema)
     kind = schema.get("type")
-    if value is None:
-        return _DROP
-    if "enum" in schema and value not in schema["enum"]:
-        return _DROP
-    fit = _FITS.get(kind) if isinstance(kind, str) else None
-    if fit is None:
-        return value
-    return fit(root, schema, value)
+    fit = _by_type(root, schema, kind) if isinstance(kind, str) else _same
+    enum = schema.get("enum")
+    if enum is not None:
+        allowed = list(enum)
+        inner = fit
+
+        def fit(value: Any) -> Any:
+            return inner(value) if value in allowed else _DROP
+    return fit
 
 
-def _string(root: Schema, schema: Schema, value: Any) -> Any:
-    if not isinstance(value, str):
-        return _DROP
-    if schema.get("format") == "date-time":
-        return _time(value)
-    value = value[: schema.get("maxLength", len(value))]
-    if len(value) < schema.get("minLength", 0):
-        return _DROP
-    pattern = schema.get("pattern")
-    if pattern and not re.search(pattern, value):
-        return _DROP
-    return value
+def _same(value: Any) -> Any:
+    return _DROP if value is None else value
 
 
-def _time(value: str) -> Any:
+def _by_type(root: Schema, schema: Schema, kind: str) -> Fit:
+    if kind == "string":
+        if schema.get("format") == "date-time":
+            return _time
+        max_len, min_len = schema.get("maxLength"), schema.get("minLength", 0)
+        pattern = re.compile(schema["pattern"]) if schema.get("pattern") else None
+
+        def string(value: Any) -> Any:
+            if not isinstance(value, str):
+                return _DROP
+            if max_len is not None:
+                value = value[:max_len]
+            if len(value) < min_len or (pattern is not None and not pattern.search(value)):
+                return _DROP
+            return value
+        return string
+    if kind in ("integer", "number"):
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        types: tuple[type, ...] = (int,) if kind == "integer" else (int, float)
+
+        def number(value: Any) -> Any:
+            if isinstance(value, bool) or not isinstance(value, types):
+                return _DROP
+            if isinstance(value, float) and not math.isfinite(value):
+                return _DROP
+            if lo is not None and value < lo:
+                value = lo
+            if hi is not None and value > hi:
+                value = hi
+            return value
+        return number
+    if kind == "boolean":
+        return lambda value: value if isinstance(value, bool) else _DROP
+    if kind == "array":
+        item = _compile(root, schema.get("items") or {})
+        max_items = schema.get("maxItems")
+
+        def array(value: Any) -> Any:
+            if not isinstance(value, list):
+                return _DROP
+            out = [v for v in map(item, value) if v is not _DROP]
+            return out[:max_items] if max_items is not None else out
+        return array
+    if kind == "object":
+        props = {k: _compile(root, v) for k, v in (schema.get("properties") or {}).items()}
+        extra_schema = schema.get("additionalProperties")
+        extra = _compile(root, extra_schema) if isinstance(extra_schema, dict) else None
+        required = tuple(schema.get("required") or ())
+
+        def obj(value: Any) -> Any:
+            if not isinstance(value, dict):
+                return _DROP
+            out: dict[str, Any] = {}
+            for key, v in value.items():
+                fit = props.get(key, extra)
+                if fit is None:
+                    continue  # the API server would prune it; leave it out here
+                fitted = fit(v)
+                if fitted is not _DROP:
+                    out[key] = fitted
+            for r in required:
+                if r not in out:
+                    return _DROP
+            return out
+        return obj
+    return _same
+
+
+def _time(value: Any) -> Any:
+    if not isinstance(value, str) or len(value) > 64:
+        return _DROP
+    return _time_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _time_text(value: str) -> Any:
     try:
         t = datetime.fromisoformat(value.replace("z", "Z"))
         if t.tzinfo is None or t.utcoffset() is None:
@@ -86,59 +161,3 @@ def _time(value: str) -> Any:
         return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (ValueError, OverflowError):
         return _DROP
-
-
-def _integer(root: Schema, schema: Schema, value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return _DROP
-    lo, hi = schema.get("minimum"), schema.get("maximum")
-    if lo is not None:
-        value = max(value, lo)
-    if hi is not None:
-        value = min(value, hi)
-    return value
-
-
-def _number(root: Schema, schema: Schema, value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return _DROP
-    return _integer(root, {**schema}, value)
-
-
-def _boolean(root: Schema, schema: Schema, value: Any) -> Any:
-    return value if isinstance(value, bool) else _DROP
-
-
-def _array(root: Schema, schema: Schema, value: Any) -> Any:
-    if not isinstance(value, list):
-        return _DROP
-    items = schema.get("items") or {}
-    out = [v for v in (_value(root, items, x) for x in value) if v is not _DROP]
-    return out[: schema.get("maxItems", len(out))]
-
-
-def _object(root: Schema, schema: Schema, value: Any) -> Any:
-    if not isinstance(value, dict):
-        return _DROP
-    props: Schema = schema.get("properties") or {}
-    extra = schema.get("additionalProperties")
-    out: dict[str, Any] = {}
-    for key, v in value.items():
-        sub = props.get(key)
-        if sub is None:
-            if isinstance(extra, dict):
-                sub = extra
-            else:
-                continue  # the API server would prune it; leave it out here
-        fitted = _value(root, sub, v)
-        if fitted is not _DROP:
-            out[key] = fitted
-    if any(r not in out for r in schema.get("required") or ()):
-        return _DROP
-    return out
-
-
-_FITS: dict[str, Callable[[Schema, Schema, Any], Any]] = {
-    "string": _string, "integer": _integer, "number": _number, "boolean": _boolean, "array": _array,
-    "object": _object,
-}
