@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kupd import health, kube, logsetup, planner
+from kupd import health, kube, logsetup, planner, untrusted
 from kupd import protocol as p
 from kupd.api.conform import conform
 from kupd.api.models import DirectUpdateStatus
@@ -45,12 +45,24 @@ def _int(value: object, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else default
 
 
+def node_kubelet(node: dict[str, Any]) -> Version | None:
+    """The kubelet version a Node's status reports (written by its kubelet), or None."""
+    value = ((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion")
+    try:
+        return untrusted.version(value, "status.nodeInfo.kubeletVersion") if value else None
+    except untrusted.Invalid:
+        return None
+
+
 def _in_flight(status: dict[str, Any]) -> set[str]:
     return {e["name"] for e in status.get("nodes") or [] if e.get("phase") in planner.IN_FLIGHT and e.get("grant")}
 
 
 def _report_key(anns: dict[str, Any]) -> tuple[Any, ...]:
-    r = p.Report.decode(anns.get(p.ANN_REPORT))
+    try:
+        r = untrusted.report(anns.get(p.ANN_REPORT))
+    except untrusted.Invalid:
+        return ("invalid",)
     return (r.uid, r.granted_at, r.phase, r.reason, tuple(r.versions)) if r else ()
 
 
@@ -225,7 +237,7 @@ class Coordinator:
         self._to_write: tuple[dict[str, Any], dict[str, Any]] | None = None
         self._writing = False
         # Decoded member Leases by resourceVersion: a round re-reads N Leases, most unchanged.
-        self._decoded: dict[str, tuple[str, datetime | None, int, Version | None, p.Report | None]] = {}
+        self._decoded: dict[str, tuple[str, untrusted.Member]] = {}
         self._grant_memo: dict[str, p.Grant | None] = {}
         self.ops = kube.Informer("directupdates", api, kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES),
                                  self._dirty.set)
@@ -308,11 +320,17 @@ class Coordinator:
 
     # -- one round -------------------------------------------------------------------------
     def _views(self, now: datetime) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
+        """The planner's inputs. Facts the cluster knows (kubelet version, readiness) come from the
+        Node, which the kubelet writes; a member Lease, which its node's kupd credential writes,
+        only says whether kupd there is alive and where its agent is. Every Lease passes through
+        kupd.untrusted once per resourceVersion; an invalid one is a fact about its node."""
         nodes = []
+        kubelets: dict[str, Version | None] = {}
         for n in self.nodes.items():
             labels = n["metadata"].get("labels") or {}
-            nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels,
-                                          kube.ready(n)))
+            name = n["metadata"]["name"]
+            nodes.append(planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, kube.ready(n)))
+            kubelets[name] = node_kubelet(n)
         members: dict[str, planner.MemberView] = {}
         for lease in self.leases.items():
             name = lease["metadata"]["name"]
@@ -322,16 +340,11 @@ class Coordinator:
             rv = str(lease["metadata"].get("resourceVersion", ""))
             cached = self._decoded.get(name)
             if cached is None or cached[0] != rv or not rv:
-                spec = lease.get("spec") or {}
-                anns = lease["metadata"].get("annotations") or {}
-                kubelet = anns.get(p.ANN_KUBELET)
-                cached = (rv, planner.parse_time(spec.get("renewTime")),
-                          int(spec.get("leaseDurationSeconds") or self.member_duration),
-                          Version.parse(kubelet) if kubelet else None, p.Report.decode(anns.get(p.ANN_REPORT)))
+                cached = (rv, untrusted.member(lease, self.member_duration))
                 self._decoded[name] = cached
-            _, renew, duration, kubelet_version, report = cached
-            alive = renew is not None and (now - renew).total_seconds() < duration
-            members[node] = planner.MemberView(node, alive, kubelet_version, report)
+            m = cached[1]
+            alive = m.renewed is not None and (now - m.renewed).total_seconds() < m.duration
+            members[node] = planner.MemberView(node, alive, kubelets.get(node), m.report, m.problem)
         return nodes, members
 
     def _resolve(self, hops_needed: list[tuple[int, int]]) -> dict[tuple[int, int], str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from kupd import windows
 from kupd.errors import ValidationError
-from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, Grant, Report
+from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, STEP_VERIFY, Grant, Report
 from kupd.versions import SkewError, Version, check_target
 
 # Node phases.
@@ -31,6 +31,9 @@ OP_PENDING, OP_RUNNING, OP_PAUSED, OP_SUCCEEDED, OP_FAILED, OP_ATTENTION = (
     "Pending", "Running", "Paused", "Succeeded", "Failed", "RequiresAttention",
 )
 TERMINAL_OP = (OP_SUCCEEDED, OP_FAILED)
+MAX_NODE_MESSAGE = 2048  # status.nodes[].message
+VERIFY_GRACE_SECONDS = 10.0
+"""How long a reported success may wait for the Node to show the new kubelet version."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,15 @@ class NodeView:
 
 @dataclass(frozen=True)
 class MemberView:
+    """A node's kupd member as the planner sees it. `kubelet` is the version its Node reports (the
+    kubelet writes it, not kupd); `report` is where its agent is; `problem` says what in its member
+    Lease was invalid (kupd.untrusted), a fact about this node only."""
+
     node: str
     alive: bool
     kubelet: Version | None
     report: Report | None = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -449,7 +457,19 @@ def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> Non
 
 def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Policy, now: datetime,
              events: list[PlanEvent], name: str) -> None:
-    """Fold the member's report and liveness into the node's entry."""
+    """Fold the member's report and liveness into the node's entry; an invalid member Lease is
+    said in the entry and in a Warning Event (its report reads as none: the node keeps its slot)."""
+    before = e.get("message")
+    _observe_report(e, m, op, policy, now, events, name)
+    if m is not None and m.problem and e["phase"] not in (SUCCEEDED, SKIPPED, FAILED):
+        note = f"node {name}: {m.problem}"[:MAX_NODE_MESSAGE]
+        if before != note:
+            events.append(PlanEvent("InvalidReport", note, name, warning=True))
+        e["message"] = note
+
+
+def _observe_report(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Policy, now: datetime,
+                    events: list[PlanEvent], name: str) -> None:
     if e["phase"] in (SUCCEEDED, SKIPPED, FAILED):
         return
     grant = e.get("grant")
@@ -493,16 +513,33 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
             if r.reason == "DrainBlocked" and r.message != prev_msg:
                 events.append(PlanEvent("DrainBlocked", f"{name}: {r.message}", name, warning=True))
         elif r.phase == "Succeeded":
-            final = m.kubelet is not None and m.kubelet >= policy.target
-            if final:
+            # The member only claims it; the Node (written by the kubelet) must agree.
+            hop = Version.parse(str(grant["versions"][-1]))
+            if m.kubelet is not None and m.kubelet >= policy.target:
                 e["phase"] = SUCCEEDED
                 e["finishedAt"] = r.finished_at or _iso(now)
                 e["message"] = f"upgraded to {policy.target}"
                 events.append(PlanEvent("NodeUpgraded", f"{name} upgraded to {policy.target}", name))
-            else:
+            elif m.kubelet is not None and m.kubelet >= hop:
                 # A control-plane node between hops: done with this hop, waits for the next.
                 e["phase"] = PENDING
                 e["message"] = f"at {m.kubelet}, waiting for the next hop"
+            else:
+                node_says = str(m.kubelet) if m.kubelet is not None else "no kubelet version"
+                claimed = parse_time(r.finished_at)
+                # The agent reports success only after its Node showed the new version; the
+                # coordinator's view of the Node may lag a moment behind its view of the Lease.
+                if claimed is not None and abs((now - claimed).total_seconds()) < VERIFY_GRACE_SECONDS:
+                    e["message"] = f"reported {hop}; waiting for its Node to show it (the Node reports {node_says})"
+                    return
+                e["phase"] = FAILED
+                e["step"] = STEP_VERIFY
+                e["finishedAt"] = _iso(now)
+                e["message"] = (f"verify: kupd on {name} reported kubelet {hop}, but its Node reports "
+                                f"{node_says}")
+                events.append(PlanEvent("NodeFailed", f"{name} failed at step {STEP_VERIFY}: {e['message']}", name,
+                                        warning=True))
+                return
             e.pop("grant", None)
         elif r.phase == "Failed":
             e["phase"] = FAILED
