@@ -1,22 +1,26 @@
-"""The validating decoder of untrusted input (kupd.untrusted): member Leases and their reports.
+"""The validating decoder of untrusted input (kupd.untrusted): member Leases and their reports,
+and the coordinator's round (decode, then plan) driven by arbitrary member Leases and annotations.
 
 Properties (hypothesis): nothing raises but `Invalid`, whatever any JSON value or text is given;
-whatever is accepted fits the CRD's bounds, so it can be copied into status.
+whatever is accepted fits the CRD's bounds, so it can be copied into status; the round never
+raises, and nodes with valid members keep getting grants.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from kupd import planner, untrusted, validate
 from kupd import protocol as p
-from kupd import untrusted, validate
 from kupd.untrusted import Invalid
+from kupd.versions import Version
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -129,3 +133,66 @@ def test_the_problem_names_the_field(annotations: dict[str, str], problem: str) 
     m = untrusted.member(_lease(annotations), 60)
     assert m.problem is not None and m.problem.startswith(problem), m.problem
     assert m.report is None
+
+
+# -- the coordinator's round (its pure parts: decode, then plan) under arbitrary input ------------
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+SPEC = {"version": "v1.32.0", "concurrency": 2, "backup": {"required": False}}
+ANNOTATION_KEYS = [p.ANN_KUBELET, p.ANN_REPORT, p.ANN_BOOT_ID, p.ANN_CONTROL_PLANE, "x"]
+annotation_values = st.one_of(st.text(max_size=60), json_values.map(json.dumps),
+                              st.builds(lambda k, v: GOOD.encode().replace(f'"{k}":', f'"{k}":{json.dumps(v)},"_":'),
+                                        st.sampled_from(FIELDS), json_values))
+
+
+def _round(hostile_lease: dict[str, Any], annotations: dict[str, str]) -> planner.Plan:
+    """cp-1 done, w-1 and w-3 valid and waiting, w-2 whatever `hostile_lease` says."""
+    nodes = [planner.NodeView("cp-1", {}, True), planner.NodeView("w-1", {}, False),
+             planner.NodeView("w-2", {}, False), planner.NodeView("w-3", {}, False)]
+    kubelets = {"cp-1": Version.parse("v1.32.0"), "w-1": Version.parse("v1.31.2"),
+                "w-2": Version.parse("v1.31.2"), "w-3": Version.parse("v1.31.2")}
+    leases = [_lease({p.ANN_KUBELET: "v1.31.2"}, {"renewTime": "2026-12-01T11:59:59.000000Z"}) for _ in range(3)]
+    for lease, node in zip(leases, ("cp-1", "w-1", "w-3"), strict=True):
+        lease["metadata"]["name"] = p.member_lease_name(node)
+    members = {}
+    for lease in [*leases, hostile_lease]:
+        m = untrusted.member(lease, 60)
+        alive = m.renewed is not None and (NOW - m.renewed).total_seconds() < m.duration
+        members[m.node] = planner.MemberView(m.node, alive, kubelets.get(m.node), m.report, m.problem)
+    status = {"hops": ["v1.32.0"], "nodes": [
+        {"name": "cp-1", "role": "ControlPlane", "phase": "Succeeded", "attempts": 0, "toVersion": "v1.32.0"}]}
+    op = planner.Operation("op", "uid-1", 1, SPEC, status, annotations)
+    return planner.plan(op, nodes, members, epoch=2, coordinator="cp-1", now=NOW)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(annotations=st.dictionaries(st.sampled_from(ANNOTATION_KEYS), annotation_values, max_size=5),
+       spec=st.dictionaries(st.sampled_from(["renewTime", "leaseDurationSeconds", "holderIdentity"]),
+                            json_values, max_size=3))
+@example(annotations={p.ANN_KUBELET: "junk"}, spec={})
+@example(annotations={p.ANN_REPORT: "[" * 50_000}, spec={})
+def test_any_member_lease_leaves_the_round_standing_and_valid_nodes_granted(
+        annotations: dict[str, Any], spec: dict[str, Any]) -> None:
+    lease = _lease(annotations, {"renewTime": "2026-12-01T11:59:59.000000Z", **spec})
+    result = _round(lease, {})
+    entries = {e["name"]: e for e in result.status["nodes"]}
+    granted = {n for n, e in entries.items() if e["phase"] in planner.IN_FLIGHT}
+    # Two slots: the valid workers get theirs whatever w-2's Lease says (w-2 may take one, as any
+    # member may, but never both, and never more than the concurrency).
+    assert "w-1" in granted and len(granted) == 2
+    assert granted <= {"w-1", "w-2", "w-3"}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(annotations=st.dictionaries(
+    st.sampled_from([p.ANN_WINDOW_START, p.ANN_WINDOW_END, p.ANN_RETRY_NODES, "other"]),
+    st.one_of(st.text(max_size=50), st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+              st.sampled_from(["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+14:00", "2026-12-01T11:00:00Z",
+                               "2026-12-01T13:00:00Z", "w-1,w-2#3", ""])), max_size=4))
+def test_any_directupdate_annotation_leaves_the_round_standing(annotations: dict[str, str]) -> None:
+    lease = _lease({p.ANN_KUBELET: "v1.31.2"}, {"renewTime": "2026-12-01T11:59:59.000000Z"})
+    result = _round(lease, annotations)
+    assert result.status["phase"] in ("Running", "Paused")
+    if result.status["phase"] == "Paused":
+        cond = next(c for c in result.status["conditions"] if c["type"] == "Progressing")
+        assert cond["reason"] in ("OutsideWindow", "InvalidWindow"), cond
