@@ -26,7 +26,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kupd import kube
+from kupd import kube, scheduler
 from kupd import protocol as p
 from kupd.api.conform import conform
 from kupd.api.models import DirectUpdateStatus
@@ -311,6 +311,76 @@ def test_policy_lease_transitions_only_increase(
     ids.coord("cp-2").replace_namespaced_lease(p.COORDINATOR_LEASE, NS, take)
 
 
+# -- 4. one ScheduledUpdate cannot stop the scheduler (before the daemons start: theirs would race)
+
+
+def test_a_scheduled_update_out_of_range_is_contained_to_itself(ids: Identities) -> None:
+    """startTime 9999-12-31T23:59:59-01:00 passes the schema but is beyond year 9999 in UTC. The
+    scheduler, as the coordinator's own identity, still fires the others and says why on that one."""
+    def path(plural: str, name: str | None = None) -> str:
+        return kube.path(p.GROUP, p.VERSION, plural, name)
+
+    api = kube.api_client(str(ids.kubeconfigs["cp-1"]))
+    admin = harness.api_for(ids.cp)
+    now = datetime.now(UTC).replace(microsecond=0)
+    good = {"startTime": format_time(now - timedelta(minutes=1)),
+            "template": {"version": "v1.31.3", "backup": {"required": False},
+                         "nodeSelector": {"matchLabels": {"kupd.io/none": "x"}}}}
+    bad = {**good, "startTime": "9999-12-31T23:59:59-01:00"}
+    try:
+        for name, spec in (("unt-a-bad", bad), ("unt-b-good", good)):
+            admin.create(path(p.SCHEDULEDUPDATES), {"apiVersion": f"{p.GROUP}/{p.VERSION}",
+                                                    "kind": "ScheduledUpdate", "metadata": {"name": name},
+                                                    "spec": spec})
+        Scheduler(api, ManualClock(now), lambda minor: minor + ".0").reconcile()
+        assert admin.get(path(p.DIRECTUPDATES, "unt-b-good"))["metadata"]["name"] == "unt-b-good"
+        st = admin.get(path(p.SCHEDULEDUPDATES, "unt-a-bad")).get("status") or {}
+        valid = next(c for c in st.get("conditions") or [] if c["type"] == "Valid")
+        assert valid["status"] == "False" and "spec.startTime" in valid["message"], st
+    finally:
+        for name in ("unt-a-bad", "unt-b-good"):
+            ids.cp.kubectl("delete", "scheduledupdate,directupdate", name, "--ignore-not-found")
+        api.close()
+
+
+def test_a_crash_in_one_schedules_evaluation_is_contained_to_it(ids: Identities,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever kupd cannot foresee: evaluating one object raises. That object gets a Condition
+    saying so; the others of the same pass still fire."""
+    def path(plural: str, name: str | None = None) -> str:
+        return kube.path(p.GROUP, p.VERSION, plural, name)
+
+    real = scheduler.decide_scheduled_update
+
+    def decide(obj: dict[str, Any], child: Any, now: datetime) -> Any:
+        if obj["metadata"]["name"] == "unt-a-crash":
+            raise KeyError("something kupd did not foresee")
+        return real(obj, child, now)
+
+    monkeypatch.setattr(scheduler, "decide_scheduled_update", decide)
+    api = kube.api_client(str(ids.kubeconfigs["cp-1"]))
+    admin = harness.api_for(ids.cp)
+    now = datetime.now(UTC).replace(microsecond=0)
+    spec = {"startTime": format_time(now - timedelta(minutes=1)),
+            "template": {"version": "v1.31.3", "backup": {"required": False},
+                         "nodeSelector": {"matchLabels": {"kupd.io/none": "x"}}}}
+    try:
+        for name in ("unt-a-crash", "unt-b-fires"):
+            admin.create(path(p.SCHEDULEDUPDATES), {"apiVersion": f"{p.GROUP}/{p.VERSION}",
+                                                    "kind": "ScheduledUpdate", "metadata": {"name": name},
+                                                    "spec": spec})
+        Scheduler(api, ManualClock(now), lambda minor: minor + ".0").reconcile()
+        assert admin.get(path(p.DIRECTUPDATES, "unt-b-fires"))["metadata"]["name"] == "unt-b-fires"
+        st = admin.get(path(p.SCHEDULEDUPDATES, "unt-a-crash")).get("status") or {}
+        valid = next(c for c in st.get("conditions") or [] if c["type"] == "Valid")
+        assert valid["status"] == "False" and valid["reason"] == "EvaluationFailed", st
+        assert "something kupd did not foresee" in valid["message"]
+    finally:
+        for name in ("unt-a-crash", "unt-b-fires"):
+            ids.cp.kubectl("delete", "scheduledupdate,directupdate", name, "--ignore-not-found")
+        api.close()
+
+
 # -- status valid by construction, checked by the API server itself ----------------------------------
 
 
@@ -417,38 +487,6 @@ def test_a_worker_claiming_success_its_node_does_not_show_fails_verify(f: Fleet)
         "Succeeded", "Failed") and x)
     assert e["phase"] == "Failed", e
     assert "v1.31.2" in e["message"] and target in e["message"], e
-
-
-# -- 4. one ScheduledUpdate cannot stop the scheduler --------------------------------------------
-
-
-def test_a_scheduled_update_out_of_range_is_contained_to_itself(f: Fleet) -> None:
-    """startTime 9999-12-31T23:59:59-01:00 passes the schema but is beyond year 9999 in UTC. The
-    scheduler, as the coordinator's own identity, still fires the others and says why on that one."""
-    def path(plural: str, name: str | None = None) -> str:
-        return kube.path(p.GROUP, p.VERSION, plural, name)
-
-    api = kube.api_client(str(f.ids.kubeconfigs["cp-1"]))
-    admin = harness.api_for(f.cp)
-    now = datetime.now(UTC).replace(microsecond=0)
-    good = {"startTime": format_time(now - timedelta(minutes=1)),
-            "template": {"version": f.target(), "backup": {"required": False},
-                         "nodeSelector": {"matchLabels": {"kupd.io/none": "x"}}}}
-    bad = {**good, "startTime": "9999-12-31T23:59:59-01:00"}
-    try:
-        for name, spec in (("unt-a-bad", bad), ("unt-b-good", good)):
-            admin.create(path(p.SCHEDULEDUPDATES), {"apiVersion": f"{p.GROUP}/{p.VERSION}",
-                                                    "kind": "ScheduledUpdate", "metadata": {"name": name},
-                                                    "spec": spec})
-        Scheduler(api, ManualClock(now), lambda minor: minor + ".0").reconcile()
-        assert admin.get(path(p.DIRECTUPDATES, "unt-b-good"))["metadata"]["name"] == "unt-b-good"
-        st = admin.get(path(p.SCHEDULEDUPDATES, "unt-a-bad")).get("status") or {}
-        valid = next(c for c in st.get("conditions") or [] if c["type"] == "Valid")
-        assert valid["status"] == "False" and "spec.startTime" in valid["message"], st
-    finally:
-        for name in ("unt-a-bad", "unt-b-good"):
-            f.cp.kubectl("delete", "scheduledupdate", name, "--ignore-not-found")
-        api.close()
 
 
 # -- 5. a malformed window annotation is a Condition -----------------------------------------------
