@@ -16,10 +16,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
-from kupd import kube
+from kupd import k8s
+from kupd.api.models import HealthGates, PrometheusGate
 from kupd.errors import KupdError
 
 log = logging.getLogger(__name__)
@@ -30,75 +30,68 @@ MAX_ANSWER = 4 * 1024 * 1024
 """Bytes of a Prometheus answer read at most: an answer is a verdict, not a data dump."""
 
 
-def control_plane_pods(api: kube.Client) -> str | None:
+def control_plane_pods(api: k8s.Client) -> str | None:
     """None when every kube-system pod labelled tier=control-plane is Ready, else what is not."""
-    pods = kube.call(api.list, "list control-plane pods", kube.path("", "v1", "pods", namespace="kube-system"),
+    pods = k8s.call(api.list, "list control-plane pods", k8s.path("", "v1", "pods", namespace="kube-system"),
                      labelSelector="tier=control-plane")
     for pod in pods.get("items") or []:
-        if not kube.ready(pod):
+        if not k8s.ready(pod):
             return f"control-plane pod kube-system/{pod['metadata']['name']} is not Ready"
     return None
 
 
-def prometheus(gate: Mapping[str, Any]) -> str | None:
+def prometheus(gate: PrometheusGate) -> str | None:
     """None when every query returns what it must, else the first failing query, named."""
-    base = str(gate["url"]).rstrip("/")
-    timeout = float(gate.get("timeoutSeconds", 10))
-    for q in gate.get("queries") or []:
-        url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': q['query']})}"
+    base = gate.url.rstrip("/")
+    for q in gate.queries:
+        url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': q.query})}"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - http(s) checked by schema
+            with urllib.request.urlopen(url, timeout=gate.timeout_seconds) as r:  # noqa: S310 - http(s) checked by schema
                 body = json.loads(r.read(MAX_ANSWER))
         except TimeoutError:
-            return f"prometheus query {q['name']} did not answer within {timeout:g}s"
+            return f"prometheus query {q.name} did not answer within {gate.timeout_seconds}s"
         except (urllib.error.URLError, OSError, ValueError, RecursionError) as e:
             if isinstance(getattr(e, "reason", None), TimeoutError):
-                return f"prometheus query {q['name']} did not answer within {timeout:g}s"
-            return f"prometheus query {q['name']}: {type(e).__name__}: {e}"[:500]
+                return f"prometheus query {q.name} did not answer within {gate.timeout_seconds}s"
+            return f"prometheus query {q.name}: {type(e).__name__}: {e}"[:500]
         if not isinstance(body, dict):
-            return f"prometheus query {q['name']}: the answer is not a JSON object"
+            return f"prometheus query {q.name}: the answer is not a JSON object"
         if body.get("status") != "success":
-            return f"prometheus query {q['name']}: {str(body.get('error', 'failed'))[:300]}"
+            return f"prometheus query {q.name}: {str(body.get('error', 'failed'))[:300]}"
         data = body.get("data")
         result = (data.get("result") if isinstance(data, dict) else None) or []
         if not isinstance(result, list):
-            return f"prometheus query {q['name']}: the answer's data.result is not a list"
-        expect = q.get("expect", "Empty")
-        if expect == "Empty" and result:
-            return f"prometheus query {q['name']} returned {len(result)} series; expected none"
-        if expect == "NonEmpty" and not result:
-            return f"prometheus query {q['name']} returned no series; expected some"
+            return f"prometheus query {q.name}: the answer's data.result is not a list"
+        if q.expect == "Empty" and result:
+            return f"prometheus query {q.name} returned {len(result)} series; expected none"
+        if q.expect == "NonEmpty" and not result:
+            return f"prometheus query {q.name} returned no series; expected some"
     return None
 
 
-def evaluate(api: kube.Client, gates: Mapping[str, Any]) -> str | None:
+def evaluate(api: k8s.Client, gates: HealthGates) -> str | None:
     """The first failing external gate, or None."""
     try:
-        if gates.get("controlPlanePods", True):
+        if gates.control_plane_pods:
             failing = control_plane_pods(api)
             if failing:
                 return failing
     except KupdError as e:
         return f"control-plane pods: {e}"
-    prom = gates.get("prometheus")
-    if prom:
-        return prometheus(prom)
+    if gates.prometheus is not None:
+        return prometheus(gates.prometheus)
     return None
 
 
-def deadline(gates: Mapping[str, Any]) -> float:
+def deadline(gates: HealthGates) -> float:
     """How long one evaluation of `gates` may take before it counts as not answering."""
-    prom = gates.get("prometheus") or {}
-    queries = len(prom.get("queries") or []) if isinstance(prom, Mapping) else 0
-    timeout = float(prom.get("timeoutSeconds", 10)) if isinstance(prom, Mapping) else 0.0
-    return 15.0 + queries * timeout
+    prom = gates.prometheus
+    return 15.0 + (len(prom.queries) * prom.timeout_seconds if prom is not None else 0)
 
 
-def _names(gates: Mapping[str, Any]) -> str:
-    prom = gates.get("prometheus") or {}
-    names = [str(q.get("name")) for q in prom.get("queries") or [] if isinstance(q, Mapping)]
-    parts = (["control-plane pods"] if gates.get("controlPlanePods", True) else []) + [
-        f"prometheus query {n}" for n in names]
+def _names(gates: HealthGates) -> str:
+    parts = (["control-plane pods"] if gates.control_plane_pods else []) + [
+        f"prometheus query {q.name}" for q in (gates.prometheus.queries if gates.prometheus else [])]
     return ", ".join(parts) or "none"
 
 
@@ -108,7 +101,7 @@ class GateRunner:
     At most one evaluation runs at a time. Until the first one answers, and whenever the
     running one is older than its deadline, the gates count as failing and say so."""
 
-    def __init__(self, evaluate: Callable[[Mapping[str, Any]], str | None], interval: float = GATE_SECONDS,
+    def __init__(self, evaluate: Callable[[HealthGates], str | None], interval: float = GATE_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._evaluate = evaluate
         self._interval = interval
@@ -120,11 +113,14 @@ class GateRunner:
         self._result: str | None = None
         self.evaluations = 0
 
-    def check(self, gates: Mapping[str, Any] | None) -> str | None:
+    def __call__(self, gates: HealthGates | None) -> str | None:
+        return self.check(gates)
+
+    def check(self, gates: HealthGates | None) -> str | None:
         """The latest verdict on `gates` (None: passing), starting a new evaluation when due."""
-        if not gates:
+        if gates is None:
             return None
-        key = json.dumps(gates, sort_keys=True, default=str)
+        key = gates.model_dump_json()
         now = self._clock()
         with self._lock:
             if key != self._key:
@@ -136,8 +132,7 @@ class GateRunner:
             if self._running_since is None and due:
                 self._running_since = now
                 self.evaluations += 1
-                threading.Thread(target=self._run, args=(key, dict(gates)), name="health-gates",
-                                 daemon=True).start()
+                threading.Thread(target=self._run, args=(key, gates), name="health-gates", daemon=True).start()
             limit = deadline(gates)
             if self._running_since is not None and now - self._running_since > limit:
                 return f"health gates did not answer within {limit:g}s ({_names(gates)})"
@@ -145,7 +140,7 @@ class GateRunner:
                 return f"waiting for the health gates' first answer ({_names(gates)})"
             return self._result
 
-    def _run(self, key: str, gates: Mapping[str, Any]) -> None:
+    def _run(self, key: str, gates: HealthGates) -> None:
         try:
             result = self._evaluate(gates)
         except Exception as e:  # a gate's failure is a verdict, never the coordinator's crash

@@ -1,4 +1,4 @@
-"""The one validating decoder for what the coordinator reads but did not write itself.
+"""The validating decoder's parts for what the coordinator reads but did not write itself.
 
 A member Lease is written by its node's own kupd credential, which a worker's root (or a stolen
 token) holds; its annotations, the progress report among them, are therefore untrusted. So are
@@ -13,7 +13,8 @@ checkpoint on disk. Every such value passes through here once, at the edge:
 - anything else is refused with `Invalid`, naming the field, and the caller records that as a
   fact about that one node ("node w-2: invalid report, field attempts: ...") instead of raising.
 
-Pure: no I/O.
+The wire formats built from these parts live with the protocol: `protocol.decode_report` and
+`protocol.decode_member_lease`. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from kupd import validate
+from kupd import rfc3339, validate
 from kupd.errors import ValidationError
-from kupd.protocol import ANN_KUBELET, ANN_REPORT, Report
 from kupd.versions import Version
 
 MAX_TEXT = 64 * 1024
@@ -38,14 +37,12 @@ MAX_DEPTH = 8
 MAX_MESSAGE = 2048  # status.nodes[].message
 MAX_ATTEMPTS = 100  # status.nodes[].attempts
 INT64 = 2**53 - 1  # the CRD's bound of every integer field
-MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
-_UID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-_STEP = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_REASON = re.compile(r"^([A-Za-z][A-Za-z0-9]{0,63})?$")
+UID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+STEP = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+REASON = re.compile(r"^([A-Za-z][A-Za-z0-9]{0,63})?$")
 _K8S_VERSION = re.compile(validate.K8S_VERSION)
-_DNS_SUBDOMAIN = re.compile(validate.DNS_SUBDOMAIN)
+DNS_SUBDOMAIN = re.compile(validate.DNS_SUBDOMAIN)
 _SHA256 = re.compile(validate.SHA256_HEX)
 TURN_PHASES = ("Upgrading", "Succeeded", "Failed")
 
@@ -143,26 +140,15 @@ def time_text(data: Mapping[str, Any], key: str, field: str) -> str:
 
 def parse_time(value: object, field: str) -> datetime:
     """An RFC 3339 time with an offset, between 1970 and 9000, as an aware UTC datetime."""
-    if not isinstance(value, str) or not 10 <= len(value) <= 40:
-        raise Invalid(field, "must be an RFC 3339 time like 2026-12-05T02:00:00Z")
     try:
-        t = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        raise Invalid(field, f"{value!r} is not an RFC 3339 time like 2026-12-05T02:00:00Z") from None
-    if t.tzinfo is None or t.utcoffset() is None:
-        raise Invalid(field, f"{value!r} has no time zone offset")
-    try:
-        utc = t.astimezone(UTC)
-    except OverflowError:
-        utc = None
-    if utc is None or not MIN_TIME <= utc <= MAX_TIME:
-        raise Invalid(field, f"{value!r} is outside the supported range {MIN_TIME:%Y}..{MAX_TIME:%Y}")
-    return utc
+        return rfc3339.parse_time(value, field)
+    except ValidationError as e:
+        raise Invalid(e.field, e.reason) from None
 
 
 def normal_time(value: str) -> str:
     """A time `time_text` accepted, in the form the CRD's date-time format always accepts."""
-    return parse_time(value, "time").strftime("%Y-%m-%dT%H:%M:%SZ") if value else ""
+    return rfc3339.format_time(parse_time(value, "time")) if value else ""
 
 
 def version(value: object, field: str) -> Version:
@@ -172,41 +158,17 @@ def version(value: object, field: str) -> Version:
     return Version.parse(value, field)
 
 
-# -- the report -------------------------------------------------------------------------------
-def report(raw: object) -> Report | None:
-    """The progress report of a member Lease's `kupd.io/report` annotation; None when there is none.
-    Unknown keys are ignored (a newer kupd may add some); everything else is checked."""
-    if raw is None or raw == "":
+def node_kubelet(node: Mapping[str, Any]) -> Version | None:
+    """The kubelet version a Node's status reports (its kubelet writes it; a kupd credential
+    cannot), or None when it reports none kupd can read."""
+    value = ((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion")
+    try:
+        return version(value, "status.nodeInfo.kubeletVersion") if value else None
+    except Invalid:
         return None
-    data = bounded_json(raw, "report")
-    if not isinstance(data, dict):
-        raise Invalid("report", f"must be a JSON object, got {type(data).__name__}")
-    versions = data.get("versions")
-    if not isinstance(versions, list) or not 1 <= len(versions) <= 64:
-        raise Invalid("report.versions", "must be a list of 1 to 64 versions")
-    for i, v in enumerate(versions):
-        version(v, f"report.versions[{i}]")
-    phase = text(data, "phase", "report.phase", 16)
-    if phase not in TURN_PHASES:
-        raise Invalid("report.phase", f"{phase[:20]!r} is not one of {', '.join(TURN_PHASES)}")
-    operation = text(data, "operation", "report.operation", 253, _DNS_SUBDOMAIN)
-    uid = text(data, "uid", "report.uid", 64, _UID)
-    if not operation or not uid:
-        raise Invalid("report.operation" if not operation else "report.uid", "is required")
-    return Report(
-        operation=operation, uid=uid, epoch=integer(data, "epoch", "report.epoch"), versions=list(versions),
-        phase=phase, step=text(data, "step", "report.step", 63, _STEP),
-        attempts=integer(data, "attempts", "report.attempts", 0, MAX_ATTEMPTS),
-        started_at=time_text(data, "started_at", "report.started_at"),
-        finished_at=time_text(data, "finished_at", "report.finished_at"),
-        message=message(data, "message", "report.message"),
-        reason=text(data, "reason", "report.reason", 64, _REASON),
-        backup=backup(data.get("backup"), "report.backup"),
-        step_seconds=step_seconds(data.get("step_seconds"), "report.step_seconds"),
-        granted_at=time_text(data, "granted_at", "report.granted_at"),
-    )
 
 
+# -- parts of a report ------------------------------------------------------------------------
 def backup(value: object, field: str) -> dict[str, Any]:
     """A backup record as status.backup holds it (camelCase), checked against the CRD's bounds."""
     if value is None or value == {}:
@@ -228,7 +190,7 @@ def backup(value: object, field: str) -> dict[str, Any]:
     if "takenAt" in value:
         out["takenAt"] = normal_time(time_text(value, "takenAt", f"{field}.takenAt"))
     if "node" in value:
-        out["node"] = text(value, "node", f"{field}.node", 253, _DNS_SUBDOMAIN)
+        out["node"] = text(value, "node", f"{field}.node", 253, DNS_SUBDOMAIN)
     return out
 
 
@@ -245,47 +207,3 @@ def step_seconds(value: object, field: str) -> dict[str, float]:
             raise Invalid(f"{field}[{k[:40]}]", "must be a number of seconds in 0..1e7")
         out[k] = float(v)
     return out
-
-
-# -- a member Lease ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Member:
-    """What a member Lease says, decoded. `problem` is set when something in it is invalid; the
-    rest is then what could be trusted (an invalid report reads as none)."""
-
-    node: str
-    renewed: datetime | None
-    duration: int
-    claimed_kubelet: Version | None
-    report: Report | None
-    problem: str | None = None
-
-
-def member(lease: Mapping[str, Any], default_duration: int) -> Member:
-    md = lease.get("metadata") or {}
-    name = str(md.get("name") or "")
-    node = name.split("kupd-node-", 1)[-1]
-    spec = lease.get("spec") or {}
-    anns = md.get("annotations") or {}
-    problems: list[str] = []
-    renewed = None
-    if spec.get("renewTime"):
-        try:
-            renewed = parse_time(spec.get("renewTime"), "spec.renewTime")
-        except Invalid as e:
-            problems.append(f"invalid lease, field {e}")
-    duration = spec.get("leaseDurationSeconds")
-    if isinstance(duration, bool) or not isinstance(duration, int) or not 1 <= duration <= 3600:
-        duration = default_duration
-    claimed = None
-    if anns.get(ANN_KUBELET):
-        try:
-            claimed = version(anns[ANN_KUBELET], ANN_KUBELET)
-        except Invalid as e:
-            problems.append(f"invalid annotation {e}")
-    rep = None
-    try:
-        rep = report(anns.get(ANN_REPORT))
-    except Invalid as e:
-        problems.append(f"invalid report, field {e}")
-    return Member(node, renewed, duration, claimed, rep, "; ".join(problems)[:500] or None)

@@ -5,8 +5,8 @@ record). They pass kupd.untrusted's decoder first; this is the last line behind 
 of the schema would make the API server refuse the whole write with 422, every time, and nothing
 behind that operation would ever move again.
 
-The walk follows the status model's JSON schema (kupd/api/models.py, which tests/unit/
-test_crd_models.py keeps identical to the CRD's): strings are cut to maxLength, integers clamped to
+The walk follows the status model's JSON schema (kupd/api/models.py, which the unit test of the
+CRD models keeps identical to the CRD's): strings are cut to maxLength, integers clamped to
 their bounds, date-times normalised to RFC 3339 in UTC, lists cut to maxItems; a value of the wrong
 type, outside its enum or pattern is dropped (or, when required, the object holding it). Pure.
 """
@@ -79,71 +79,88 @@ def _same(value: Any) -> Any:
 
 
 def _by_type(root: Schema, schema: Schema, kind: str) -> Fit:
-    if kind == "string":
-        if schema.get("format") == "date-time":
-            return _time
-        max_len, min_len = schema.get("maxLength"), schema.get("minLength", 0)
-        pattern = re.compile(schema["pattern"]) if schema.get("pattern") else None
+    build = _BUILDERS.get(kind)
+    return build(root, schema) if build is not None else _same
 
-        def string(value: Any) -> Any:
-            if not isinstance(value, str):
-                return _DROP
-            if max_len is not None:
-                value = value[:max_len]
-            if len(value) < min_len or (pattern is not None and not pattern.search(value)):
-                return _DROP
-            return value
-        return string
-    if kind in ("integer", "number"):
-        lo, hi = schema.get("minimum"), schema.get("maximum")
-        types: tuple[type, ...] = (int,) if kind == "integer" else (int, float)
 
-        def number(value: Any) -> Any:
-            if isinstance(value, bool) or not isinstance(value, types):
-                return _DROP
-            if isinstance(value, float) and not math.isfinite(value):
-                return _DROP
-            if lo is not None and value < lo:
-                value = lo
-            if hi is not None and value > hi:
-                value = hi
-            return value
-        return number
-    if kind == "boolean":
-        return lambda value: value if isinstance(value, bool) else _DROP
-    if kind == "array":
-        item = _compile(root, schema.get("items") or {})
-        max_items = schema.get("maxItems")
+def _string(root: Schema, schema: Schema) -> Fit:
+    if schema.get("format") == "date-time":
+        return _time
+    max_len, min_len = schema.get("maxLength"), schema.get("minLength", 0)
+    pattern = re.compile(schema["pattern"]) if schema.get("pattern") else None
 
-        def array(value: Any) -> Any:
-            if not isinstance(value, list):
-                return _DROP
-            out = [v for v in map(item, value) if v is not _DROP]
-            return out[:max_items] if max_items is not None else out
-        return array
-    if kind == "object":
-        props = {k: _compile(root, v) for k, v in (schema.get("properties") or {}).items()}
-        extra_schema = schema.get("additionalProperties")
-        extra = _compile(root, extra_schema) if isinstance(extra_schema, dict) else None
-        required = tuple(schema.get("required") or ())
+    def string(value: Any) -> Any:
+        if not isinstance(value, str):
+            return _DROP
+        if max_len is not None:
+            value = value[:max_len]
+        if len(value) < min_len or (pattern is not None and not pattern.search(value)):
+            return _DROP
+        return value
+    return string
 
-        def obj(value: Any) -> Any:
-            if not isinstance(value, dict):
+
+def _number(root: Schema, schema: Schema) -> Fit:
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    types: tuple[type, ...] = (int,) if schema.get("type") == "integer" else (int, float)
+
+    def number(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, types):
+            return _DROP
+        if isinstance(value, float) and not math.isfinite(value):
+            return _DROP
+        if lo is not None and value < lo:
+            value = lo
+        if hi is not None and value > hi:
+            value = hi
+        return value
+    return number
+
+
+def _boolean(root: Schema, schema: Schema) -> Fit:
+    return lambda value: value if isinstance(value, bool) else _DROP
+
+
+def _array(root: Schema, schema: Schema) -> Fit:
+    item = _compile(root, schema.get("items") or {})
+    max_items = schema.get("maxItems")
+
+    def array(value: Any) -> Any:
+        if not isinstance(value, list):
+            return _DROP
+        out = [v for v in map(item, value) if v is not _DROP]
+        return out[:max_items] if max_items is not None else out
+    return array
+
+
+def _object(root: Schema, schema: Schema) -> Fit:
+    props = {k: _compile(root, v) for k, v in (schema.get("properties") or {}).items()}
+    extra_schema = schema.get("additionalProperties")
+    extra = _compile(root, extra_schema) if isinstance(extra_schema, dict) else None
+    required = tuple(schema.get("required") or ())
+
+    def obj(value: Any) -> Any:
+        if not isinstance(value, dict):
+            return _DROP
+        out: dict[str, Any] = {}
+        for key, v in value.items():
+            fit = props.get(key, extra)
+            if fit is None:
+                continue  # the API server would prune it; leave it out here
+            fitted = fit(v)
+            if fitted is not _DROP:
+                out[key] = fitted
+        for r in required:
+            if r not in out:
                 return _DROP
-            out: dict[str, Any] = {}
-            for key, v in value.items():
-                fit = props.get(key, extra)
-                if fit is None:
-                    continue  # the API server would prune it; leave it out here
-                fitted = fit(v)
-                if fitted is not _DROP:
-                    out[key] = fitted
-            for r in required:
-                if r not in out:
-                    return _DROP
-            return out
-        return obj
-    return _same
+        return out
+    return obj
+
+
+_BUILDERS: dict[str, Callable[[Schema, Schema], Fit]] = {
+    "string": _string, "integer": _number, "number": _number, "boolean": _boolean, "array": _array,
+    "object": _object,
+}
 
 
 def _time(value: Any) -> Any:

@@ -26,13 +26,13 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kupd import kube, scheduler
+from kupd import k8s, scheduler
 from kupd import protocol as p
 from kupd.api.conform import conform
 from kupd.api.models import DirectUpdateStatus
 from kupd.clock import ManualClock
 from kupd.scheduler import Scheduler
-from kupd.simcluster import SimCluster
+from kupd.sim.simcluster import SimCluster
 from kupd.windows import format_time
 from tests.cluster import harness, test_security
 from tests.cluster.test_security import NODES, NS, SECRET_NAME, SECRET_NS, Identities, _admin, _refused
@@ -139,7 +139,7 @@ class Fleet:
 
     def status_all(self) -> list[Any]:
         return [(o["metadata"]["name"], o.get("status")) for o in
-                self.custom.list_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES)["items"]]
+                self.custom.list_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES)["items"]]
 
     def wait(self, what: str, check: Callable[[], Any], timeout: float = ROLLOUT_SECONDS) -> Any:
         deadline = time.monotonic() + timeout
@@ -236,10 +236,10 @@ def test_policy_only_the_coordinator_sets_directupdate_owners(
         ids: Identities, coordinator_lease: Callable[..., dict[str, Any]]) -> None:
     coordinator_lease("cp-1", _now(), 3)
     admin = client.CustomObjectsApi(_admin(ids.cp))
-    su = admin.create_cluster_custom_object(p.GROUP, p.VERSION, p.SCHEDULEDUPDATES, {
-        "apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "ScheduledUpdate", "metadata": {"name": "unt-owner"},
+    su = admin.create_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.SCHEDULEDUPDATES, {
+        "apiVersion": f"{k8s.GROUP}/{k8s.VERSION}", "kind": "ScheduledUpdate", "metadata": {"name": "unt-owner"},
         "spec": {"startTime": "2099-01-01T00:00:00Z", "template": {"version": "v1.31.3"}}})
-    real_owner = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "ScheduledUpdate", "name": "unt-owner",
+    real_owner = {"apiVersion": f"{k8s.GROUP}/{k8s.VERSION}", "kind": "ScheduledUpdate", "name": "unt-owner",
                   "uid": su["metadata"]["uid"], "controller": True, "blockOwnerDeletion": False}
     fake_owner = {**real_owner, "name": "made-up", "uid": "00000000-0000-0000-0000-000000000000"}
 
@@ -247,29 +247,30 @@ def test_policy_only_the_coordinator_sets_directupdate_owners(
         md: dict[str, Any] = {"name": name}
         if owner:
             md["ownerReferences"] = [owner]
-        return {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "metadata": md,
+        return {"apiVersion": f"{k8s.GROUP}/{k8s.VERSION}", "kind": "DirectUpdate", "metadata": md,
                 "spec": {"version": "v1.31.3", "backup": {"required": False}}}
 
     try:
         # A non-coordinator control-plane identity cannot create an "owned" DirectUpdate at all.
         e = _refused(lambda: ids.custom("cp-2").create_cluster_custom_object(
-            p.GROUP, p.VERSION, p.DIRECTUPDATES, du("unt-fake-owned", fake_owner)))
+            k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, du("unt-fake-owned", fake_owner)))
         assert "coordinator" in str(e.body)
         # Nor add an owner to an administrator's DirectUpdate (and then delete it).
-        admin.create_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, du("unt-admins", None))
+        admin.create_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, du("unt-admins", None))
         for who in ("cp-2", "cp-1"):
             e = _refused(lambda who=who: ids.custom(who).patch_cluster_custom_object(  # type: ignore[misc]
-                p.GROUP, p.VERSION, p.DIRECTUPDATES, "unt-admins", {"metadata": {"ownerReferences": [fake_owner]}}))
+                k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, "unt-admins",
+                {"metadata": {"ownerReferences": [fake_owner]}}))
             assert "owner" in str(e.body)
-        _refused(lambda: ids.custom("cp-2").delete_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+        _refused(lambda: ids.custom("cp-2").delete_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES,
                                                                           "unt-admins"))
         # The coordinator (the scheduler's identity) creates and deletes children: the positive control.
         _wait_admitted(lambda: ids.custom("cp-1").create_cluster_custom_object(
-            p.GROUP, p.VERSION, p.DIRECTUPDATES, du("unt-child", real_owner)))
-        e = _refused(lambda: ids.custom("cp-2").delete_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+            k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, du("unt-child", real_owner)))
+        e = _refused(lambda: ids.custom("cp-2").delete_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES,
                                                                               "unt-child"))
         assert "coordinator" in str(e.body)
-        ids.custom("cp-1").delete_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, "unt-child")
+        ids.custom("cp-1").delete_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, "unt-child")
     finally:
         ids.cp.kubectl("delete", "directupdates", "unt-admins", "unt-child", "unt-fake-owned", "--ignore-not-found")
         ids.cp.kubectl("delete", "scheduledupdate", "unt-owner", "--ignore-not-found")
@@ -318,9 +319,9 @@ def test_a_scheduled_update_out_of_range_is_contained_to_itself(ids: Identities)
     """startTime 9999-12-31T23:59:59-01:00 passes the schema but is beyond year 9999 in UTC. The
     scheduler, as the coordinator's own identity, still fires the others and says why on that one."""
     def path(plural: str, name: str | None = None) -> str:
-        return kube.path(p.GROUP, p.VERSION, plural, name)
+        return k8s.kupd_path(plural, name)
 
-    api = kube.api_client(str(ids.kubeconfigs["cp-1"]))
+    api = k8s.api_client(str(ids.kubeconfigs["cp-1"]))
     admin = harness.api_for(ids.cp)
     now = datetime.now(UTC).replace(microsecond=0)
     good = {"startTime": format_time(now - timedelta(minutes=1)),
@@ -329,12 +330,12 @@ def test_a_scheduled_update_out_of_range_is_contained_to_itself(ids: Identities)
     bad = {**good, "startTime": "9999-12-31T23:59:59-01:00"}
     try:
         for name, spec in (("unt-a-bad", bad), ("unt-b-good", good)):
-            admin.create(path(p.SCHEDULEDUPDATES), {"apiVersion": f"{p.GROUP}/{p.VERSION}",
+            admin.create(path(k8s.SCHEDULEDUPDATES), {"apiVersion": f"{k8s.GROUP}/{k8s.VERSION}",
                                                     "kind": "ScheduledUpdate", "metadata": {"name": name},
                                                     "spec": spec})
         Scheduler(api, ManualClock(now), lambda minor: minor + ".0").reconcile()
-        assert admin.get(path(p.DIRECTUPDATES, "unt-b-good"))["metadata"]["name"] == "unt-b-good"
-        st = admin.get(path(p.SCHEDULEDUPDATES, "unt-a-bad")).get("status") or {}
+        assert admin.get(path(k8s.DIRECTUPDATES, "unt-b-good"))["metadata"]["name"] == "unt-b-good"
+        st = admin.get(path(k8s.SCHEDULEDUPDATES, "unt-a-bad")).get("status") or {}
         valid = next(c for c in st.get("conditions") or [] if c["type"] == "Valid")
         assert valid["status"] == "False" and "spec.startTime" in valid["message"], st
     finally:
@@ -348,7 +349,7 @@ def test_a_crash_in_one_schedules_evaluation_is_contained_to_it(ids: Identities,
     """Whatever kupd cannot foresee: evaluating one object raises. That object gets a Condition
     saying so; the others of the same pass still fire."""
     def path(plural: str, name: str | None = None) -> str:
-        return kube.path(p.GROUP, p.VERSION, plural, name)
+        return k8s.kupd_path(plural, name)
 
     real = scheduler.decide_scheduled_update
 
@@ -358,7 +359,7 @@ def test_a_crash_in_one_schedules_evaluation_is_contained_to_it(ids: Identities,
         return real(obj, child, now)
 
     monkeypatch.setattr(scheduler, "decide_scheduled_update", decide)
-    api = kube.api_client(str(ids.kubeconfigs["cp-1"]))
+    api = k8s.api_client(str(ids.kubeconfigs["cp-1"]))
     admin = harness.api_for(ids.cp)
     now = datetime.now(UTC).replace(microsecond=0)
     spec = {"startTime": format_time(now - timedelta(minutes=1)),
@@ -366,12 +367,12 @@ def test_a_crash_in_one_schedules_evaluation_is_contained_to_it(ids: Identities,
                          "nodeSelector": {"matchLabels": {"kupd.io/none": "x"}}}}
     try:
         for name in ("unt-a-crash", "unt-b-fires"):
-            admin.create(path(p.SCHEDULEDUPDATES), {"apiVersion": f"{p.GROUP}/{p.VERSION}",
+            admin.create(path(k8s.SCHEDULEDUPDATES), {"apiVersion": f"{k8s.GROUP}/{k8s.VERSION}",
                                                     "kind": "ScheduledUpdate", "metadata": {"name": name},
                                                     "spec": spec})
         Scheduler(api, ManualClock(now), lambda minor: minor + ".0").reconcile()
-        assert admin.get(path(p.DIRECTUPDATES, "unt-b-fires"))["metadata"]["name"] == "unt-b-fires"
-        st = admin.get(path(p.SCHEDULEDUPDATES, "unt-a-crash")).get("status") or {}
+        assert admin.get(path(k8s.DIRECTUPDATES, "unt-b-fires"))["metadata"]["name"] == "unt-b-fires"
+        st = admin.get(path(k8s.SCHEDULEDUPDATES, "unt-a-crash")).get("status") or {}
         valid = next(c for c in st.get("conditions") or [] if c["type"] == "Valid")
         assert valid["status"] == "False" and valid["reason"] == "EvaluationFailed", st
         assert "something kupd did not foresee" in valid["message"]
@@ -388,8 +389,8 @@ def test_a_conformed_status_is_accepted_by_the_api_server_whatever_its_values(id
     """For every field of the DirectUpdate status, values beyond its bounds or of another type are
     refused by the API server as they are, and accepted once kupd.api.conform fitted them."""
     custom = client.CustomObjectsApi(_admin(ids.cp))
-    du = custom.create_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, {
-        "apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "metadata": {"name": "unt-conform"},
+    du = custom.create_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, {
+        "apiVersion": f"{k8s.GROUP}/{k8s.VERSION}", "kind": "DirectUpdate", "metadata": {"name": "unt-conform"},
         "spec": {"version": "v1.31.3", "paused": True, "backup": {"required": False}}})
     refused = written = 0
     try:
@@ -399,17 +400,17 @@ def test_a_conformed_status_is_accepted_by_the_api_server_whatever_its_values(id
                 test_conform._set(status, path, value)
                 du["status"] = status
                 try:
-                    du = custom.replace_cluster_custom_object_status(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+                    du = custom.replace_cluster_custom_object_status(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES,
                                                                      "unt-conform", du)
                 except ApiException as e:
                     assert e.status == 422, e.body
                     refused += 1
                 du["status"] = conform(DirectUpdateStatus, status)
-                du = custom.replace_cluster_custom_object_status(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+                du = custom.replace_cluster_custom_object_status(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES,
                                                                  "unt-conform", du)
                 written += 1
     finally:
-        custom.delete_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, "unt-conform")
+        custom.delete_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, "unt-conform")
     assert refused > 100 and written == sum(len(test_conform._hostile(s)) for _, s in test_conform.LEAVES)
 
 
@@ -500,7 +501,7 @@ def test_a_malformed_window_annotation_is_a_condition_not_a_crash(f: Fleet, wind
     target = f.target()
     f.apply("unt-window", target, ["cp-1", "w-1"])
     # The scheduler's identity (any control-plane node) may move windows; here a bad one.
-    f.ids.custom("cp-2").patch_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, "unt-window",
+    f.ids.custom("cp-2").patch_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, "unt-window",
                                                      {"metadata": {"annotations": window}})
     key = next(iter(window))
 
@@ -511,7 +512,7 @@ def test_a_malformed_window_annotation_is_a_condition_not_a_crash(f: Fleet, wind
     c = f.wait("a Condition naming the bad annotation", condition)
     assert key in c["message"], c
     # The annotation fixed, the operation goes on.
-    f.custom.patch_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, "unt-window",
+    f.custom.patch_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, "unt-window",
                                          {"metadata": {"annotations": {key: None}}})
     f.wait("the rollout after the fix", _succeeded(f, "unt-window"))
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
+from kupd.api.models import HealthGates
 from kupd.health import GateRunner, deadline
 
-GATES = {"prometheus": {"url": "http://p:9090", "timeoutSeconds": 30,
-                        "queries": [{"name": "silent", "query": "up", "expect": "NonEmpty"}]}}
+GATES = HealthGates.model_validate({"prometheus": {"url": "http://p:9090", "timeoutSeconds": 30, "queries": [
+    {"name": "silent", "query": "up", "expect": "NonEmpty"}]}}, by_alias=True, by_name=False)
 
 
 class Clock:
@@ -31,9 +31,9 @@ def _wait(cond: Any) -> None:
 
 def test_a_gate_that_does_not_answer_never_blocks_and_counts_as_failing() -> None:
     release = threading.Event()
-    calls: list[Mapping[str, Any]] = []
+    calls: list[HealthGates] = []
 
-    def evaluate(gates: Mapping[str, Any]) -> str | None:
+    def evaluate(gates: HealthGates) -> str | None:
         calls.append(gates)
         release.wait(10)
         return None
@@ -60,7 +60,7 @@ def test_a_gate_that_does_not_answer_never_blocks_and_counts_as_failing() -> Non
 
 
 def test_a_failing_or_crashing_gate_is_a_verdict() -> None:
-    def evaluate(gates: Mapping[str, Any]) -> str | None:
+    def evaluate(gates: HealthGates) -> str | None:
         raise RuntimeError("boom")
 
     runner = GateRunner(evaluate, clock=Clock())
@@ -71,15 +71,17 @@ def test_a_failing_or_crashing_gate_is_a_verdict() -> None:
 def test_other_gates_do_not_inherit_an_earlier_answer() -> None:
     answers = {"a": "query a failed", "b": None}
 
-    def evaluate(gates: Mapping[str, Any]) -> str | None:
-        return answers[gates["prometheus"]["queries"][0]["name"]]
+    def evaluate(gates: HealthGates) -> str | None:
+        assert gates.prometheus is not None
+        return answers[gates.prometheus.queries[0].name]
 
-    def gates(name: str) -> dict[str, Any]:
-        return {"prometheus": {"url": "http://p", "queries": [{"name": name, "query": "up"}]}}
+    def gates(name: str) -> HealthGates:
+        return HealthGates.model_validate({"prometheus": {"url": "http://p", "queries": [
+            {"name": name, "query": "up"}]}}, by_alias=True, by_name=False)
 
     runner = GateRunner(evaluate, clock=Clock())
     runner.check(gates("a"))
     _wait(lambda: runner.check(gates("a")) == "query a failed")
     assert "waiting" in (runner.check(gates("b")) or "")
     _wait(lambda: runner.check(gates("b")) is None)
-    assert runner.check(None) is None and runner.check({}) is None
+    assert runner.check(None) is None

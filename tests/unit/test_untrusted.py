@@ -1,4 +1,5 @@
-"""The validating decoder of untrusted input (kupd.untrusted): member Leases and their reports,
+"""The validating decoder of untrusted input (kupd.untrusted, protocol.decode_report and
+protocol.decode_member_lease): member Leases and their reports,
 and the coordinator's round (decode, then plan) driven by arbitrary member Leases and annotations.
 
 Properties (hypothesis): nothing raises but `Invalid`, whatever any JSON value or text is given;
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from kupd import planner, untrusted, validate
 from kupd import protocol as p
+from kupd.api.models import parse_directupdate_spec
 from kupd.untrusted import Invalid
 from kupd.versions import Version
 
@@ -52,8 +54,8 @@ def _fits_the_crd(r: p.Report) -> None:
 
 
 def test_a_report_kupd_writes_reads_back_unchanged() -> None:
-    assert untrusted.report(GOOD.encode()) == GOOD
-    assert untrusted.report("") is None and untrusted.report(None) is None
+    assert p.decode_report(GOOD.encode()) == GOOD
+    assert p.decode_report("") is None and p.decode_report(None) is None
 
 
 @FUZZ
@@ -68,7 +70,7 @@ def test_any_value_in_any_field_is_accepted_within_bounds_or_named(key: str, val
     data = json.loads(GOOD.encode())
     data[key] = value
     try:
-        r = untrusted.report(json.dumps(data))
+        r = p.decode_report(json.dumps(data))
     except Invalid as e:
         assert e.field.startswith("report"), e
         assert e.field.split(".")[1].split("[")[0] == key if "." in e.field else True, e
@@ -86,7 +88,7 @@ def test_any_value_in_any_field_is_accepted_within_bounds_or_named(key: str, val
 @example(raw='"' + "x" * 100_000 + '"')
 def test_any_text_is_a_report_or_invalid(raw: str) -> None:
     try:
-        r = untrusted.report(raw)
+        r = p.decode_report(raw)
     except Invalid as e:
         assert e.field.startswith("report")
         return
@@ -96,9 +98,9 @@ def test_any_text_is_a_report_or_invalid(raw: str) -> None:
 
 def test_nesting_and_size_are_refused_before_parsing() -> None:
     with pytest.raises(Invalid, match="levels deep"):
-        untrusted.report("[" * 50_000)
+        p.decode_report("[" * 50_000)
     with pytest.raises(Invalid, match="characters long"):
-        untrusted.report(" " * (untrusted.MAX_TEXT + 1))
+        p.decode_report(" " * (untrusted.MAX_TEXT + 1))
     # Brackets inside strings are text, not nesting.
     assert untrusted.bounded_json(json.dumps({"m": "[" * 1000}), "x") == {"m": "[" * 1000}
 
@@ -114,8 +116,8 @@ def _lease(annotations: dict[str, Any], spec: dict[str, Any] | None = None) -> d
        spec=st.dictionaries(st.sampled_from(["renewTime", "leaseDurationSeconds"]), json_values, max_size=2))
 def test_any_member_lease_decodes_to_facts_or_a_named_problem(annotations: dict[str, Any],
                                                              spec: dict[str, Any]) -> None:
-    m = untrusted.member(_lease(annotations, spec), 60)
-    assert m.node == "w-2" and 1 <= m.duration <= 3600
+    m = p.decode_member_lease(_lease(annotations, spec), 60)
+    assert m is not None and m.node == "w-2" and 1 <= m.duration <= 3600
     if m.report is not None:
         _fits_the_crd(m.report)
     if m.problem:
@@ -130,8 +132,8 @@ def test_any_member_lease_decodes_to_facts_or_a_named_problem(annotations: dict[
     ({p.ANN_REPORT: GOOD.encode().replace('"attempts":1', '"attempts":1000')}, "invalid report, field report.attempts"),
 ])
 def test_the_problem_names_the_field(annotations: dict[str, str], problem: str) -> None:
-    m = untrusted.member(_lease(annotations), 60)
-    assert m.problem is not None and m.problem.startswith(problem), m.problem
+    m = p.decode_member_lease(_lease(annotations), 60)
+    assert m is not None and m.problem is not None and m.problem.startswith(problem), m.problem
     assert m.report is None
 
 
@@ -156,12 +158,13 @@ def _round(hostile_lease: dict[str, Any], annotations: dict[str, str]) -> planne
         lease["metadata"]["name"] = p.member_lease_name(node)
     members = {}
     for lease in [*leases, hostile_lease]:
-        m = untrusted.member(lease, 60)
-        alive = m.renewed is not None and (NOW - m.renewed).total_seconds() < m.duration
+        m = p.decode_member_lease(lease, 60)
+        assert m is not None
+        alive = m.renew_time is not None and (NOW - m.renew_time).total_seconds() < m.duration
         members[m.node] = planner.MemberView(m.node, alive, kubelets.get(m.node), m.report, m.problem)
     status = {"hops": ["v1.32.0"], "nodes": [
         {"name": "cp-1", "role": "ControlPlane", "phase": "Succeeded", "attempts": 0, "toVersion": "v1.32.0"}]}
-    op = planner.Operation("op", "uid-1", 1, SPEC, status, annotations)
+    op = planner.Operation("op", "uid-1", 1, parse_directupdate_spec(SPEC), status, annotations)
     return planner.plan(op, nodes, members, epoch=2, coordinator="cp-1", now=NOW)
 
 
