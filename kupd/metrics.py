@@ -10,7 +10,11 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from kupd import __version__
+from kupd.backup import metrics as _backup_metrics  # noqa: F401  (registered: see below)
 from kupd.protocol import STEPS, Report
+
+# The backup metrics are registered with every daemon from its start (gauges at 0 until its first
+# backup), so dashboards and alert rules find them on every node, not only after a backup ran here.
 
 COORDINATOR_LEADER = Gauge("kupd_coordinator_leader", "1 while this daemon holds the coordinator lease.")
 COORDINATOR_EPOCH = Gauge("kupd_coordinator_epoch", "Epoch (lease transitions) of the coordinator lease held.")

@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
 
 
 def spec_summary(spec: dict[str, Any]) -> str:
-    """The applied spec in one short line: version, concurrency, backup store."""
+    """The applied spec in a few short lines: version, concurrency, backup store."""
     backup = spec.get("backup") or {}
     store = backup.get("store") or {}
     if backup.get("required") is False and not store:
@@ -49,7 +49,9 @@ def spec_summary(spec: dict[str, Any]) -> str:
         else:
             where = f"{store.get('type')} {store.get('bucket', '')}/{store.get('prefix', '')}".rstrip("/")
         where += " (required)" if backup.get("required", True) else " (optional)"
-    return f"version {spec.get('version')}, concurrency {spec.get('concurrency', 1)}, etcd backup {where}"
+    return (f"  version      {spec.get('version')}\n"
+            f"  concurrency  {spec.get('concurrency', 1)}\n"
+            f"  etcd backup  {where}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = {"apiVersion": "kupd.io/v1alpha1", "kind": "DirectUpdate", "metadata": {"name": "demo"},
                     "spec": spec}
         cp.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
-        print(f"applied DirectUpdate demo: {spec_summary(spec)}", flush=True)
+        print(f"applied DirectUpdate demo:\n{spec_summary(spec)}", flush=True)
         from kupd.commands.live import LiveView
 
         started = time.monotonic()

@@ -114,13 +114,14 @@ def test_terminal_output_redraws_in_place() -> None:
 def test_spec_summary() -> None:
     spec = {"version": "v1.32.1", "concurrency": 2,
             "backup": {"required": True, "store": {"type": "file", "path": "/tmp/b"}, "etcd": {"endpoints": ["x"]}}}
-    assert demo.spec_summary(spec) == "version v1.32.1, concurrency 2, etcd backup file /tmp/b (required)"
-    assert demo.spec_summary({"version": "v1.32.1", "backup": {"required": False}}) == \
-        "version v1.32.1, concurrency 1, etcd backup off"
+    assert demo.spec_summary(spec).splitlines() == [
+        "  version      v1.32.1", "  concurrency  2", "  etcd backup  file /tmp/b (required)"]
+    assert demo.spec_summary({"version": "v1.32.1", "backup": {"required": False}}).splitlines()[1:] == [
+        "  concurrency  1", "  etcd backup  off"]
     s3 = {"version": "v1.33.0", "concurrency": 5,
           "backup": {"required": False, "store": {"type": "s3", "bucket": "snaps", "prefix": "prod"}}}
-    assert demo.spec_summary(s3) == "version v1.33.0, concurrency 5, etcd backup s3 snaps/prod (optional)"
-    assert demo.spec_summary({"version": "v1.32.1"}).endswith("etcd backup the daemons' configured store (required)")
+    assert demo.spec_summary(s3).endswith("  etcd backup  s3 snaps/prod (optional)")
+    assert demo.spec_summary({"version": "v1.32.1"}).endswith("etcd backup  the daemons' configured store (required)")
 
 
 # -- `kupd daemon` never imports rich --------------------------------------------------------------
