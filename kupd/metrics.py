@@ -85,7 +85,8 @@ BUILD_INFO = Gauge("kupd_build_info", "Always 1; the kupd version in the label."
 BUILD_INFO.labels(version=__version__).set(1)
 
 TURN_OVER = ("Succeeded", "Failed", "Skipped")
-IN_TURN = ("Granted", "Upgrading")
+# A lost node still holds its slot: its return to Upgrading is no new grant.
+IN_TURN = ("Granted", "Upgrading", "Lost")
 _op_phase: dict[str, str] = {}
 
 

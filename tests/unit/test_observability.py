@@ -170,6 +170,11 @@ def test_handoff_gap_is_the_time_a_freed_slot_stayed_empty(fresh: None) -> None:
                                          ("w-3", "Granted", "")), 130.0)
     assert _sample("kupd_coordinator_handoff_gap_seconds_count") == count0 + 2
     assert _sample("kupd_coordinator_handoff_gap_seconds_sum") == pytest.approx(sum0 + 2.5)
+    # A lost node that comes back holds the slot it had: its return takes no freed slot.
+    metrics._node_progress("op4", _status(("a", "Upgrading", "drain"), ("b", "Upgrading", "drain")), 0.0)
+    metrics._node_progress("op4", _status(("a", "Lost", "drain"), ("b", "Succeeded", "uncordon")), 1.0)
+    metrics._node_progress("op4", _status(("a", "Upgrading", "restart"), ("b", "Succeeded", "uncordon")), 2.0)
+    assert _sample("kupd_coordinator_handoff_gap_seconds_count") == count0 + 2
     # A grant with no freed slot (the first ones, a retry into a free slot) is no handoff.
     metrics._node_progress("op2", _status(("w-9", "Pending", "")), 0.0)
     metrics._node_progress("op2", _status(("w-9", "Granted", "")), 5.0)
