@@ -97,3 +97,30 @@ def test_demo_final_screen_holds_one_header_and_one_table(cols: int, tmp_path: P
     assert term.lines[applied + 3].startswith("  etcd backup  file /"), shown
     assert '{"version"' not in shown
     assert "result: Succeeded" in shown
+
+
+TALL = """
+import sys, time
+from datetime import UTC, datetime
+from kupd.commands.live import LiveView
+from tests.unit.test_live import du
+obj = du()
+obj["status"]["nodes"] = [dict(obj["status"]["nodes"][1], name=f"w-{i}") for i in range(30)]
+with LiveView(sys.stdout) as view:
+    for rv in range(8):
+        obj["metadata"]["resourceVersion"] = str(rv)
+        obj["status"]["nodes"][rv]["phase"] = "Succeeded"
+        view.show([obj], datetime.now(UTC))
+        time.sleep(0.05)
+"""
+
+
+def test_frame_taller_than_the_terminal(tmp_path: Path) -> None:
+    """30 nodes on a 15-row terminal: cut at the bottom while live, shown whole at the end, no trail."""
+    term = ptyterm.run([sys.executable, "-c", TALL], cols=80, rows=15, timeout=60, cwd=ROOT,
+                       stderr=tmp_path / "stderr")
+    shown = "\n".join(term.lines)
+    assert term.returncode == 0, (tmp_path / "stderr").read_text()
+    assert len(headers(term.lines, "demo")) == 1 and len(tables(term.lines)) == 1, shown
+    rows = [ln.split()[0] for ln in term.lines[term.lines.index(tables(term.lines)[0]) + 2:]]
+    assert rows == [f"w-{i}" for i in range(30)], shown
