@@ -6,8 +6,7 @@ long cells are cut, never wrapped into stray lines). When the output is not a te
 is appended as the plain `kupd status` text, so logs and pipes stay readable.
 
 Only CLI commands import this module, and only inside their run functions: `kupd daemon` goes
-through the same CLI parser, and the daemon must not load rich (checked by
-tests/unit/test_live.py).
+through the same CLI parser, and the daemon must not load rich (a unit test walks its imports).
 """
 
 from __future__ import annotations

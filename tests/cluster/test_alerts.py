@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kupd.devcluster import free_port
-from kupd.simcluster import SimCluster
+from kupd.sim.devcluster import free_port
+from kupd.sim.simcluster import SimCluster
 from tests.cluster.harness import apply_du, wait_phase
 
 ROOT = Path(__file__).resolve().parents[2]

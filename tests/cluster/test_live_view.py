@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from kupd.devcluster import ControlPlane
+from kupd.sim.devcluster import ControlPlane
 from tests.cluster import ptyterm
 from tests.cluster.harness import apply_du
 from tests.cluster.test_status_cli import running_status, ts, write_status
+from tests.paths import CRD_DIR, control_plane_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "live-view"
@@ -85,7 +86,8 @@ def test_status_watch_redraws_in_place(du: ControlPlane, cols: int, tmp_path: Pa
 @pytest.mark.parametrize("cols", [40, 80, 200])
 def test_demo_final_screen_holds_one_header_and_one_table(cols: int, tmp_path: Path) -> None:
     term = ptyterm.run([sys.executable, "-m", "kupd", "demo", "--workers", "2", "--step-seconds", "0.1",
-                        "--timeout", "180"], cols=cols, rows=50, timeout=300, cwd=ROOT, stderr=tmp_path / "stderr")
+                        "--timeout", "180", "--control-plane-binary", str(control_plane_binary()),
+                        "--crds", str(CRD_DIR)], cols=cols, rows=50, timeout=300, cwd=ROOT, stderr=tmp_path / "stderr")
     shown = "\n".join(term.lines)
     assert term.returncode == 0, shown + (tmp_path / "stderr").read_text()[-3000:]
     assert len(headers(term.lines, "demo")) == 1, shown
