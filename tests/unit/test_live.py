@@ -178,6 +178,17 @@ def test_the_daemon_never_imports_rich() -> None:
     assert "kupd.commands.live" not in closure
 
 
+def test_only_the_live_view_imports_rich() -> None:
+    from tests.unit.test_layering import MODULES, imports
+
+    users = sorted(m for m in MODULES if any(i == "rich" or i.startswith("rich.") for i in imports(m)))
+    assert users == ["kupd.commands.live"]
+    # ... and the commands that use it import it lazily, inside their run functions.
+    for m in ("kupd.commands.demo", "kupd.commands.status"):
+        top = ast.parse(MODULES[m].read_text()).body
+        assert not any(isinstance(n, ast.ImportFrom) and n.module == "kupd.commands.live" for n in top), m
+
+
 # -- tests/controlplane/progress.py ------------------------------------------------------------------
 def _progress() -> Any:
     spec = importlib.util.spec_from_file_location("progress", ROOT / "tests" / "controlplane" / "progress.py")
