@@ -14,16 +14,17 @@ bodies are protocol.py's pure codecs.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kupd import k8s, logsetup, planner
+from kupd import k8s, logsetup, planner, untrusted
 from kupd import protocol as p
 from kupd.api.models import DirectUpdateSpec, HealthGates, parse_directupdate_spec
+from kupd.conditions import Condition, set_condition
 from kupd.election import Elector
 from kupd.errors import KupdError, ValidationError
 from kupd.statuswriter import EventWriter, StatusWriter
@@ -31,7 +32,6 @@ from kupd.versions import Version
 
 log = logging.getLogger(__name__)
 
-GATE_SECONDS = 5.0
 
 __all__ = ["Coordinator", "Elector", "SchedulerLike"]
 
@@ -85,7 +85,6 @@ class Coordinator:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._resolved: dict[tuple[int, int], str] = {}
-        self._gate_cache: tuple[str, float, str | None] | None = None
         self.grant_writes = 0
         # The parsed spec of each DirectUpdate, by uid and generation: parsed once, not every round.
         self._specs: dict[str, tuple[int, DirectUpdateSpec | ValidationError]] = {}
@@ -175,11 +174,18 @@ class Coordinator:
 
     # -- one round -------------------------------------------------------------------------
     def _views(self, now: datetime) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
+        """The planner's inputs. Facts the cluster knows (kubelet version, readiness) come from the
+        Node, which the kubelet writes; a member Lease, which its node's kupd credential writes,
+        only says whether kupd there is alive and where its agent is. Every member Lease is decoded
+        (and checked: protocol.decode_member_lease) once per resourceVersion; an invalid one is a
+        fact about its node, never an exception here."""
         nodes = []
+        kubelets: dict[str, Version | None] = {}
         for n in self.nodes.items():
             labels = n["metadata"].get("labels") or {}
-            nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels,
-                                          k8s.ready(n)))
+            name = n["metadata"]["name"]
+            nodes.append(planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, k8s.ready(n)))
+            kubelets[name] = untrusted.node_kubelet(n)
         members: dict[str, planner.MemberView] = {}
         for lease in self.leases.items():
             name = lease["metadata"]["name"]
@@ -198,7 +204,7 @@ class Coordinator:
             # (or within the last active duration) makes it eligible for a turn.
             alive = m.renew_time is not None and (now - m.renew_time).total_seconds() < min(
                 m.duration, self.member_duration)
-            members[m.node] = planner.MemberView(m.node, alive, m.kubelet, m.report)
+            members[m.node] = planner.MemberView(m.node, alive, kubelets.get(m.node), m.report, m.problem)
         return nodes, members
 
     def _resolve(self, hops_needed: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
@@ -228,13 +234,37 @@ class Coordinator:
             if st.get("message") != msg or st.get("phase") != planner.OP_PENDING:
                 st.update(phase=planner.OP_PENDING, message=msg)
                 self.status.write(queued, st)
-        self._reconcile_one(first, nodes, members, now, grants)
+        try:
+            self._reconcile_one(first, nodes, members, now, grants)
+        except KupdError:
+            raise  # the API's answers (retryable or not) are the loop's to handle
+        except Exception as e:
+            # Something in this operation kupd did not foresee (a status written by hand or by an
+            # older kupd, say): it stays with this operation and says so; turns of other operations
+            # are still cleared below, and the next round tries again.
+            log.exception("evaluating DirectUpdate %s", first["metadata"]["name"])
+            self._evaluation_failed(first, e, now)
         planned = self.status.planned.get(first["metadata"]["uid"]) or first.get("status") or {}
         # Paused by spec.paused or outside its window, an operation may wait for days: members
         # stay idle meanwhile (turns in flight keep their own members active) and renew at once
         # when it resumes. A health gate's pause between waves is short: members stay active.
         self._announce(None if _waiting(planned) else first)
         self._clear_grants(first["metadata"]["uid"], ops, members, grants)
+
+    def _evaluation_failed(self, obj: dict[str, Any], e: Exception, now: datetime) -> None:
+        status = copy.deepcopy(obj.get("status") or {})
+        msg = (f"kupd could not evaluate this operation ({type(e).__name__}: {str(e)[:300]}); no node is "
+               "granted until it can, and it is tried again every round")
+        conds: list[dict[str, Any]] = status.setdefault("conditions", [])
+        if any(c.get("type") == "Progressing" and c.get("message") == msg for c in conds):
+            return
+        set_condition(conds, Condition("Progressing", "False", "EvaluationFailed", msg), now,
+                      int(obj["metadata"].get("generation", 1)))
+        self.events.queue(obj, [planner.PlanEvent("EvaluationFailed", msg, warning=True)])
+        try:
+            self.status.write(obj, status)
+        except Exception as e2:
+            log.warning("writing the status of %s: %s", obj["metadata"]["name"], e2)
 
     def _reconcile_one(self, obj: dict[str, Any], nodes: list[planner.NodeView],
                        members: dict[str, planner.MemberView], now: datetime, grants: dict[str, str]) -> None:
@@ -373,13 +403,9 @@ class Coordinator:
             log.info("delivered grant to %s", node)
 
     def _gates(self, gates: HealthGates | None) -> str | None:
-        """External health gates, evaluated at most every GATE_SECONDS (they cost a query each)."""
+        """External health gates' latest verdict. `evaluate_gates` (health.GateRunner, wired by the
+        daemon) answers at once and evaluates off this thread: a gate that does not answer must not
+        delay grants and status."""
         if gates is None or self.evaluate_gates is None:
             return None
-        now = time.monotonic()
-        key = repr(gates)
-        if self._gate_cache and self._gate_cache[0] == key and now - self._gate_cache[1] < GATE_SECONDS:
-            return self._gate_cache[2]
-        result = self.evaluate_gates(gates)
-        self._gate_cache = (key, now, result)
-        return result
+        return self.evaluate_gates(gates)

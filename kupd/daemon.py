@@ -203,7 +203,7 @@ class Daemon:
                                            self.settings.lease.member_duration_seconds, elector,
                                            host.newest_patch, on_plan=metrics.operation_status,
                                            scheduler=Scheduler(api, SystemClock(), host.newest_patch),
-                                           gates=functools.partial(health.evaluate, api),
+                                           gates=health.GateRunner(functools.partial(health.evaluate, api)),
                                            watch_seconds=self.settings.lease.watch_seconds)
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
