@@ -28,6 +28,10 @@ def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:
     return a.isdigit() and b.isdigit() and int(a) < int(b)
 
 
+def _rv(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
+
+
 class Informer:
     """List+watch one resource into a dict cache keyed by namespace/name; call `on_change` on every change.
 
@@ -51,6 +55,11 @@ class Informer:
         self._query = query
         self._on_change = on_change
         self._cache: dict[str, dict[str, Any]] = {}
+        # When this process first saw each object's current version, on its monotonic clock: a
+        # liveness judged from it needs no other node's clock, and it is kept while nobody looks
+        # (an idle coordinator runs no rounds, yet must know at an operation's start how long
+        # ago each member Lease last changed).
+        self._observed: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.synced = threading.Event()
@@ -73,8 +82,17 @@ class Informer:
     def put(self, obj: dict[str, Any]) -> None:
         """Record an object this process just wrote, before its watch event arrives."""
         with self._lock:
-            if not _older(obj, self._cache.get(self.key(obj))):
-                self._cache[self.key(obj)] = obj
+            key = self.key(obj)
+            old = self._cache.get(key)
+            if not _older(obj, old):
+                self._cache[key] = obj
+                if old is None or _rv(old) != _rv(obj):
+                    self._observed[key] = time.monotonic()
+
+    def observed_at(self, key: str) -> float | None:
+        """time.monotonic() when this informer first saw the cached version of `key`."""
+        with self._lock:
+            return self._observed.get(key)
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -90,10 +108,14 @@ class Informer:
         data = self._api.list(self._resource, **self._query)
         with self._lock:
             fresh = {self.key(o): o for o in data.get("items") or []}
+            now = time.monotonic()
             for k, o in fresh.items():
                 mine = self._cache.get(k)
                 if mine is not None and _older(o, mine):
                     fresh[k] = mine  # put() while the list was under way
+                if mine is None or _rv(fresh[k]) != _rv(mine) or k not in self._observed:
+                    self._observed[k] = now
+            self._observed = {k: t for k, t in self._observed.items() if k in fresh}
             self._cache = fresh
         self.synced.set()
         self._on_change()
@@ -118,13 +140,17 @@ class Informer:
     def _apply(self, typ: str, obj: dict[str, Any]) -> bool:
         """Apply one event to the cache; whether it is a change that calls on_change."""
         with self._lock:
+            key = self.key(obj)
             if typ == "DELETED":
-                old = self._cache.pop(self.key(obj), None)
+                old = self._cache.pop(key, None)
+                self._observed.pop(key, None)
             else:
-                old = self._cache.get(self.key(obj))
+                old = self._cache.get(key)
                 if _older(obj, old):
                     return False  # this process already put() a newer version
-                self._cache[self.key(obj)] = obj
+                self._cache[key] = obj
+                if old is None or _rv(old) != _rv(obj):
+                    self._observed[key] = time.monotonic()
         return not (typ == "MODIFIED" and self._relevant is not None and not self._relevant(old, obj))
 
     def _watch_timeout(self) -> int:

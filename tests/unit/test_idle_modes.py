@@ -100,3 +100,23 @@ def test_members_go_idle_only_while_an_operation_waits_for_an_operator_or_a_wind
     assert _waiting(_status("Paused", "Paused")) and _waiting(_status("Paused", "OutsideWindow"))
     assert not _waiting({"phase": "Paused", "conditions": [{"type": "HealthGates", "status": "False"}]})
     assert not _waiting({"phase": "Running"}) and not _waiting({})
+
+
+def _lease(rv: str) -> dict[str, Any]:
+    return {"metadata": {"name": "kupd-node-w-1", "namespace": "kupd-system", "resourceVersion": rv}}
+
+
+def test_an_informer_remembers_when_it_first_saw_each_version_even_with_nobody_looking() -> None:
+    inf = k8s.Informer("x", cast(k8s.Client, None), "/apis/x", lambda: None)
+    key = "kupd-system/kupd-node-w-1"
+    assert inf.observed_at(key) is None
+    inf._apply("ADDED", _lease("5"))
+    first = inf.observed_at(key)
+    assert first is not None
+    inf._apply("MODIFIED", _lease("5"))  # the same version again (a relist, a put echo): not new
+    assert inf.observed_at(key) == first
+    inf._apply("MODIFIED", _lease("7"))
+    later = inf.observed_at(key)
+    assert later is not None and later >= first
+    inf._apply("DELETED", _lease("7"))
+    assert inf.observed_at(key) is None
