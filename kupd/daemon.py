@@ -7,9 +7,11 @@ backends; this module builds them from the settings and runs their loops.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +28,9 @@ from kupd.nodeops import NodeOps
 from kupd.notify import Notifier, watchdog_interval
 
 log = logging.getLogger(__name__)
+
+CREDENTIAL_POLL_SECONDS = 5.0
+NODE_POLL_SECONDS = (3.0, 30.0)  # first and longest pause between reads of the own Node
 
 
 def make_host(settings: Settings, node: str) -> Host:
@@ -57,36 +62,101 @@ def make_backup_fn(api: kube.Client, settings: Settings, node: str) -> Callable[
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.node = settings.node_name or socket.gethostname().split(".")[0]
-        self.notifier = Notifier()
+        self.notifier = notifier or Notifier()
         self._stop = threading.Event()
+        self._waiting_for = ""
         self.coordinator: Coordinator | None = None
 
-    def _control_plane(self, api: kube.Client) -> bool:
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+
+    # -- first boot: what the daemon waits for before it can take part ---------------------------
+    def _waiting(self, what: str, detail: str) -> None:
+        """STATUS says what kupd waits for; the log says it once per change, not once per poll."""
+        text = f"waiting for {what}: {detail}"
+        self.notifier.status(text)
+        if text != self._waiting_for:
+            log.warning("%s", text)
+            self._waiting_for = text
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, pinging the watchdog; False when the daemon is stopping."""
+        wd = watchdog_interval()
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            self.notifier.watchdog()
+            self._stop.wait(min(left, wd / 2) if wd else left)
+        return False
+
+    def _credential(self) -> kube.Client | None:
+        """A client from the kubeconfig, polling while there is none or it is unusable.
+
+        A node provisioned before it is enrolled has no credential yet: exiting would make systemd
+        restart kupd every few seconds, forever; polling keeps one quiet process whose STATUS says
+        what is missing. None when the daemon is asked to stop first.
+        """
+        path = self.settings.kubeconfig
+        while not self._stop.is_set():
+            if not os.path.exists(path):
+                self._waiting("a credential", f"{path} does not exist (`kupd enroll {self.node}` writes it)")
+            else:
+                try:
+                    return kube.api_client(path)
+                except (KupdError, ValueError, OSError) as e:  # ssl.SSLError is an OSError
+                    self._waiting("a usable credential", f"{path}: {e}")
+            self._pause(CREDENTIAL_POLL_SECONDS)
+        return None
+
+    def _control_plane(self, api: kube.Client) -> bool | None:
+        """This node's role: from the config, else from its Node's label once the Node exists.
+        None when the daemon is asked to stop first."""
         if self.settings.control_plane is not None:
             return self.settings.control_plane
+        delay = NODE_POLL_SECONDS[0]
         while not self._stop.is_set():
             try:
                 node = kube.call(api.get, "read own node", kube.path("", "v1", "nodes", self.node))
                 return p.LABEL_CONTROL_PLANE in (node["metadata"].get("labels") or {})
+            except kube.NotFound:
+                self._waiting("the Node", f"Node {self.node} is not registered yet (kubeadm join)")
+            except kube.Forbidden as e:
+                self._waiting("permission", f"{e} (`kupd enroll {self.node}` grants it)")
             except KupdError as e:
-                log.warning("cannot read Node %s yet (%s); retrying", self.node, e)
-                self._stop.wait(3)
-        return False
+                self._waiting("the API server", str(e))
+            self._pause(delay)
+            delay = min(delay * 2, NODE_POLL_SECONDS[1])
+        return None
 
     def run(self) -> int:
-        s = self.settings
         logsetup.set_defaults(node=self.node)
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        api = kube.api_client(s.kubeconfig)
+        # READY as soon as the daemon runs, so `systemctl start`, `apt install` and cloud-init's
+        # `enable --now` return at once; STATUS says what kupd still waits for. Never sent later.
+        self.notifier.ready(f"starting on {self.node}")
+        try:
+            return self._run()
+        finally:
+            self.notifier.stopping("stopping")
+
+    def _run(self) -> int:
+        s = self.settings
+        if s.metrics_address:
+            metrics.serve(s.metrics_address)
+        api = self._credential()
+        if api is None:
+            return 0
         host = make_host(s, self.node)
         store = CheckpointStore(s.state_dir)
         nodeops = NodeOps(api, self.node)
-        if s.metrics_address:
-            metrics.serve(s.metrics_address)
 
         member_holder: list[Member] = []
 
@@ -109,6 +179,9 @@ class Daemon:
         # An unfinished grant resumes before anything that needs the API: a granted node
         # finishes without it. Its role is in the checkpoint, so no API read is needed first.
         control_plane = agent.cp.control_plane if agent.cp.active else self._control_plane(api)
+        if control_plane is None:
+            agent.stop()
+            return 0
         lease = s.lease
         member = Member(api, lease.namespace, self.node, lease.member_duration_seconds,
                         lease.member_duration_seconds * lease.renew_fraction, host.facts, agent.report,
@@ -130,8 +203,8 @@ class Daemon:
 
         eligible = s.coordinator_eligible == "any" or (s.coordinator_eligible == "control-plane" and control_plane)
         elector = Elector(api, lease.namespace, self.node, lease.coordinator_duration_seconds)
-        self.notifier.ready(f"member of the cluster as {self.node}"
-                            + (", coordinator candidate" if eligible else ""))
+        self.notifier.status(f"member of the cluster as {self.node}"
+                             + (", coordinator candidate" if eligible else ""))
         log.info("kupd daemon started on %s (control plane: %s, coordinator candidate: %s)",
                  self.node, control_plane, eligible)
         wd = watchdog_interval()
@@ -148,7 +221,6 @@ class Daemon:
             self.notifier.watchdog()
             self._stop.wait(tick)
         log.info("stopping")
-        self.notifier.stopping("stopping")
         if self.coordinator:
             self.coordinator.stop()
         elector.release()

@@ -23,4 +23,6 @@ def run(args: argparse.Namespace) -> int:
     logsetup.setup_logging(settings.log_level)
     from kupd.daemon import Daemon
 
-    return Daemon(settings).run()
+    daemon = Daemon(settings)
+    daemon.install_signal_handlers()
+    return daemon.run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -84,9 +85,18 @@ def node_workdir() -> Iterator[Path]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def install_deb(node: nspawn.Node, deb: Path) -> None:
     """`apt-get install ./kupd_*.deb` inside the node: apt resolves Depends from the node's own
-    dpkg database (the base image has them), so no network is needed."""
+    dpkg database (the base image has them), so no network is needed. The package starts kupd,
+    which serves /metrics at once: the nodes share the host's network, so each gets its own port."""
+    node.write("/etc/kupd/config.d/40-system-test-metrics.toml", f'metrics_address = "127.0.0.1:{free_port()}"\n')
     node.copy_in(deb, f"{NODE_DEB_DIR}/{deb.name}")
     node.run(["apt-get", "install", "-y", f"{NODE_DEB_DIR}/{deb.name}"], timeout=300)
 
