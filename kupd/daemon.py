@@ -13,15 +13,20 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from kupd import kube, logsetup, metrics
+import yaml
+
+from kupd import enroll, kube, logsetup, metrics
 from kupd import protocol as p
 from kupd.agent import Agent
 from kupd.checkpoint import CheckpointStore
 from kupd.config import Settings
 from kupd.coordinator import Coordinator, Elector
 from kupd.errors import KupdError
+from kupd.fsutil import atomic_write
 from kupd.host.base import Host
 from kupd.member import Member
 from kupd.nodeops import NodeOps
@@ -68,6 +73,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self._stop = threading.Event()
         self._waiting_for = ""
+        self._token_times: tuple[datetime, datetime] | None = None
         self.coordinator: Coordinator | None = None
 
     def stop(self) -> None:
@@ -83,7 +89,7 @@ class Daemon:
         text = f"waiting for {what}: {detail}"
         self.notifier.status(text)
         if text != self._waiting_for:
-            log.warning("%s", text)
+            log.warning("%s", text, extra=logsetup.event(logsetup.DAEMON_WAITING))
             self._waiting_for = text
 
     def _pause(self, seconds: float) -> bool:
@@ -116,6 +122,44 @@ class Daemon:
                     self._waiting("a usable credential", f"{path}: {e}")
             self._pause(CREDENTIAL_POLL_SECONDS)
         return None
+
+    def _own_token(self, api: kube.Client) -> kube.Client:
+        """Exchange an enrolment token for the node's own (first start) and renew it at half its
+        life (enroll.rotation_due). The token goes to STATE_DIR/token, which the kubeconfig then
+        names as its tokenFile: the client re-reads it on every request, so a renewal needs no
+        restart. Returns the client to use from now on. Certificates and static tokens are left
+        alone; a failed renewal is retried on a later tick while the current token works."""
+        path = Path(self.settings.kubeconfig)
+        token_file = str(Path(self.settings.state_dir) / "token")
+        try:
+            doc = yaml.safe_load(path.read_text())
+            inline, named = enroll.current_token(doc, path.resolve().parent)
+            token = inline or (Path(named).read_text().strip() if named else None)
+        except (OSError, yaml.YAMLError) as e:
+            log.warning("cannot read the credential %s to renew its token: %s", path, e)
+            return api
+        times = enroll.token_times(token) if token else None
+        self._token_times = times
+        if times is None or not enroll.rotation_due(times, datetime.now(UTC)):
+            return api
+        try:
+            new = enroll.request_token(api, self.node, enroll.NODE_TOKEN_SECONDS)
+        except KupdError as e:
+            log.warning("cannot renew the node's token (%s); the current one expires %s", e, times[1].isoformat())
+            return api
+        atomic_write(token_file, new.encode(), mode=0o600)
+        self._token_times = enroll.token_times(new)
+        expires = self._token_times[1].isoformat() if self._token_times else "?"
+        if named == token_file:
+            log.info("renewed the node's token; it expires %s", expires, extra=logsetup.event(logsetup.TOKEN_RENEWED))
+            return api
+        enroll.write_private(path, yaml.safe_dump(enroll.use_token_file(doc, token_file), sort_keys=False))
+        log.info("exchanged the enrolment token for the node's own (%s, expires %s); %s now reads it",
+                 token_file, expires, path, extra=logsetup.event(logsetup.TOKEN_RENEWED))
+        return kube.api_client(str(path))
+
+    def _token_due(self) -> bool:
+        return self._token_times is not None and enroll.rotation_due(self._token_times, datetime.now(UTC))
 
     def _control_plane(self, api: kube.Client) -> bool | None:
         """This node's role: from the config, else from its Node's label once the Node exists.
@@ -154,6 +198,7 @@ class Daemon:
         api = self._credential()
         if api is None:
             return 0
+        api = self._own_token(api)
         host = make_host(s, self.node)
         store = CheckpointStore(s.state_dir)
         nodeops = NodeOps(api, self.node)
@@ -206,7 +251,7 @@ class Daemon:
         self.notifier.status(f"member of the cluster as {self.node}"
                              + (", coordinator candidate" if eligible else ""))
         log.info("kupd daemon started on %s (control plane: %s, coordinator candidate: %s)",
-                 self.node, control_plane, eligible)
+                 self.node, control_plane, eligible, extra=logsetup.event(logsetup.DAEMON_STARTED))
         wd = watchdog_interval()
         tick = lease.coordinator_duration_seconds * lease.renew_fraction
         if wd:
@@ -218,9 +263,11 @@ class Daemon:
             # A grant that arrived while the agent was still busy with an earlier one gets no
             # second watch event: look at the grant Lease again on every tick.
             offer()
+            if self._token_due():
+                self._own_token(api)  # rewrites the token file the client reads
             self.notifier.watchdog()
             self._stop.wait(tick)
-        log.info("stopping")
+        log.info("stopping", extra=logsetup.event(logsetup.DAEMON_STOPPING))
         if self.coordinator:
             self.coordinator.stop()
         elector.release()
@@ -236,14 +283,14 @@ class Daemon:
             log.warning("coordinator election: %s", e)
             leading = elector.leading
         if leading and self.coordinator is None:
-            log.info("coordinating at epoch %d", elector.epoch)
+            log.info("coordinating at epoch %d", elector.epoch, extra=logsetup.event(logsetup.COORDINATOR_ELECTED))
             self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
                                            self.settings.lease.member_duration_seconds, elector,
                                            host.newest_patch, validate_spec=_validator(),
                                            on_plan=metrics.operation_status)
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
-            log.info("no longer coordinator")
+            log.info("no longer coordinator", extra=logsetup.event(logsetup.COORDINATOR_LOST))
             self.coordinator.stop()
             self.coordinator = None
             metrics.coordinator_stopped()

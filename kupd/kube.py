@@ -15,7 +15,7 @@ from typing import Any
 
 import urllib3
 
-from kupd.errors import PermanentError, RetryableError
+from kupd.errors import NotFoundError, PermanentError, RetryableError
 from kupd.kubeapi import ApiError, Client, Watch, path
 
 __all__ = ["ApiError", "Client", "Conflict", "Forbidden", "Informer", "NotFound", "api_client", "call",
@@ -34,7 +34,7 @@ class Conflict(RetryableError):
     """Optimistic-concurrency conflict: re-read and try again."""
 
 
-class NotFound(PermanentError):
+class NotFound(NotFoundError):
     pass
 
 

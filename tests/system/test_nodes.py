@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.system import nspawn
 from tests.system.conftest import NODE_DEB_DIR
 
-VENV_PY = "/usr/lib/kupd/venv/bin/python3.11"
+VENV_PY = "/usr/lib/kupd/venv/bin/python3"
 
 
 def wait_for(what: str, predicate: object, timeout: float = 60, interval: float = 0.5) -> None:
@@ -51,13 +51,17 @@ def test_package_layout_and_unit(kupd_nodes: list[nspawn.Node]) -> None:
         assert show(node, "kupd.service", "KillMode") == "process"
         version = node.run(["kupd", "--version"]).stdout.strip()
         assert version.startswith("kupd "), version
-        # The venv's python sees python3-apt and python3-systemd from Debian, the rest from the venv.
+        # The venv's python sees python3-apt from Debian, the rest from the venv.
         probe = node.run([VENV_PY, "-I", "-c", (
-            "import apt_pkg, systemd.journal, pydantic, kubernetes, boto3, croniter, yaml, "
-            "prometheus_client, google.cloud.storage, kupd, kupd.config as c;"
+            "import apt_pkg, pydantic, boto3, croniter, yaml, prometheus_client, google.cloud.storage, "
+            "kupd, kupd.daemon, kupd.config as c;"
             "print(pydantic.VERSION, kupd.__file__, c.load().host)")]).stdout
         assert probe.startswith("2."), probe
         assert "/usr/lib/kupd/venv/" in probe and probe.split()[-1] == "real", probe
+        # Test-only and dropped dependencies are not in the production venv.
+        for module in ("kubernetes", "sdnotify", "aiohttp", "systemd"):
+            r = node.run([VENV_PY, "-I", "-c", f"import {module}"], check=False)
+            assert r.returncode == 1 and "ModuleNotFoundError" in r.stderr, (module, r.stderr)
 
 
 def test_systemctl_status_works(kupd_nodes: list[nspawn.Node]) -> None:
@@ -136,6 +140,8 @@ assert n.enabled, "NOTIFY_SOCKET missing"
 assert watchdog_interval() == 4.0, watchdog_interval()
 with logsetup.log_context(operation="probe-op", step="drain"):
     logging.getLogger("kupd.probe").info("probe draining")
+    # Larger than a datagram: kupd.journal passes it in a sealed memfd.
+    logging.getLogger("kupd.probe").info("probe big entry %s", "x" * 400000)
 n.ready("probe-op: NODE drain (probe)")
 for _ in range(int(sys.argv[1])):
     n.watchdog()
@@ -159,6 +165,7 @@ def test_notify_watchdog_and_journal_fields_under_systemd(kupd_nodes: list[nspaw
         assert "Status: \"probe-op: " + node.name + " drain (probe)\"" in status, status
         entries = node.journal("-u", unit, "KUPD_STEP=drain", "KUPD_OPERATION=probe-op", f"KUPD_NODE={node.name}")
         assert "probe draining" in entries, node.journal("-u", unit, "-o", "verbose")
+        assert "probe big entry " + "x" * 1000 in entries
         assert node.journal("-u", unit, "KUPD_STEP=verify") == "" or "probe draining" not in node.journal(
             "-u", unit, "KUPD_STEP=verify"
         )
