@@ -6,25 +6,27 @@ backends; this module builds them from the settings and runs their loops.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kupd import enroll, kube, logsetup, metrics
+from kupd import enroll, k8s, logsetup, metrics
 from kupd import protocol as p
-from kupd.agent import Agent
+from kupd.agent import Agent, BackupFn
+from kupd.api import models
 from kupd.checkpoint import CheckpointStore
 from kupd.config import Settings
-from kupd.coordinator import Coordinator, Elector
+from kupd.coordinator import Coordinator
+from kupd.election import Elector
 from kupd.errors import KupdError
 from kupd.fsutil import atomic_write
 from kupd.host.base import Host
@@ -40,7 +42,7 @@ NODE_POLL_SECONDS = (3.0, 30.0)  # first and longest pause between reads of the 
 
 def make_host(settings: Settings, node: str) -> Host:
     if settings.host == "simulated":
-        from kupd.host.simulated import SimulatedHost
+        from kupd.sim.simulated import SimulatedHost
 
         sim = settings.simulated
         state = sim.state_file or f"{settings.state_dir}/simulated-host.json"
@@ -50,14 +52,14 @@ def make_host(settings: Settings, node: str) -> Host:
     return RealHost.from_settings(settings, node)
 
 
-def make_backup_fn(api: kube.Client, settings: Settings, node: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def make_backup_fn(api: k8s.Client, settings: Settings, node: str) -> BackupFn:
     """The agent's backup step: snapshot the local etcd, verify, upload, and return status.backup."""
 
-    def backup(spec_backup: dict[str, Any]) -> dict[str, Any]:
+    def backup(spec_backup: models.Backup) -> dict[str, Any]:
         from kupd.backup.run import BackupConfig, load_credentials, take_backup
         from kupd.clock import SystemClock
 
-        cfg = BackupConfig.from_spec(spec_backup, work_dir=f"{settings.state_dir}/backup")
+        cfg = BackupConfig.from_model(spec_backup, work_dir=f"{settings.state_dir}/backup")
         # Credentials are read at use, never kept or logged.
         creds = load_credentials(cfg.store, api)
         record = take_backup(cfg, creds, settings.cluster_name, node, SystemClock())
@@ -104,7 +106,7 @@ class Daemon:
             self._stop.wait(min(left, wd / 2) if wd else left)
         return False
 
-    def _credential(self) -> kube.Client | None:
+    def _credential(self) -> k8s.Client | None:
         """A client from the kubeconfig, polling while there is none or it is unusable.
 
         A node provisioned before it is enrolled has no credential yet: exiting would make systemd
@@ -117,13 +119,13 @@ class Daemon:
                 self._waiting("a credential", f"{path} does not exist (`kupd enroll {self.node}` writes it)")
             else:
                 try:
-                    return kube.api_client(path)
+                    return k8s.api_client(path)
                 except (KupdError, ValueError, OSError) as e:  # ssl.SSLError is an OSError
                     self._waiting("a usable credential", f"{path}: {e}")
             self._pause(CREDENTIAL_POLL_SECONDS)
         return None
 
-    def _own_token(self, api: kube.Client) -> kube.Client:
+    def _own_token(self, api: k8s.Client) -> k8s.Client:
         """Exchange an enrolment token for the node's own (first start) and renew it at half its
         life (enroll.rotation_due). The token goes to STATE_DIR/token, which the kubeconfig then
         names as its tokenFile: the client re-reads it on every request, so a renewal needs no
@@ -156,12 +158,12 @@ class Daemon:
         enroll.write_private(path, yaml.safe_dump(enroll.use_token_file(doc, token_file), sort_keys=False))
         log.info("exchanged the enrolment token for the node's own (%s, expires %s); %s now reads it",
                  token_file, expires, path, extra=logsetup.event(logsetup.TOKEN_RENEWED))
-        return kube.api_client(str(path))
+        return k8s.api_client(str(path))
 
     def _token_due(self) -> bool:
         return self._token_times is not None and enroll.rotation_due(self._token_times, datetime.now(UTC))
 
-    def _control_plane(self, api: kube.Client) -> bool | None:
+    def _control_plane(self, api: k8s.Client) -> bool | None:
         """This node's role: from the config, else from its Node's label once the Node exists.
         None when the daemon is asked to stop first."""
         if self.settings.control_plane is not None:
@@ -169,11 +171,11 @@ class Daemon:
         delay = NODE_POLL_SECONDS[0]
         while not self._stop.is_set():
             try:
-                node = kube.call(api.get, "read own node", kube.path("", "v1", "nodes", self.node))
+                node = k8s.call(api.get, "read own node", k8s.node_path(self.node))
                 return p.LABEL_CONTROL_PLANE in (node["metadata"].get("labels") or {})
-            except kube.NotFound:
+            except k8s.NotFound:
                 self._waiting("the Node", f"Node {self.node} is not registered yet (kubeadm join)")
-            except kube.Forbidden as e:
+            except k8s.Forbidden as e:
                 self._waiting("permission", f"{e} (`kupd enroll {self.node}` grants it)")
             except KupdError as e:
                 self._waiting("the API server", str(e))
@@ -216,14 +218,15 @@ class Daemon:
         agent = Agent(self.node, host, nodeops, store, backup_fn=make_backup_fn(api, s, self.node),
                       on_report=on_report)
         if s.host == "simulated":
-            from kupd.host.simkubelet import SimKubelet
-            from kupd.host.simulated import SimulatedHost
+            from kupd.sim.simkubelet import SimKubelet
+            from kupd.sim.simulated import SimulatedHost
 
             assert isinstance(host, SimulatedHost)
             SimKubelet(api, self.node, host, bool(s.control_plane), s.simulated.node_labels).start()
         # An unfinished grant resumes before anything that needs the API: a granted node
         # finishes without it. Its role is in the checkpoint, so no API read is needed first.
-        control_plane = agent.cp.control_plane if agent.cp.active else self._control_plane(api)
+        control_plane = agent.cp.grant.control_plane if agent.cp.active and agent.cp.grant \
+            else self._control_plane(api)
         if control_plane is None:
             agent.stop()
             return 0
@@ -243,7 +246,7 @@ class Daemon:
             if obj is not None:
                 agent.offer(p.Grant.decode(p.grant_value(obj)))
 
-        grants = kube.Informer("grant", api, kube.lease_path(lease.namespace), offer,
+        grants = k8s.Informer("grant", api, k8s.lease_path(lease.namespace), offer,
                                fieldSelector=f"metadata.name={p.grant_lease_name(self.node)}").start()
 
         eligible = s.coordinator_eligible == "any" or (s.coordinator_eligible == "control-plane" and control_plane)
@@ -276,35 +279,27 @@ class Daemon:
         grants.stop()
         return 0
 
-    def _elect(self, api: kube.Client, elector: Elector, host: Host) -> None:
+    def _elect(self, api: k8s.Client, elector: Elector, host: Host) -> None:
         try:
             leading = elector.try_acquire_or_renew()
         except KupdError as e:
             log.warning("coordinator election: %s", e)
             leading = elector.leading
         if leading and self.coordinator is None:
+            # Imported here: only the coordinator runs them, and every daemon's memory counts.
+            from kupd import health
+            from kupd.clock import SystemClock
+            from kupd.scheduler import Scheduler
+
             log.info("coordinating at epoch %d", elector.epoch, extra=logsetup.event(logsetup.COORDINATOR_ELECTED))
             self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
                                            self.settings.lease.member_duration_seconds, elector,
-                                           host.newest_patch, validate_spec=_validator(),
-                                           on_plan=metrics.operation_status)
+                                           host.newest_patch, on_plan=metrics.operation_status,
+                                           scheduler=Scheduler(api, SystemClock(), host.newest_patch),
+                                           gates=functools.partial(health.evaluate, api))
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
             log.info("no longer coordinator", extra=logsetup.event(logsetup.COORDINATOR_LOST))
             self.coordinator.stop()
             self.coordinator = None
             metrics.coordinator_stopped()
-
-
-def _validator() -> Any:
-    try:
-        from kupd.api.models import parse_directupdate_spec
-    except ImportError:
-        return None
-
-    def check(spec: dict[str, Any]) -> None:
-        parse_directupdate_spec(spec)
-
-    return check
-
-

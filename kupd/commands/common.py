@@ -1,5 +1,5 @@
 """What the subcommands share, by kubectl's conventions: `--kubeconfig`/`--context` resolved as
-kubectl does (kupd/kubeconfigs.py), `-o FORMAT` for every output, and the exit codes."""
+kubectl does (kupd/k8s/kubeconfigs.py), `-o FORMAT` for every output, and the exit codes."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kupd import kubeconfigs
 from kupd.errors import ValidationError
+from kupd.k8s import kubeconfigs
 
 if TYPE_CHECKING:
-    from kupd.kubeapi import Client, Settings
+    from kupd.k8s import Client, Settings
 
 # Exit codes of every `kupd` command (documented in `kupd --help`, the man page and docs/usage/cli.md).
 EXIT_OK = 0
@@ -47,7 +47,7 @@ def add_output_flag(p: argparse.ArgumentParser | Any, formats: tuple[str, ...] =
 
 def kube_settings(args: argparse.Namespace) -> Settings:
     """The connection settings of the resolved kubeconfig and context."""
-    from kupd.kubeapi import parse_kubeconfig
+    from kupd.k8s import parse_kubeconfig
 
     paths = kubeconfigs.candidates(getattr(args, "kubeconfig", None), os.environ, Path.home())
     doc = kubeconfigs.load(paths)
@@ -58,7 +58,7 @@ def kube_settings(args: argparse.Namespace) -> Settings:
 
 
 def api_client(args: argparse.Namespace, timeout: float = 10.0) -> Client:
-    from kupd.kubeapi import Client
+    from kupd.k8s import Client
 
     s = kube_settings(args)
     return Client(s.server, token=s.token, token_file=s.token_file, ca_file=s.ca_file, ca_data=s.ca_data,

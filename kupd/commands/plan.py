@@ -61,16 +61,16 @@ def _cluster_from_args(args: argparse.Namespace) -> tuple[list[planner.NodeView]
 
 
 def _cluster_from_api(args: argparse.Namespace) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
-    from kupd import kube
+    from kupd import k8s
 
     api = common.api_client(args)
     nodes = []
-    for n in kube.call(api.list, "list nodes", kube.path("", "v1", "nodes")).get("items") or []:
+    for n in k8s.call(api.list, "list nodes", k8s.node_path()).get("items") or []:
         labels = n["metadata"].get("labels") or {}
         nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels))
     members = {}
-    leases = kube.call(api.list, "list member leases",
-                       kube.lease_path("kupd-system"))
+    leases = k8s.call(api.list, "list member leases",
+                       k8s.lease_path("kupd-system"))
     for lease in leases.get("items") or []:
         name = lease["metadata"]["name"]
         if name.startswith(p.MEMBER_LEASE_PREFIX):
@@ -81,14 +81,14 @@ def _cluster_from_api(args: argparse.Namespace) -> tuple[list[planner.NodeView],
 
 
 def run(args: argparse.Namespace) -> int:
-    obj = _load(args.file)
-    spec = dict(obj.get("spec") or {})
+    from kupd import dryrun
     from kupd.api.models import parse_directupdate_spec
 
-    parse_directupdate_spec(spec)
+    obj = _load(args.file)
+    spec = parse_directupdate_spec(obj)
     live = bool(args.kubeconfig or args.context)
     nodes, members = _cluster_from_api(args) if live else _cluster_from_args(args)
-    status, waves = planner.simulate(spec, nodes, members, args.node_minutes * 60)
+    status, waves = dryrun.simulate(spec, nodes, members, args.node_minutes * 60)
     total = waves[-1].end_seconds if waves else 0.0
     rc = 0 if status.get("phase") == planner.OP_SUCCEEDED else 1
     if args.output in ("json", "yaml"):
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                                 "endSeconds": w.end_seconds} for w in waves]}, args.output)
         return rc
     name = obj.get("metadata", {}).get("name", "?")
-    print(f"DirectUpdate {name}: {len(nodes)} nodes to {spec.get('version')}, hops "
+    print(f"DirectUpdate {name}: {len(nodes)} nodes to {spec.version}, hops "
           f"{' -> '.join(status.get('hops') or []) or '-'}")
     roles = {e["name"]: e for e in status.get("nodes", [])}
 

@@ -1,6 +1,6 @@
 """`kupd status [NAME] [--watch] [-o table|wide|json|yaml]`: DirectUpdates, their nodes, progress and ETA.
 
-Reads the DirectUpdates with the kubeconfig resolved as kubectl resolves it (kupd/kubeconfigs.py:
+Reads the DirectUpdates with the kubeconfig resolved as kubectl resolves it (kupd/k8s/kubeconfigs.py:
 --kubeconfig, else $KUBECONFIG merged, else ~/.kube/config, else /etc/kupd/kubeconfig; --context) and
 renders them with kupd.statusview. `--watch` redraws every `--interval` seconds and exits once the
 operation(s) shown are Succeeded or Failed: 0 if all succeeded, 1 if any failed. `-o json|yaml` prints
@@ -21,7 +21,7 @@ from kupd.commands import common
 from kupd.errors import KupdError, NotFoundError, RetryableError, ValidationError
 
 if TYPE_CHECKING:
-    from kupd.kubeapi import Client
+    from kupd.k8s import Client
 
 
 def register(sub: Any) -> None:
@@ -43,26 +43,22 @@ class Reader:
     """Fetches DirectUpdates through the API, with kupd's error mapping."""
 
     def __init__(self, api: Client) -> None:
-        from kupd import kube
-
-        self._kube = kube
         self._api = api
 
     def fetch(self, name: str | None) -> list[dict[str, Any]]:
-        from kupd import protocol as p
+        from kupd import k8s
 
         if name:
             try:
-                url = self._kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES, name)
+                url = k8s.kupd_path(k8s.DIRECTUPDATES, name)
             except ValueError:
                 raise ValidationError("NAME", f"{name!r} is not a valid DirectUpdate name") from None
             try:
-                obj = self._kube.call(self._api.get, f"get directupdate {name}", url)
-            except self._kube.NotFound:
+                obj = k8s.call(self._api.get, f"get directupdate {name}", url)
+            except k8s.NotFound:
                 raise NotFoundError(f"directupdate {name!r} not found") from None
             return [obj]
-        res = self._kube.call(self._api.list, "list directupdates",
-                              self._kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES))
+        res = k8s.call(self._api.list, "list directupdates", k8s.kupd_path(k8s.DIRECTUPDATES))
         return list(res.get("items") or [])
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kupd import kube
-from kupd.devcluster import ControlPlane
+from kupd import k8s
+from kupd.sim.devcluster import ControlPlane
 from tests.cluster.harness import api_for
 
 NODE = "startup-node-1"
@@ -112,10 +112,10 @@ def test_waits_for_the_api_server(tmp_path: Path, daemons: list[Daemon]) -> None
 
 def test_waits_for_permission_then_for_its_node(crds: ControlPlane, tmp_path: Path, daemons: list[Daemon]) -> None:
     api = api_for(crds)
-    node_path = kube.path("", "v1", "nodes", NODE)
+    node_path = k8s.node_path(NODE)
     try:
         api.delete(node_path)
-    except kube.ApiError as e:
+    except k8s.ApiError as e:
         assert e.status == 404
     cfg = crds.cert_kubeconfig(USER, [])
     d = Daemon(tmp_path / "d", cfg)
@@ -133,7 +133,7 @@ def test_waits_for_permission_then_for_its_node(crds: ControlPlane, tmp_path: Pa
                                                               "items": [role, binding]}))
     try:
         assert f"Node {NODE} is not registered yet" in d.wait_for("waiting for the Node", timeout=60)
-        api.create(kube.path("", "v1", "nodes"), {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+        api.create(k8s.node_path(), {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
         d.wait_for(f"member of the cluster as {NODE}", timeout=60)
         assert sum("READY=1" in m for m in d.messages) == 1, d.messages
         tail = d.terminate()
@@ -143,5 +143,5 @@ def test_waits_for_permission_then_for_its_node(crds: ControlPlane, tmp_path: Pa
         crds.kubectl("delete", "clusterrolebinding,clusterrole", USER, "--ignore-not-found")
         try:
             api.delete(node_path)
-        except kube.ApiError as e:
+        except k8s.ApiError as e:
             assert e.status == 404

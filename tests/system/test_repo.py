@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kupd import enroll, kube
+from kupd import enroll, k8s
 from kupd import protocol as p
-from kupd.devcluster import ControlPlane
+from kupd.sim.devcluster import ControlPlane
 from tests.host import repo_builder
 from tests.system import nspawn
 from tests.system.conftest import free_port
@@ -107,7 +107,7 @@ def test_cloud_init_node_installs_from_the_repository_and_joins(
     cp = control_plane
     cp.install_crds()
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "packaging" / "rbac"))
-    api = kube.api_client(str(cp.admin_kubeconfig))
+    api = k8s.api_client(str(cp.admin_kubeconfig))
     # The enrolment kubeconfig exactly as an administrator makes it for user-data: 10 minutes.
     enrolled = run([sys.executable, "-m", "kupd", "enroll", NODE, "--kubeconfig", str(cp.admin_kubeconfig),
                     "--node-kubeconfig", "-", "--duration", "600"], cwd=str(ROOT))
@@ -144,14 +144,14 @@ def test_cloud_init_node_installs_from_the_repository_and_joins(
             # Joined: once kubeadm join would have registered the Node, the member Lease appears.
             wait_for("kupd waiting for its Node", lambda: "waiting for the Node" in show(
                 node, "kupd.service", "StatusText"), timeout=120)
-            kube.call(api.create, "create node", kube.path("", "v1", "nodes"),
+            k8s.call(api.create, "create node", k8s.node_path(),
                       {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
-            lease_path = kube.lease_path(enroll.NAMESPACE, p.member_lease_name(NODE))
+            lease_path = k8s.lease_path(enroll.NAMESPACE, p.member_lease_name(NODE))
 
             def member_lease() -> bool:
                 try:
-                    return bool(kube.call(api.get, "member lease", lease_path)["spec"].get("renewTime"))
-                except kube.NotFound:
+                    return bool(k8s.call(api.get, "member lease", lease_path)["spec"].get("renewTime"))
+                except k8s.NotFound:
                     return False
 
             wait_for("the node's member Lease", member_lease, timeout=120)
@@ -166,8 +166,8 @@ def test_cloud_init_node_installs_from_the_repository_and_joins(
             node.stop()
     finally:
         server.close()
-        for what in (kube.path("", "v1", "nodes", NODE), lease_path_or_none(NODE)):
-            with contextlib.suppress(kube.ApiError):
+        for what in (k8s.node_path(NODE), lease_path_or_none(NODE)):
+            with contextlib.suppress(k8s.ApiError):
                 api.delete(what)
         cp.kubectl("delete", "clusterrolebindings,rolebindings,roles", "-A", "-l", f"{enroll.NODE_LABEL}={NODE}",
                    check=False)
@@ -175,4 +175,4 @@ def test_cloud_init_node_installs_from_the_repository_and_joins(
 
 
 def lease_path_or_none(node: str) -> str:
-    return kube.lease_path(enroll.NAMESPACE, p.member_lease_name(node))
+    return k8s.lease_path(enroll.NAMESPACE, p.member_lease_name(node))

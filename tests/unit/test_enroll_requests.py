@@ -9,7 +9,7 @@ import pytest
 
 from kupd import enroll
 from kupd.errors import PermanentError
-from kupd.kubeapi import ApiError
+from kupd.k8s import ApiError
 
 
 class FakeApi:

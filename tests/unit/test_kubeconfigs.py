@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kupd import kubeconfigs
 from kupd.cli import exit_code
 from kupd.commands import common
 from kupd.errors import KupdError, NotFoundError, RetryableError, ValidationError
+from kupd.k8s import kubeconfigs
 
 
 @pytest.mark.parametrize(("flag", "env", "existing", "want"), [
