@@ -29,6 +29,7 @@ from kupd import enroll, k8s
 from kupd import protocol as p
 from kupd.sim.devcluster import ControlPlane
 from tests.host import repo_builder
+from tests.paths import CRD_DIR
 from tests.system import nspawn
 from tests.system.conftest import free_port
 from tests.system.test_nodes import show, wait_for
@@ -105,7 +106,7 @@ def test_cloud_init_node_installs_from_the_repository_and_joins(
         repo: tuple[Path, repo_builder.Key], control_plane: ControlPlane, node_workdir: Path) -> None:
     out, key = repo
     cp = control_plane
-    cp.install_crds()
+    cp.install_crds(CRD_DIR)
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "packaging" / "rbac"))
     api = k8s.api_client(str(cp.admin_kubeconfig))
     # The enrolment kubeconfig exactly as an administrator makes it for user-data: 10 minutes.
