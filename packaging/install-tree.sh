@@ -13,6 +13,8 @@
 #   /usr/share/kupd/examples/*.yaml        sample DirectUpdate/ScheduledUpdate/UpdateSchedule
 #   /usr/share/kupd/examples/cloud-init/user-data.yaml
 #                                          the package manager's variant (CLOUDINIT: apt or dnf)
+#   /usr/share/kupd/grafana/kupd.json      Grafana dashboard (docs/usage/metrics.md)
+#   /usr/share/kupd/prometheus/kupd-rules.yaml  Prometheus alerting rules
 #   /usr/share/man/man1/kupd*.1.gz, bash and zsh completion (generated from the argument parser)
 # Usage: install-tree.sh DESTDIR UNITDIR WHEELHOUSE BUILDDIR CLOUDINIT
 set -eu
@@ -78,4 +80,6 @@ for part in crds rbac examples; do
     install -m 0644 "$from"/*.yaml "$destdir/usr/share/kupd/$part/"
 done
 install -D -m 0644 "$src/$cloudinit" "$destdir/usr/share/kupd/examples/cloud-init/user-data.yaml"
+install -D -m 0644 "$src/packaging/grafana/kupd.json" "$destdir/usr/share/kupd/grafana/kupd.json"
+install -D -m 0644 "$src/packaging/prometheus/kupd-rules.yaml" "$destdir/usr/share/kupd/prometheus/kupd-rules.yaml"
 exit 0

@@ -32,6 +32,8 @@ COMMON_FILES = (
     "usr/share/man/man1/kupd.1.gz",
     "usr/share/man/man1/kupd-status.1.gz",
     "usr/share/bash-completion/completions/kupd",
+    "usr/share/kupd/grafana/kupd.json",
+    "usr/share/kupd/prometheus/kupd-rules.yaml",
 )
 COMMON_DIRS = ("etc/kupd/config.d", "var/lib/kupd")
 
