@@ -677,5 +677,12 @@ def test_daemon_exchanges_its_enrolment_token_for_its_own(ids: Identities, daemo
     assert times is not None
     assert (times[1] - times[0]).total_seconds() == enroll.NODE_TOKEN_SECONDS
     fresh = k8s.api_client(str(path))  # reads the token file
-    lease = k8s.call(fresh.get, "own lease", k8s.lease_path(NS, p.member_lease_name("cp-1")))
+    # The exchange comes first at start-up; the member Lease follows once the daemon runs.
+    while True:
+        try:
+            lease = k8s.call(fresh.get, "own lease", k8s.lease_path(NS, p.member_lease_name("cp-1")))
+            break
+        except k8s.NotFound:
+            assert time.monotonic() < deadline + 60, "no member Lease of cp-1"
+            time.sleep(0.5)
     assert lease["spec"]["holderIdentity"] == "cp-1"
