@@ -39,13 +39,20 @@ RUNNING_RECORD = "kubeadm-running.json"
 
 
 class Kubeadm:
-    def __init__(self, path: str, state_dir: str, kubeconfig: str | None = None) -> None:
+    def __init__(self, path: str, state_dir: str, kubeconfig: str | None = None,
+                 ignore_preflight_errors: tuple[str, ...] = ()) -> None:
         self.path = validate.safe_path(path, "kubeadm")
         self.state_dir = Path(validate.safe_path(state_dir, "stateDir"))
         self.kubeconfig = validate.safe_path(kubeconfig, "kubeconfig") if kubeconfig else None
+        self.ignore_preflight_errors = tuple(validate.preflight_check(c) for c in ignore_preflight_errors)
 
     def _flags(self) -> list[str]:
-        return [f"--kubeconfig={self.kubeconfig}"] if self.kubeconfig else []
+        flags = [f"--kubeconfig={self.kubeconfig}"] if self.kubeconfig else []
+        if self.ignore_preflight_errors:
+            # What `kubeadm init/join` were told on this node (e.g. SystemVerification on a
+            # cgroup v1 host): kubeadm's upgrade preflight runs the same checks again.
+            flags.append("--ignore-preflight-errors=" + ",".join(self.ignore_preflight_errors))
+        return flags
 
     def version(self) -> Version | None:
         """The installed kubeadm's version, or None when it is not installed."""

@@ -180,3 +180,19 @@ def test_an_unreadable_running_record_still_means_apply_again(tmp_path: Path) ->
     assert kubeadm.upgrade("v1.31.2", first_control_plane=True, control_plane=True) is True
     assert argv_log(tmp_path) == ["kubeadm upgrade apply v1.31.2 --yes"]
     assert not (state / "kubeadm-running.json").exists()
+
+
+def test_ignored_preflight_checks_reach_every_upgrade_command(tmp_path: Path) -> None:
+    """A cgroup v1 node was initialised ignoring SystemVerification; kubeadm's upgrade preflight
+    runs that check again and must be told the same (the real-cluster tier found this)."""
+    plain = setup(tmp_path)
+    kubeadm = Kubeadm(plain.path, str(plain.state_dir), ignore_preflight_errors=("SystemVerification", "Swap"))
+    kubeadm.upgrade("v1.31.2", first_control_plane=True, control_plane=True)
+    flag = "--ignore-preflight-errors=SystemVerification,Swap"
+    assert argv_log(tmp_path) == [f"kubeadm upgrade plan v1.31.2 {flag}", f"kubeadm upgrade apply v1.31.2 --yes {flag}"]
+    Kubeadm(plain.path, str(tmp_path / "other-state"), ignore_preflight_errors=("all",)).upgrade(
+        "v1.31.2", first_control_plane=False, control_plane=False)
+    assert argv_log(tmp_path)[-1] == "kubeadm upgrade node --ignore-preflight-errors=all"
+    for bad in ("SystemVerification --dry-run", "a,b", "--config=/etc/x", "", "Swap\n"):
+        with pytest.raises(ValidationError):
+            Kubeadm(plain.path, str(plain.state_dir), ignore_preflight_errors=(bad,))
