@@ -8,6 +8,7 @@
 #   UNITDIR/kupd.service, /usr/lib/tmpfiles.d/kupd.conf
 #   /etc/kupd/config.d, /var/lib/kupd      (empty; the operator's config, the daemon's state)
 #   /usr/share/kupd/crds/*.yaml            CustomResourceDefinitions for kubectl apply
+#   /usr/share/kupd/rbac/*.yaml            roles and admission policies `kupd enroll` binds to
 # Usage: install-tree.sh DESTDIR UNITDIR WHEELHOUSE BUILDDIR
 set -eu
 destdir=${1:?DESTDIR}; unitdir=${2:?UNITDIR}; wh=${3:?WHEELHOUSE}; build=${4:?BUILDDIR}
@@ -54,5 +55,9 @@ install -d -m 0700 "$destdir/var/lib/kupd"
 install -d -m 0755 "$destdir/usr/share/kupd/crds"
 for crd in "$src"/crds/*.yaml; do
     [ -e "$crd" ] && install -m 0644 "$crd" "$destdir/usr/share/kupd/crds/"
+done
+install -d -m 0755 "$destdir/usr/share/kupd/rbac"
+for f in "$src"/packaging/rbac/*.yaml; do
+    install -m 0644 "$f" "$destdir/usr/share/kupd/rbac/"
 done
 exit 0

@@ -24,6 +24,7 @@ COMMON_FILES = (
     "usr/lib/kupd/config.d/00-defaults.toml",
     "usr/lib/tmpfiles.d/kupd.conf",
     "usr/share/kupd/crds/directupdates.kupd.io.yaml",
+    "usr/share/kupd/rbac/10-roles.yaml",  # `kupd enroll` binds to these roles
 )
 COMMON_DIRS = ("etc/kupd/config.d", "var/lib/kupd")
 
