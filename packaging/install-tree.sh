@@ -9,6 +9,8 @@
 #   /etc/kupd/config.d, /var/lib/kupd      (empty; the operator's config, the daemon's state)
 #   /usr/share/kupd/crds/*.yaml            CustomResourceDefinitions for kubectl apply
 #   /usr/share/kupd/rbac/*.yaml            roles and admission policies `kupd enroll` binds to
+#   /usr/share/kupd/grafana/kupd.json      Grafana dashboard (docs/usage/metrics.md)
+#   /usr/share/kupd/prometheus/kupd-rules.yaml  Prometheus alerting rules
 # Usage: install-tree.sh DESTDIR UNITDIR WHEELHOUSE BUILDDIR
 set -eu
 destdir=${1:?DESTDIR}; unitdir=${2:?UNITDIR}; wh=${3:?WHEELHOUSE}; build=${4:?BUILDDIR}
@@ -60,4 +62,6 @@ install -d -m 0755 "$destdir/usr/share/kupd/rbac"
 for f in "$src"/packaging/rbac/*.yaml; do
     install -m 0644 "$f" "$destdir/usr/share/kupd/rbac/"
 done
+install -D -m 0644 "$src/packaging/grafana/kupd.json" "$destdir/usr/share/kupd/grafana/kupd.json"
+install -D -m 0644 "$src/packaging/prometheus/kupd-rules.yaml" "$destdir/usr/share/kupd/prometheus/kupd-rules.yaml"
 exit 0

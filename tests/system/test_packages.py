@@ -25,6 +25,8 @@ COMMON_FILES = (
     "usr/lib/tmpfiles.d/kupd.conf",
     "usr/share/kupd/crds/directupdates.kupd.io.yaml",
     "usr/share/kupd/rbac/10-roles.yaml",  # `kupd enroll` binds to these roles
+    "usr/share/kupd/grafana/kupd.json",
+    "usr/share/kupd/prometheus/kupd-rules.yaml",
 )
 COMMON_DIRS = ("etc/kupd/config.d", "var/lib/kupd")
 
