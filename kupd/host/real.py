@@ -107,6 +107,10 @@ class RealHostConfig:
     releasever: str | None = None
     services: tuple[str, ...] = ("containerd.service", "kubelet.service")
     """Units verify expects active."""
+    kubeadm_ignore_preflight_errors: tuple[str, ...] = ()
+    """kubeadm preflight checks `kubeadm upgrade plan/apply/node` ignore, as `kubeadm init/join` were
+    told on this node: SystemVerification on a cgroup v1 host (kubeadm >= 1.35 refuses cgroup v1
+    unless told, even with the kubelet's failCgroupV1: false)."""
     node_ready_timeout: float = 300.0
     node_ready_poll: float = 5.0
 
@@ -118,6 +122,8 @@ class RealHostConfig:
         if self.kubeconfig:
             validate.safe_path(self.kubeconfig, "kubeconfig")
         validate.package_name(self.containerd_package, "containerdPackage")
+        for check in self.kubeadm_ignore_preflight_errors:
+            validate.preflight_check(check)
 
 
 class RealHost:
@@ -137,7 +143,8 @@ class RealHost:
             cluster = KubeClusterView(self._in_root(config.kubeconfig))
         self.cluster = cluster
         self.state_dir = Path(self._in_root(config.state_dir))
-        self.kubeadm = Kubeadm(self._in_root(config.kubeadm), str(self.state_dir))
+        self.kubeadm = Kubeadm(self._in_root(config.kubeadm), str(self.state_dir),
+                               ignore_preflight_errors=config.kubeadm_ignore_preflight_errors)
         self.systemd = Systemd(config.systemctl)
         self.source = config.source
 
@@ -156,8 +163,9 @@ class RealHost:
             if isinstance(extra.get("source"), Mapping):
                 extra["source"] = PackageSource.from_model(
                     models.parse_spec(models.PackageSource, extra["source"], root="real.source"))
-            if isinstance(extra.get("services"), list):
-                extra["services"] = tuple(extra["services"])
+            for key in ("services", "kubeadm_ignore_preflight_errors"):
+                if isinstance(extra.get(key), list):
+                    extra[key] = tuple(extra[key])
             fields.update({k: v for k, v in extra.items() if v is not None or k == "kubeconfig"})
         return cls(RealHostConfig(node_name=node, **fields))
 
