@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kupd import windows
+from kupd import selectors, windows
+from kupd.api.models import backup_policy
 from kupd.errors import ValidationError
 from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, Grant, Report
 from kupd.versions import SkewError, Version, check_target
@@ -31,6 +32,8 @@ OP_PENDING, OP_RUNNING, OP_PAUSED, OP_SUCCEEDED, OP_FAILED, OP_ATTENTION = (
     "Pending", "Running", "Paused", "Succeeded", "Failed", "RequiresAttention",
 )
 TERMINAL_OP = (OP_SUCCEEDED, OP_FAILED)
+# Reasons a node gives for stopping that name what the operator must do; others read NodeFailed.
+ATTENTION_REASONS = ("DrainRefused", "DrainTimedOut")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class Policy:
             canary_count=int(canary.get("count", 0)),
             canary_selector=canary.get("selector"),
             canary_bake_seconds=int(canary.get("bakeSeconds", 0)),
-            backup_required=bool(backup.get("required", True)),
+            backup_required=backup_policy(backup.get("policy"), backup.get("required")) != "Disabled",
             paused=bool(spec.get("paused", False)),
         )
 
@@ -108,20 +111,7 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
     """metav1.LabelSelector semantics; an empty or missing selector matches everything."""
     if not selector:
         return True
-    for k, v in (selector.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
+    return selectors.from_label_selector(selector).matches(labels)
 
 
 # -- hops -----------------------------------------------------------------------------------
@@ -353,7 +343,8 @@ def plan(
     no_member = [e for e in ordered if e["phase"] == PENDING and e["name"] not in members]
     if attention or no_member:
         e0 = (attention or no_member)[0]
-        reason = {"Failed": "NodeFailed", "Lost": "NodeLost"}.get(e0["phase"], "NoMember")
+        reason = {"Failed": str(e0.get("reason")) if e0.get("reason") in ATTENTION_REASONS else "NodeFailed",
+                  "Lost": "NodeLost"}.get(e0["phase"], "NoMember")
         msg = (f"node {e0['name']}: {e0.get('message') or reason}" if attention
                else f"node {e0['name']} has no live kupd member; install or start kupd there")
         if status.get("phase") != OP_ATTENTION:
@@ -488,6 +479,8 @@ def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Pol
             e.pop("grant", None)
         elif r.phase == "Failed":
             e["phase"] = FAILED
+            if r.reason:
+                e["reason"] = r.reason[:63]
             e["finishedAt"] = r.finished_at or _iso(now)
             events.append(PlanEvent("NodeFailed", f"{name} failed at step {r.step}: {r.message}", name,
                                     warning=True))

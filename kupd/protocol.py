@@ -52,6 +52,9 @@ ANN_EPOCH = "kupd.io/epoch"
 
 # Node annotation: set when kupd cordoned the node, so it uncordons only what it cordoned.
 ANN_CORDONED_BY = "kupd.io/cordoned-by"
+# Node annotation: why kupd stopped on this node and needs an operator (a drain refused or timed
+# out). Removed when the node's drain next succeeds.
+ANN_ATTENTION = "kupd.io/attention"
 
 # DirectUpdate annotation an operator sets to retry Failed nodes: "w-1,w-2". Each distinct value
 # retries once; to retry again, change the value (e.g. "w-1,w-2#2").
