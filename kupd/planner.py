@@ -294,9 +294,7 @@ def plan(
             if m and m.report and m.report.uid == op.uid and m.report.versions == g.get("versions") \
                     and m.report.backup and m.report.granted_at in ("", g.get("grantedAt")):
                 status["backup"] = dict(m.report.backup)
-                msg = f"etcd snapshot {m.report.backup.get('location')} verified before any change"
-                _condition(status, "BackupSucceeded", True, "BackupVerified", msg, gen, now)
-                events.append(PlanEvent("BackupTaken", msg))
+                _backup_conditions(status, m.report.backup, gen, now, events)
 
     # Bring every selected node's entry up to date with what its member reports.
     for n in selected:
@@ -397,6 +395,30 @@ def plan(
     status.setdefault("startedAt", _iso(now))
     _condition(status, "Progressing", True, "Upgrading", f"{done_count}/{len(ordered)} nodes done", gen, now)
     return Plan(status, events)
+
+
+def _backup_conditions(status: dict[str, Any], b: Mapping[str, Any], gen: int, now: datetime,
+                       events: list[PlanEvent]) -> None:
+    """Conditions for the backup record of the first control-plane node. A snapshot kept only on
+    the node (no store, or a BestEffort upload that failed) and a BestEffort snapshot that failed
+    let the operation go on, each with a Warning."""
+    where = b.get("location") or "-"
+    message = str(b.get("message") or "")
+    if b.get("verified") and b.get("uploaded", True):
+        msg = f"etcd snapshot {where} verified before any change"
+        _condition(status, "BackupSucceeded", True, "BackupVerified", msg, gen, now)
+        _condition(status, "BackupUploaded", True, "Uploaded", msg, gen, now)
+        events.append(PlanEvent("BackupTaken", msg))
+    elif b.get("verified"):
+        msg = f"etcd snapshot verified before any change; not uploaded: {message}"
+        reason = "NoStoreConfigured" if "no backup store" in message else "UploadFailed"
+        _condition(status, "BackupSucceeded", True, "LocalSnapshotOnly", msg, gen, now)
+        _condition(status, "BackupUploaded", False, reason, msg, gen, now)
+        events.append(PlanEvent("BackupNotUploaded", msg, warning=True))
+    else:
+        msg = f"etcd snapshot failed (policy BestEffort, going on without one): {message}"
+        _condition(status, "BackupSucceeded", False, "BestEffortBackupFailed", msg, gen, now)
+        events.append(PlanEvent("BackupFailed", msg, warning=True))
 
 
 def turn_over(m: MemberView | None, g: Grant) -> bool:
@@ -605,6 +627,8 @@ class Wave:
     versions: list[list[str]]
     start_seconds: float
     end_seconds: float
+    backup_node: str | None = None
+    """The node that takes the etcd snapshot at the start of its turn, if any in this wave."""
 
 
 def simulate(spec: Mapping[str, Any], nodes: Sequence[NodeView], members: Mapping[str, MemberView],
@@ -626,14 +650,17 @@ def simulate(spec: Mapping[str, Any], nodes: Sequence[NodeView], members: Mappin
         status = result.status
         new = [e for e in status.get("nodes", []) if e["phase"] == GRANTED and e["name"] not in running]
         if new:
+            backup_node = next((e["name"] for e in new if e["grant"].get("backup")), None)
             if waves and waves[-1].start_seconds == clock:
                 # Several slots freed at the same moment are one wave.
                 last = waves.pop()
                 new_names, new_versions = last.nodes, last.versions
+                backup_node = backup_node or last.backup_node
             else:
                 new_names, new_versions = [], []
             waves.append(Wave(new_names + [e["name"] for e in new],
-                              new_versions + [e["grant"]["versions"] for e in new], clock, clock + node_seconds))
+                              new_versions + [e["grant"]["versions"] for e in new], clock, clock + node_seconds,
+                              backup_node))
             for e in new:
                 running[e["name"]] = clock + node_seconds
         stuck = status.get("phase") == OP_PENDING and not status.get("nodes")

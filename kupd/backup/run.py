@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kupd import validate
+from kupd import fsutil, validate
 from kupd.backup import (
     CHECKSUM_MISMATCH,
     CREDENTIALS_INVALID,
@@ -53,45 +53,111 @@ DEFAULT_WORK_DIR = "/var/lib/kupd/backup"
 _NAME = re.compile(r"^etcd-([0-9]{8}T[0-9]{6}Z)-([a-z0-9][a-z0-9.-]*)-r([0-9]+)\.db$")
 
 
+REQUIRED, BEST_EFFORT, DISABLED = "Required", "BestEffort", "Disabled"
+NO_STORE_HINT = "configure [backup.store] in /etc/kupd/config.d on the control-plane nodes, or spec.backup.store"
+_LOCAL_DIR = "snapshots"
+
+
+@dataclass(frozen=True)
+class BackupDefaults:
+    """The daemon's `[backup]` settings on a control-plane node: what a DirectUpdate that names no
+    store or etcd access gets. Shaped like spec.backup (camelCase keys)."""
+
+    store: StoreConfig | None = None
+    etcd: etcd.EtcdConfig = field(default_factory=etcd.EtcdConfig)
+    work_dir: str = DEFAULT_WORK_DIR
+    verify_download: bool = True
+    keep_local_snapshots: int = 3
+    """Snapshots kept on the node when there is no store (or its upload failed); older ones are removed."""
+
+    @classmethod
+    def from_settings(cls, data: dict[str, Any], *, work_dir: str = DEFAULT_WORK_DIR,
+                      field_path: str = "backup") -> BackupDefaults:
+        if not isinstance(data, dict):
+            raise ValidationError(field_path, "must be a table")
+        unknown = set(data) - {"store", "etcd", "workDir", "verifyDownload", "keepLocalSnapshots"}
+        if unknown:
+            raise ValidationError(field_path, f"unknown keys {sorted(unknown)}")
+        store = data.get("store")
+        if store is not None and not isinstance(store, dict):
+            raise ValidationError(f"{field_path}.store", "must be a table")
+        keep = data.get("keepLocalSnapshots", 3)
+        if not isinstance(keep, int) or isinstance(keep, bool) or not 1 <= keep <= 100:
+            raise ValidationError(f"{field_path}.keepLocalSnapshots", "must be an integer from 1 to 100")
+        verify = data.get("verifyDownload", True)
+        if not isinstance(verify, bool):
+            raise ValidationError(f"{field_path}.verifyDownload", "must be true or false")
+        return cls(
+            store=StoreConfig.from_spec(store, f"{field_path}.store").validated(f"{field_path}.store")
+            if store else None,
+            etcd=etcd.EtcdConfig.from_spec(data.get("etcd"), f"{field_path}.etcd"),
+            work_dir=validate.safe_path(str(data.get("workDir") or work_dir), f"{field_path}.workDir"),
+            verify_download=verify,
+            keep_local_snapshots=keep,
+        )
+
+
 @dataclass(frozen=True)
 class BackupConfig:
-    """What the CR's `spec.backup` says, plus host-side settings."""
+    """What the CR's `spec.backup` says over the daemon's defaults, plus host-side settings."""
 
-    store: StoreConfig
+    store: StoreConfig | None
+    """None: no store configured anywhere; the verified snapshot stays on the node."""
     etcd: etcd.EtcdConfig = field(default_factory=etcd.EtcdConfig)
-    required: bool = True
-    """A required backup that fails fails the operation before any node changes."""
+    policy: str = REQUIRED
+    """Required: a failure fails the operation before any node changes. BestEffort: a failure is
+    recorded and the operation goes on. Disabled: no snapshot (never reaches take_backup)."""
     work_dir: str = DEFAULT_WORK_DIR
     """Where the snapshot is written (mode 0700); needs room for two copies of the etcd database."""
     verify_download: bool = True
     """Download the uploaded object and compare its sha256 (else: size and recorded sha256 only)."""
     keep_local: bool = False
     """Keep the local snapshot file after a successful upload."""
+    keep_local_snapshots: int = 3
+
+    @property
+    def required(self) -> bool:
+        return self.policy == REQUIRED
 
     @classmethod
     def from_spec(
-        cls, spec: dict[str, Any], *, work_dir: str = DEFAULT_WORK_DIR, field_path: str = "spec.backup"
+        cls, spec: dict[str, Any], *, work_dir: str = DEFAULT_WORK_DIR, field_path: str = "spec.backup",
+        defaults: BackupDefaults | None = None,
     ) -> BackupConfig:
-        """From the CR's camelCase `spec.backup` ({required, store, etcd})."""
+        """From the CR's camelCase `spec.backup` ({policy, required, store, etcd}); what it leaves
+        unset comes from `defaults` (the daemon's settings)."""
         if not isinstance(spec, dict):
             raise ValidationError(field_path, "must be an object")
-        unknown = set(spec) - {"required", "store", "etcd", "verifyDownload", "keepLocal", "workDir"}
+        unknown = set(spec) - {"policy", "required", "store", "etcd", "verifyDownload", "keepLocal", "workDir"}
         if unknown:
             raise ValidationError(field_path, f"unknown fields {sorted(unknown)}")
+        d = defaults or BackupDefaults(work_dir=work_dir)
         store = spec.get("store")
-        if not isinstance(store, dict):
-            raise ValidationError(f"{field_path}.store", "is required")
-        required = spec.get("required", True)
-        if not isinstance(required, bool):
+        if store is not None and not isinstance(store, dict):
+            raise ValidationError(f"{field_path}.store", "must be an object")
+        required = spec.get("required")
+        if required is not None and not isinstance(required, bool):
             raise ValidationError(f"{field_path}.required", "must be true or false")
+        policy = spec.get("policy")
+        if policy is not None and policy not in (REQUIRED, BEST_EFFORT, DISABLED):
+            raise ValidationError(f"{field_path}.policy", "must be Required, BestEffort or Disabled")
         return cls(
-            store=StoreConfig.from_spec(store, f"{field_path}.store"),
-            etcd=etcd.EtcdConfig.from_spec(spec.get("etcd"), f"{field_path}.etcd"),
-            required=required,
-            work_dir=validate.safe_path(str(spec.get("workDir") or work_dir), f"{field_path}.workDir"),
-            verify_download=bool(spec.get("verifyDownload", True)),
+            store=StoreConfig.from_spec(store, f"{field_path}.store") if store else d.store,
+            etcd=etcd.EtcdConfig.from_spec(spec["etcd"], f"{field_path}.etcd") if spec.get("etcd") else d.etcd,
+            policy=policy_of(spec),
+            work_dir=validate.safe_path(str(spec.get("workDir") or d.work_dir), f"{field_path}.workDir"),
+            verify_download=bool(spec.get("verifyDownload", d.verify_download)),
             keep_local=bool(spec.get("keepLocal", False)),
+            keep_local_snapshots=d.keep_local_snapshots,
         )
+
+
+def policy_of(spec: dict[str, Any] | None) -> str:
+    """spec.backup's policy (api.models.backup_policy: the one reading of `policy` and `required`)."""
+    from kupd.api.models import backup_policy
+
+    spec = spec or {}
+    return backup_policy(spec.get("policy"), spec.get("required"))
 
 
 @dataclass(frozen=True)
@@ -110,6 +176,10 @@ class BackupRecord:
     etcd_endpoint: str = ""
     pruned: tuple[str, ...] = ()
     """Older backups removed by retention."""
+    uploaded: bool = True
+    """False: no store is configured, or (BestEffort) the upload failed; the snapshot stays on the node."""
+    message: str = ""
+    """What was not done and why, for the Warning Condition."""
 
     def to_status(self) -> dict[str, Any]:
         """The `status.backup` object (the CRD's field names)."""
@@ -121,6 +191,8 @@ class BackupRecord:
             "verified": self.verified,
             "takenAt": self.taken_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "node": self.node,
+            "uploaded": self.uploaded,
+            **({"message": self.message[:2000]} if self.message else {}),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -233,14 +305,12 @@ def _take(
 ) -> BackupRecord:
     validate.node_name(cluster, "cluster")
     validate.node_name(node, "node")
-    config.store.validated()
+    if config.store is not None:
+        config.store.validated()
     config.etcd.validated()
     work = Path(validate.safe_path(config.work_dir, "workDir"))
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     work.chmod(0o700)  # a snapshot holds every Secret of the cluster
-    if store is None:
-        store = open_store(config.store, credentials)
-
     taken_at = clock.now()
     stamp = taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     local = work / f"etcd-{stamp}-{node}.db"
@@ -250,17 +320,24 @@ def _take(
             snap = etcd.save_snapshot(config.etcd, local, run)
         with _stage("verify"):
             status, digest = etcd.verify(config.etcd, local, run)
-        if config.verify_download:
-            _need_space(work, digest.size)
-        key = object_key(config.store.prefix, cluster, node, status.revision, taken_at)
-        with _stage("upload"):
-            location = _upload(store, local, key, digest.sha256)
-        with _stage("verify_upload"):
-            _verify_upload(store, key, location, digest.size, digest.sha256, fetched, config.verify_download)
-        pruned: tuple[str, ...] = ()
-        if config.store.retention > 0:
-            with _stage("retention"):
-                pruned = _retain(store, config.store, cluster, key)
+
+        def kept_locally(message: str) -> BackupRecord:
+            kept = _keep_locally(local, work, config.keep_local_snapshots)
+            return BackupRecord(location=f"file://{kept}", size=digest.size, sha256=digest.sha256,
+                                revision=status.revision, verified=True, taken_at=taken_at, node=node,
+                                total_keys=status.total_keys, etcd_endpoint=snap.endpoint, uploaded=False,
+                                message=f"{message}; the verified snapshot stays on {node} at {kept}")
+
+        if config.store is None:
+            return kept_locally(f"no backup store is configured ({NO_STORE_HINT})")
+        try:
+            location, key, pruned = _store(config, config.store, store, credentials, local, fetched, work, cluster,
+                                           node, status.revision, taken_at, digest.size, digest.sha256)
+        except (BackupFailed, BackupRetryable) as e:
+            if config.policy != BEST_EFFORT:
+                raise
+            log.warning("etcd backup upload failed (%s), policy BestEffort: %s", e.reason, credentials.redact(str(e)))
+            return kept_locally(f"the upload failed ({e.reason}: {credentials.redact(str(e))[:300]})")
         return BackupRecord(
             location=location,
             size=digest.size,
@@ -281,6 +358,42 @@ def _take(
         if not config.keep_local:
             with contextlib.suppress(FileNotFoundError):
                 local.unlink()
+
+
+def _store(config: BackupConfig, sc: StoreConfig, store: BackupStore | None, credentials: Credentials, local: Path,
+           fetched: Path, work: Path, cluster: str, node: str, revision: int, taken_at: datetime, size: int,
+           sha256: str) -> tuple[str, str, tuple[str, ...]]:
+    """Upload the verified snapshot, verify the upload, apply retention: (location, key, pruned)."""
+    if store is None:
+        store = open_store(sc, credentials)
+    if config.verify_download:
+        _need_space(work, size)
+    key = object_key(sc.prefix, cluster, node, revision, taken_at)
+    with _stage("upload"):
+        location = _upload(store, local, key, sha256)
+    with _stage("verify_upload"):
+        _verify_upload(store, key, location, size, sha256, fetched, config.verify_download)
+    pruned: tuple[str, ...] = ()
+    if sc.retention > 0:
+        with _stage("retention"):
+            pruned = _retain(store, sc, cluster, key)
+    return location, key, pruned
+
+
+def _keep_locally(local: Path, work: Path, keep: int) -> Path:
+    """Move the snapshot into <work>/snapshots (0700) and keep only the newest `keep` there: a node
+    without a store keeps a few snapshots, never an ever-growing pile."""
+    kept_dir = work / _LOCAL_DIR
+    kept_dir.mkdir(mode=0o700, exist_ok=True)
+    kept_dir.chmod(0o700)
+    kept = kept_dir / local.name
+    local.replace(kept)
+    fsutil.fsync_dir(kept_dir)
+    old = sorted(p for p in kept_dir.glob("etcd-*.db") if p.is_file())
+    for p in old[: max(0, len(old) - keep)]:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return kept
 
 
 def _need_space(directory: Path, size: int) -> None:
@@ -354,9 +467,11 @@ def _retain(store: BackupStore, config: StoreConfig, cluster: str, keep_key: str
     return tuple(doomed)
 
 
-def load_credentials(store: StoreConfig, api: Client | None = None) -> Credentials:
+def load_credentials(store: StoreConfig | None, api: Client | None = None) -> Credentials:
     """The credentials `store` names: its Secret (read now, through `api`), its file, or none
     (then boto3 / google-auth use their default chains: instance role, environment, metadata server)."""
+    if store is None:
+        return NONE
     if store.credentials_secret is not None:
         if api is None:
             raise ValidationError("store.credentialsSecret", "a Kubernetes client is needed to read the Secret")

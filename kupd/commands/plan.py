@@ -17,6 +17,7 @@ import yaml
 
 from kupd import planner
 from kupd import protocol as p
+from kupd.api.models import backup_policy
 from kupd.errors import ValidationError
 from kupd.versions import Version
 
@@ -80,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
     nodes, members = _cluster_from_api(args.kubeconfig) if args.kubeconfig else _cluster_from_args(args)
     status, waves = planner.simulate(spec, nodes, members, args.node_minutes * 60)
     total = waves[-1].end_seconds if waves else 0.0
+    backup = backup_plan(spec, waves)
     if args.output == "json":
         json.dump({"phase": status.get("phase"), "message": status.get("message"), "hops": status.get("hops"),
-                   "estimatedSeconds": total,
+                   "estimatedSeconds": total, "backup": backup,
                    "waves": [{"nodes": w.nodes, "versions": w.versions, "startSeconds": w.start_seconds,
                               "endSeconds": w.end_seconds} for w in waves]}, sys.stdout, indent=1)
         print()
@@ -99,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             tag = "control-plane" if e.get("role") == "ControlPlane" else ("canary" if e.get("canary") else "worker")
             labels.append(f"{n} ({tag} -> {', '.join(v)})")
         print(f"{i:>4}  {_hm(w.start_seconds):>8}  {_hm(w.end_seconds):>8}  {'; '.join(labels)}")
+    print(f"backup: {backup['message']}")
     skipped = [e["name"] for e in status.get("nodes", []) if e["phase"] == planner.SKIPPED]
     if skipped:
         print(f"skipped (already at target): {', '.join(skipped)}")
@@ -107,6 +110,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"estimated duration: {_hm(total)} at {args.node_minutes:g} min per node turn; "
           f"result: {status.get('phase')} — {status.get('message', '')}")
     return 0 if status.get("phase") == planner.OP_SUCCEEDED else 1
+
+
+def backup_plan(spec: dict[str, Any], waves: list[planner.Wave]) -> dict[str, Any]:
+    """What the dry run says about the etcd backup: which node takes it, under which policy, and
+    where it goes. The store a daemon has in its own settings is not visible from here, so a spec
+    without a store says so: the snapshot then stays on the node unless that daemon has one."""
+    b = dict(spec.get("backup") or {})
+    policy = backup_policy(b.get("policy"), b.get("required"))
+    node = next((w.backup_node for w in waves if w.backup_node), None)
+    store = b.get("store")
+    where = _store_url(store) if isinstance(store, dict) else None
+    if policy == "Disabled":
+        message = "none (spec.backup.policy Disabled)"
+    elif node is None:
+        message = f"none needed (policy {policy}; no control-plane node changes)"
+    elif where:
+        message = f"etcd snapshot on {node} before its first change, verified, uploaded to {where} (policy {policy})"
+    else:
+        message = (f"etcd snapshot on {node} before its first change, verified (policy {policy}); no store in "
+                   f"spec.backup.store: uploaded to the store in {node}'s daemon settings ([backup.store] in "
+                   f"/etc/kupd/config.d) if it has one, else kept on {node} only")
+    return {"policy": policy, "node": node, "store": where, "storeConfigured": bool(where), "message": message}
+
+
+def _store_url(store: dict[str, Any]) -> str:
+    kind = str(store.get("type", ""))
+    if kind == "file":
+        return f"file://{store.get('path', '')}"
+    return f"{kind}://{store.get('bucket', '')}/{store.get('prefix', '')}"
 
 
 def _hm(seconds: float) -> str:

@@ -218,7 +218,9 @@ def test_pdb_blocks_drain_until_it_allows(sim: SimCluster) -> None:
     time.sleep(3)
     cp.kubectl("apply", "-f", "-", input_text=json.dumps({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-rs",
+                                          "uid": "0b7a3c1e-0000-4000-8000-000000000002", "controller": True}]},
         "spec": {"nodeName": "w-1", "containers": [{"name": "c", "image": "registry.example/web:1"}]},
     }))
     cp.kubectl("apply", "-f", "-", input_text=json.dumps({
