@@ -1,0 +1,70 @@
+"""Upgrade hazards (kupd/hazards.py): each refusal names the node, the release and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kupd import hazards
+from kupd.hazards import DeprecatedApi, NodeFacts
+from kupd.versions import Version
+
+V = Version.parse
+
+
+@pytest.mark.parametrize(
+    ("facts", "target", "rules"),
+    [
+        (NodeFacts(cgroup_version=1), "v1.35.0", [hazards.CGROUP_V1]),
+        (NodeFacts(cgroup_version=1, fail_cgroup_v1=False), "v1.35.0", []),
+        (NodeFacts(cgroup_version=1), "v1.34.3", []),
+        (NodeFacts(cgroup_version=2), "v1.36.0", []),
+        (NodeFacts(containerd=V("1.7.22")), "v1.36.0", [hazards.CONTAINERD_TOO_OLD]),
+        (NodeFacts(containerd=V("1.7.22")), "v1.35.4", []),
+        (NodeFacts(containerd=V("2.0.1")), "v1.36.0", []),
+        (NodeFacts(kubelet_flags=("--node-ip", "--pod-infra-container-image")), "v1.35.0",
+         [hazards.REMOVED_KUBELET_FLAG]),
+        (NodeFacts(kubelet_flags=("--pod-infra-container-image",)), "v1.34.0", []),
+        (NodeFacts(kubelet_flags=("--container-runtime", "--network-plugin")), "v1.30.0",
+         [hazards.REMOVED_KUBELET_FLAG, hazards.REMOVED_KUBELET_FLAG]),
+        (NodeFacts(swap_on=True), "v1.31.0", [hazards.SWAP_ON]),
+        (NodeFacts(swap_on=True, fail_swap_on=False), "v1.31.0", []),
+        (NodeFacts(), "v1.40.0", []),  # nothing known, nothing refused
+    ],
+)
+def test_node_hazards(facts: NodeFacts, target: str, rules: list[str]) -> None:
+    found = hazards.node_hazards("w-1", facts, V(target))
+    assert [h.rule for h in found] == rules
+    for h in found:
+        assert h.subject == "w-1" and "w-1" in h.message and target in h.message
+
+
+def test_a_containerd_upgrade_in_the_same_turn_clears_the_containerd_hazard() -> None:
+    facts = NodeFacts(containerd=V("1.7.22"))
+    assert hazards.node_hazards("w-1", facts, V("v1.36.0"), containerd_target=V("2.1.0")) == []
+    msg = hazards.node_hazards("w-1", facts, V("v1.36.0"))[0].message
+    assert "spec.containerdVersion" in msg
+
+
+METRICS = (Path(__file__).parents[1] / "fixtures" / "apiserver-metrics-deprecated-apis.txt").read_text()
+
+
+def test_deprecated_apis_from_the_metric() -> None:
+    apis = hazards.parse_deprecated_apis(METRICS)
+    assert apis == [DeprecatedApi("flowcontrol.apiserver.k8s.io", "v1beta3", "flowschemas", "1.32")]
+    assert hazards.api_hazards(apis, V("v1.31.4")) == []
+    found = hazards.api_hazards(apis, V("v1.32.0"))
+    assert [h.subject for h in found] == ["flowschemas.flowcontrol.apiserver.k8s.io/v1beta3"]
+    assert "removed in 1.32" in found[0].message
+
+
+def test_host_file_parsers() -> None:
+    env = 'KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///run/containerd/containerd.sock ' \
+          '--pod-infra-container-image=registry.k8s.io/pause:3.9"\n'
+    assert hazards.parse_kubeadm_flags(env) == ("--container-runtime-endpoint", "--pod-infra-container-image")
+    assert hazards.parse_swaps("Filename\tType\tSize\tUsed\tPriority\n") is False
+    assert hazards.parse_swaps("Filename\tType\tSize\tUsed\tPriority\n/swap.img file 2097148 0 -2\n") is True
+    assert hazards.kubelet_config_bool("kind: KubeletConfiguration\nfailSwapOn: false\n", "failSwapOn") is False
+    assert hazards.kubelet_config_bool("kind: KubeletConfiguration\n", "failCgroupV1") is None
+    assert hazards.kubelet_config_bool(":\n  - [", "failSwapOn") is None
