@@ -70,6 +70,16 @@ def _lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     return oa != na
 
 
+def _kubelet_version(node: dict[str, Any]) -> Version | None:
+    """The version a Node's kubelet reports; None when it reports none kupd can read (the skew
+    check then relies on the node's kupd member, or leaves the node out)."""
+    text = ((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion")
+    try:
+        return Version.parse(text.split("+", 1)[0].split("-", 1)[0]) if isinstance(text, str) else None
+    except KupdError:
+        return None
+
+
 class Elector:
     def __init__(self, api: kube.Client, namespace: str, identity: str, duration: int) -> None:
         self.api = api
@@ -286,7 +296,7 @@ class Coordinator:
         for n in self.nodes.items():
             labels = n["metadata"].get("labels") or {}
             nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels,
-                                          kube.ready(n)))
+                                          kube.ready(n), _kubelet_version(n)))
         members: dict[str, planner.MemberView] = {}
         for lease in self.leases.items():
             name = lease["metadata"]["name"]

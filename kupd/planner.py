@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kupd import selectors, windows
+from kupd import selectors, skew, windows
 from kupd.api.models import backup_policy
 from kupd.errors import ValidationError
 from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, Grant, Report
@@ -42,6 +42,8 @@ class NodeView:
     labels: Mapping[str, str]
     control_plane: bool
     ready: bool = True
+    kubelet: Version | None = None
+    """The Node's status.nodeInfo.kubeletVersion: for skew, where no kupd member reports one."""
 
 
 @dataclass(frozen=True)
@@ -386,7 +388,14 @@ def plan(
     # its nodes still work) hold their slots too: a turn ends only when its node says so.
     elsewhere = {n: g for n, g in (delivered or {}).items()
                  if g.uid != op.uid and not turn_over(members.get(n), g)}
-    _grant(ordered, hops, policy, members, epoch, now, events, status, canaries, elsewhere)
+    held = _grant(ordered, hops, policy, members, epoch, now, events, status, canaries, elsewhere, nodes)
+    if held is not None:
+        # A skew no turn of this operation can fix: say so and grant nothing more.
+        if status.get("phase") != OP_ATTENTION or status.get("message") != held:
+            events.append(PlanEvent("VersionSkew", held, warning=True))
+        status["phase"], status["message"] = OP_ATTENTION, held
+        _condition(status, "RequiresAttention", True, "VersionSkew", held, gen, now)
+        return Plan(status, events)
     in_flight = [e for e in ordered if e["phase"] in IN_FLIGHT]
     if not attention:
         status["phase"] = OP_RUNNING
@@ -549,14 +558,18 @@ def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Polic
 
 def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
            members: Mapping[str, MemberView], epoch: int, now: datetime, events: list[PlanEvent],
-           status: dict[str, Any], canaries: set[str], elsewhere: Mapping[str, Grant]) -> None:
-    def give(e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool) -> None:
+           status: dict[str, Any], canaries: set[str], elsewhere: Mapping[str, Grant],
+           nodes: Sequence[NodeView] = ()) -> str | None:
+    """Give the next turns. Returns why the operation cannot go on without an operator (a version
+    skew that no grant of this operation can fix), or None."""
+    def give(e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool, why: str = "") -> None:
         if not versions:
             return
         e["phase"] = GRANTED
         e["grant"] = {"epoch": epoch, "versions": [str(v) for v in versions], "firstControlPlane": first_cp,
                       "backup": backup, "grantedAt": _iso(now)}
-        e["message"] = f"granted {', '.join(str(v) for v in versions)}"
+        e["message"] = f"granted {', '.join(str(v) for v in versions)}" + (f" ({why})" if why else "")
+        # grant_reason reads `why` back out of this message.
         e.setdefault("startedAt", _iso(now))
         events.append(PlanEvent("NodeGranted", f"{e['name']} may upgrade to {versions[-1]}", e["name"]))
 
@@ -564,10 +577,12 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
         m = members.get(e["name"])
         return m.kubelet if m else None
 
+    ready = {n.name: n.ready for n in nodes}
+
     def eligible(e: dict[str, Any]) -> bool:
         m = members.get(e["name"])
         return (e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
-                and e["name"] not in elsewhere)
+                and e["name"] not in elsewhere and ready.get(e["name"], True))
 
     # Every in-flight grant is re-stamped with this coordinator's epoch: agents ignore older ones.
     for e in ordered:
@@ -575,39 +590,62 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
             e["grant"]["epoch"] = epoch
 
     cps = [e for e in ordered if e["role"] == "ControlPlane"]
+    workers = [e for e in ordered if e["role"] == "Worker"]
+    workers_busy = any(e["phase"] in IN_FLIGHT for e in workers) or any(
+        not g.control_plane for g in elsewhere.values())
     cp_busy = any(e["phase"] in IN_FLIGHT for e in cps) or any(g.control_plane for g in elsewhere.values())
     cp_left = [e for e in cps if e["phase"] not in DONE]
+    versions = cluster_versions(nodes, members)
+    # Workers move only as far as every API server has: a kubelet is never newer than one.
+    ceiling = min(versions.apiservers.values(), default=hops[-1])
+    interleave: dict[str, str] = {}  # worker -> the skew rule its turn now clears
     if cp_left:
-        if cp_busy:
-            return
+        if cp_busy or workers_busy:
+            return None
         # Hop-major: every control-plane node reaches hop i before any starts hop i+1, so the
         # API servers never drift more than one minor apart.
         for hop in hops:
             behind = [e for e in cp_left if (v := current(e)) is not None and v < hop]
             if not behind:
                 continue
-            first_cp = all((v := current(e)) is None or v < hop for e in cps)
             nxt = behind[0]
+            # Would this move break a skew rule for a kubelet (or kube-proxy) anywhere in the cluster?
+            broken = skew.control_plane_move(versions, nxt["name"], hop)
+            if broken:
+                fixable = {e["name"] for e in workers if e["phase"] == PENDING}
+                stuck = [rule for rule in broken if rule.subject not in fixable]
+                if stuck:
+                    return (f"the API servers cannot move to {hop}: {stuck[0]}; upgrade or select that node, "
+                            "or leave it out of the cluster")
+                # Interleave: the workers that would fall too far behind move up to the API servers' minor first.
+                for rule in broken:
+                    interleave.setdefault(rule.subject, f"before the API servers move to {hop}: {rule}")
+                break
+            first_cp = all((v := current(e)) is None or v < hop for e in cps)
             if eligible(nxt):
                 need_backup = (policy.backup_required and not status.get("backup")
                                and hop == hops[0] and first_cp)
-                give(nxt, [hop], first_cp, need_backup)
-            return
-        return
+                give(nxt, [hop], first_cp, need_backup, f"control plane to {hop.minor_key[0]}.{hop.minor_key[1]}")
+            return None
+        if not interleave:
+            return None
 
-    workers = [e for e in ordered if e["role"] == "Worker"]
     in_flight = [e for e in workers if e["phase"] in IN_FLIGHT]
     slots = policy.concurrency - len(in_flight) - sum(1 for g in elsewhere.values() if not g.control_plane)
-    canary_entries = [e for e in workers if e["name"] in canaries]
-    canaries_done = all(e["phase"] in DONE for e in canary_entries)
-    candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]
-    if canaries_done:
-        if canary_entries and policy.canary_bake_seconds:
-            finished = [f for e in canary_entries if (f := parse_time(e.get("finishedAt")))]
-            if finished and now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
-                status["message"] = "canaries upgraded; baking before the other workers"
-                return
-        candidates = [e for e in workers if e["phase"] == PENDING]
+    if interleave:
+        pool = [e for e in workers if e["name"] in interleave and e["phase"] == PENDING]
+        candidates = [e for e in pool if e["name"] in canaries] or pool
+    else:
+        canary_entries = [e for e in workers if e["name"] in canaries]
+        canaries_done = all(e["phase"] in DONE for e in canary_entries)
+        candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]
+        if canaries_done:
+            if canary_entries and policy.canary_bake_seconds:
+                finished = [f for e in canary_entries if (f := parse_time(e.get("finishedAt")))]
+                if finished and now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
+                    status["message"] = "canaries upgraded; baking before the other workers"
+                    return None
+            candidates = [e for e in workers if e["phase"] == PENDING]
     for e in candidates:
         if slots <= 0:
             break
@@ -615,8 +653,37 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
             continue
         v = current(e)
         assert v is not None
-        give(e, [h for h in hops if h > v], False, False)
+        steps = [h for h in hops if v < h and h.minor_key <= ceiling.minor_key]
+        if not steps:
+            continue
+        why = interleave.get(e["name"], "")
+        give(e, steps, False, False, why)
         slots -= 1
+    return None
+
+
+def grant_reason(message: str) -> str:
+    """The reason `_grant` put in a grant's message: "granted v1.28.15, v1.29.10 (<reason>)"."""
+    if message.startswith("granted ") and message.endswith(")") and " (" in message:
+        return message[message.index(" (") + 2:-1]
+    return ""
+
+
+def cluster_versions(nodes: Sequence[NodeView], members: Mapping[str, MemberView]) -> skew.ClusterVersions:
+    """The versions skew rules are checked on: each control-plane node's API server at its kubelet's
+    version (kubeadm moves both in one turn) and every node's kubelet, from its kupd member or else
+    from the Node itself. kube-proxy is at the newest API server: `kubeadm upgrade apply` moves it."""
+    apiservers: dict[str, Version] = {}
+    kubelets: dict[str, Version] = {}
+    for n in nodes:
+        m = members.get(n.name)
+        v = (m.kubelet if m is not None else None) or n.kubelet
+        if v is None:
+            continue
+        kubelets[n.name] = v
+        if n.control_plane:
+            apiservers[n.name] = v
+    return skew.ClusterVersions(apiservers, kubelets, max(apiservers.values(), default=None))
 
 
 @dataclass(frozen=True)
@@ -629,6 +696,8 @@ class Wave:
     end_seconds: float
     backup_node: str | None = None
     """The node that takes the etcd snapshot at the start of its turn, if any in this wave."""
+    reasons: list[str] = field(default_factory=list)
+    """Why the wave sits where it does (a worker wave between control-plane hops names the skew rule)."""
 
 
 def simulate(spec: Mapping[str, Any], nodes: Sequence[NodeView], members: Mapping[str, MemberView],
@@ -651,16 +720,18 @@ def simulate(spec: Mapping[str, Any], nodes: Sequence[NodeView], members: Mappin
         new = [e for e in status.get("nodes", []) if e["phase"] == GRANTED and e["name"] not in running]
         if new:
             backup_node = next((e["name"] for e in new if e["grant"].get("backup")), None)
+            reasons = [r for e in new if (r := grant_reason(e.get("message", "")))]
             if waves and waves[-1].start_seconds == clock:
                 # Several slots freed at the same moment are one wave.
                 last = waves.pop()
                 new_names, new_versions = last.nodes, last.versions
                 backup_node = backup_node or last.backup_node
+                reasons = last.reasons + reasons
             else:
                 new_names, new_versions = [], []
             waves.append(Wave(new_names + [e["name"] for e in new],
                               new_versions + [e["grant"]["versions"] for e in new], clock, clock + node_seconds,
-                              backup_node))
+                              backup_node, list(dict.fromkeys(reasons))))
             for e in new:
                 running[e["name"]] = clock + node_seconds
         stuck = status.get("phase") == OP_PENDING and not status.get("nodes")

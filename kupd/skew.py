@@ -157,7 +157,11 @@ def violations(c: ClusterVersions, *, include_kubectl: bool = True) -> list[Viol
         out.append(v)
     servers = list(c.apiservers.values())
     for node, version in sorted(c.kubelets.items()):
-        if (v := kubelet(node, version, servers)) is not None:
+        # A control-plane node's kubelet talks to the API server beside it (kubeadm's upgrade order
+        # moves both in one turn, and its ControlPlaneKubeletLocalMode points kubelet.conf there);
+        # every other kubelet may reach any API server through the load balancer.
+        own = [c.apiservers[node]] if node in c.apiservers else servers
+        if (v := kubelet(node, version, own)) is not None:
             out.append(v)
         if c.kube_proxy is not None and (v := kube_proxy(node, c.kube_proxy, version, servers)) is not None:
             out.append(v)
@@ -173,3 +177,13 @@ def oldest_kubelet_minor(apiserver: Version) -> int:
     upgraded before an API server may move to `apiserver`."""
     wide = apiserver.minor >= WIDE_SKEW_SINCE and apiserver.minor - 3 >= WIDE_SKEW_OLDEST
     return max(0, apiserver.minor - (3 if wide else 2))
+
+
+def control_plane_move(c: ClusterVersions, node: str, to: Version) -> list[Violation]:
+    """The rules broken if `node`'s control plane moved to `to`: its API server, and kube-proxy, which
+    `kubeadm upgrade apply` moves to the new minor for the whole cluster. Left out: kubectl (a client;
+    reported, not enforced) and kube-proxy newer than an API server not yet upgraded, which every
+    kubeadm HA upgrade goes through and kupd cannot avoid."""
+    after = ClusterVersions({**c.apiservers, node: to}, c.kubelets,
+                            max(to, c.kube_proxy) if c.kube_proxy is not None else to)
+    return [v for v in violations(after, include_kubectl=False) if v.rule != PROXY_NOT_NEWER]

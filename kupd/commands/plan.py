@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         json.dump({"phase": status.get("phase"), "message": status.get("message"), "hops": status.get("hops"),
                    "estimatedSeconds": total, "backup": backup,
                    "waves": [{"nodes": w.nodes, "versions": w.versions, "startSeconds": w.start_seconds,
-                              "endSeconds": w.end_seconds} for w in waves]}, sys.stdout, indent=1)
+                              "endSeconds": w.end_seconds, "reasons": w.reasons} for w in waves]},
+                  sys.stdout, indent=1)
         print()
         return 0 if status.get("phase") == planner.OP_SUCCEEDED else 1
     name = obj.get("metadata", {}).get("name", "?")
@@ -101,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
             tag = "control-plane" if e.get("role") == "ControlPlane" else ("canary" if e.get("canary") else "worker")
             labels.append(f"{n} ({tag} -> {', '.join(v)})")
         print(f"{i:>4}  {_hm(w.start_seconds):>8}  {_hm(w.end_seconds):>8}  {'; '.join(labels)}")
+        for reason in w.reasons:
+            print(f"{'':>24}  why: {reason}")
     print(f"backup: {backup['message']}")
     skipped = [e["name"] for e in status.get("nodes", []) if e["phase"] == planner.SKIPPED]
     if skipped:
