@@ -68,3 +68,25 @@ def test_host_file_parsers() -> None:
     assert hazards.kubelet_config_bool("kind: KubeletConfiguration\nfailSwapOn: false\n", "failSwapOn") is False
     assert hazards.kubelet_config_bool("kind: KubeletConfiguration\n", "failCgroupV1") is None
     assert hazards.kubelet_config_bool(":\n  - [", "failSwapOn") is None
+
+
+def test_facts_read_from_a_node_tree(tmp_path: Path) -> None:
+    from kupd.host import hazardfacts
+
+    (tmp_path / "sys/fs/cgroup/cpu").mkdir(parents=True)  # a v1 hierarchy: per-controller directories
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/swaps").write_text("Filename\tType\tSize\tUsed\tPriority\n/swapfile file 1024 0 -2\n")
+    (tmp_path / "var/lib/kubelet").mkdir(parents=True)
+    (tmp_path / "var/lib/kubelet/config.yaml").write_text("kind: KubeletConfiguration\nfailSwapOn: false\n")
+    (tmp_path / "var/lib/kubelet/kubeadm-flags.env").write_text(
+        'KUBELET_KUBEADM_ARGS="--pod-infra-container-image=registry.k8s.io/pause:3.9"\n')
+    facts = hazardfacts.read(str(tmp_path), containerd="1.7.22")
+    assert facts == NodeFacts(cgroup_version=1, fail_cgroup_v1=None, containerd=V("1.7.22"),
+                              kubelet_flags=("--pod-infra-container-image",), swap_on=True, fail_swap_on=False)
+    assert [h.rule for h in hazards.node_hazards("w-1", facts, V("v1.36.0"))] == [
+        hazards.CGROUP_V1, hazards.CONTAINERD_TOO_OLD, hazards.REMOVED_KUBELET_FLAG]
+    (tmp_path / "sys/fs/cgroup/cgroup.controllers").write_text("cpu memory\n")
+    assert hazardfacts.read(str(tmp_path)).cgroup_version == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert hazardfacts.read(str(empty)) == NodeFacts(), "nothing known, nothing held against the node"
