@@ -18,6 +18,7 @@ in a grant Lease (the planner adopts the latter).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import queue
 import threading
@@ -35,6 +36,7 @@ from kupd.versions import Version
 log = logging.getLogger(__name__)
 
 GATE_SECONDS = 5.0
+RESOLVE_RETRY_SECONDS = 30.0
 STATUS_INTERVAL = 1.0
 NODE_ONLY_EVENTS = frozenset({"StepStarted"})
 
@@ -181,7 +183,7 @@ class Coordinator:
     """Runs while this daemon holds the coordinator lease."""
 
     def __init__(self, api: kube.Client, namespace: str, identity: str, member_duration: int,
-                 elector: Elector, newest_patch: Callable[[str], str],
+                 elector: Elector, newest_patch: Callable[[str, dict[str, Any] | None], str],
                  validate_spec: Callable[[dict[str, Any]], Any] | None = None,
                  on_plan: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.api = api
@@ -194,7 +196,8 @@ class Coordinator:
         self.on_plan = on_plan or (lambda name, status: None)
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        self._resolved: dict[tuple[int, int], str] = {}
+        # (package source, minor) -> (newest patch, error, when asked)
+        self._resolved: dict[tuple[str, tuple[int, int]], tuple[str, str | None, float]] = {}
         self._gate_cache: tuple[str, float, str | None] | None = None
         self.writes = 0
         self.grant_writes = 0
@@ -318,11 +321,27 @@ class Coordinator:
             members[node] = planner.MemberView(node, alive, kubelet_version, report)
         return nodes, members
 
-    def _resolve(self, hops_needed: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    def _resolve(self, hops_needed: list[tuple[int, int]], source: dict[str, Any] | None
+                 ) -> tuple[dict[tuple[int, int], str], dict[tuple[int, int], str]]:
+        """Each minor's newest patch in the operation's own package source, and why a minor could
+        not be resolved. A failure is asked again after RESOLVE_RETRY_SECONDS, not every round."""
+        key = json.dumps(source or {}, sort_keys=True)
+        resolved: dict[tuple[int, int], str] = {}
+        errors: dict[tuple[int, int], str] = {}
         for mk in hops_needed:
-            if mk not in self._resolved:
-                self._resolved[mk] = self.newest_patch(f"v{mk[0]}.{mk[1]}")
-        return self._resolved
+            cached = self._resolved.get((key, mk))
+            if cached is None or (cached[1] is not None and time.monotonic() - cached[2] > RESOLVE_RETRY_SECONDS):
+                try:
+                    cached = (self.newest_patch(f"v{mk[0]}.{mk[1]}", source), None, time.monotonic())
+                except KupdError as e:
+                    log.warning("resolving v%d.%d: %s", mk[0], mk[1], e)
+                    cached = ("", str(e)[:500], time.monotonic())
+                self._resolved[(key, mk)] = cached
+            if cached[1] is None:
+                resolved[mk] = cached[0]
+            else:
+                errors[mk] = cached[1]
+        return resolved, errors
 
     def reconcile(self) -> None:
         now = datetime.now(UTC)
@@ -358,18 +377,23 @@ class Coordinator:
             planned = None
         status = planned or obj.get("status") or {}
         resolved: dict[tuple[int, int], str] = {}
+        hop_errors: dict[tuple[int, int], str] = {}
         if not status.get("hops"):
             try:
-                target = Version.parse(str((obj.get("spec") or {}).get("version", "")))
+                spec = obj.get("spec") or {}
+                target = Version.parse(str(spec.get("version", "")))
                 versions = [m.kubelet for m in members.values() if m.kubelet]
                 if versions and min(versions) < target:
-                    resolved = self._resolve(planner.hop_minors(min(versions), target)[:-1])
+                    resolved, hop_errors = self._resolve(planner.hop_minors(min(versions), target)[:-1],
+                                                         spec.get("packageSource"))
             except KupdError as e:
-                log.warning("resolving hops for %s: %s", md["name"], e)
+                # An invalid version or a downgrade: the planner's validation says so in a Condition.
+                log.info("not resolving hops for %s: %s", md["name"], e)
         op = planner.Operation(md["name"], uid, int(md.get("generation", 1)), obj.get("spec") or {},
                                status, md.get("annotations") or {})
         result = planner.plan(op, nodes, members, epoch=self.elector.epoch, coordinator=self.identity,
-                              now=now, resolved_minors=resolved, validate_spec=self.validate_spec,
+                              now=now, resolved_minors=resolved, hop_errors=hop_errors,
+                              validate_spec=self.validate_spec,
                               gate_failure=self._gates((obj.get("spec") or {}).get("healthGates")),
                               delivered=self._delivered(grants))
         with logsetup.log_context(operation=md["name"]):

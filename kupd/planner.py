@@ -182,12 +182,15 @@ def plan(
     resolved_minors: Mapping[tuple[int, int], str] | None = None,
     validate_spec: Any = None,
     gate_failure: str | None = None,
+    hop_errors: Mapping[tuple[int, int], str] | None = None,
     delivered: Mapping[str, Grant] | None = None,
 ) -> Plan:
     """Compute the next status of one DirectUpdate.
 
     `validate_spec`, when given, is the daemon's re-validation of the spec (raises
     ValidationError naming the field); a failure ends the operation Failed with a Condition.
+    `resolved_minors` maps each intermediate minor to its newest patch in the operation's package
+    source (None: a dry run, hops shown at .0); `hop_errors` says why a minor could not be resolved.
     `gate_failure` is the coordinator's latest evaluation of the external health gates
     (control-plane pods, Prometheus): None when they pass or are not configured.
     `delivered` holds the grants found in the nodes' grant Leases. A grant is delivered before
@@ -238,10 +241,27 @@ def plan(
             status["message"] = "waiting for kupd members on the selected nodes"
             return Plan(status, events)
         try:
-            status["hops"] = hops_for(min(versions), policy.target, resolved_minors or {})
+            needed = hop_minors(min(versions), policy.target)[:-1]
         except SkewError as skew:
             _condition(status, "Valid", False, skew.rule, str(skew), gen, now)
             return _fail(op, status, "VersionSkew", str(skew), now, events)
+        # The coordinator resolves each intermediate minor's newest patch from the operation's own
+        # package source; one it could not resolve holds the operation (never a guessed .0). Only
+        # the dry run, which has no package source, passes None and shows .0 placeholders.
+        missing = [mk for mk in needed if resolved_minors is not None and mk not in resolved_minors]
+        if missing:
+            mk = missing[0]
+            why = (hop_errors or {}).get(mk) or "not resolved yet"
+            msg = (f"cannot resolve the newest v{mk[0]}.{mk[1]} patch from spec.packageSource: {why}; "
+                   "retrying")
+            status.setdefault("phase", OP_PENDING)
+            status["message"] = msg
+            _condition(status, "HopsResolved", False, "PackageSourceUnavailable", msg, gen, now)
+            return Plan(status, events)
+        status["hops"] = hops_for(min(versions), policy.target, resolved_minors or {})
+        if needed:
+            _condition(status, "HopsResolved", True, "Resolved",
+                       f"hops {', '.join(status['hops'])} from spec.packageSource", gen, now)
     hops = [Version.parse(h) for h in status["hops"]]
 
     # The kubelet-never-newer rule: a worker-only selection cannot pass the control plane.

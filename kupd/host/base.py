@@ -33,8 +33,10 @@ class Host(Protocol):
     def set_package_source(self, spec: Mapping[str, Any] | None) -> None:
         """Use the DirectUpdate's spec.packageSource (upstream, mirror or air-gap bundle)."""
 
-    def newest_patch(self, minor: str) -> str:
-        """The newest patch release the package source offers for a minor (\"v1.31\" -> \"v1.31.14\")."""
+    def newest_patch(self, minor: str, source: Mapping[str, Any] | None = None) -> str:
+        """The newest patch release `source` (a spec.packageSource; None: the node's configured one)
+        offers for a minor (\"v1.31\" -> \"v1.31.14\"). Called from the coordinator's thread while
+        the agent may be working: it must not read or change the host's current source."""
 
     def configure_repository(self, version: str) -> None:
         """Point the package source at the target version's minor."""

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -229,14 +230,18 @@ class RealHost:
                 continue
         return None
 
-    def newest_patch(self, minor: str) -> str:
-        """Asks the minor's repository through a scratch root, so the node's own package source
-        (which its agent may be using for another hop) is left as it is."""
+    def newest_patch(self, minor: str, source: Mapping[str, Any] | PackageSource | None = None) -> str:
+        """Asks the minor's repository of `source` (a DirectUpdate's spec.packageSource; None: this
+        node's configured one) through a scratch root of its own, so neither the node's package
+        source nor the source the agent is using for its turn is read or changed: the coordinator
+        calls this from its own thread."""
         parsed = Version.parse(validate.k8s_version(minor + ".0", "minor"))
-        probe = self.state_dir / "probe"
-        shutil.rmtree(probe, ignore_errors=True)
+        src = source if isinstance(source, PackageSource) else (
+            PackageSource.from_spec(source) if source else self.config.source)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix="probe-", dir=self.state_dir))
         try:
-            sources.configure(str(probe), self.family, self.source, str(parsed))
+            sources.configure(str(probe), self.family, src, str(parsed))
             options = {"sandbox_user": self.config.apt_sandbox_user or "",
                        "releasever": self.config.releasever or "0"}
             pm = packages.create(self.pm.name, str(probe), **{k: v for k, v in options.items() if v})

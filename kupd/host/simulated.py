@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ class SimulatedHost:
     def set_package_source(self, spec: Any) -> None:
         """The simulated package source is the configured list of versions, whatever the spec says."""
 
-    def newest_patch(self, minor: str) -> str:
+    def newest_patch(self, minor: str, source: Mapping[str, Any] | None = None) -> str:
         mk = Version.parse(minor + ".0").minor_key
         cands = [v for v in self.available if v.minor_key == mk]
         if not cands:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kupd.errors import CommandError, RetryableError, ValidationError
+from kupd.errors import CommandError, KupdError, RetryableError, ValidationError
 from kupd.host.apt import AptManager
 from kupd.host.base import Host
 from kupd.host.packages import NoSpace, PackageLocked, PackageNotFound, RepositoryError, UnsignedRepository
@@ -318,6 +318,19 @@ def test_list_format_is_kept(tmp_path: Path, server: rb.Server) -> None:
     assert AptManager(str(root)).available("kubeadm") == ["1.31.1-1.1", "1.31.2-1.1"]
     with pytest.raises(RepositoryError, match="404"):  # a minor not published (yet)
         host.newest_patch("v1.29")
+
+
+def test_hops_are_resolved_from_the_operations_own_source(tmp_path: Path, server: rb.Server) -> None:
+    """The coordinator asks with the DirectUpdate's spec.packageSource, not the node's last one."""
+    root = tmp_path / "root"
+    (root / "etc/apt/sources.list.d").mkdir(parents=True)
+    unreachable = PackageSource.from_spec({"type": "mirror", "mirror": {"url": "http://127.0.0.1:9/none"}})
+    host = make_host(root, unreachable, tmp_path / "tools")
+    spec_source = {"type": "mirror", "mirror": {"url": server.url + "/repo"}}
+    assert host.newest_patch("v1.30", spec_source) == "v1.30.5"
+    with pytest.raises(KupdError):
+        host.newest_patch("v1.30")  # the node's own source is the unreachable one
+    assert not list((host.state_dir).glob("probe-*")), "scratch roots are removed"
 
 
 def test_air_gap_bundle(tmp_path: Path, repos: rb.Repos) -> None:

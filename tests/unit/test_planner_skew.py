@@ -140,3 +140,17 @@ def test_no_plan_the_planner_produces_breaks_a_skew_rule(c: tuple[dict[str, str]
     finals = {n: vs[-1] for w in waves for n, vs in zip(w.nodes, w.versions, strict=True)}
     for n, start in {**cps, **workers}.items():
         assert V(start) >= V(target) or finals.get(n) == target, (n, start, finals.get(n))
+
+
+def test_an_unresolvable_intermediate_minor_holds_the_operation_with_a_condition() -> None:
+    nodes, members = nodes_at({"cp-1": "v1.30.2"}, {"w-1": "v1.30.2"})
+    spec = {"version": "v1.32.1", "backup": NO_BACKUP}
+    p = run(spec, nodes, members, resolved_minors={}, hop_errors={(1, 31): "mirror.example: connection refused"})
+    assert "hops" not in p.status and p.status["phase"] == "Pending"
+    cond = next(c for c in p.status["conditions"] if c["type"] == "HopsResolved")
+    assert cond["status"] == "False" and cond["reason"] == "PackageSourceUnavailable"
+    assert "v1.31" in cond["message"] and "connection refused" in cond["message"]
+    assert not [e for e in p.status.get("nodes") or [] if e["phase"] == "Granted"]
+    p = run(spec, nodes, members, status=p.status, resolved_minors={(1, 31): "v1.31.9"})
+    assert p.status["hops"] == ["v1.31.9", "v1.32.1"]
+    assert next(c for c in p.status["conditions"] if c["type"] == "HopsResolved")["status"] == "True"
