@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kupd.errors import ValidationError
 from kupd.versions import Version
 
 KUBELET_NOT_NEWER = "kubelet-not-newer-than-apiserver"
@@ -187,3 +188,32 @@ def control_plane_move(c: ClusterVersions, node: str, to: Version) -> list[Viola
     after = ClusterVersions({**c.apiservers, node: to}, c.kubelets,
                             max(to, c.kube_proxy) if c.kube_proxy is not None else to)
     return [v for v in violations(after, include_kubectl=False) if v.rule != PROXY_NOT_NEWER]
+
+
+def apiservers_from_mirror_pods(pods: Sequence[Mapping[str, object]]) -> dict[str, Version]:
+    """Each control-plane node's API server version, from kubeadm's kube-apiserver static pods as
+    the API shows them (mirror pods in kube-system, label component=kube-apiserver): the image tag
+    of their kube-apiserver container. Asking /version instead goes through whatever endpoint the
+    kubeconfig names, and behind a load balancer any one of the API servers answers. Pods whose
+    image has no version tag (a digest, a custom build) are left out."""
+    out: dict[str, Version] = {}
+    for pod in pods:
+        spec = pod.get("spec")
+        if not isinstance(spec, Mapping):
+            continue
+        node = spec.get("nodeName")
+        containers = spec.get("containers")
+        if not isinstance(node, str) or not isinstance(containers, list):
+            continue
+        for c in containers:
+            if not isinstance(c, Mapping) or c.get("name") != "kube-apiserver":
+                continue
+            image = c.get("image")
+            if not isinstance(image, str) or "@" in image or ":" not in image.rsplit("/", 1)[-1]:
+                continue
+            tag = image.rsplit(":", 1)[1].split("-", 1)[0].split("_", 1)[0]
+            try:
+                out[node] = Version.parse(tag)
+            except ValidationError:
+                continue
+    return out

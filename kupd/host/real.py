@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kupd import kube, validate
+from kupd import kube, skew, validate
 from kupd.errors import CommandError, PermanentError, RetryableError
 from kupd.fsutil import atomic_write
 from kupd.host import packages, parsers, runner, sources
@@ -46,6 +46,9 @@ class ClusterView(Protocol):
 
     def apiserver_version(self) -> Version: ...
 
+    def apiserver_versions(self) -> dict[str, Version]:
+        """Each control-plane node's API server version, from its kube-apiserver mirror pod."""
+
     def node_status(self, name: str) -> NodeStatus: ...
 
 
@@ -55,11 +58,11 @@ class KubeClusterView:
     def __init__(self, kubeconfig: str) -> None:
         self.kubeconfig = validate.safe_path(kubeconfig, "kubeconfig")
 
-    def _get(self, path: str, what: str) -> dict[str, Any]:
+    def _get(self, path: str, what: str, **query: str) -> dict[str, Any]:
         # A client per call: the kubelet's client certificate rotates, and the file names the current one.
         api = kube.api_client(self.kubeconfig)
         try:
-            return api.get(path)
+            return api.get(path, **query)
         except Exception as e:  # ApiError, urllib3 errors and OSError alike
             raise RetryableError(f"cannot read {what}: {e}", 10.0) from e
         finally:
@@ -68,6 +71,13 @@ class KubeClusterView:
     def apiserver_version(self) -> Version:
         info = self._get("/version", "the API server version")
         return Version.parse(str(info.get("gitVersion", "")).split("+")[0].split("-")[0])
+
+    def apiserver_versions(self) -> dict[str, Version]:
+        pods = self._get(kube.path("", "v1", "pods", namespace="kube-system"), "the kube-apiserver mirror pods",
+                         labelSelector="component=kube-apiserver")
+        items = pods.get("items")
+        return skew.apiservers_from_mirror_pods([p for p in items if isinstance(p, dict)]
+                                                if isinstance(items, list) else [])
 
     def node_status(self, name: str) -> NodeStatus:
         node = self._get(kube.path("", "v1", "nodes", name), f"Node {name}")
@@ -286,7 +296,7 @@ class RealHost:
         if containerd:
             validate.containerd_version(containerd)
         if self.cluster is not None:
-            check_kubelet_not_newer(target, self.cluster.apiserver_version())
+            check_kubelet_not_newer(target, self._apiserver_for_kubelet())
         pins = self._pins(version, ("kubelet", "kubectl"))
         if containerd:
             name = self.config.containerd_package
@@ -297,6 +307,20 @@ class RealHost:
         self._record("kubelet", self.pm.install(pins))
         self._expect_binary("kubelet", version)
         self._expect_binary("kubectl", version)
+
+    def _apiserver_for_kubelet(self) -> Version:
+        """The API server this node's new kubelet must not be newer than, read from the control-plane
+        nodes' mirror pods, never through a load balancer: on a control-plane node its own API server
+        (kubeadm upgrades it first, in the same turn); elsewhere the oldest of them."""
+        assert self.cluster is not None
+        versions = self.cluster.apiserver_versions()
+        if self.config.node_name in versions:
+            return versions[self.config.node_name]
+        if not versions:
+            raise PermanentError("no kube-apiserver mirror pod in kube-system (label component=kube-apiserver) "
+                                 "names its version; kupd reads each API server's version there to check that "
+                                 "the kubelet is not newer (rule: kubelet-not-newer-than-apiserver)")
+        return min(versions.values())
 
     @property
     def _containerd_marker(self) -> Path:

@@ -98,6 +98,26 @@ def test_cluster_view_reads_version_and_node(api: kube.Client, crds: ControlPlan
     assert status.ready and status.kubelet_version == "v1.31.2"
 
 
+def test_cluster_view_reads_each_api_server_from_its_mirror_pod(api: kube.Client, crds: ControlPlane) -> None:
+    view = KubeClusterView(str(crds.admin_kubeconfig))
+    pods = kube.path("", "v1", "pods", namespace="kube-system")
+    made = []
+    for node, image in (("cp-1", "registry.k8s.io/kube-apiserver:v1.31.2"),
+                        ("cp-2", "registry.k8s.io/kube-apiserver:v1.30.5"),
+                        ("cp-3", "registry.example/kube-apiserver@sha256:" + "0" * 64)):
+        name = f"kube-apiserver-{node}"
+        api.create(pods, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": name, "labels": {"component": "kube-apiserver", "tier": "control-plane"},
+            "annotations": {"kubernetes.io/config.mirror": "0123"}},
+            "spec": {"nodeName": node, "containers": [{"name": "kube-apiserver", "image": image}]}})
+        made.append(name)
+    try:
+        assert view.apiserver_versions() == {"cp-1": Version.parse("v1.31.2"), "cp-2": Version.parse("v1.30.5")}
+    finally:
+        for name in made:
+            api.delete(kube.path("", "v1", "pods", name, "kube-system"), gracePeriodSeconds=0)
+
+
 def test_control_plane_pods_gate(api: kube.Client) -> None:
     pods = kube.path("", "v1", "pods", namespace="kube-system")
     name = "kube-apiserver-edge"

@@ -42,8 +42,13 @@ class FakeCluster:
     ready: bool = True
     kubelet: str = "v1.31.2"
 
+    apiservers: dict[str, str] | None = None
+
     def apiserver_version(self) -> Version:
         return Version.parse(self.apiserver)
+
+    def apiserver_versions(self) -> dict[str, Version]:
+        return {n: Version.parse(v) for n, v in (self.apiservers or {"cp-1": self.apiserver}).items()}
 
     def node_status(self, name: str) -> NodeStatus:
         return NodeStatus(self.ready, self.kubelet)
@@ -175,6 +180,23 @@ def test_kubelet_never_newer_than_apiserver(tmp_path: Path, server: rb.Server) -
         host.preflight("v1.32.0")
     with pytest.raises(SkewError, match="no-downgrade"):
         host.preflight("v1.29.9")
+
+
+def test_kubelet_check_reads_every_api_server_from_its_mirror_pod(tmp_path: Path, server: rb.Server) -> None:
+    """HA mid-upgrade: one API server at 1.31, one at 1.30. Behind a load balancer /version may say
+    either; the mirror pods say both. A worker's kubelet waits for the older one; a control-plane
+    node's kubelet follows its own API server."""
+    root = tmp_path / "root"
+    host = make_host(root, mirror(server), tmp_path / "tools")
+    at_v130(host)
+    host.configure_repository("v1.31.2")
+    host.cluster = FakeCluster(apiserver="v1.31.2", apiservers={"cp-1": "v1.31.2", "cp-2": "v1.30.5"})
+    with pytest.raises(SkewError) as err:
+        host.install_kubelet("v1.31.2", None)
+    assert err.value.rule == "kubelet-not-newer-than-apiserver" and "v1.30.5" in str(err.value)
+    host.cluster = FakeCluster(apiserver="v1.30.5", apiservers={"node-1": "v1.31.2", "cp-2": "v1.30.5"})
+    host.install_kubelet("v1.31.2", None)  # node-1 is a control-plane node: its own API server is at 1.31
+    assert AptManager(str(root)).installed("kubelet") == "1.31.2-1.1"
 
 
 def test_version_not_in_repository(tmp_path: Path, server: rb.Server) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -138,3 +140,17 @@ def test_a_cluster_at_one_minor_breaks_no_rule(a: Version, b: Version, c: Versio
     cluster = skew.ClusterVersions({"cp-1": same[0]}, {"cp-1": same[0], "w-1": same[1], "w-2": same[2]},
                                    kube_proxy=same[0], kubectls={"cp-1": same[0]})
     assert skew.violations(cluster) == []
+
+
+def test_api_server_versions_from_mirror_pods() -> None:
+    def pod(node: Any, image: Any, name: str = "kube-apiserver") -> dict[str, Any]:
+        return {"spec": {"nodeName": node, "containers": [{"name": "etcd", "image": "registry.k8s.io/etcd:3.5.15-0"},
+                                                          {"name": name, "image": image}]}}
+
+    pods = [pod("cp-1", "registry.k8s.io/kube-apiserver:v1.31.2"),
+            pod("cp-2", "mirror.example:5000/k8s/kube-apiserver:v1.30.5"),
+            pod("cp-3", "registry.k8s.io/kube-apiserver@sha256:" + "a" * 64),  # no tag: unknown
+            pod("cp-4", "registry.k8s.io/kube-apiserver:latest"),
+            pod(7, "registry.k8s.io/kube-apiserver:v1.31.2"),  # hostile shapes are skipped
+            {"spec": "x"}, pod("cp-5", "registry.k8s.io/kube-apiserver:v1.31.2", name="sidecar")]
+    assert skew.apiservers_from_mirror_pods(pods) == {"cp-1": V("v1.31.2"), "cp-2": V("v1.30.5")}
