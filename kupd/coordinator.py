@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kupd import kube, logsetup, planner
+from kupd import kube, logsetup, planner, preflight
 from kupd import protocol as p
 from kupd.errors import KupdError
 from kupd.member import micro_time
@@ -199,6 +199,7 @@ class Coordinator:
         # (package source, minor) -> (newest patch, error, when asked)
         self._resolved: dict[tuple[str, tuple[int, int]], tuple[str, str | None, float]] = {}
         self._gate_cache: tuple[str, float, str | None] | None = None
+        self._preflight_cache: tuple[float, preflight.ClusterFacts] | None = None
         self.writes = 0
         self.grant_writes = 0
         # Statuses planned but not yet stored, by DirectUpdate uid; plans build on these.
@@ -395,6 +396,7 @@ class Coordinator:
                               now=now, resolved_minors=resolved, hop_errors=hop_errors,
                               validate_spec=self.validate_spec,
                               gate_failure=self._gates((obj.get("spec") or {}).get("healthGates")),
+                              preflight_facts=self._preflight(status, members),
                               delivered=self._delivered(grants))
         with logsetup.log_context(operation=md["name"]):
             if result.status != status:
@@ -515,6 +517,30 @@ class Coordinator:
         grants[node] = value
         if value:
             log.info("delivered grant to %s", node)
+
+    def _preflight(self, status: dict[str, Any], members: dict[str, planner.MemberView]
+                   ) -> preflight.ClusterFacts | None:
+        """The cluster preflight's facts, until the operation has passed it; read at most every
+        GATE_SECONDS (it lists pods and budgets)."""
+        if any(c.get("type") == "Preflight" and c.get("status") == "True" for c in status.get("conditions") or []):
+            return None
+        now = time.monotonic()
+        if self._preflight_cache is not None and now - self._preflight_cache[0] < GATE_SECONDS:
+            return self._preflight_cache[1]
+        from kupd import clusterfacts
+
+        versions = {}
+        for lease in self.leases.items():
+            name = lease["metadata"]["name"]
+            if name.startswith(p.MEMBER_LEASE_PREFIX):
+                v = (lease["metadata"].get("annotations") or {}).get(p.ANN_KUPD_VERSION)
+                versions[name[len(p.MEMBER_LEASE_PREFIX):]] = v if isinstance(v, str) else ""
+        health = {n: preflight.MemberHealth(n, m.alive, versions.get(n, "")) for n, m in members.items()}
+        targeted = [e["name"] for e in status.get("nodes") or [] if e.get("phase") not in planner.DONE] or [
+            str(n["metadata"]["name"]) for n in self.nodes.items()]
+        facts = clusterfacts.gather(self.api, self.nodes.items(), health, targeted)
+        self._preflight_cache = (now, facts)
+        return facts
 
     def _gates(self, gates: dict[str, Any] | None) -> str | None:
         """External health gates, evaluated at most every GATE_SECONDS (they cost a query each)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kupd import selectors, skew, windows
+from kupd import __version__, preflight, selectors, skew, windows
 from kupd.api.models import backup_policy
 from kupd.errors import ValidationError
 from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, Grant, Report
@@ -183,6 +183,7 @@ def plan(
     validate_spec: Any = None,
     gate_failure: str | None = None,
     hop_errors: Mapping[tuple[int, int], str] | None = None,
+    preflight_facts: preflight.ClusterFacts | None = None,
     delivered: Mapping[str, Grant] | None = None,
 ) -> Plan:
     """Compute the next status of one DirectUpdate.
@@ -404,6 +405,12 @@ def plan(
     if op.spec.get("healthGates"):
         _condition(status, "HealthGates", True, "GatesPassed", "every health gate passes", gen, now)
 
+    held = _preflight(op, status, ordered, preflight_facts, now, events)
+    if held is not None:
+        if not attention:
+            status["phase"], status["message"] = OP_PENDING, held
+        return Plan(status, events)
+
     # Turns of another DirectUpdate that are not over yet (it was deleted or failed mid-turn while
     # its nodes still work) hold their slots too: a turn ends only when its node says so.
     elsewhere = {n: g for n, g in (delivered or {}).items()
@@ -424,6 +431,41 @@ def plan(
     status.setdefault("startedAt", _iso(now))
     _condition(status, "Progressing", True, "Upgrading", f"{done_count}/{len(ordered)} nodes done", gen, now)
     return Plan(status, events)
+
+
+def _preflight(op: Operation, status: dict[str, Any], ordered: list[dict[str, Any]],
+               facts: preflight.ClusterFacts | None, now: datetime, events: list[PlanEvent]) -> str | None:
+    """The cluster preflight, until it has passed once: one Condition per failing check, and what
+    holds the first grant (None: nothing). Checks in spec.preflight.warnOnly only warn."""
+    gen = op.generation
+    passed = any(c["type"] == "Preflight" and c["status"] == "True" for c in status.get("conditions") or [])
+    if facts is None or passed:
+        return None
+    targeted = [e["name"] for e in ordered if e["phase"] not in DONE]
+    warn_only = set(((op.spec.get("preflight") or {}).get("warnOnly")) or [])
+    verdict = preflight.judge(preflight.evaluate(targeted, facts, __version__), warn_only)
+    failing = verdict.by_check()
+    for check in preflight.CHECKS:
+        ctype = f"Preflight{check}"
+        known = any(c["type"] == ctype for c in status.get("conditions") or [])
+        if check in failing:
+            msg = preflight.condition_message(failing[check])
+            reason = "WarnOnly" if check in warn_only else "CheckFailed"
+            if not any(c["type"] == ctype and c["status"] == "False" and c["message"] == msg
+                       for c in status.get("conditions") or []):
+                events.append(PlanEvent(f"Preflight{check}", msg, warning=True))
+            _condition(status, ctype, False, reason, msg, gen, now)
+        elif known:
+            _condition(status, ctype, True, "CheckPassed", "", gen, now)
+    if verdict.blocking:
+        first = verdict.blocking[0]
+        msg = (f"preflight {first.check}: {first.message}"
+               + (f" (and {len(verdict.blocking) - 1} more findings)" if len(verdict.blocking) > 1 else ""))
+        _condition(status, "Preflight", False, "ChecksFailed", msg, gen, now)
+        return msg
+    _condition(status, "Preflight", True, "ChecksPassed",
+               "every preflight check passed" + (" (some only warn)" if verdict.warnings else ""), gen, now)
+    return None
 
 
 def _backup_conditions(status: dict[str, Any], b: Mapping[str, Any], gen: int, now: datetime,

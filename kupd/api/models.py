@@ -274,6 +274,14 @@ class HealthGates(_Spec):
     prometheus: PrometheusGate | None = None
 
 
+PreflightCheck = Literal["NodesReady", "DaemonsAlive", "KupdVersions", "NodePressure", "ControlPlanePods",
+                         "EtcdHealthy", "EvictionsPossible"]
+
+
+class Preflight(_Spec):
+    warn_only: list[PreflightCheck] | None = Field(default=None, max_length=7)
+
+
 class DirectUpdateSpec(_Spec):
     """spec of a DirectUpdate: upgrade the selected nodes to `version` now."""
 
@@ -289,6 +297,7 @@ class DirectUpdateSpec(_Spec):
     max_attempts: int = Field(default=3, ge=1, le=10)
     paused: bool = False
     health_gates: HealthGates | None = None
+    preflight: Preflight | None = None
 
 
 class UpdateScheduleTemplate(DirectUpdateSpec):

@@ -136,7 +136,7 @@ def test_a_drain_that_outlasts_its_timeout_needs_attention_naming_the_pdb(sim: S
     }))
     started = time.monotonic()
     apply_du(cp, "stuck", {"version": "v1.32.0", "backup": NO_BACKUP, "maxAttempts": 3,
-                           "drain": {"timeoutSeconds": 30}})
+                           "drain": {"timeoutSeconds": 30}, "preflight": {"warnOnly": ["EvictionsPossible"]}})
     st = wait_phase(cp, "stuck", ("RequiresAttention", "Failed", "Succeeded"), timeout=150)
     took = time.monotonic() - started
     assert st["phase"] == "RequiresAttention", st

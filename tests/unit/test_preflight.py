@@ -65,3 +65,36 @@ def test_warn_only_checks_do_not_hold_the_first_grant() -> None:
     assert [f.check for f in verdict.blocking] == ["EtcdHealthy"]
     assert [f.check for f in verdict.warnings] == ["NodePressure"]
     assert set(verdict.by_check()) == {"EtcdHealthy", "NodePressure"}
+
+
+def test_the_planner_holds_the_first_grant_until_the_checks_pass() -> None:
+    from kupd import __version__
+    from tests.unit.test_planner import cluster, run
+
+    nodes, members = cluster(1, 1)
+    spec = {"version": "v1.32.0", "backup": {"policy": "Disabled"}}
+    sick = ClusterFacts(nodes={"cp-1": NodeHealth("cp-1", True), "w-1": NodeHealth("w-1", True, ("DiskPressure",))},
+                        members={n: MemberHealth(n, True, __version__) for n in ("cp-1", "w-1")})
+    p = run(spec, nodes, members, preflight_facts=sick)
+    conds = {c["type"]: c for c in p.status["conditions"]}
+    assert conds["PreflightNodePressure"]["status"] == "False" and "w-1" in conds["PreflightNodePressure"]["message"]
+    assert conds["Preflight"]["status"] == "False" and p.status["phase"] == "Pending"
+    assert not [e for e in p.status["nodes"] if e["phase"] == "Granted"]
+    assert [e.reason for e in p.events if e.warning] == ["PreflightNodePressure"]
+    # Only warned about: the first grant goes out, and the check stays reported.
+    p = run({**spec, "preflight": {"warnOnly": ["NodePressure"]}}, nodes, members, preflight_facts=sick)
+    assert [e["name"] for e in p.status["nodes"] if e["phase"] == "Granted"] == ["cp-1"]
+    conds = {c["type"]: c for c in p.status["conditions"]}
+    assert conds["PreflightNodePressure"]["reason"] == "WarnOnly" and conds["Preflight"]["status"] == "True"
+    # Once passed, never asked again: a later pressure is the health gates' business.
+    p = run(spec, nodes, members, status=run(spec, nodes, members, preflight_facts=healthy("cp-1", "w-1")).status,
+            preflight_facts=sick)
+    assert {c["type"]: c for c in p.status["conditions"]}["Preflight"]["status"] == "True"
+
+
+def test_check_names_match_the_crd() -> None:
+    from typing import get_args
+
+    from kupd.api import models
+
+    assert get_args(models.PreflightCheck) == preflight.CHECKS
