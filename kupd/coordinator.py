@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kupd import kube, logsetup, planner, preflight
+from kupd import hazards, kube, logsetup, planner, preflight
 from kupd import protocol as p
 from kupd.errors import KupdError
 from kupd.member import micro_time
@@ -213,7 +213,8 @@ class Coordinator:
         self._to_write: tuple[dict[str, Any], dict[str, Any]] | None = None
         self._writing = False
         # Decoded member Leases by resourceVersion: a round re-reads N Leases, most unchanged.
-        self._decoded: dict[str, tuple[str, datetime | None, int, Version | None, p.Report | None]] = {}
+        self._decoded: dict[str, tuple[str, datetime | None, int, Version | None, p.Report | None,
+                                       hazards.NodeFacts | None]] = {}
         self._grant_memo: dict[str, p.Grant | None] = {}
         self.ops = kube.Informer("directupdates", api, kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES),
                                  self._dirty.set)
@@ -315,11 +316,12 @@ class Coordinator:
                 kubelet = anns.get(p.ANN_KUBELET)
                 cached = (rv, planner.parse_time(spec.get("renewTime")),
                           int(spec.get("leaseDurationSeconds") or self.member_duration),
-                          Version.parse(kubelet) if kubelet else None, p.Report.decode(anns.get(p.ANN_REPORT)))
+                          Version.parse(kubelet) if kubelet else None, p.Report.decode(anns.get(p.ANN_REPORT)),
+                          hazards.decode(anns.get(p.ANN_NODE_FACTS)))
                 self._decoded[name] = cached
-            _, renew, duration, kubelet_version, report = cached
+            _, renew, duration, kubelet_version, report, facts = cached
             alive = renew is not None and (now - renew).total_seconds() < duration
-            members[node] = planner.MemberView(node, alive, kubelet_version, report)
+            members[node] = planner.MemberView(node, alive, kubelet_version, report, facts)
         return nodes, members
 
     def _resolve(self, hops_needed: list[tuple[int, int]], source: dict[str, Any] | None

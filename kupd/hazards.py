@@ -177,3 +177,54 @@ def kubelet_config_bool(text: str, key: str) -> bool | None:
         return None
     value = doc.get(key) if isinstance(doc, dict) else None
     return value if isinstance(value, bool) else None
+
+
+# -- the member Lease's wire form (annotation kupd.io/node-facts) -------------------------------
+
+def encode(facts: NodeFacts) -> str:
+    import json
+
+    return json.dumps({"cgroupVersion": facts.cgroup_version, "failCgroupV1": facts.fail_cgroup_v1,
+                       "containerd": str(facts.containerd) if facts.containerd else None,
+                       "kubeletFlags": list(facts.kubelet_flags), "swapOn": facts.swap_on,
+                       "failSwapOn": facts.fail_swap_on}, separators=(",", ":"), sort_keys=True)
+
+
+def decode(text: str | None) -> NodeFacts | None:
+    """A member's reported facts; None when absent or malformed (untrusted: nothing held against the
+    node on a fact it did not state clearly)."""
+    import json
+
+    if not text or len(text) > 8192:
+        return None
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(d, dict):
+        return None
+
+    def opt_bool(key: str) -> bool | None:
+        v = d.get(key)
+        return v if isinstance(v, bool) else None
+
+    cg = d.get("cgroupVersion")
+    containerd: Version | None = None
+    if isinstance(d.get("containerd"), str):
+        try:
+            containerd = Version.parse(d["containerd"])
+        except ValidationError:
+            containerd = None
+    flags = d.get("kubeletFlags")
+    return NodeFacts(
+        cgroup_version=cg if cg in (1, 2) and not isinstance(cg, bool) else None,
+        fail_cgroup_v1=opt_bool("failCgroupV1"),
+        containerd=containerd,
+        kubelet_flags=tuple(f for f in flags if isinstance(f, str) and _FLAG.fullmatch(f))[:64]
+        if isinstance(flags, list) else (),
+        swap_on=opt_bool("swapOn"),
+        fail_swap_on=opt_bool("failSwapOn"),
+    )
+
+
+_FLAG = re.compile(r"--[a-z0-9][a-z0-9-]{0,80}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kupd import __version__, preflight, selectors, skew, windows
+from kupd import __version__, hazards, preflight, selectors, skew, windows
 from kupd.api.models import backup_policy
 from kupd.errors import ValidationError
 from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, Grant, Report
@@ -52,6 +52,8 @@ class MemberView:
     alive: bool
     kubelet: Version | None
     report: Report | None = None
+    facts: hazards.NodeFacts | None = None
+    """The host facts of the upgrade-hazard checks, as the member reports them."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Policy:
     backup_required: bool = True
     paused: bool = False
     default_node_seconds: float = 600.0
+    containerd: Version | None = None
+    """spec.containerdVersion: installed with the kubelet, so the containerd hazard looks at it."""
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> Policy:
@@ -81,6 +85,8 @@ class Policy:
             canary_bake_seconds=int(canary.get("bakeSeconds", 0)),
             backup_required=backup_policy(backup.get("policy"), backup.get("required")) != "Disabled",
             paused=bool(spec.get("paused", False)),
+            containerd=Version.parse(str(spec["containerdVersion"]), "spec.containerdVersion")
+            if spec.get("containerdVersion") else None,
         )
 
 
@@ -415,7 +421,15 @@ def plan(
     # its nodes still work) hold their slots too: a turn ends only when its node says so.
     elsewhere = {n: g for n, g in (delivered or {}).items()
                  if g.uid != op.uid and not turn_over(members.get(n), g)}
-    held = _grant(ordered, hops, policy, members, epoch, now, events, status, canaries, elsewhere, nodes)
+    refusals: list[hazards.Hazard] = []
+    held = _grant(ordered, hops, policy, members, epoch, now, events, status, canaries, elsewhere, nodes,
+                  refusals)
+    _hazard_conditions(status, refusals, gen, now, events)
+    if refusals and not attention and held is None:
+        status["phase"] = OP_ATTENTION
+        status["message"] = f"upgrade hazard on {refusals[0].subject}: {refusals[0].message}"[:1000]
+        _condition(status, "RequiresAttention", True, "UpgradeHazard", status["message"], gen, now)
+        return Plan(status, events)
     if held is not None:
         # A skew no turn of this operation can fix: say so and grant nothing more.
         if status.get("phase") != OP_ATTENTION or status.get("message") != held:
@@ -466,6 +480,22 @@ def _preflight(op: Operation, status: dict[str, Any], ordered: list[dict[str, An
     _condition(status, "Preflight", True, "ChecksPassed",
                "every preflight check passed" + (" (some only warn)" if verdict.warnings else ""), gen, now)
     return None
+
+
+def _hazard_conditions(status: dict[str, Any], refusals: list[hazards.Hazard], gen: int, now: datetime,
+                       events: list[PlanEvent]) -> None:
+    """Condition UpgradeHazards: False naming each refused node and its fix; True once none is left."""
+    known = any(c["type"] == "UpgradeHazards" for c in status.get("conditions") or [])
+    if not refusals:
+        if known:
+            _condition(status, "UpgradeHazards", True, "NoHazard", "", gen, now)
+        return
+    msg = "; ".join(h.message for h in refusals)
+    if not any(c["type"] == "UpgradeHazards" and c["status"] == "False" and c["message"] == msg[:1000]
+               for c in status.get("conditions") or []):
+        for h in refusals:
+            events.append(PlanEvent(h.rule, h.message, h.subject, warning=True))
+    _condition(status, "UpgradeHazards", False, refusals[0].rule, msg, gen, now)
 
 
 def _backup_conditions(status: dict[str, Any], b: Mapping[str, Any], gen: int, now: datetime,
@@ -621,9 +651,24 @@ def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Polic
 def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
            members: Mapping[str, MemberView], epoch: int, now: datetime, events: list[PlanEvent],
            status: dict[str, Any], canaries: set[str], elsewhere: Mapping[str, Grant],
-           nodes: Sequence[NodeView] = ()) -> str | None:
+           nodes: Sequence[NodeView] = (), refusals: list[hazards.Hazard] | None = None) -> str | None:
     """Give the next turns. Returns why the operation cannot go on without an operator (a version
     skew that no grant of this operation can fix), or None."""
+    containerd = policy.containerd
+    refusals = refusals if refusals is not None else []
+
+    def refused(e: dict[str, Any], versions: list[Version]) -> bool:
+        """Whether the node's host would break on the target of this turn: then it stays Pending
+        with the fix in its message, and the operation says so."""
+        m = members.get(e["name"])
+        if not versions or m is None or m.facts is None:
+            return False
+        found = hazards.node_hazards(e["name"], m.facts, versions[-1], containerd)
+        if found:
+            e["message"] = f"refused: {found[0].message}"[:1000]
+            refusals.extend(found)
+        return bool(found)
+
     def give(e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool, why: str = "") -> None:
         if not versions:
             return
@@ -684,7 +729,7 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
                     interleave.setdefault(rule.subject, f"before the API servers move to {hop}: {rule}")
                 break
             first_cp = all((v := current(e)) is None or v < hop for e in cps)
-            if eligible(nxt):
+            if eligible(nxt) and not refused(nxt, [hop]):
                 need_backup = (policy.backup_required and not status.get("backup")
                                and hop == hops[0] and first_cp)
                 give(nxt, [hop], first_cp, need_backup, f"control plane to {hop.minor_key[0]}.{hop.minor_key[1]}")
@@ -717,6 +762,8 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
         assert v is not None
         steps = [h for h in hops if v < h and h.minor_key <= ceiling.minor_key]
         if not steps:
+            continue
+        if refused(e, steps):
             continue
         why = interleave.get(e["name"], "")
         give(e, steps, False, False, why)

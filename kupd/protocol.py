@@ -39,6 +39,7 @@ ANN_KUBECTL = "kupd.io/kubectl-version"
 ANN_CONTAINERD = "kupd.io/containerd-version"
 ANN_CONTROL_PLANE = "kupd.io/control-plane"
 ANN_REPORT = "kupd.io/report"
+ANN_NODE_FACTS = "kupd.io/node-facts"  # the host facts of the upgrade-hazard checks (kupd/hazards.py)
 
 # Label telling grant Leases from member Leases (both carry kupd.io/node).
 LABEL_LEASE_KIND = "kupd.io/lease"

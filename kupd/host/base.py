@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kupd.hazards import NodeFacts
+
 
 @dataclass(frozen=True)
 class HostFacts:
@@ -22,6 +24,8 @@ class HostFacts:
     kubelet: str | None
     kubectl: str | None
     containerd: str | None
+    node_facts: NodeFacts | None = None
+    """What the upgrade-hazard checks need (cgroup version, swap, kubelet flags); None: unknown."""
 
 
 class Host(Protocol):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from kupd import kube, skew, validate
 from kupd.errors import CommandError, PermanentError, RetryableError
 from kupd.fsutil import atomic_write
-from kupd.host import packages, parsers, runner, sources
+from kupd.host import hazardfacts, packages, parsers, runner, sources
 from kupd.host.base import HostFacts
 from kupd.host.kubeadm import Kubeadm
 from kupd.host.packages import InstallReport, NoSpace, PackageManager, PackageNotFound
@@ -203,7 +203,8 @@ class RealHost:
         except OSError:
             boot_id = ""
         v = self.installed_versions()
-        return HostFacts(self.pm.name, boot_id, v["kubeadm"], v["kubelet"], v["kubectl"], v["containerd"])
+        return HostFacts(self.pm.name, boot_id, v["kubeadm"], v["kubelet"], v["kubectl"], v["containerd"],
+                         hazardfacts.read(self.root, v["containerd"]))
 
     # -- steps ------------------------------------------------------------------------------------
 

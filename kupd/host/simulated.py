@@ -10,6 +10,7 @@ injects them while the daemon runs: {"fail": {"kubeadm-upgrade": 1}} fails that 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kupd import hazards
 from kupd.errors import CommandError, PermanentError
 from kupd.fsutil import atomic_write_json, read_json
 from kupd.host.base import HostFacts
@@ -91,7 +93,11 @@ class SimulatedHost:
     def facts(self) -> HostFacts:
         st = self.state()
         v = st["versions"]
-        return HostFacts("simulated", st["boot_id"], v["kubeadm"], v["kubelet"], v["kubectl"], v["containerd"])
+        # A test gives the host hazardous facts through the faults file ("node_facts", the wire form).
+        given = self._faults().get("node_facts")
+        facts = hazards.decode(json.dumps(given)) if isinstance(given, dict) else None
+        return HostFacts("simulated", st["boot_id"], v["kubeadm"], v["kubelet"], v["kubectl"], v["containerd"],
+                         facts)
 
     def preflight(self, version: str) -> None:
         self._work("preflight")

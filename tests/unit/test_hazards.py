@@ -90,3 +90,41 @@ def test_facts_read_from_a_node_tree(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert hazardfacts.read(str(empty)) == NodeFacts(), "nothing known, nothing held against the node"
+
+
+def test_the_planner_refuses_a_hazardous_turn_with_the_fix_and_goes_on_with_the_others() -> None:
+    from kupd.planner import MemberView
+    from tests.unit.test_planner import cluster, finish, run
+
+    nodes, members = cluster(1, 2, version="v1.34.2")
+    members["w-1"] = MemberView("w-1", True, V("v1.34.2"), facts=NodeFacts(cgroup_version=1))
+    spec = {"version": "v1.35.0", "backup": {"policy": "Disabled"}, "concurrency": 2}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.35.0", p)
+    members["w-1"] = MemberView("w-1", True, V("v1.34.2"), facts=NodeFacts(cgroup_version=1))
+    p = run(spec, nodes, members, status=p.status)
+    entries = {e["name"]: e for e in p.status["nodes"]}
+    assert entries["w-2"]["phase"] == "Granted"
+    assert entries["w-1"]["phase"] == "Pending" and "failCgroupV1: false" in entries["w-1"]["message"]
+    conds = {c["type"]: c for c in p.status["conditions"]}
+    assert conds["UpgradeHazards"]["status"] == "False" and conds["UpgradeHazards"]["reason"] == hazards.CGROUP_V1
+    assert p.status["phase"] == "RequiresAttention" and conds["RequiresAttention"]["reason"] == "UpgradeHazard"
+    assert any(e.reason == hazards.CGROUP_V1 and e.node == "w-1" and e.warning for e in p.events)
+    # Fixed on the host: the node gets its turn.
+    members["w-1"] = MemberView("w-1", True, V("v1.34.2"), facts=NodeFacts(cgroup_version=2))
+    p = run(spec, nodes, members, status=p.status)
+    assert {e["name"]: e for e in p.status["nodes"]}["w-1"]["phase"] == "Granted"
+    assert {c["type"]: c for c in p.status["conditions"]}["UpgradeHazards"]["status"] == "True"
+
+
+@pytest.mark.parametrize("text", [None, "", "[]", "{", '{"cgroupVersion": true}', '{"kubeletFlags": ["$(reboot)"]}',
+                                  "x" * 9000])
+def test_reported_facts_are_untrusted(text: str | None) -> None:
+    facts = hazards.decode(text)
+    assert facts is None or (facts.cgroup_version is None and facts.kubelet_flags == ())
+
+
+def test_reported_facts_round_trip() -> None:
+    facts = NodeFacts(cgroup_version=1, fail_cgroup_v1=False, containerd=V("1.7.22"),
+                      kubelet_flags=("--node-ip",), swap_on=True, fail_swap_on=None)
+    assert hazards.decode(hazards.encode(facts)) == facts
