@@ -27,6 +27,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
+
 from kupd import hazards, kube, logsetup, planner, preflight
 from kupd import protocol as p
 from kupd.errors import KupdError
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 GATE_SECONDS = 5.0
 RESOLVE_RETRY_SECONDS = 30.0
+DEPRECATED_APIS_SECONDS = 60.0
 STATUS_INTERVAL = 1.0
 NODE_ONLY_EVENTS = frozenset({"StepStarted"})
 
@@ -200,6 +203,7 @@ class Coordinator:
         self._resolved: dict[tuple[str, tuple[int, int]], tuple[str, str | None, float]] = {}
         self._gate_cache: tuple[str, float, str | None] | None = None
         self._preflight_cache: tuple[float, preflight.ClusterFacts] | None = None
+        self._apis_cache: tuple[float, list[hazards.DeprecatedApi] | None] | None = None
         self.writes = 0
         self.grant_writes = 0
         # Statuses planned but not yet stored, by DirectUpdate uid; plans build on these.
@@ -399,6 +403,7 @@ class Coordinator:
                               validate_spec=self.validate_spec,
                               gate_failure=self._gates((obj.get("spec") or {}).get("healthGates")),
                               preflight_facts=self._preflight(status, members),
+                              deprecated_apis=self._deprecated_apis(status),
                               delivered=self._delivered(grants))
         with logsetup.log_context(operation=md["name"]):
             if result.status != status:
@@ -543,6 +548,24 @@ class Coordinator:
         facts = clusterfacts.gather(self.api, self.nodes.items(), health, targeted)
         self._preflight_cache = (now, facts)
         return facts
+
+    def _deprecated_apis(self, status: dict[str, Any]) -> list[hazards.DeprecatedApi] | None:
+        """The removed API versions clients still request, from the API server's
+        apiserver_requested_deprecated_apis, while a control-plane hop may still come; read at most
+        every DEPRECATED_APIS_SECONDS (the metrics are large). None: unknown, nothing refused."""
+        entries = status.get("nodes") or []
+        if entries and all(e.get("role") != "ControlPlane" or e.get("phase") in planner.DONE for e in entries):
+            return None
+        now = time.monotonic()
+        if self._apis_cache is None or now - self._apis_cache[0] >= DEPRECATED_APIS_SECONDS:
+            try:
+                apis: list[hazards.DeprecatedApi] | None = hazards.parse_deprecated_apis(
+                    self.api.get_text("/metrics"))
+            except (kube.ApiError, urllib3.exceptions.HTTPError, OSError) as e:
+                log.warning("reading the API server's metrics for removed APIs still in use: %s", e)
+                apis = None
+            self._apis_cache = (now, apis)
+        return self._apis_cache[1]
 
     def _gates(self, gates: dict[str, Any] | None) -> str | None:
         """External health gates, evaluated at most every GATE_SECONDS (they cost a query each)."""

@@ -190,6 +190,7 @@ def plan(
     gate_failure: str | None = None,
     hop_errors: Mapping[tuple[int, int], str] | None = None,
     preflight_facts: preflight.ClusterFacts | None = None,
+    deprecated_apis: Sequence[hazards.DeprecatedApi] | None = None,
     delivered: Mapping[str, Grant] | None = None,
 ) -> Plan:
     """Compute the next status of one DirectUpdate.
@@ -423,7 +424,7 @@ def plan(
                  if g.uid != op.uid and not turn_over(members.get(n), g)}
     refusals: list[hazards.Hazard] = []
     held = _grant(ordered, hops, policy, members, epoch, now, events, status, canaries, elsewhere, nodes,
-                  refusals)
+                  refusals, deprecated_apis)
     _hazard_conditions(status, refusals, gen, now, events)
     if refusals and not attention and held is None:
         status["phase"] = OP_ATTENTION
@@ -651,7 +652,8 @@ def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Polic
 def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
            members: Mapping[str, MemberView], epoch: int, now: datetime, events: list[PlanEvent],
            status: dict[str, Any], canaries: set[str], elsewhere: Mapping[str, Grant],
-           nodes: Sequence[NodeView] = (), refusals: list[hazards.Hazard] | None = None) -> str | None:
+           nodes: Sequence[NodeView] = (), refusals: list[hazards.Hazard] | None = None,
+           deprecated_apis: Sequence[hazards.DeprecatedApi] | None = None) -> str | None:
     """Give the next turns. Returns why the operation cannot go on without an operator (a version
     skew that no grant of this operation can fix), or None."""
     containerd = policy.containerd
@@ -728,6 +730,12 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
                 for rule in broken:
                     interleave.setdefault(rule.subject, f"before the API servers move to {hop}: {rule}")
                 break
+            removed = hazards.api_hazards(deprecated_apis or (), hop)
+            if removed:
+                # Clients still use API versions this hop removes: after it their requests fail.
+                nxt["message"] = f"refused: {removed[0].message}"[:1000]
+                refusals.extend(removed)
+                return None
             first_cp = all((v := current(e)) is None or v < hop for e in cps)
             if eligible(nxt) and not refused(nxt, [hop]):
                 need_backup = (policy.backup_required and not status.get("backup")

@@ -132,3 +132,13 @@ def test_control_plane_pods_gate(api: kube.Client) -> None:
         assert health.evaluate(api, {"controlPlanePods": False}) is None
     finally:
         api.delete(kube.path("", "v1", "pods", name, "kube-system"), gracePeriodSeconds=0)
+
+
+def test_removed_apis_still_requested_are_read_from_the_api_servers_metrics(api: kube.Client) -> None:
+    from kupd import hazards
+
+    text = api.get_text("/metrics")
+    assert "apiserver_request_total" in text
+    # Whatever this release lists, every series parses into a removed release kupd can compare.
+    for found in hazards.parse_deprecated_apis(text):
+        assert found.resource and found.removed_release.count(".") == 1

@@ -128,3 +128,18 @@ def test_reported_facts_round_trip() -> None:
     facts = NodeFacts(cgroup_version=1, fail_cgroup_v1=False, containerd=V("1.7.22"),
                       kubelet_flags=("--node-ip",), swap_on=True, fail_swap_on=None)
     assert hazards.decode(hazards.encode(facts)) == facts
+
+
+def test_a_control_plane_hop_that_removes_apis_still_in_use_is_refused() -> None:
+    from tests.unit.test_planner import cluster, run
+
+    nodes, members = cluster(1, 1, version="v1.31.4")
+    spec = {"version": "v1.32.0", "backup": {"policy": "Disabled"}}
+    apis = [DeprecatedApi("flowcontrol.apiserver.k8s.io", "v1beta3", "flowschemas", "1.32")]
+    p = run(spec, nodes, members, deprecated_apis=apis)
+    assert not [e for e in p.status["nodes"] if e["phase"] == "Granted"]
+    cond = {c["type"]: c for c in p.status["conditions"]}["UpgradeHazards"]
+    assert cond["reason"] == hazards.DEPRECATED_API_IN_USE and "flowschemas" in cond["message"]
+    assert p.status["phase"] == "RequiresAttention"
+    p = run(spec, nodes, members, status=p.status, deprecated_apis=[])
+    assert [e["name"] for e in p.status["nodes"] if e["phase"] == "Granted"] == ["cp-1"]
