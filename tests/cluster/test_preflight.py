@@ -46,11 +46,12 @@ def test_a_budget_that_never_allows_an_eviction_holds_the_first_grant(sim: SimCl
     cp.kubectl("apply", "-f", "-", input_text=json.dumps({
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
         "metadata": {"name": "db", "namespace": "default"},
-        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "db"}}}}))
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "db"}}}}))
     apply_du(cp, "pre", {"version": "v1.32.0", "backup": NO_BACKUP})
     st = wait_condition(sim, "pre", "PreflightEvictionsPossible", "False")
     c = conds(st)["PreflightEvictionsPossible"]
-    assert "default/db" in c["message"] and "maxUnavailable is 0" in c["message"] and "default/db-0" in c["message"]
+    assert "default/db" in c["message"] and "minAvailable 1 with 1 pods expected" in c["message"]
+    assert "default/db-0" in c["message"]
     assert conds(st)["Preflight"]["status"] == "False"
     time.sleep(3)
     st = get_du(cp, "pre")["status"]
@@ -61,7 +62,7 @@ def test_a_budget_that_never_allows_an_eviction_holds_the_first_grant(sim: SimCl
     events = json.loads(cp.kubectl("get", "events", "-n", "default", "-o", "json").stdout)["items"]
     assert any(e["reason"] == "PreflightEvictionsPossible" and e["type"] == "Warning" for e in events)
     # Fix the budget: the checks pass and the rollout starts by itself.
-    cp.kubectl("patch", "pdb", "db", "-n", "default", "--type=merge", "-p", '{"spec":{"maxUnavailable":1}}')
+    cp.kubectl("patch", "pdb", "db", "-n", "default", "--type=merge", "-p", '{"spec":{"minAvailable":0}}')
     st = wait_phase(cp, "pre", ("Succeeded", "Failed", "RequiresAttention"), timeout=180)
     assert st["phase"] == "Succeeded", st
     assert conds(st)["Preflight"]["status"] == "True"
