@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kupd.api.models import parse_directupdate_spec
+from kupd.errors import ValidationError
 from kupd.fsutil import atomic_write_json, read_json
+from kupd.protocol import Grant, TurnPhase
 
 
 @dataclass
@@ -29,16 +32,10 @@ class StepRecord:
 
 @dataclass
 class Checkpoint:
-    operation: str = ""
-    uid: str = ""
-    epoch: int = 0
-    granted_at: str = ""
-    versions: list[str] = field(default_factory=list)
-    first_control_plane: bool = False
-    control_plane: bool = False
-    backup: bool = False
-    spec: dict[str, Any] = field(default_factory=dict)
-    phase: str = ""  # "" (idle) | Upgrading | Succeeded | Failed
+    """The turn this node works on (its grant, as delivered) and how far it got."""
+
+    grant: Grant | None = None
+    phase: str = ""  # "" (idle) or a TurnPhase
     started_at: str = ""
     finished_at: str = ""
     message: str = ""
@@ -49,13 +46,14 @@ class Checkpoint:
 
     @property
     def active(self) -> bool:
-        return self.phase == "Upgrading"
+        return self.grant is not None and self.phase == TurnPhase.UPGRADING
 
     def step(self, key: str) -> StepRecord:
         return self.steps.setdefault(key, StepRecord())
 
-    def same_grant(self, uid: str, versions: list[str]) -> bool:
-        return self.uid == uid and self.versions == versions
+    def same_work(self, grant: Grant) -> bool:
+        """Whether `grant` is a turn for the same work (operation and versions) as this one."""
+        return self.grant is not None and self.grant.uid == grant.uid and self.grant.versions == grant.versions
 
 
 class CheckpointStore:
@@ -67,8 +65,27 @@ class CheckpointStore:
             return Checkpoint()
         data = read_json(self.path)
         steps = {k: StepRecord(**v) for k, v in data.pop("steps", {}).items()}
+        grant = Grant.from_wire(data.pop("grant", None)) if "grant" in data else _legacy_grant(data)
         known = Checkpoint.__dataclass_fields__
-        return Checkpoint(**{k: v for k, v in data.items() if k in known}, steps=steps)
+        return Checkpoint(**{k: v for k, v in data.items() if k in known and k != "grant"}, grant=grant, steps=steps)
 
     def save(self, cp: Checkpoint) -> None:
-        atomic_write_json(self.path, asdict(cp))
+        data = asdict(cp)
+        data["grant"] = cp.grant.wire() if cp.grant is not None else None
+        atomic_write_json(self.path, data)
+
+
+def _legacy_grant(data: dict[str, Any]) -> Grant | None:
+    """The grant of a checkpoint written before grants carried NodeWork (its fields flat, with the
+    DirectUpdate's whole spec): a node upgraded mid-turn carries on with the same work."""
+    if not data.get("uid"):
+        return None
+    try:
+        spec = parse_directupdate_spec(data.get("spec") or {})
+        work = spec.node_work(list(data.get("versions") or []), control_plane=bool(data.get("control_plane")),
+                              first_control_plane=bool(data.get("first_control_plane")),
+                              backup=bool(data.get("backup")))
+    except ValidationError:
+        return None
+    return Grant(operation=str(data.get("operation") or ""), uid=str(data["uid"]), epoch=int(data.get("epoch") or 0),
+                 granted_at=str(data.get("granted_at") or ""), work=work)

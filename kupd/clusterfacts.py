@@ -12,9 +12,7 @@ import logging
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-import urllib3
-
-from kupd import kube, preflight, selectors
+from kupd import k8s, preflight, selectors
 from kupd.errors import KupdError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -34,7 +32,7 @@ def _pod(p: Mapping[str, Any]) -> preflight.PodHealth | None:
         return None
     labels = md.get("labels") if isinstance(md.get("labels"), dict) else {}
     return preflight.PodHealth(str(md.get("namespace", "")), str(md.get("name", "")), str(spec.get("nodeName", "")),
-                               kube.ready(dict(p)), {str(k): str(v) for k, v in (labels or {}).items()})
+                               k8s.ready(dict(p)), {str(k): str(v) for k, v in (labels or {}).items()})
 
 
 def _budget(b: Mapping[str, Any]) -> preflight.Budget | None:
@@ -62,20 +60,20 @@ def _items(listed: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
     return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
 
-def etcd_problem(api: kube.Client) -> str | None:
+def etcd_problem(api: k8s.Client) -> str | None:
     """The API server's own etcd readiness check (/readyz/etcd): None when it passes."""
     try:
         api.get("/readyz/etcd")
-    except kube.ApiError as e:
+    except k8s.ApiError as e:
         return str(e.message or e.reason)[:300]
     except ValueError:
         return None  # it passed: the body is the plain text "ok", not JSON
-    except (urllib3.exceptions.HTTPError, OSError) as e:
+    except k8s.TRANSPORT_ERRORS as e:
         return f"the API server did not answer: {type(e).__name__}"
     return None
 
 
-def gather(api: kube.Client, nodes: Iterable[Mapping[str, Any]], members: Mapping[str, preflight.MemberHealth],
+def gather(api: k8s.Client, nodes: Iterable[Mapping[str, Any]], members: Mapping[str, preflight.MemberHealth],
            targeted: Collection[str]) -> preflight.ClusterFacts:
     """Read the facts for `targeted` nodes. An API failure reading one kind is logged and leaves
     that kind empty: the checks that need it then find nothing, and the next round reads again."""
@@ -83,14 +81,14 @@ def gather(api: kube.Client, nodes: Iterable[Mapping[str, Any]], members: Mappin
     budgets: list[preflight.Budget] = []
     pods: list[preflight.PodHealth] = []
     try:
-        listed = kube.call(api.list, "list control-plane pods",
-                           kube.path("", "v1", "pods", namespace="kube-system"), labelSelector="tier=control-plane")
+        listed = k8s.call(api.list, "list control-plane pods",
+                           k8s.path("", "v1", "pods", namespace="kube-system"), labelSelector="tier=control-plane")
         control_plane = [p for i in _items(listed) if (p := _pod(i)) is not None]
-        listed = kube.call(api.list, "list pdbs", kube.path("policy", "v1", "poddisruptionbudgets"))
+        listed = k8s.call(api.list, "list pdbs", k8s.path("policy", "v1", "poddisruptionbudgets"))
         budgets = [b for i in _items(listed) if (b := _budget(i)) is not None]
         if budgets:
             for node in sorted(targeted):
-                listed = kube.call(api.list, "list pods", kube.path("", "v1", "pods"),
+                listed = k8s.call(api.list, "list pods", k8s.path("", "v1", "pods"),
                                    fieldSelector=f"spec.nodeName={node}")
                 pods += [p for i in _items(listed) if (p := _pod(i)) is not None]
     except KupdError as e:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from kupd import kube, selectors
+from kupd import k8s, selectors
+from kupd.api.models import DrainPolicy
 from kupd.errors import KupdError, NeedsAttention, PermanentError, RetryableError, ValidationError
 from kupd.protocol import ANN_ATTENTION, ANN_CORDONED_BY
 
@@ -26,31 +27,6 @@ DRAIN_TIMED_OUT = "DrainTimedOut"
 
 class DrainStopped(NeedsAttention):
     """The drain cannot go on without an operator: the node stays cordoned."""
-
-
-@dataclass(frozen=True)
-class DrainPolicy:
-    """spec.drain with its defaults (docs/usage/crd-reference.md)."""
-
-    timeout_seconds: int = 600
-    grace_period_seconds: int = -1
-    delete_emptydir_data: bool = False
-    force: bool = False
-    """Evict pods that no controller manages (kubectl drain --force): nothing recreates them."""
-    pod_selector: selectors.Selector = selectors.EVERYTHING
-    on_timeout: str = "RequiresAttention"  # or ForceDelete
-
-    @classmethod
-    def from_spec(cls, drain: dict[str, Any] | None) -> DrainPolicy:
-        d = drain or {}
-        return cls(
-            timeout_seconds=int(d.get("timeoutSeconds", 600)),
-            grace_period_seconds=int(d.get("gracePeriodSeconds", -1)),
-            delete_emptydir_data=bool(d.get("deleteEmptyDirData", False)),
-            force=bool(d.get("force", False)),
-            pod_selector=selectors.parse(d.get("podSelector"), "spec.drain.podSelector"),
-            on_timeout=str(d.get("onTimeout", "RequiresAttention")),
-        )
 
 
 @dataclass(frozen=True)
@@ -85,6 +61,7 @@ def plan_drain(pods: list[dict[str, Any]], policy: DrainPolicy) -> DrainPlan:
     - emptyDir data is lost when evicted: refused unless `deleteEmptyDirData`.
     A pod that has finished (Succeeded or Failed) loses nothing and is evicted either way.
     """
+    pod_selector = selectors.parse(policy.pod_selector, "spec.drain.podSelector")
     evict: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     refused: list[tuple[str, str]] = []
@@ -98,7 +75,7 @@ def plan_drain(pods: list[dict[str, Any]], policy: DrainPolicy) -> DrainPlan:
         if ctrl is not None and ctrl.get("kind") == "DaemonSet":
             skipped.append((name, "DaemonSet pod"))
             continue
-        if not policy.pod_selector.matches(md.get("labels") or {}):
+        if not pod_selector.matches(md.get("labels") or {}):
             skipped.append((name, "outside spec.drain.podSelector"))
             continue
         if not _finished(p):
@@ -108,7 +85,7 @@ def plan_drain(pods: list[dict[str, Any]], policy: DrainPolicy) -> DrainPlan:
                 continue
             uses_emptydir = any(isinstance(v, dict) and v.get("emptyDir") is not None
                                 for v in (p.get("spec") or {}).get("volumes") or [])
-            if uses_emptydir and not policy.delete_emptydir_data:
+            if uses_emptydir and not policy.delete_empty_dir_data:
                 refused.append((name, "it has emptyDir data (set spec.drain.deleteEmptyDirData to evict it; "
                                       "the data is lost)"))
                 continue
@@ -116,7 +93,7 @@ def plan_drain(pods: list[dict[str, Any]], policy: DrainPolicy) -> DrainPlan:
     return DrainPlan(tuple(evict), tuple(skipped), tuple(refused))
 
 
-def _pdb_of_refusal(err: kube.ApiError) -> str:
+def _pdb_of_refusal(err: k8s.ApiError) -> str:
     """The PDB a 429 from the Eviction API names in its causes ("The disruption budget web-pdb needs...")."""
     details = err.body.get("details")
     causes = details.get("causes") if isinstance(details, dict) else None
@@ -132,18 +109,18 @@ _BUDGET = re.compile(r"The disruption budget ([a-z0-9][-a-z0-9.]{0,252}) ")
 
 
 class NodeOps:
-    def __init__(self, api: kube.Client, node: str) -> None:
+    def __init__(self, api: k8s.Client, node: str) -> None:
         self.api = api
         self.node = node
-        self._path = kube.path("", "v1", "nodes", node)
+        self._path = k8s.node_path(node)
 
     def read_node(self) -> dict[str, Any]:
-        node: dict[str, Any] = kube.call(self.api.get, f"read node {self.node}", self._path)
+        node: dict[str, Any] = k8s.call(self.api.get, f"read node {self.node}", self._path)
         return node
 
     def _patch_node(self, body: dict[str, Any], what: str) -> None:
         # Built-in kinds take a strategic merge patch; for these maps it equals a merge patch.
-        kube.call(self.api.patch, what, self._path, body, kind="strategic")
+        k8s.call(self.api.patch, what, self._path, body, kind="strategic")
 
     def cordon(self) -> None:
         node = self.read_node()
@@ -166,14 +143,14 @@ class NodeOps:
         self._patch_node(body, f"uncordon {self.node}")
 
     def _pods(self) -> list[dict[str, Any]]:
-        listed = kube.call(self.api.list, "list pods", kube.path("", "v1", "pods"),
+        listed = k8s.call(self.api.list, "list pods", k8s.path("", "v1", "pods"),
                            fieldSelector=f"spec.nodeName={self.node}")
         return [p for p in listed.get("items") or [] if isinstance(p, dict) and isinstance(p.get("metadata"), dict)]
 
     def _blocking_pdb(self, pod: dict[str, Any]) -> str:
         md = pod["metadata"]
-        pdbs = kube.call(self.api.list, "list pdbs",
-                         kube.path("policy", "v1", "poddisruptionbudgets", namespace=md["namespace"]))
+        pdbs = k8s.call(self.api.list, "list pdbs",
+                         k8s.path("policy", "v1", "poddisruptionbudgets", namespace=md["namespace"]))
         for pdb in pdbs.get("items") or []:
             sel = (pdb.get("spec") or {}).get("selector")
             try:
@@ -246,8 +223,8 @@ class NodeOps:
                 if policy.on_timeout == "ForceDelete":
                     for p in plan.evict:
                         md = p["metadata"]
-                        kube.call(self.api.delete, "force delete",
-                                  kube.path("", "v1", "pods", md["name"], md["namespace"]), gracePeriodSeconds=0)
+                        k8s.call(self.api.delete, "force delete",
+                                  k8s.path("", "v1", "pods", md["name"], md["namespace"]), gracePeriodSeconds=0)
                     continue
                 left = ", ".join(sorted(_pod_name(p) for p in plan.evict)[:5])
                 self._stop(DRAIN_TIMED_OUT, f"drain of {self.node} timed out after {policy.timeout_seconds}s; "
@@ -271,15 +248,15 @@ class NodeOps:
         if policy.grace_period_seconds >= 0:
             body["deleteOptions"] = {"gracePeriodSeconds": policy.grace_period_seconds}
         try:
-            self.api.create(kube.path("", "v1", "pods", name, namespace, "eviction"), body)
-        except kube.ApiError as e:
+            self.api.create(k8s.path("", "v1", "pods", name, namespace, "eviction"), body)
+        except k8s.ApiError as e:
             if e.status == 429:
                 return _pdb_of_refusal(e)
             if e.status == 404:
                 return None
-            raise kube.map_error(e, f"evict {name}") from e
-        except Exception as e:
-            raise kube.map_error(e, f"evict {name}") from e
+            raise k8s.map_error(e, f"evict {name}") from e
+        except k8s.TRANSPORT_ERRORS as e:
+            raise k8s.map_error(e, f"evict {name}") from e
         return None
 
     def wait_ready(self, version: str, timeout: float = 300, sleep: Callable[[float], object] = time.sleep) -> None:
@@ -292,7 +269,7 @@ class NodeOps:
                 node = self.read_node()
                 api_down = False
                 kv = ((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion") or ""
-                ready = kube.ready(node)
+                ready = k8s.ready(node)
                 if ready and kv == version:
                     return
                 last = f"Ready={ready} kubeletVersion={kv or '?'}"

@@ -141,3 +141,8 @@ def from_label_selector(sel: Mapping[str, Any] | None, field: str = "selector") 
         reqs.append(Requirement(_key(str(expr.get("key", "")), f"{where}.key"), op,
                                 frozenset(_value(str(v), f"{where}.values") for v in values)))
     return Selector(tuple(reqs))
+
+
+def matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """metav1.LabelSelector semantics; an empty or missing selector matches everything."""
+    return from_label_selector(selector).matches(labels)

@@ -14,12 +14,13 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kupd import fsutil, validate
+from kupd.api import models
 from kupd.backup import (
     CHECKSUM_MISMATCH,
     CREDENTIALS_INVALID,
@@ -44,7 +45,7 @@ from kupd.errors import ValidationError
 from kupd.host import runner
 
 if TYPE_CHECKING:
-    from kupd.kubeapi import Client
+    from kupd.k8s import Client
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,21 @@ class BackupDefaults:
         verify = data.get("verifyDownload", True)
         if not isinstance(verify, bool):
             raise ValidationError(f"{field_path}.verifyDownload", "must be true or false")
+        # The same shapes as a DirectUpdate's spec.backup.store and .etcd, parsed by the same models;
+        # a store in a file may also name a credentials file.
+        creds = ""
+        if store:
+            store = dict(store)
+            creds = str(store.pop("credentialsFile", "") or "")
+        parsed_store = (StoreConfig.from_model(models.parse_spec(models.BackupStore, store, f"{field_path}.store"),
+                                               credentials_file=creds, field_path=f"{field_path}.store")
+                        if store else None)
+        access = data.get("etcd")
+        parsed_etcd = (etcd.EtcdConfig.from_model(models.parse_spec(models.EtcdAccess, access, f"{field_path}.etcd"),
+                                                  f"{field_path}.etcd") if access else etcd.EtcdConfig())
         return cls(
-            store=StoreConfig.from_spec(store, f"{field_path}.store").validated(f"{field_path}.store")
-            if store else None,
-            etcd=etcd.EtcdConfig.from_spec(data.get("etcd"), f"{field_path}.etcd"),
+            store=parsed_store,
+            etcd=parsed_etcd,
             work_dir=validate.safe_path(str(data.get("workDir") or work_dir), f"{field_path}.workDir"),
             verify_download=verify,
             keep_local_snapshots=keep,
@@ -120,44 +132,29 @@ class BackupConfig:
         return self.policy == REQUIRED
 
     @classmethod
-    def from_spec(
-        cls, spec: dict[str, Any], *, work_dir: str = DEFAULT_WORK_DIR, field_path: str = "spec.backup",
-        defaults: BackupDefaults | None = None,
-    ) -> BackupConfig:
-        """From the CR's camelCase `spec.backup` ({policy, required, store, etcd}); what it leaves
-        unset comes from `defaults` (the daemon's settings)."""
-        if not isinstance(spec, dict):
-            raise ValidationError(field_path, "must be an object")
-        unknown = set(spec) - {"policy", "required", "store", "etcd", "verifyDownload", "keepLocal", "workDir"}
-        if unknown:
-            raise ValidationError(field_path, f"unknown fields {sorted(unknown)}")
+    def from_model(cls, backup: models.Backup, *, defaults: BackupDefaults | None = None,
+                   work_dir: str = DEFAULT_WORK_DIR, verify_download: bool | None = None, keep_local: bool = False,
+                   credentials_file: str = "", retention: int | None = None,
+                   field_path: str = "spec.backup") -> BackupConfig:
+        """From the CR's `spec.backup` as kupd.api.models parsed it; the store and etcd access it
+        leaves unset come from `defaults` (the daemon's [backup] settings), then host-side settings
+        (`retention`, when given, overrides the store's: `kupd backup` keeps all by default)."""
         d = defaults or BackupDefaults(work_dir=work_dir)
-        store = spec.get("store")
-        if store is not None and not isinstance(store, dict):
-            raise ValidationError(f"{field_path}.store", "must be an object")
-        required = spec.get("required")
-        if required is not None and not isinstance(required, bool):
-            raise ValidationError(f"{field_path}.required", "must be true or false")
-        policy = spec.get("policy")
-        if policy is not None and policy not in (REQUIRED, BEST_EFFORT, DISABLED):
-            raise ValidationError(f"{field_path}.policy", "must be Required, BestEffort or Disabled")
+        store = (StoreConfig.from_model(backup.store, credentials_file=credentials_file,
+                                        field_path=f"{field_path}.store")
+                 if backup.store is not None else d.store)
+        if store is not None and retention is not None:
+            store = replace(store, retention=retention).validated(f"{field_path}.store")
         return cls(
-            store=StoreConfig.from_spec(store, f"{field_path}.store") if store else d.store,
-            etcd=etcd.EtcdConfig.from_spec(spec["etcd"], f"{field_path}.etcd") if spec.get("etcd") else d.etcd,
-            policy=policy_of(spec),
-            work_dir=validate.safe_path(str(spec.get("workDir") or d.work_dir), f"{field_path}.workDir"),
-            verify_download=bool(spec.get("verifyDownload", d.verify_download)),
-            keep_local=bool(spec.get("keepLocal", False)),
+            store=store,
+            etcd=etcd.EtcdConfig.from_model(backup.etcd, f"{field_path}.etcd") if backup.etcd is not None
+            else d.etcd,
+            policy=backup.effective_policy,
+            work_dir=validate.safe_path(d.work_dir if defaults is not None else work_dir, f"{field_path}.workDir"),
+            verify_download=d.verify_download if verify_download is None else verify_download,
+            keep_local=keep_local,
             keep_local_snapshots=d.keep_local_snapshots,
         )
-
-
-def policy_of(spec: dict[str, Any] | None) -> str:
-    """spec.backup's policy (api.models.backup_policy: the one reading of `policy` and `required`)."""
-    from kupd.api.models import backup_policy
-
-    spec = spec or {}
-    return backup_policy(spec.get("policy"), spec.get("required"))
 
 
 @dataclass(frozen=True)

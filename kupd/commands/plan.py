@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from kupd import planner
+from kupd import dryrun, planner
 from kupd import protocol as p
-from kupd.api.models import backup_policy
+from kupd.api.models import BackupStore, DirectUpdateSpec
 from kupd.errors import ValidationError
 from kupd.versions import Version
 
@@ -53,16 +53,16 @@ def _cluster_from_args(args: argparse.Namespace) -> tuple[list[planner.NodeView]
 
 
 def _cluster_from_api(kubeconfig: str) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
-    from kupd import kube
+    from kupd import k8s
 
-    api = kube.api_client(kubeconfig)
+    api = k8s.api_client(kubeconfig)
     nodes = []
-    for n in kube.call(api.list, "list nodes", kube.path("", "v1", "nodes")).get("items") or []:
+    for n in k8s.call(api.list, "list nodes", k8s.node_path()).get("items") or []:
         labels = n["metadata"].get("labels") or {}
         nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels))
     members = {}
-    leases = kube.call(api.list, "list member leases",
-                       kube.lease_path("kupd-system"))
+    leases = k8s.call(api.list, "list member leases",
+                       k8s.lease_path("kupd-system"))
     for lease in leases.get("items") or []:
         name = lease["metadata"]["name"]
         if name.startswith(p.MEMBER_LEASE_PREFIX):
@@ -73,13 +73,12 @@ def _cluster_from_api(kubeconfig: str) -> tuple[list[planner.NodeView], dict[str
 
 
 def run(args: argparse.Namespace) -> int:
-    obj = _load(args.file)
-    spec = dict(obj.get("spec") or {})
     from kupd.api.models import parse_directupdate_spec
 
-    parse_directupdate_spec(spec)
+    obj = _load(args.file)
+    spec = parse_directupdate_spec(obj)
     nodes, members = _cluster_from_api(args.kubeconfig) if args.kubeconfig else _cluster_from_args(args)
-    status, waves = planner.simulate(spec, nodes, members, args.node_minutes * 60)
+    status, waves = dryrun.simulate(spec, nodes, members, args.node_minutes * 60)
     total = waves[-1].end_seconds if waves else 0.0
     backup = backup_plan(spec, waves)
     if args.output == "json":
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         return 0 if status.get("phase") == planner.OP_SUCCEEDED else 1
     name = obj.get("metadata", {}).get("name", "?")
-    print(f"DirectUpdate {name}: {len(nodes)} nodes to {spec.get('version')}, hops "
+    print(f"DirectUpdate {name}: {len(nodes)} nodes to {spec.version}, hops "
           f"{' -> '.join(status.get('hops') or []) or '-'}")
     roles = {e["name"]: e for e in status.get("nodes", [])}
     print(f"{'WAVE':>4}  {'START':>8}  {'END':>8}  NODES")
@@ -115,15 +114,14 @@ def run(args: argparse.Namespace) -> int:
     return 0 if status.get("phase") == planner.OP_SUCCEEDED else 1
 
 
-def backup_plan(spec: dict[str, Any], waves: list[planner.Wave]) -> dict[str, Any]:
+def backup_plan(spec: DirectUpdateSpec, waves: list[dryrun.Wave]) -> dict[str, Any]:
     """What the dry run says about the etcd backup: which node takes it, under which policy, and
     where it goes. The store a daemon has in its own settings is not visible from here, so a spec
     without a store says so: the snapshot then stays on the node unless that daemon has one."""
-    b = dict(spec.get("backup") or {})
-    policy = backup_policy(b.get("policy"), b.get("required"))
+    policy = spec.backup.effective_policy
     node = next((w.backup_node for w in waves if w.backup_node), None)
-    store = b.get("store")
-    where = _store_url(store) if isinstance(store, dict) else None
+    store = spec.backup.store
+    where = _store_url(store) if store is not None else None
     if policy == "Disabled":
         message = "none (spec.backup.policy Disabled)"
     elif node is None:
@@ -137,11 +135,10 @@ def backup_plan(spec: dict[str, Any], waves: list[planner.Wave]) -> dict[str, An
     return {"policy": policy, "node": node, "store": where, "storeConfigured": bool(where), "message": message}
 
 
-def _store_url(store: dict[str, Any]) -> str:
-    kind = str(store.get("type", ""))
-    if kind == "file":
-        return f"file://{store.get('path', '')}"
-    return f"{kind}://{store.get('bucket', '')}/{store.get('prefix', '')}"
+def _store_url(store: BackupStore) -> str:
+    if store.type == "file":
+        return f"file://{store.path or ''}"
+    return f"{store.type}://{store.bucket or ''}/{store.prefix or ''}"
 
 
 def _hm(seconds: float) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kupd.api.models import PackageSource
 from kupd.hazards import NodeFacts
 
 
@@ -34,8 +35,9 @@ class Host(Protocol):
     def preflight(self, version: str) -> None:
         """Check disk space, installed versions and that the target packages are available."""
 
-    def set_package_source(self, spec: Mapping[str, Any] | None) -> None:
-        """Use the DirectUpdate's spec.packageSource (upstream, mirror or air-gap bundle)."""
+    def set_package_source(self, source: PackageSource | None) -> None:
+        """Use the DirectUpdate's spec.packageSource (upstream, mirror or air-gap bundle); None: the
+        host's own configured source."""
 
     def newest_patch(self, minor: str, source: Mapping[str, Any] | None = None) -> str:
         """The newest patch release `source` (a spec.packageSource; None: the node's configured one)

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from kupd.simcluster import SimCluster
+from kupd.sim.simcluster import SimCluster
 from tests.cluster.harness import apply_du, wait_phase
 
 ROOT = Path(__file__).resolve().parents[2]

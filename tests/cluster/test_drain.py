@@ -7,8 +7,8 @@ import json
 import time
 from typing import Any
 
-from kupd.devcluster import ControlPlane
-from kupd.simcluster import SimCluster
+from kupd.sim.devcluster import ControlPlane
+from kupd.sim.simcluster import SimCluster
 from tests.cluster.harness import apply_du, get_du, wait_phase
 
 NO_BACKUP = {"policy": "Disabled"}

@@ -3,7 +3,7 @@ processes on the real API server. The simulated host reports the facts a test gi
 
 from __future__ import annotations
 
-from kupd.simcluster import SimCluster
+from kupd.sim.simcluster import SimCluster
 from tests.cluster.harness import apply_du, get_du, wait_phase
 
 NO_BACKUP = {"policy": "Disabled"}

@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from kupd.simcluster import SimCluster
+from kupd.sim.simcluster import SimCluster
 from tests.cluster.harness import apply_du, get_du, wait_phase
 
 NO_BACKUP = {"policy": "Disabled"}

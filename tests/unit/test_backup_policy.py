@@ -8,10 +8,15 @@ from typing import Any
 import pytest
 
 from kupd import config
+from kupd.api import models
 from kupd.api.models import backup_policy
 from kupd.backup.run import BackupConfig, BackupDefaults
 from kupd.errors import ValidationError
 from tests.unit.test_planner import UID, cluster, run
+
+
+def config_of(spec: dict[str, Any], defaults: BackupDefaults | None = None) -> BackupConfig:
+    return BackupConfig.from_model(models.parse_spec(models.Backup, spec, "spec.backup"), defaults=defaults)
 
 
 @pytest.mark.parametrize(
@@ -22,20 +27,20 @@ from tests.unit.test_planner import UID, cluster, run
 )
 def test_policy_reads_the_deprecated_required_when_unset(spec: dict[str, Any], policy: str) -> None:
     assert backup_policy(spec.get("policy"), spec.get("required")) == policy
-    assert BackupConfig.from_spec(spec).policy == policy
+    assert config_of(spec).policy == policy
 
 
 def test_the_daemons_store_unless_the_directupdate_names_one() -> None:
     settings = config.parse({"backup": {"store": {"type": "file", "path": "/srv/backups"},
                                         "etcd": {"endpoints": ["https://10.0.0.5:2379"]}, "keepLocalSnapshots": 2}})
     defaults = BackupDefaults.from_settings(settings.backup)
-    cfg = BackupConfig.from_spec({}, defaults=defaults)
+    cfg = config_of({}, defaults)
     assert cfg.store is not None and cfg.store.path == "/srv/backups"
     assert cfg.etcd.endpoints == ("https://10.0.0.5:2379",) and cfg.keep_local_snapshots == 2
-    own = BackupConfig.from_spec({"store": {"type": "s3", "bucket": "kupd-backups"}}, defaults=defaults)
+    own = config_of({"store": {"type": "s3", "bucket": "kupd-backups"}}, defaults)
     assert own.store is not None and own.store.type == "s3"
     assert own.etcd.endpoints == ("https://10.0.0.5:2379",), "etcd access still from the settings"
-    assert BackupConfig.from_spec({}).store is None, "no store anywhere: the snapshot stays on the node"
+    assert config_of({}).store is None, "no store anywhere: the snapshot stays on the node"
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from kupd.api.models import DrainPolicy
 from kupd.errors import PermanentError
-from kupd.kubeapi import ApiError
-from kupd.nodeops import DrainPolicy, NodeOps, _pdb_of_refusal, plan_drain
+from kupd.k8s import ApiError
+from kupd.nodeops import NodeOps, _pdb_of_refusal, plan_drain
 from kupd.protocol import ANN_CORDONED_BY
 
 NODE_PATH = "/api/v1/nodes/w-1"
@@ -130,16 +131,16 @@ def test_plan_drain_follows_kubectl_drain() -> None:
         ("default/orphan", "no controller manages it")]
     assert [n for n, _ in plan.skipped] == ["default/ds", "default/static"]
     assert names(plan_drain(pods, DrainPolicy(force=True)).evict) == ["web", "bare", "done", "orphan"]
-    assert names(plan_drain(pods, DrainPolicy(force=True, delete_emptydir_data=True)).evict) == [
+    assert names(plan_drain(pods, DrainPolicy(force=True, delete_empty_dir_data=True)).evict) == [
         "web", "bare", "cache", "done", "orphan"]
 
 
 def test_plan_drain_pod_selector_takes_the_set_based_grammar() -> None:
     pods = [managed("web-db", {"app": "web", "tier": "db"}), managed("web-front", {"app": "web", "tier": "front"}),
             managed("web", {"app": "web"}), managed("api", {"app": "api"})]
-    policy = DrainPolicy.from_spec({"podSelector": "app=web,tier!=db"})
+    policy = DrainPolicy(pod_selector="app=web,tier!=db")
     assert names(plan_drain(pods, policy).evict) == ["web-front", "web"]
-    policy = DrainPolicy.from_spec({"podSelector": "app in (web,api),!tier"})
+    policy = DrainPolicy(pod_selector="app in (web,api),!tier")
     assert names(plan_drain(pods, policy).evict) == ["web", "api"]
 
 

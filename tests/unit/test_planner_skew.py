@@ -14,13 +14,20 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kupd import planner, skew
+from kupd import dryrun, skew
+from kupd.api.models import DirectUpdateSpec
 from kupd.planner import MemberView, NodeView
 from kupd.versions import Version
-from tests.unit.test_planner import run
+from tests.unit.test_planner import run, typed
 
 V = Version.parse
 NO_BACKUP = {"policy": "Disabled"}
+
+
+def spec_of(spec: dict[str, Any]) -> DirectUpdateSpec:
+    parsed = typed(spec)
+    assert isinstance(parsed, DirectUpdateSpec), parsed
+    return parsed
 
 
 def nodes_at(cps: dict[str, str], workers: dict[str, str]) -> tuple[list[NodeView], dict[str, MemberView]]:
@@ -31,7 +38,7 @@ def nodes_at(cps: dict[str, str], workers: dict[str, str]) -> tuple[list[NodeVie
 
 def test_127_to_132_keeps_kubelets_within_three_minors_at_every_wave() -> None:
     nodes, members = nodes_at({"cp-1": "v1.27.3"}, {f"w-{i}": "v1.27.3" for i in (1, 2, 3)})
-    status, waves = planner.simulate({"version": "v1.32.0"}, nodes, members, 600)
+    status, waves = dryrun.simulate(spec_of({"version": "v1.32.0"}), nodes, members, 600)
     assert status["phase"] == "Succeeded", status
     assert [(w.nodes, [v[-1] for v in w.versions]) for w in waves] == [
         (["cp-1"], ["v1.28.0"]), (["cp-1"], ["v1.29.0"]), (["cp-1"], ["v1.30.0"]),
@@ -45,7 +52,7 @@ def test_127_to_132_keeps_kubelets_within_three_minors_at_every_wave() -> None:
 
 def test_before_128_two_minors_is_the_limit() -> None:
     nodes, members = nodes_at({"cp-1": "v1.24.0"}, {"w-1": "v1.24.0"})
-    _, waves = planner.simulate({"version": "v1.28.0", "backup": NO_BACKUP}, nodes, members, 600)
+    _, waves = dryrun.simulate(spec_of({"version": "v1.28.0", "backup": NO_BACKUP}), nodes, members, 600)
     assert [(w.nodes, [v[-1] for v in w.versions]) for w in waves] == [
         (["cp-1"], ["v1.25.0"]), (["cp-1"], ["v1.26.0"]), (["w-1"], ["v1.26.0"]),
         (["cp-1"], ["v1.27.0"]), (["cp-1"], ["v1.28.0"]), (["w-1"], ["v1.28.0"])]
@@ -91,7 +98,7 @@ def states_during(versions: dict[str, Version], cps: set[str], active: dict[str,
     return out
 
 
-def assert_no_rule_broken(nodes: list[NodeView], members: dict[str, MemberView], waves: list[planner.Wave]) -> None:
+def assert_no_rule_broken(nodes: list[NodeView], members: dict[str, MemberView], waves: list[dryrun.Wave]) -> None:
     versions = {n: m.kubelet for n, m in members.items() if m.kubelet is not None}
     cps = {n.name for n in nodes if n.control_plane}
     turns = sorted(((w.start_seconds, w.end_seconds, n, [V(v) for v in vs])
@@ -133,7 +140,7 @@ def test_no_plan_the_planner_produces_breaks_a_skew_rule(c: tuple[dict[str, str]
                                                                    dict[str, Any]]) -> None:
     cps, workers, target, spec = c
     nodes, members = nodes_at(cps, workers)
-    status, waves = planner.simulate(spec, nodes, members, 600)
+    status, waves = dryrun.simulate(spec_of(spec), nodes, members, 600)
     assert status["phase"] == "Succeeded", status.get("message")
     assert_no_rule_broken(nodes, members, waves)
     # Every node below the target ends at it.
