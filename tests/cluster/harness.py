@@ -51,6 +51,19 @@ def wait_phase(cp: ControlPlane, name: str, phases: tuple[str, ...], timeout: fl
     raise AssertionError(f"{name} did not reach {phases} in {timeout}s; last status: {json.dumps(st)[:3000]}")
 
 
+def wait_members(cp: ControlPlane, names: list[str], timeout: float = 60) -> None:
+    """Until every named node's kupd member Lease exists: a DirectUpdate applied before a node's
+    daemon has registered plans without that node, as it would on a real cluster."""
+    deadline = time.monotonic() + timeout
+    want = {p.member_lease_name(n) for n in names}
+    while time.monotonic() < deadline:
+        out = cp.kubectl("get", "leases", "-n", NAMESPACE, "-o", "name", check=False).stdout
+        if want <= {line.rsplit("/", 1)[-1] for line in out.split()}:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"member Leases of {names} not there after {timeout}s")
+
+
 def cleanup(cp: ControlPlane) -> None:
     cp.kubectl("delete", "directupdates", "--all", "--wait=true", check=False)
     cp.kubectl("delete", "nodes", "--all", check=False)

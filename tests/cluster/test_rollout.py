@@ -9,7 +9,7 @@ from typing import Any
 
 from kupd.sim.devcluster import ControlPlane
 from kupd.sim.simcluster import SimCluster
-from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_phase
+from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_members, wait_phase
 
 NO_BACKUP = {"required": False}
 
@@ -307,6 +307,7 @@ def test_multi_minor_target_goes_hop_by_hop_control_plane_first(sim: SimCluster)
     sim.add_node("w-1")
     mon = Monitor(sim.cp).start()
     try:
+        wait_members(sim.cp, ["cp-1", "cp-2", "w-1"])
         apply_du(sim.cp, "hops", {"version": "v1.33.0", "backup": NO_BACKUP})
         st = wait_phase(sim.cp, "hops", ("Succeeded", "Failed", "RequiresAttention"), timeout=240)
     finally:

@@ -293,6 +293,11 @@ def test_worker_changes_only_its_own_node_and_only_the_cordon(ids: Identities) -
     _refused(lambda: core.patch_node("w-1", {"metadata": {"labels": {p.LABEL_CONTROL_PLANE: ""}}}))
     _refused(lambda: core.patch_node("w-1", {"metadata": {"annotations": {"other": "changed"}}}))
     _refused(lambda: core.patch_node("w-1", {"metadata": {"annotations": {p.ANN_CORDONED_BY: "$(reboot)"}}}))
+    # Why a drain stopped, written on the node's own Node, bounded.
+    core.patch_node("w-1", {"metadata": {"annotations": {p.ANN_ATTENTION: "DrainTimedOut: drain of w-1 timed out"}}})
+    core.patch_node("w-1", {"metadata": {"annotations": {p.ANN_ATTENTION: None}}})
+    _refused(lambda: core.patch_node("w-1", {"metadata": {"annotations": {p.ANN_ATTENTION: "x" * 1001}}}))
+    _refused(lambda: core.patch_node("w-2", {"metadata": {"annotations": {p.ANN_ATTENTION: "x"}}}))
     _refused(lambda: core.patch_node("w-1", {"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}}))
     _refused(lambda: core.delete_node("w-1"))
     assert not admin.read_node("w-2").spec.unschedulable
