@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kupd import hazards, k8s, logsetup, planner, preflight
+from kupd import hazards, k8s, logsetup, planner, preflight, untrusted
 from kupd import protocol as p
 from kupd.api.models import DirectUpdateSpec, HealthGates, parse_directupdate_spec, to_wire
 from kupd.election import Elector
@@ -32,7 +32,7 @@ from kupd.versions import Version
 
 log = logging.getLogger(__name__)
 
-GATE_SECONDS = 5.0
+PREFLIGHT_SECONDS = 5.0
 RESOLVE_RETRY_SECONDS = 30.0
 DEPRECATED_APIS_SECONDS = 60.0
 
@@ -69,7 +69,6 @@ class Coordinator:
         self._stop = threading.Event()
         # (package source, minor) -> (newest patch, error, when asked)
         self._resolved: dict[tuple[str, tuple[int, int]], tuple[str, str | None, float]] = {}
-        self._gate_cache: tuple[str, float, str | None] | None = None
         self._preflight_cache: tuple[float, preflight.ClusterFacts] | None = None
         self._apis_cache: tuple[float, list[hazards.DeprecatedApi] | None] | None = None
         self.grant_writes = 0
@@ -153,11 +152,19 @@ class Coordinator:
 
     # -- one round -------------------------------------------------------------------------
     def _views(self, now: datetime) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
+        """The planner's inputs. Facts the cluster knows (kubelet version, readiness) come from the
+        Node, which the kubelet writes; a member Lease, which its node's kupd credential writes,
+        only says whether kupd there is alive and where its agent is. Every member Lease is decoded
+        (and checked: protocol.decode_member_lease) once per resourceVersion; an invalid one is a
+        fact about its node, never an exception here."""
         nodes = []
+        kubelets: dict[str, Version | None] = {}
         for n in self.nodes.items():
             labels = n["metadata"].get("labels") or {}
-            nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels,
-                                          k8s.ready(n), _kubelet_version(n)))
+            name = n["metadata"]["name"]
+            kubelets[name] = untrusted.node_kubelet(n)
+            nodes.append(planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, k8s.ready(n),
+                                          kubelets[name]))
         members: dict[str, planner.MemberView] = {}
         for lease in self.leases.items():
             name = lease["metadata"]["name"]
@@ -172,7 +179,8 @@ class Coordinator:
                 cached = self._decoded[name] = (rv, decoded)
             m = cached[1]
             alive = m.renew_time is not None and (now - m.renew_time).total_seconds() < m.duration
-            members[m.node] = planner.MemberView(m.node, alive, m.kubelet, m.report, m.facts)
+            members[m.node] = planner.MemberView(m.node, alive, kubelets.get(m.node), m.report, m.problem,
+                                                 facts=m.facts)
         return nodes, members
 
     def _resolve(self, hops_needed: list[tuple[int, int]], source: dict[str, Any] | None
@@ -345,11 +353,11 @@ class Coordinator:
     def _preflight(self, status: dict[str, Any], members: dict[str, planner.MemberView]
                    ) -> preflight.ClusterFacts | None:
         """The cluster preflight's facts, until the operation has passed it; read at most every
-        GATE_SECONDS (it lists pods and budgets)."""
+        PREFLIGHT_SECONDS (it lists pods and budgets)."""
         if any(c.get("type") == "Preflight" and c.get("status") == "True" for c in status.get("conditions") or []):
             return None
         now = time.monotonic()
-        if self._preflight_cache is not None and now - self._preflight_cache[0] < GATE_SECONDS:
+        if self._preflight_cache is not None and now - self._preflight_cache[0] < PREFLIGHT_SECONDS:
             return self._preflight_cache[1]
         from kupd import clusterfacts
 
@@ -380,23 +388,9 @@ class Coordinator:
         return self._apis_cache[1]
 
     def _gates(self, gates: HealthGates | None) -> str | None:
-        """External health gates, evaluated at most every GATE_SECONDS (they cost a query each)."""
+        """External health gates' latest verdict. `evaluate_gates` (health.GateRunner, wired by the
+        daemon) answers at once and evaluates off this thread: a gate that does not answer must not
+        delay grants and status."""
         if gates is None or self.evaluate_gates is None:
             return None
-        now = time.monotonic()
-        key = repr(gates)
-        if self._gate_cache and self._gate_cache[0] == key and now - self._gate_cache[1] < GATE_SECONDS:
-            return self._gate_cache[2]
-        result = self.evaluate_gates(gates)
-        self._gate_cache = (key, now, result)
-        return result
-
-
-def _kubelet_version(node: dict[str, Any]) -> Version | None:
-    """The version a Node's kubelet reports; None when it reports none kupd can read (the skew
-    check then relies on the node's kupd member, or leaves the node out)."""
-    text = ((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion")
-    try:
-        return Version.parse(text.split("+", 1)[0].split("-", 1)[0]) if isinstance(text, str) else None
-    except KupdError:
-        return None
+        return self.evaluate_gates(gates)

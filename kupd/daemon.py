@@ -190,7 +190,7 @@ class Daemon:
                                            self.settings.lease.member_duration_seconds, elector,
                                            host.newest_patch, on_plan=metrics.operation_status,
                                            scheduler=Scheduler(api, SystemClock(), host.newest_patch),
-                                           gates=functools.partial(health.evaluate, api))
+                                           gates=health.GateRunner(functools.partial(health.evaluate, api)))
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
             log.info("no longer coordinator")
