@@ -92,3 +92,19 @@ def test_conditions_for_each_kind_of_backup_record() -> None:
     # A record from a daemon before `uploaded` existed reads as uploaded.
     st = _with_record({**base, "verified": True})
     assert conds(st)["BackupSucceeded"] == ("True", "BackupVerified")
+
+
+def test_backup_records_of_every_kind_survive_the_member_reports_checks() -> None:
+    """What the agent reports (kupd/daemon.py's backup step) passes kupd.untrusted unchanged."""
+    from kupd import untrusted
+
+    local = {"location": "file:///var/lib/kupd/backup/snapshots/etcd-1.db", "size": 10, "sha256": "a" * 64,
+             "revision": 5, "verified": True, "takenAt": "2026-12-01T10:00:00Z", "node": "cp-1",
+             "uploaded": False, "message": "no backup store is configured (...)"}
+    assert untrusted.backup(local, "backup") == local
+    failed = {"location": "", "verified": False, "uploaded": False, "node": "cp-1", "message": "EtcdUnreachable: x"}
+    assert untrusted.backup(failed, "backup") == failed
+    with pytest.raises(untrusted.Invalid):
+        untrusted.backup({"location": "", "verified": True}, "backup")
+    with pytest.raises(untrusted.Invalid):
+        untrusted.backup({**local, "message": "x" * 2049}, "backup")
