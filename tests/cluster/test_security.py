@@ -624,8 +624,10 @@ def test_a_worker_cannot_fake_the_verified_backup(ids: Identities, daemons: SimC
     _create(client.CoreV1Api(admin).create_node, {"metadata": {"name": "w-2"}})
     store = tmp_path / "backups"
     store.mkdir()
+    # w-2 is a bare Node with a hand-written member Lease: no kubelet, no daemon. The preflight would
+    # hold the operation for it; here it only warns, so the coordinator reaches the backup.
     harness.apply_du(cp, "sec-fake-backup", {
-        "version": "v1.33.0", "paused": True,
+        "version": "v1.33.0", "paused": True, "preflight": {"warnOnly": ["NodesReady", "DaemonsAlive"]},
         "backup": {"required": True, "store": {"type": "file", "path": str(store)},
                    "etcd": {"endpoints": [cp.etcd_endpoint], "caFile": str(cp.etcd_pki / "ca.crt"),
                             "certFile": str(cp.etcd_pki / "healthcheck-client.crt"),
