@@ -8,15 +8,20 @@ returns without applying it twice.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kupd import untrusted as u
 from kupd.api.models import parse_directupdate_spec
 from kupd.errors import ValidationError
-from kupd.fsutil import atomic_write_json, read_json
+from kupd.fsutil import atomic_write_json
 from kupd.protocol import Grant, TurnPhase
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,18 +66,72 @@ class CheckpointStore:
         self.path = Path(state_dir) / "checkpoint.json"
 
     def load(self) -> Checkpoint:
+        """The checkpoint on disk. One that cannot be read (corrupt, or not what kupd writes) is
+        moved aside and the agent starts clean: its grant is still in its grant Lease, and every
+        step is idempotent, so the turn is done again from its first step without harm."""
         if not self.path.exists():
             return Checkpoint()
-        data = read_json(self.path)
-        steps = {k: StepRecord(**v) for k, v in data.pop("steps", {}).items()}
-        grant = Grant.from_wire(data.pop("grant", None)) if "grant" in data else _legacy_grant(data)
-        known = Checkpoint.__dataclass_fields__
-        return Checkpoint(**{k: v for k, v in data.items() if k in known and k != "grant"}, grant=grant, steps=steps)
+        try:
+            with open(self.path, encoding="utf-8", errors="strict") as f:
+                text = f.read(MAX_BYTES + 1)
+            return decode_checkpoint(text)
+        except (u.Invalid, OSError, UnicodeDecodeError) as e:
+            aside = self.path.with_name(f"{self.path.name}.invalid")
+            log.error("the checkpoint %s is invalid (%s); it is kept as %s and the agent starts clean",
+                      self.path, e, aside)
+            with contextlib.suppress(OSError):
+                os.replace(self.path, aside)
+            return Checkpoint()
 
     def save(self, cp: Checkpoint) -> None:
         data = asdict(cp)
         data["grant"] = cp.grant.wire() if cp.grant is not None else None
         atomic_write_json(self.path, data)
+
+
+MAX_BYTES = 1024 * 1024
+STEP_STATES = ("pending", "started", "done")
+
+
+def decode_checkpoint(text: str) -> Checkpoint:
+    """A checkpoint from its JSON, every field checked (kupd.untrusted); raises `untrusted.Invalid`."""
+    data = u.bounded_json(text, "checkpoint", max_bytes=MAX_BYTES)
+    if not isinstance(data, dict):
+        raise u.Invalid("checkpoint", "must be a JSON object")
+    raw_steps = data.get("steps") or {}
+    if not isinstance(raw_steps, dict) or len(raw_steps) > 1024:
+        raise u.Invalid("checkpoint.steps", "must be an object of at most 1024 steps")
+    steps = {}
+    for key, v in raw_steps.items():
+        field_ = f"checkpoint.steps[{str(key)[:60]}]"
+        if len(key) > 128 or not isinstance(v, dict):
+            raise u.Invalid(field_, "must be a step record")
+        state = u.text(v, "state", f"{field_}.state", 16, default="pending")
+        if state not in STEP_STATES:
+            raise u.Invalid(f"{field_}.state", f"{state!r} is not one of {', '.join(STEP_STATES)}")
+        seconds = v.get("seconds", 0.0)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 1e9:
+            raise u.Invalid(f"{field_}.seconds", "must be a number of seconds")
+        steps[key] = StepRecord(state=state, attempts=u.integer(v, "attempts", f"{field_}.attempts", 0, 10_000),
+                                started_at=u.time_text(v, "started_at", f"{field_}.started_at"),
+                                finished_at=u.time_text(v, "finished_at", f"{field_}.finished_at"),
+                                seconds=float(seconds), boot_id=u.text(v, "boot_id", f"{field_}.boot_id", 128),
+                                message=u.message(v, "message", f"{field_}.message", 32768))
+    if "grant" in data:
+        grant = Grant.from_wire(data["grant"]) if data["grant"] is not None else None
+        if data["grant"] is not None and grant is None:
+            raise u.Invalid("checkpoint.grant", "is not a grant kupd can read")
+    else:
+        grant = _legacy_grant(data)
+    phase = u.text(data, "phase", "checkpoint.phase", 16)
+    if phase and phase not in tuple(TurnPhase):
+        raise u.Invalid("checkpoint.phase", f"{phase!r} is not one of {', '.join(TurnPhase)}")
+    return Checkpoint(grant=grant, phase=phase, started_at=u.time_text(data, "started_at", "checkpoint.started_at"),
+                      finished_at=u.time_text(data, "finished_at", "checkpoint.finished_at"),
+                      message=u.message(data, "message", "checkpoint.message", 32768),
+                      reason=u.text(data, "reason", "checkpoint.reason", 64, u.REASON), steps=steps,
+                      backup_record=u.backup(data.get("backup_record"), "checkpoint.backup_record"),
+                      max_epoch_seen=u.integer(data, "max_epoch_seen", "checkpoint.max_epoch_seen"))
 
 
 def _legacy_grant(data: dict[str, Any]) -> Grant | None:

@@ -14,6 +14,7 @@ bodies are protocol.py's pure codecs.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 from kupd import hazards, k8s, logsetup, planner, preflight, untrusted
 from kupd import protocol as p
 from kupd.api.models import DirectUpdateSpec, HealthGates, parse_directupdate_spec, to_wire
+from kupd.conditions import Condition, set_condition
 from kupd.election import Elector
 from kupd.errors import KupdError, ValidationError
 from kupd.statuswriter import EventWriter, StatusWriter
@@ -224,8 +226,32 @@ class Coordinator:
             if st.get("message") != msg or st.get("phase") != planner.OP_PENDING:
                 st.update(phase=planner.OP_PENDING, message=msg)
                 self.status.write(queued, st)
-        self._reconcile_one(first, nodes, members, now, grants)
+        try:
+            self._reconcile_one(first, nodes, members, now, grants)
+        except KupdError:
+            raise  # the API's answers (retryable or not) are the loop's to handle
+        except Exception as e:
+            # Something in this operation kupd did not foresee (a status written by hand or by an
+            # older kupd, say): it stays with this operation and says so; turns of other operations
+            # are still cleared below, and the next round tries again.
+            log.exception("evaluating DirectUpdate %s", first["metadata"]["name"])
+            self._evaluation_failed(first, e, now)
         self._clear_grants(first["metadata"]["uid"], ops, members, grants)
+
+    def _evaluation_failed(self, obj: dict[str, Any], e: Exception, now: datetime) -> None:
+        status = copy.deepcopy(obj.get("status") or {})
+        msg = (f"kupd could not evaluate this operation ({type(e).__name__}: {str(e)[:300]}); no node is "
+               "granted until it can, and it is tried again every round")
+        conds: list[dict[str, Any]] = status.setdefault("conditions", [])
+        if any(c.get("type") == "Progressing" and c.get("message") == msg for c in conds):
+            return
+        set_condition(conds, Condition("Progressing", "False", "EvaluationFailed", msg), now,
+                      int(obj["metadata"].get("generation", 1)))
+        self.events.queue(obj, [planner.PlanEvent("EvaluationFailed", msg, warning=True)])
+        try:
+            self.status.write(obj, status)
+        except Exception as e2:
+            log.warning("writing the status of %s: %s", obj["metadata"]["name"], e2)
 
     def _reconcile_one(self, obj: dict[str, Any], nodes: list[planner.NodeView],
                        members: dict[str, planner.MemberView], now: datetime, grants: dict[str, str]) -> None:
