@@ -19,7 +19,7 @@ from typing import Any
 from kupd import logsetup
 from kupd.api.models import Backup
 from kupd.checkpoint import Checkpoint, CheckpointStore, StepRecord
-from kupd.errors import CommandError, KupdError, RetryableError
+from kupd.errors import CommandError, KupdError, NeedsAttention, RetryableError
 from kupd.host.base import Host
 from kupd.nodeops import NodeOps
 from kupd.protocol import Grant, Report, Step, TurnPhase
@@ -200,6 +200,11 @@ class Agent:
                 self._set(message=f"{ref.hop}: {ref.step}: waiting: {e}", reason="Waiting")
                 self._stop.wait(max(e.delay, self.retry_delay))
                 continue
+            except NeedsAttention as e:
+                log.error("step %s stopped: %s", ref.key, e)
+                rec.message = str(e)
+                self._set(phase="Failed", finished_at=utcnow(), message=f"step {ref.step}: {e}", reason=e.reason)
+                return False
             except (KupdError, OSError) as e:
                 if self._fail_attempt(ref, rec, e, max_attempts):
                     return False

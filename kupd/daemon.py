@@ -53,16 +53,29 @@ def make_host(settings: Settings, node: str) -> Host:
 
 
 def make_backup_fn(api: k8s.Client, settings: Settings, node: str) -> BackupFn:
-    """The agent's backup step: snapshot the local etcd, verify, upload, and return status.backup."""
+    """The agent's backup step: snapshot the local etcd, verify, upload (when a store is configured:
+    the DirectUpdate's, else this daemon's [backup.store]), and return status.backup.
+
+    Under policy BestEffort a failure is returned as an unverified record, never raised: the
+    operation goes on and the coordinator puts the reason in a Warning Condition."""
 
     def backup(spec_backup: models.Backup) -> dict[str, Any]:
-        from kupd.backup.run import BackupConfig, load_credentials, take_backup
+        from kupd.backup import BackupFailed, BackupRetryable, reason_of
+        from kupd.backup.run import BEST_EFFORT, BackupConfig, BackupDefaults, load_credentials, take_backup
         from kupd.clock import SystemClock
 
-        cfg = BackupConfig.from_model(spec_backup, work_dir=f"{settings.state_dir}/backup")
-        # Credentials are read at use, never kept or logged.
-        creds = load_credentials(cfg.store, api)
-        record = take_backup(cfg, creds, settings.cluster_name, node, SystemClock())
+        defaults = BackupDefaults.from_settings(settings.backup, work_dir=f"{settings.state_dir}/backup")
+        cfg = BackupConfig.from_model(spec_backup, defaults=defaults)
+        try:
+            # Credentials are read at use, never kept or logged.
+            creds = load_credentials(cfg.store, api)
+            record = take_backup(cfg, creds, settings.cluster_name, node, SystemClock())
+        except (BackupFailed, BackupRetryable, KupdError) as e:
+            if cfg.policy != BEST_EFFORT:
+                raise
+            log.warning("etcd backup failed under policy BestEffort; going on: %s", e)
+            return {"location": "", "verified": False, "uploaded": False, "node": node,
+                    "message": f"{reason_of(e)}: {str(e)[:1500]}"}
         return dict(record.to_status())
 
     return backup

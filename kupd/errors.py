@@ -28,6 +28,16 @@ class RetryableError(KupdError):
         self.delay = delay
 
 
+class NeedsAttention(PermanentError):
+    """Trying again as it is cannot help and an operator must act (a drain that a PDB or an
+    unmanaged pod stops): the node gives up at once, without spending its other attempts.
+    `reason` is CamelCase, fit for a Condition."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ValidationError(PermanentError):
     """An input (CR field, config value, command argument) is malformed or hostile.
 

@@ -144,6 +144,8 @@ def run_now(args: argparse.Namespace) -> int:
                 snapshot_timeout=args.snapshot_timeout or config.etcd.snapshot_timeout,
             ).validated(),
         )
+    if config.store is None:
+        raise ValidationError("--store-type", "no store configured (give --store-type or --config)")
     try:
         api = _api(args) if config.store.credentials_secret is not None else None
         creds = run.load_credentials(config.store, api)

@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
-from kupd import planner
+from kupd import dryrun, planner
 from kupd import protocol as p
+from kupd.api.models import BackupStore, DirectUpdateSpec
 from kupd.commands import common
 from kupd.errors import ValidationError
 from kupd.versions import Version
@@ -82,7 +83,6 @@ def _cluster_from_api(args: argparse.Namespace) -> tuple[list[planner.NodeView],
 
 
 def run(args: argparse.Namespace) -> int:
-    from kupd import dryrun
     from kupd.api.models import parse_directupdate_spec
 
     obj = _load(args.file)
@@ -92,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
     status, waves = dryrun.simulate(spec, nodes, members, args.node_minutes * 60)
     total = waves[-1].end_seconds if waves else 0.0
     rc = 0 if status.get("phase") == planner.OP_SUCCEEDED else 1
+    backup = backup_plan(spec, waves)
     if args.output in ("json", "yaml"):
         common.emit({"phase": status.get("phase"), "message": status.get("message"), "hops": status.get("hops"),
-                     "estimatedSeconds": total,
+                     "estimatedSeconds": total, "backup": backup,
                      "waves": [{"nodes": w.nodes, "versions": w.versions, "startSeconds": w.start_seconds,
-                                "endSeconds": w.end_seconds} for w in waves]}, args.output)
+                                "endSeconds": w.end_seconds, "reasons": w.reasons} for w in waves]}, args.output)
         return rc
     name = obj.get("metadata", {}).get("name", "?")
     print(f"DirectUpdate {name}: {len(nodes)} nodes to {spec.version}, hops "
@@ -113,11 +114,16 @@ def run(args: argparse.Namespace) -> int:
             for n, v in zip(w.nodes, w.versions, strict=True):
                 print(f"{i:>4}  {_hm(w.start_seconds):>8}  {_hm(w.end_seconds):>8}  {n:<20} {tag(n):<13} "
                       f"{' -> '.join(v)}")
+            for reason in w.reasons:
+                print(f"{'':>24}  why: {reason}")
     else:
         print(f"{'WAVE':>4}  {'START':>8}  {'END':>8}  NODES")
         for i, w in enumerate(waves, 1):
             labels = [f"{n} ({tag(n)} -> {', '.join(v)})" for n, v in zip(w.nodes, w.versions, strict=True)]
             print(f"{i:>4}  {_hm(w.start_seconds):>8}  {_hm(w.end_seconds):>8}  {'; '.join(labels)}")
+            for reason in w.reasons:
+                print(f"{'':>24}  why: {reason}")
+    print(f"backup: {backup['message']}")
     skipped = [e["name"] for e in status.get("nodes", []) if e["phase"] == planner.SKIPPED]
     if skipped:
         print(f"skipped (already at target): {', '.join(skipped)}")
@@ -126,6 +132,33 @@ def run(args: argparse.Namespace) -> int:
     print(f"estimated duration: {_hm(total)} at {args.node_minutes:g} min per node turn; "
           f"result: {status.get('phase')} — {status.get('message', '')}")
     return rc
+
+
+def backup_plan(spec: DirectUpdateSpec, waves: list[dryrun.Wave]) -> dict[str, Any]:
+    """What the dry run says about the etcd backup: which node takes it, under which policy, and
+    where it goes. The store a daemon has in its own settings is not visible from here, so a spec
+    without a store says so: the snapshot then stays on the node unless that daemon has one."""
+    policy = spec.backup.effective_policy
+    node = next((w.backup_node for w in waves if w.backup_node), None)
+    store = spec.backup.store
+    where = _store_url(store) if store is not None else None
+    if policy == "Disabled":
+        message = "none (spec.backup.policy Disabled)"
+    elif node is None:
+        message = f"none needed (policy {policy}; no control-plane node changes)"
+    elif where:
+        message = f"etcd snapshot on {node} before its first change, verified, uploaded to {where} (policy {policy})"
+    else:
+        message = (f"etcd snapshot on {node} before its first change, verified (policy {policy}); no store in "
+                   f"spec.backup.store: uploaded to the store in {node}'s daemon settings ([backup.store] in "
+                   f"/etc/kupd/config.d) if it has one, else kept on {node} only")
+    return {"policy": policy, "node": node, "store": where, "storeConfigured": bool(where), "message": message}
+
+
+def _store_url(store: BackupStore) -> str:
+    if store.type == "file":
+        return f"file://{store.path or ''}"
+    return f"{store.type}://{store.bucket or ''}/{store.prefix or ''}"
 
 
 def _hm(seconds: float) -> str:

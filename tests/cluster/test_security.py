@@ -293,6 +293,11 @@ def test_worker_changes_only_its_own_node_and_only_the_cordon(ids: Identities) -
     _refused(lambda: core.patch_node("w-1", {"metadata": {"labels": {p.LABEL_CONTROL_PLANE: ""}}}))
     _refused(lambda: core.patch_node("w-1", {"metadata": {"annotations": {"other": "changed"}}}))
     _refused(lambda: core.patch_node("w-1", {"metadata": {"annotations": {p.ANN_CORDONED_BY: "$(reboot)"}}}))
+    # Why a drain stopped, written on the node's own Node, bounded.
+    core.patch_node("w-1", {"metadata": {"annotations": {p.ANN_ATTENTION: "DrainTimedOut: drain of w-1 timed out"}}})
+    core.patch_node("w-1", {"metadata": {"annotations": {p.ANN_ATTENTION: None}}})
+    _refused(lambda: core.patch_node("w-1", {"metadata": {"annotations": {p.ANN_ATTENTION: "x" * 1001}}}))
+    _refused(lambda: core.patch_node("w-2", {"metadata": {"annotations": {p.ANN_ATTENTION: "x"}}}))
     _refused(lambda: core.patch_node("w-1", {"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}}))
     _refused(lambda: core.delete_node("w-1"))
     assert not admin.read_node("w-2").spec.unschedulable
@@ -619,8 +624,10 @@ def test_a_worker_cannot_fake_the_verified_backup(ids: Identities, daemons: SimC
     _create(client.CoreV1Api(admin).create_node, {"metadata": {"name": "w-2"}})
     store = tmp_path / "backups"
     store.mkdir()
+    # w-2 is a bare Node with a hand-written member Lease: no kubelet, no daemon. The preflight would
+    # hold the operation for it; here it only warns, so the coordinator reaches the backup.
     harness.apply_du(cp, "sec-fake-backup", {
-        "version": "v1.33.0", "paused": True,
+        "version": "v1.33.0", "paused": True, "preflight": {"warnOnly": ["NodesReady", "DaemonsAlive"]},
         "backup": {"required": True, "store": {"type": "file", "path": str(store)},
                    "etcd": {"endpoints": [cp.etcd_endpoint], "caFile": str(cp.etcd_pki / "ca.crt"),
                             "certFile": str(cp.etcd_pki / "healthcheck-client.crt"),
