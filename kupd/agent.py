@@ -19,7 +19,7 @@ from typing import Any
 from kupd import logsetup
 from kupd.api.models import Backup
 from kupd.checkpoint import Checkpoint, CheckpointStore, StepRecord
-from kupd.errors import CommandError, KupdError, RetryableError
+from kupd.errors import CommandError, KupdError, NeedsAttention, RetryableError
 from kupd.host.base import Host
 from kupd.nodeops import NodeOps
 from kupd.protocol import Grant, Report, Step, TurnPhase
@@ -200,6 +200,11 @@ class Agent:
                 self._set(message=f"{ref.hop}: {ref.step}: waiting: {e}", reason="Waiting")
                 self._stop.wait(max(e.delay, self.retry_delay))
                 continue
+            except NeedsAttention as e:
+                log.error("step %s stopped: %s", ref.key, e)
+                rec.message = str(e)
+                self._set(phase="Failed", finished_at=utcnow(), message=f"step {ref.step}: {e}", reason=e.reason)
+                return False
             except (KupdError, OSError) as e:
                 if self._fail_attempt(ref, rec, e, max_attempts):
                     return False
@@ -208,13 +213,14 @@ class Agent:
             rec.seconds = round(time.monotonic() - t0, 3)
             self.step_seconds[ref.step] = self.step_seconds.get(ref.step, 0.0) + rec.seconds
             self.store.save(cp)
-            log.info("step %s done in %.1fs", ref.key, rec.seconds)
+            log.info("step %s done in %.1fs", ref.key, rec.seconds, extra=logsetup.event(logsetup.STEP_DONE))
             return True
 
     def _fail_attempt(self, ref: StepRef, rec: StepRecord, e: BaseException, max_attempts: int) -> bool:
         """Record a failed attempt; True when the node gives up (Failed)."""
         msg = _describe(e)
-        log.error("step %s failed (attempt %d/%d): %s", ref.key, rec.attempts, max_attempts, msg)
+        log.error("step %s failed (attempt %d/%d): %s", ref.key, rec.attempts, max_attempts, msg,
+                  extra=logsetup.event(logsetup.STEP_FAILED))
         rec.message = msg
         if rec.attempts >= max_attempts:
             self._set(phase=TurnPhase.FAILED, finished_at=utcnow(),

@@ -92,11 +92,26 @@ class Settings(_Strict):
         default_factory=dict,
         description="Overrides of the real host backend (RealHostConfig field names; docs/usage/hosts.md).",
     )
+    backup: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The etcd backup's defaults on control-plane nodes, shaped like a DirectUpdate's "
+        "spec.backup in camelCase: `store` (where snapshots go when the DirectUpdate names none), `etcd` "
+        "(how to reach the local member; kubeadm's layout when unset), `workDir`, `verifyDownload`, "
+        "`keepLocalSnapshots` (docs/usage/backups.md).",
+    )
 
     @field_validator("node_name")
     @classmethod
     def _node(cls, v: str) -> str:
         return validate.node_name(v, "node_name") if v else v
+
+    @field_validator("backup")
+    @classmethod
+    def _backup(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from kupd.backup.run import BackupDefaults
+
+        BackupDefaults.from_settings(v)  # refuse a bad store at start, not at the first backup
+        return v
 
     @field_validator("kubeconfig", "state_dir")
     @classmethod

@@ -15,15 +15,17 @@ bodies are protocol.py's pure codecs.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kupd import k8s, logsetup, planner, untrusted
+from kupd import hazards, k8s, logsetup, planner, preflight, untrusted
 from kupd import protocol as p
-from kupd.api.models import DirectUpdateSpec, HealthGates, parse_directupdate_spec
+from kupd.api.models import DirectUpdateSpec, HealthGates, parse_directupdate_spec, to_wire
 from kupd.conditions import Condition, set_condition
 from kupd.election import Elector
 from kupd.errors import KupdError, ValidationError
@@ -32,6 +34,9 @@ from kupd.versions import Version
 
 log = logging.getLogger(__name__)
 
+PREFLIGHT_SECONDS = 5.0
+RESOLVE_RETRY_SECONDS = 30.0
+DEPRECATED_APIS_SECONDS = 60.0
 
 __all__ = ["Coordinator", "Elector", "SchedulerLike"]
 
@@ -69,7 +74,7 @@ class Coordinator:
     """Runs while this daemon holds the coordinator lease."""
 
     def __init__(self, api: k8s.Client, namespace: str, identity: str, member_duration: int,
-                 elector: Elector, newest_patch: Callable[[str], str],
+                 elector: Elector, newest_patch: Callable[[str, dict[str, Any] | None], str],
                  on_plan: Callable[[str, dict[str, Any]], None] | None = None,
                  scheduler: SchedulerLike | None = None,
                  gates: Callable[[HealthGates], str | None] | None = None, watch_seconds: int = 240) -> None:
@@ -84,7 +89,10 @@ class Coordinator:
         self.evaluate_gates = gates
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        self._resolved: dict[tuple[int, int], str] = {}
+        # (package source, minor) -> (newest patch, error, when asked)
+        self._resolved: dict[tuple[str, tuple[int, int]], tuple[str, str | None, float]] = {}
+        self._preflight_cache: tuple[float, preflight.ClusterFacts] | None = None
+        self._apis_cache: tuple[float, list[hazards.DeprecatedApi] | None] | None = None
         self.grant_writes = 0
         # The parsed spec of each DirectUpdate, by uid and generation: parsed once, not every round.
         self._specs: dict[str, tuple[int, DirectUpdateSpec | ValidationError]] = {}
@@ -184,8 +192,9 @@ class Coordinator:
         for n in self.nodes.items():
             labels = n["metadata"].get("labels") or {}
             name = n["metadata"]["name"]
-            nodes.append(planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, k8s.ready(n)))
             kubelets[name] = untrusted.node_kubelet(n)
+            nodes.append(planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, k8s.ready(n),
+                                          kubelets[name]))
         members: dict[str, planner.MemberView] = {}
         for lease in self.leases.items():
             name = lease["metadata"]["name"]
@@ -204,14 +213,31 @@ class Coordinator:
             # (or within the last active duration) makes it eligible for a turn.
             alive = m.renew_time is not None and (now - m.renew_time).total_seconds() < min(
                 m.duration, self.member_duration)
-            members[m.node] = planner.MemberView(m.node, alive, kubelets.get(m.node), m.report, m.problem)
+            members[m.node] = planner.MemberView(m.node, alive, kubelets.get(m.node), m.report, m.problem,
+                                                 facts=m.facts)
         return nodes, members
 
-    def _resolve(self, hops_needed: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    def _resolve(self, hops_needed: list[tuple[int, int]], source: dict[str, Any] | None
+                 ) -> tuple[dict[tuple[int, int], str], dict[tuple[int, int], str]]:
+        """Each minor's newest patch in the operation's own package source, and why a minor could
+        not be resolved. A failure is asked again after RESOLVE_RETRY_SECONDS, not every round."""
+        key = json.dumps(source or {}, sort_keys=True)
+        resolved: dict[tuple[int, int], str] = {}
+        errors: dict[tuple[int, int], str] = {}
         for mk in hops_needed:
-            if mk not in self._resolved:
-                self._resolved[mk] = self.newest_patch(f"v{mk[0]}.{mk[1]}")
-        return self._resolved
+            cached = self._resolved.get((key, mk))
+            if cached is None or (cached[1] is not None and time.monotonic() - cached[2] > RESOLVE_RETRY_SECONDS):
+                try:
+                    cached = (self.newest_patch(f"v{mk[0]}.{mk[1]}", source), None, time.monotonic())
+                except KupdError as e:
+                    log.warning("resolving v%d.%d: %s", mk[0], mk[1], e)
+                    cached = ("", str(e)[:500], time.monotonic())
+                self._resolved[(key, mk)] = cached
+            if cached[1] is None:
+                resolved[mk] = cached[0]
+            else:
+                errors[mk] = cached[1]
+        return resolved, errors
 
     def reconcile(self) -> None:
         now = datetime.now(UTC)
@@ -281,10 +307,13 @@ class Coordinator:
         op = planner.Operation(md["name"], uid, int(md.get("generation", 1)), spec,
                                status, md.get("annotations") or {})
         typed = spec if isinstance(spec, DirectUpdateSpec) else None
+        resolved, hop_errors = self._hops(typed, status, members, md["name"])
         result = planner.plan(op, nodes, members, epoch=self.elector.epoch, coordinator=self.identity,
-                              now=now, resolved_minors=self._hops(typed, status, members, md["name"]),
+                              now=now, resolved_minors=resolved, hop_errors=hop_errors,
                               gate_failure=self._gates(typed.health_gates if typed else None),
-                              delivered=self._delivered(grants))
+                              delivered=self._delivered(grants),
+                              preflight_facts=self._preflight(status, members) if typed else None,
+                              deprecated_apis=self._deprecated_apis(status) if typed else None)
         with logsetup.log_context(operation=md["name"]):
             if result.status != status:
                 self.status.planned[uid] = result.status
@@ -296,19 +325,21 @@ class Coordinator:
             self.status.offer(obj)
 
     def _hops(self, spec: DirectUpdateSpec | None, status: dict[str, Any], members: dict[str, planner.MemberView],
-              name: str) -> dict[tuple[int, int], str]:
-        """The newest patch of each intermediate minor, asked of the package source once, when the
-        operation's hops are not fixed yet."""
+              name: str) -> tuple[dict[tuple[int, int], str], dict[tuple[int, int], str]]:
+        """The newest patch of each intermediate minor in the operation's own package source, and
+        why a minor could not be resolved; asked while the operation's hops are not fixed yet."""
         if spec is None or status.get("hops"):
-            return {}
+            return {}, {}
         try:
             target = Version.parse(spec.version)
             versions = [m.kubelet for m in members.values() if m.kubelet]
             if versions and min(versions) < target:
-                return self._resolve(planner.hop_minors(min(versions), target)[:-1])
+                return self._resolve(planner.hop_minors(min(versions), target)[:-1],
+                                     to_wire(spec.package_source))
         except KupdError as e:
-            log.warning("resolving hops for %s: %s", name, e)
-        return {}
+            # An invalid version or a downgrade: the planner's validation says so in a Condition.
+            log.info("not resolving hops for %s: %s", name, e)
+        return {}, {}
 
     def _spec(self, obj: dict[str, Any]) -> DirectUpdateSpec | ValidationError:
         md = obj["metadata"]
@@ -401,6 +432,43 @@ class Coordinator:
         grants[node] = value
         if value:
             log.info("delivered grant to %s", node)
+
+    def _preflight(self, status: dict[str, Any], members: dict[str, planner.MemberView]
+                   ) -> preflight.ClusterFacts | None:
+        """The cluster preflight's facts, until the operation has passed it; read at most every
+        PREFLIGHT_SECONDS (it lists pods and budgets)."""
+        if any(c.get("type") == "Preflight" and c.get("status") == "True" for c in status.get("conditions") or []):
+            return None
+        now = time.monotonic()
+        if self._preflight_cache is not None and now - self._preflight_cache[0] < PREFLIGHT_SECONDS:
+            return self._preflight_cache[1]
+        from kupd import clusterfacts
+
+        health = {n: preflight.MemberHealth(n, m.alive, d[1].kupd_version if (d := self._decoded.get(
+            p.member_lease_name(n))) else "") for n, m in members.items()}
+        targeted = [e["name"] for e in status.get("nodes") or [] if e.get("phase") not in planner.DONE] or [
+            str(n["metadata"]["name"]) for n in self.nodes.items()]
+        facts = clusterfacts.gather(self.api, self.nodes.items(), health, targeted)
+        self._preflight_cache = (now, facts)
+        return facts
+
+    def _deprecated_apis(self, status: dict[str, Any]) -> list[hazards.DeprecatedApi] | None:
+        """The removed API versions clients still request, from the API server's
+        apiserver_requested_deprecated_apis, while a control-plane hop may still come; read at most
+        every DEPRECATED_APIS_SECONDS (the metrics are large). None: unknown, nothing refused."""
+        entries = status.get("nodes") or []
+        if entries and all(e.get("role") != "ControlPlane" or e.get("phase") in planner.DONE for e in entries):
+            return None
+        now = time.monotonic()
+        if self._apis_cache is None or now - self._apis_cache[0] >= DEPRECATED_APIS_SECONDS:
+            try:
+                apis: list[hazards.DeprecatedApi] | None = hazards.parse_deprecated_apis(
+                    self.api.get_text("/metrics"))
+            except k8s.TRANSPORT_ERRORS as e:
+                log.warning("reading the API server's metrics for removed APIs still in use: %s", e)
+                apis = None
+            self._apis_cache = (now, apis)
+        return self._apis_cache[1]
 
     def _gates(self, gates: HealthGates | None) -> str | None:
         """External health gates' latest verdict. `evaluate_gates` (health.GateRunner, wired by the

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import socket
 import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from kupd import k8s, logsetup, metrics
+import yaml
+
+from kupd import enroll, k8s, logsetup, metrics
 from kupd import protocol as p
 from kupd.agent import Agent, BackupFn
 from kupd.api import models
@@ -22,12 +28,16 @@ from kupd.config import Settings
 from kupd.coordinator import Coordinator
 from kupd.election import Elector
 from kupd.errors import KupdError
+from kupd.fsutil import atomic_write
 from kupd.host.base import Host
 from kupd.member import Member
 from kupd.nodeops import NodeOps
 from kupd.notify import Notifier, watchdog_interval
 
 log = logging.getLogger(__name__)
+
+CREDENTIAL_POLL_SECONDS = 5.0
+NODE_POLL_SECONDS = (3.0, 30.0)  # first and longest pause between reads of the own Node
 
 
 def make_host(settings: Settings, node: str) -> Host:
@@ -43,27 +53,42 @@ def make_host(settings: Settings, node: str) -> Host:
 
 
 def make_backup_fn(api: k8s.Client, settings: Settings, node: str) -> BackupFn:
-    """The agent's backup step: snapshot the local etcd, verify, upload, and return status.backup."""
+    """The agent's backup step: snapshot the local etcd, verify, upload (when a store is configured:
+    the DirectUpdate's, else this daemon's [backup.store]), and return status.backup.
+
+    Under policy BestEffort a failure is returned as an unverified record, never raised: the
+    operation goes on and the coordinator puts the reason in a Warning Condition."""
 
     def backup(spec_backup: models.Backup) -> dict[str, Any]:
-        from kupd.backup.run import BackupConfig, load_credentials, take_backup
+        from kupd.backup import BackupFailed, BackupRetryable, reason_of
+        from kupd.backup.run import BEST_EFFORT, BackupConfig, BackupDefaults, load_credentials, take_backup
         from kupd.clock import SystemClock
 
-        cfg = BackupConfig.from_model(spec_backup, work_dir=f"{settings.state_dir}/backup")
-        # Credentials are read at use, never kept or logged.
-        creds = load_credentials(cfg.store, api)
-        record = take_backup(cfg, creds, settings.cluster_name, node, SystemClock())
+        defaults = BackupDefaults.from_settings(settings.backup, work_dir=f"{settings.state_dir}/backup")
+        cfg = BackupConfig.from_model(spec_backup, defaults=defaults)
+        try:
+            # Credentials are read at use, never kept or logged.
+            creds = load_credentials(cfg.store, api)
+            record = take_backup(cfg, creds, settings.cluster_name, node, SystemClock())
+        except (BackupFailed, BackupRetryable, KupdError) as e:
+            if cfg.policy != BEST_EFFORT:
+                raise
+            log.warning("etcd backup failed under policy BestEffort; going on: %s", e)
+            return {"location": "", "verified": False, "uploaded": False, "node": node,
+                    "message": f"{reason_of(e)}: {str(e)[:1500]}"}
         return dict(record.to_status())
 
     return backup
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.node = settings.node_name or socket.gethostname().split(".")[0]
-        self.notifier = Notifier()
+        self.notifier = notifier or Notifier()
         self._stop = threading.Event()
+        self._waiting_for = ""
+        self._token_times: tuple[datetime, datetime] | None = None
         self.coordinator: Coordinator | None = None
         self._wake = threading.Event()
 
@@ -71,29 +96,129 @@ class Daemon:
         self._stop.set()
         self._wake.set()
 
-    def _control_plane(self, api: k8s.Client) -> bool:
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+
+    # -- first boot: what the daemon waits for before it can take part ---------------------------
+    def _waiting(self, what: str, detail: str) -> None:
+        """STATUS says what kupd waits for; the log says it once per change, not once per poll."""
+        text = f"waiting for {what}: {detail}"
+        self.notifier.status(text)
+        if text != self._waiting_for:
+            log.warning("%s", text, extra=logsetup.event(logsetup.DAEMON_WAITING))
+            self._waiting_for = text
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, pinging the watchdog; False when the daemon is stopping."""
+        wd = watchdog_interval()
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            self.notifier.watchdog()
+            self._stop.wait(min(left, wd / 2) if wd else left)
+        return False
+
+    def _credential(self) -> k8s.Client | None:
+        """A client from the kubeconfig, polling while there is none or it is unusable.
+
+        A node provisioned before it is enrolled has no credential yet: exiting would make systemd
+        restart kupd every few seconds, forever; polling keeps one quiet process whose STATUS says
+        what is missing. None when the daemon is asked to stop first.
+        """
+        path = self.settings.kubeconfig
+        while not self._stop.is_set():
+            if not os.path.exists(path):
+                self._waiting("a credential", f"{path} does not exist (`kupd enroll {self.node}` writes it)")
+            else:
+                try:
+                    return k8s.api_client(path)
+                except (KupdError, ValueError, OSError) as e:  # ssl.SSLError is an OSError
+                    self._waiting("a usable credential", f"{path}: {e}")
+            self._pause(CREDENTIAL_POLL_SECONDS)
+        return None
+
+    def _own_token(self, api: k8s.Client) -> k8s.Client:
+        """Exchange an enrolment token for the node's own (first start) and renew it at half its
+        life (enroll.rotation_due). The token goes to STATE_DIR/token, which the kubeconfig then
+        names as its tokenFile: the client re-reads it on every request, so a renewal needs no
+        restart. Returns the client to use from now on. Certificates and static tokens are left
+        alone; a failed renewal is retried on a later tick while the current token works."""
+        path = Path(self.settings.kubeconfig)
+        token_file = str(Path(self.settings.state_dir) / "token")
+        try:
+            doc = yaml.safe_load(path.read_text())
+            inline, named = enroll.current_token(doc, path.resolve().parent)
+            token = inline or (Path(named).read_text().strip() if named else None)
+        except (OSError, yaml.YAMLError) as e:
+            log.warning("cannot read the credential %s to renew its token: %s", path, e)
+            return api
+        times = enroll.token_times(token) if token else None
+        self._token_times = times
+        if times is None or not enroll.rotation_due(times, datetime.now(UTC)):
+            return api
+        try:
+            new = enroll.request_token(api, self.node, enroll.NODE_TOKEN_SECONDS)
+        except KupdError as e:
+            log.warning("cannot renew the node's token (%s); the current one expires %s", e, times[1].isoformat())
+            return api
+        atomic_write(token_file, new.encode(), mode=0o600)
+        self._token_times = enroll.token_times(new)
+        expires = self._token_times[1].isoformat() if self._token_times else "?"
+        if named == token_file:
+            log.info("renewed the node's token; it expires %s", expires, extra=logsetup.event(logsetup.TOKEN_RENEWED))
+            return api
+        enroll.write_private(path, yaml.safe_dump(enroll.use_token_file(doc, token_file), sort_keys=False))
+        log.info("exchanged the enrolment token for the node's own (%s, expires %s); %s now reads it",
+                 token_file, expires, path, extra=logsetup.event(logsetup.TOKEN_RENEWED))
+        return k8s.api_client(str(path))
+
+    def _token_due(self) -> bool:
+        return self._token_times is not None and enroll.rotation_due(self._token_times, datetime.now(UTC))
+
+    def _control_plane(self, api: k8s.Client) -> bool | None:
+        """This node's role: from the config, else from its Node's label once the Node exists.
+        None when the daemon is asked to stop first."""
         if self.settings.control_plane is not None:
             return self.settings.control_plane
+        delay = NODE_POLL_SECONDS[0]
         while not self._stop.is_set():
             try:
                 node = k8s.call(api.get, "read own node", k8s.node_path(self.node))
                 return p.LABEL_CONTROL_PLANE in (node["metadata"].get("labels") or {})
+            except k8s.NotFound:
+                self._waiting("the Node", f"Node {self.node} is not registered yet (kubeadm join)")
+            except k8s.Forbidden as e:
+                self._waiting("permission", f"{e} (`kupd enroll {self.node}` grants it)")
             except KupdError as e:
-                log.warning("cannot read Node %s yet (%s); retrying", self.node, e)
-                self._stop.wait(3)
-        return False
+                self._waiting("the API server", str(e))
+            self._pause(delay)
+            delay = min(delay * 2, NODE_POLL_SECONDS[1])
+        return None
 
     def run(self) -> int:
-        s = self.settings
         logsetup.set_defaults(node=self.node)
-        signal.signal(signal.SIGTERM, lambda *_: self.stop())
-        signal.signal(signal.SIGINT, lambda *_: self.stop())
-        api = k8s.api_client(s.kubeconfig)
+        # READY as soon as the daemon runs, so `systemctl start`, `apt install` and cloud-init's
+        # `enable --now` return at once; STATUS says what kupd still waits for. Never sent later.
+        self.notifier.ready(f"starting on {self.node}")
+        try:
+            return self._run()
+        finally:
+            self.notifier.stopping("stopping")
+
+    def _run(self) -> int:
+        s = self.settings
+        if s.metrics_address:
+            metrics.serve(s.metrics_address)
+        api = self._credential()
+        if api is None:
+            return 0
+        api = self._own_token(api)
         host = make_host(s, self.node)
         store = CheckpointStore(s.state_dir)
         nodeops = NodeOps(api, self.node)
-        if s.metrics_address:
-            metrics.serve(s.metrics_address)
 
         member_holder: list[Member] = []
 
@@ -117,6 +242,9 @@ class Daemon:
         # finishes without it. Its role is in the checkpoint, so no API read is needed first.
         control_plane = agent.cp.grant.control_plane if agent.cp.active and agent.cp.grant \
             else self._control_plane(api)
+        if control_plane is None:
+            agent.stop()
+            return 0
         lease = s.lease
         member = Member(api, lease.namespace, self.node, lease.member_duration_seconds,
                         lease.member_duration_seconds * lease.renew_fraction, host.facts, agent.report,
@@ -141,26 +269,11 @@ class Daemon:
         elector = Elector(api, lease.namespace, self.node, lease.coordinator_duration_seconds,
                           idle_duration=lease.coordinator_idle_duration_seconds)
         elector.idle = True
-        # Whether an operation is active: one small object, written only when operations start or
-        # end, watched by name. It sets how often this member renews and the coordinator Lease's
-        # duration (docs/development/protocol.md, "Idle and active").
-        activity_key = f"{lease.namespace}/{p.ACTIVITY_LEASE}"
-        wake = self._wake
-
-        def on_activity() -> None:
-            active = bool(p.activity_value(activity.get(activity_key)))
-            member.set_active(active)
-            if elector.idle == active:
-                elector.idle = not active
-                wake.set()
-
-        activity = k8s.Informer("activity", api, k8s.lease_path(lease.namespace), on_activity,
-                                watch_seconds=lease.watch_seconds,
-                                fieldSelector=f"metadata.name={p.ACTIVITY_LEASE}").start()
-        self.notifier.ready(f"member of the cluster as {self.node}"
-                            + (", coordinator candidate" if eligible else ""))
+        activity = self._watch_activity(api, member, elector)
+        self.notifier.status(f"member of the cluster as {self.node}"
+                             + (", coordinator candidate" if eligible else ""))
         log.info("kupd daemon started on %s (control plane: %s, coordinator candidate: %s)",
-                 self.node, control_plane, eligible)
+                 self.node, control_plane, eligible, extra=logsetup.event(logsetup.DAEMON_STARTED))
         wd = watchdog_interval()
         while not self._stop.is_set():
             tick = elector.duration * lease.renew_fraction
@@ -172,11 +285,12 @@ class Daemon:
             # A grant that arrived while the agent was still busy with an earlier one gets no
             # second watch event: look at the grant Lease again on every tick.
             offer()
+            if self._token_due():
+                self._own_token(api)  # rewrites the token file the client reads
             self.notifier.watchdog()
-            wake.wait(tick)
-            wake.clear()
-        log.info("stopping")
-        self.notifier.stopping("stopping")
+            self._wake.wait(tick)
+            self._wake.clear()
+        log.info("stopping", extra=logsetup.event(logsetup.DAEMON_STOPPING))
         if self.coordinator:
             self.coordinator.stop()
         elector.release()
@@ -185,6 +299,24 @@ class Daemon:
         grants.stop()
         activity.stop()
         return 0
+
+    def _watch_activity(self, api: k8s.Client, member: Member, elector: Elector) -> k8s.Informer:
+        """Whether an operation is active: one small object, written only when operations start or
+        end, watched by name. It sets how often this member renews and the coordinator Lease's
+        duration (docs/development/protocol.md, "Idle and active")."""
+        lease = self.settings.lease
+        key = f"{lease.namespace}/{p.ACTIVITY_LEASE}"
+
+        def on_activity() -> None:
+            active = bool(p.activity_value(activity.get(key)))
+            member.set_active(active)
+            if elector.idle == active:
+                elector.idle = not active
+                self._wake.set()
+
+        activity = k8s.Informer("activity", api, k8s.lease_path(lease.namespace), on_activity,
+                                watch_seconds=lease.watch_seconds, fieldSelector=f"metadata.name={p.ACTIVITY_LEASE}")
+        return activity.start()
 
     def _elect(self, api: k8s.Client, elector: Elector, host: Host) -> None:
         try:
@@ -198,7 +330,7 @@ class Daemon:
             from kupd.clock import SystemClock
             from kupd.scheduler import Scheduler
 
-            log.info("coordinating at epoch %d", elector.epoch)
+            log.info("coordinating at epoch %d", elector.epoch, extra=logsetup.event(logsetup.COORDINATOR_ELECTED))
             self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
                                            self.settings.lease.member_duration_seconds, elector,
                                            host.newest_patch, on_plan=metrics.operation_status,
@@ -207,11 +339,7 @@ class Daemon:
                                            watch_seconds=self.settings.lease.watch_seconds)
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
-            log.info("no longer coordinator")
+            log.info("no longer coordinator", extra=logsetup.event(logsetup.COORDINATOR_LOST))
             self.coordinator.stop()
             self.coordinator = None
             metrics.coordinator_stopped()
-
-
-
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ from kupd.planner import (
     MemberView,
     NodeView,
     Operation,
+    grant_reason,
     plan,
 )
 from kupd.protocol import Report, Step, TurnPhase
@@ -32,6 +33,10 @@ class Wave:
     versions: list[list[str]]
     start_seconds: float
     end_seconds: float
+    backup_node: str | None = None
+    """The node that takes the etcd snapshot at the start of its turn, if any in this wave."""
+    reasons: list[str] = field(default_factory=list)
+    """Why the wave sits where it does (a worker wave between control-plane hops names the skew rule)."""
 
 
 def simulate(spec: DirectUpdateSpec, nodes: Sequence[NodeView], members: Mapping[str, MemberView],
@@ -53,14 +58,19 @@ def simulate(spec: DirectUpdateSpec, nodes: Sequence[NodeView], members: Mapping
         status = result.status
         new = [e for e in status.get("nodes", []) if e["phase"] == GRANTED and e["name"] not in running]
         if new:
+            backup_node = next((e["name"] for e in new if e["grant"].get("backup")), None)
+            reasons = [why for e in new if (why := grant_reason(e.get("message", "")))]
             if waves and waves[-1].start_seconds == clock:
                 # Several slots freed at the same moment are one wave.
                 last = waves.pop()
                 new_names, new_versions = last.nodes, last.versions
+                backup_node = backup_node or last.backup_node
+                reasons = last.reasons + reasons
             else:
                 new_names, new_versions = [], []
             waves.append(Wave(new_names + [e["name"] for e in new],
-                              new_versions + [e["grant"]["versions"] for e in new], clock, clock + node_seconds))
+                              new_versions + [e["grant"]["versions"] for e in new], clock, clock + node_seconds,
+                              backup_node, list(dict.fromkeys(reasons))))
             for e in new:
                 running[e["name"]] = clock + node_seconds
         stuck = status.get("phase") == OP_PENDING and not status.get("nodes")

@@ -16,6 +16,10 @@ class PermanentError(KupdError):
     """Retrying will not help; the operation must stop and say why."""
 
 
+class NotFoundError(PermanentError):
+    """A named object does not exist (the API's 404, a missing DirectUpdate)."""
+
+
 class RetryableError(KupdError):
     """The same action may succeed later."""
 
@@ -24,16 +28,29 @@ class RetryableError(KupdError):
         self.delay = delay
 
 
+class NeedsAttention(PermanentError):
+    """Trying again as it is cannot help and an operator must act (a drain that a PDB or an
+    unmanaged pod stops): the node gives up at once, without spending its other attempts.
+    `reason` is CamelCase, fit for a Condition."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ValidationError(PermanentError):
     """An input (CR field, config value, command argument) is malformed or hostile.
 
     `field` names the offending field so status Conditions and CLI errors can point at it.
     """
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, problems: list[tuple[str, str]] | None = None) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.reason = message
+        # Every (field, message) found, when the input had more than one problem; the message
+        # above names the first (as the API server does) and counts the rest.
+        self.problems = problems or [(field, message)]
 
 
 class CommandError(KupdError):

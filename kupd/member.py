@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kupd import __version__, k8s, metrics
+from kupd import __version__, hazards, k8s, metrics
 from kupd import protocol as p
 from kupd.errors import KupdError
 from kupd.host.base import HostFacts
@@ -99,6 +99,7 @@ class Member:
             p.ANN_KUBEADM: f.kubeadm or "", p.ANN_KUBELET: f.kubelet or "", p.ANN_KUBECTL: f.kubectl or "",
             p.ANN_CONTAINERD: f.containerd or "", p.ANN_CONTROL_PLANE: str(self.control_plane).lower(),
             p.ANN_REPORT: r.encode() if r else "",
+            p.ANN_NODE_FACTS: hazards.encode(f.node_facts) if f.node_facts is not None else "",
         }
         return {
             "metadata": {"name": self.name, "namespace": self.namespace, "annotations": anns,

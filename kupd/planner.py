@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from kupd import selectors, windows
+from kupd import __version__, hazards, preflight, selectors, skew, windows
 from kupd.api.models import DirectUpdateSpec, HealthGates, to_wire
 from kupd.conditions import Condition, set_condition
 from kupd.errors import ValidationError
@@ -46,6 +46,8 @@ TERMINAL_OP = (OP_SUCCEEDED, OP_FAILED)
 MAX_NODE_MESSAGE = 2048  # status.nodes[].message
 VERIFY_GRACE_SECONDS = 10.0
 """How long a reported success may wait for the Node to show the new kubelet version."""
+# Reasons a node gives for stopping that name what the operator must do; others read NodeFailed.
+ATTENTION_REASONS = ("DrainRefused", "DrainTimedOut")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class NodeView:
     labels: Mapping[str, str]
     control_plane: bool
     ready: bool = True
+    kubelet: Version | None = None
+    """The Node's status.nodeInfo.kubeletVersion: for skew, where no kupd member reports one."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class MemberView:
     kubelet: Version | None
     report: Report | None = None
     problem: str | None = None
+    facts: hazards.NodeFacts | None = None
+    """The host facts of the upgrade-hazard checks, as the member reports them."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,10 @@ class Policy:
     paused: bool = False
     health_gates: HealthGates | None = None
     default_node_seconds: float = 600.0
+    containerd: Version | None = None
+    """spec.containerdVersion: installed with the kubelet, so the containerd hazard looks at it."""
+    warn_only: frozenset[str] = frozenset()
+    """spec.preflight.warnOnly: preflight checks that only warn."""
 
     @classmethod
     def of(cls, spec: DirectUpdateSpec) -> Policy:
@@ -95,9 +105,12 @@ class Policy:
             canary_count=(canary.count or 0) if canary is not None else 0,
             canary_selector=to_wire(canary.selector) if canary is not None and canary.selector is not None else None,
             canary_bake_seconds=canary.bake_seconds if canary is not None else 0,
-            backup_required=spec.backup.required,
+            backup_required=spec.backup.effective_policy != "Disabled",
             paused=spec.paused,
             health_gates=spec.health_gates,
+            containerd=Version.parse(spec.containerd_version, "spec.containerdVersion")
+            if spec.containerd_version else None,
+            warn_only=frozenset(spec.preflight.warn_only or ()) if spec.preflight is not None else frozenset(),
         )
 
 
@@ -202,11 +215,18 @@ def plan(
     resolved_minors: Mapping[tuple[int, int], str] | None = None,
     gate_failure: str | None = None,
     delivered: Mapping[str, Grant] | None = None,
+    hop_errors: Mapping[tuple[int, int], str] | None = None,
+    preflight_facts: preflight.ClusterFacts | None = None,
+    deprecated_apis: Sequence[hazards.DeprecatedApi] | None = None,
 ) -> Plan:
     """Compute the next status of one DirectUpdate: validate → select → hops → adopt/retry →
     backup → observe → conclude → gates → grant, each a pure function below.
 
     A spec that failed validation ends the operation Failed with a Condition naming the field.
+    `resolved_minors` maps each intermediate minor to its newest patch in the operation's package
+    source (None: a dry run, hops shown at .0); `hop_errors` says why a minor could not be resolved.
+    `preflight_facts` are the cluster's facts for the preflight before the first grant (None: not
+    checked); `deprecated_apis` the removed API versions clients still request (None: unknown).
     `gate_failure` is the coordinator's latest evaluation of the external health gates
     (control-plane pods, Prometheus): None when they pass or are not configured.
     `delivered` holds the grants found in the nodes' grant Leases. A grant is delivered before
@@ -223,7 +243,7 @@ def plan(
     selection = select(r, policy)
     if selection is None:
         return r.plan()
-    hops = fix_hops(r, policy, selection, resolved_minors or {})
+    hops = fix_hops(r, policy, selection, resolved_minors, hop_errors or {})
     if hops is None:
         return r.plan()
     entries = adopt(r, policy, selection)
@@ -233,7 +253,23 @@ def plan(
     attention = conclude(r, policy, ordered)
     if attention is None or not gates(r, policy, ordered, attention, gate_failure):
         return r.plan()
-    grant(r, policy, ordered, hops, selection.canaries)
+    if not check_preflight(r, policy, ordered, attention, preflight_facts):
+        return r.plan()
+    refusals: list[hazards.Hazard] = []
+    held = grant(r, policy, ordered, hops, selection.canaries, refusals, deprecated_apis)
+    hazard_conditions(r, refusals)
+    if held is not None:
+        # A skew no turn of this operation can fix: say so and grant nothing more.
+        if r.status.get("phase") != OP_ATTENTION or r.status.get("message") != held:
+            r.event("VersionSkew", held, warning=True)
+        r.status["phase"], r.status["message"] = OP_ATTENTION, held
+        r.condition("RequiresAttention", True, "VersionSkew", held)
+        return r.plan()
+    if refusals and not attention:
+        r.status["phase"] = OP_ATTENTION
+        r.status["message"] = f"upgrade hazard on {refusals[0].subject}: {refusals[0].message}"[:1000]
+        r.condition("RequiresAttention", True, "UpgradeHazard", r.status["message"])
+        return r.plan()
     done = sum(1 for e in ordered if e["phase"] in DONE)
     in_flight = [e for e in ordered if e["phase"] in IN_FLIGHT]
     if not attention:
@@ -273,8 +309,8 @@ def select(r: Round, policy: Policy) -> Selection | None:
     return Selection(selected, frozenset(canaries))
 
 
-def fix_hops(r: Round, policy: Policy, selection: Selection,
-             resolved_minors: Mapping[tuple[int, int], str]) -> list[Version] | None:
+def fix_hops(r: Round, policy: Policy, selection: Selection, resolved_minors: Mapping[tuple[int, int], str] | None,
+             hop_errors: Mapping[tuple[int, int], str] | None = None) -> list[Version] | None:
     """The hops, fixed when the operation starts from the oldest member among the selected nodes;
     None when they cannot be fixed yet or break a version-skew rule (the operation fails)."""
     status = r.status
@@ -285,11 +321,26 @@ def fix_hops(r: Round, policy: Policy, selection: Selection,
             status["message"] = "waiting for kupd members on the selected nodes"
             return None
         try:
-            status["hops"] = hops_for(min(versions), policy.target, resolved_minors)
+            needed = hop_minors(min(versions), policy.target)[:-1]
         except SkewError as skew:
             r.condition("Valid", False, skew.rule, str(skew))
             r.fail("VersionSkew", str(skew))
             return None
+        # The coordinator resolves each intermediate minor's newest patch from the operation's own
+        # package source; one it could not resolve holds the operation (never a guessed .0). Only
+        # the dry run, which has no package source, passes None and shows .0 placeholders.
+        missing = [mk for mk in needed if resolved_minors is not None and mk not in resolved_minors]
+        if missing:
+            mk = missing[0]
+            why = (hop_errors or {}).get(mk) or "not resolved yet"
+            msg = f"cannot resolve the newest v{mk[0]}.{mk[1]} patch from spec.packageSource: {why}; retrying"
+            status.setdefault("phase", OP_PENDING)
+            status["message"] = msg
+            r.condition("HopsResolved", False, "PackageSourceUnavailable", msg)
+            return None
+        status["hops"] = hops_for(min(versions), policy.target, resolved_minors or {})
+        if needed:
+            r.condition("HopsResolved", True, "Resolved", f"hops {', '.join(status['hops'])} from spec.packageSource")
     # The kubelet-never-newer rule: a worker-only selection cannot pass the control plane.
     if not any(n.control_plane for n in selection.nodes):
         cp_versions = [m.kubelet for n in r.nodes if n.control_plane
@@ -372,9 +423,30 @@ def record_backup(r: Round, entries: dict[str, dict[str, Any]]) -> None:
         if m and m.report and m.report.uid == r.op.uid and m.report.versions == g.get("versions") \
                 and m.report.backup and m.report.granted_at in ("", g.get("grantedAt")):
             r.status["backup"] = dict(m.report.backup)
-            msg = f"etcd snapshot {m.report.backup.get('location')} verified before any change"
-            r.condition("BackupSucceeded", True, "BackupVerified", msg)
-            r.event("BackupTaken", msg)
+            _backup_conditions(r, m.report.backup)
+
+
+def _backup_conditions(r: Round, b: Mapping[str, Any]) -> None:
+    """Conditions for the backup record of the first control-plane node. A snapshot kept only on
+    the node (no store, or a BestEffort upload that failed) and a BestEffort snapshot that failed
+    let the operation go on, each with a Warning."""
+    where = b.get("location") or "-"
+    message = str(b.get("message") or "")
+    if b.get("verified") and b.get("uploaded", True):
+        msg = f"etcd snapshot {where} verified before any change"
+        r.condition("BackupSucceeded", True, "BackupVerified", msg)
+        r.condition("BackupUploaded", True, "Uploaded", msg)
+        r.event("BackupTaken", msg)
+    elif b.get("verified"):
+        msg = f"etcd snapshot verified before any change; not uploaded: {message}"
+        reason = "NoStoreConfigured" if "no backup store" in message else "UploadFailed"
+        r.condition("BackupSucceeded", True, "LocalSnapshotOnly", msg)
+        r.condition("BackupUploaded", False, reason, msg)
+        r.event("BackupNotUploaded", msg, warning=True)
+    else:
+        msg = f"etcd snapshot failed (policy BestEffort, going on without one): {message}"
+        r.condition("BackupSucceeded", False, "BestEffortBackupFailed", msg)
+        r.event("BackupFailed", msg, warning=True)
 
 
 def observe(r: Round, policy: Policy, selection: Selection, entries: dict[str, dict[str, Any]]
@@ -516,6 +588,8 @@ def _fold_report(r: Round, e: dict[str, Any], m: MemberView, grant: dict[str, An
         e.pop("grant", None)
     elif report.phase == TurnPhase.FAILED:
         e["phase"] = FAILED
+        if report.reason:
+            e["reason"] = report.reason[:63]
         e["finishedAt"] = report.finished_at or format_time(r.now)
         r.event("NodeFailed", f"{name} failed at step {report.step}: {report.message}", name, warning=True)
 
@@ -565,7 +639,8 @@ def conclude(r: Round, policy: Policy, ordered: list[dict[str, Any]]) -> list[di
         r.condition("RequiresAttention", False, "NoProblem", "")
         return attention
     e0 = (attention or no_member)[0]
-    reason = {"Failed": "NodeFailed", "Lost": "NodeLost"}.get(e0["phase"], "NoMember")
+    reason = {"Failed": str(e0.get("reason")) if e0.get("reason") in ATTENTION_REASONS else "NodeFailed",
+              "Lost": "NodeLost"}.get(e0["phase"], "NoMember")
     msg = (f"node {e0['name']}: {e0.get('message') or reason}" if attention
            else f"node {e0['name']} has no live kupd member; install or start kupd there")
     if r.status.get("phase") != OP_ATTENTION:
@@ -665,12 +740,99 @@ def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Polic
     return windows.can_start_node(now, start, end, expected)
 
 
+# -- preflight and hazards ----------------------------------------------------------------------
+def check_preflight(r: Round, policy: Policy, ordered: list[dict[str, Any]], attention: list[dict[str, Any]],
+                    facts: preflight.ClusterFacts | None) -> bool:
+    """The cluster preflight, until it has passed once: one Condition per failing check, and whether
+    a turn may be given. Checks in spec.preflight.warnOnly only warn."""
+    passed = any(c["type"] == "Preflight" and c["status"] == "True" for c in r.status.get("conditions") or [])
+    if facts is None or passed:
+        return True
+    targeted = [e["name"] for e in ordered if e["phase"] not in DONE]
+    verdict = preflight.judge(preflight.evaluate(targeted, facts, __version__), policy.warn_only)
+    failing = verdict.by_check()
+    conds = r.status.get("conditions") or []
+    for check in preflight.CHECKS:
+        ctype = f"Preflight{check}"
+        if check in failing:
+            msg = preflight.condition_message(failing[check])
+            if not any(c["type"] == ctype and c["status"] == "False" and c["message"] == msg for c in conds):
+                r.event(ctype, msg, warning=True)
+            r.condition(ctype, False, "WarnOnly" if check in policy.warn_only else "CheckFailed", msg)
+        elif any(c["type"] == ctype for c in conds):
+            r.condition(ctype, True, "CheckPassed", "")
+    if verdict.blocking:
+        first = verdict.blocking[0]
+        msg = (f"preflight {first.check}: {first.message}"
+               + (f" (and {len(verdict.blocking) - 1} more findings)" if len(verdict.blocking) > 1 else ""))
+        r.condition("Preflight", False, "ChecksFailed", msg)
+        if not attention:
+            r.status["phase"], r.status["message"] = OP_PENDING, msg
+        return False
+    r.condition("Preflight", True, "ChecksPassed",
+                "every preflight check passed" + (" (some only warn)" if verdict.warnings else ""))
+    return True
+
+
+def hazard_conditions(r: Round, refusals: list[hazards.Hazard]) -> None:
+    """Condition UpgradeHazards: False naming each refused turn and its fix; True once none is left."""
+    conds = r.status.get("conditions") or []
+    if not refusals:
+        if any(c["type"] == "UpgradeHazards" for c in conds):
+            r.condition("UpgradeHazards", True, "NoHazard", "")
+        return
+    msg = "; ".join(h.message for h in refusals)
+    if not any(c["type"] == "UpgradeHazards" and c["status"] == "False" and c["message"] == msg[:1000]
+               for c in conds):
+        for h in refusals:
+            r.event(h.rule, h.message, h.subject, warning=True)
+    r.condition("UpgradeHazards", False, refusals[0].rule, msg)
+
+
 # -- grant ------------------------------------------------------------------------------------
+@dataclass
+class Turns:
+    """One grant stage's view: who may have a turn, and what a turn would break."""
+
+    r: Round
+    policy: Policy
+    elsewhere: Mapping[str, Grant]
+    refusals: list[hazards.Hazard]
+    deprecated_apis: Sequence[hazards.DeprecatedApi]
+
+    def current(self, e: dict[str, Any]) -> Version | None:
+        m = self.r.members.get(e["name"])
+        return m.kubelet if m else None
+
+    def eligible(self, e: dict[str, Any]) -> bool:
+        """Pending, with a live member, not in another operation's turn, and its Node Ready."""
+        m = self.r.members.get(e["name"])
+        ready = next((n.ready for n in self.r.nodes if n.name == e["name"]), True)
+        return (e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
+                and e["name"] not in self.elsewhere and ready)
+
+    def refused(self, e: dict[str, Any], versions: list[Version]) -> bool:
+        """Whether the node's host would break on this turn's target: it then stays Pending with the
+        fix in its message, and the operation says so."""
+        m = self.r.members.get(e["name"])
+        if not versions or m is None or m.facts is None:
+            return False
+        found = hazards.node_hazards(e["name"], m.facts, versions[-1], self.policy.containerd)
+        if found:
+            e["message"] = f"refused: {found[0].message}"[:1000]
+            self.refusals.extend(found)
+        return bool(found)
+
+
 def grant(r: Round, policy: Policy, ordered: list[dict[str, Any]], hops: list[Version],
-          canaries: frozenset[str]) -> None:
+          canaries: frozenset[str], refusals: list[hazards.Hazard] | None = None,
+          deprecated_apis: Sequence[hazards.DeprecatedApi] | None = None) -> str | None:
     """Give the next turns within the limits: every in-flight grant re-stamped with this
     coordinator's epoch (agents ignore older ones), then the control plane one node at a time,
-    hop-major; only then canaries, their bake, and the other workers up to `concurrency`.
+    hop-major, with worker waves between its hops wherever the next hop would leave a kubelet too
+    far behind; then canaries, their bake, and the other workers up to `concurrency`. A turn whose
+    host would break on its target is refused (`refusals`). Returns why the operation cannot go on
+    without an operator (a version skew no turn of it can fix), or None.
 
     Turns of another DirectUpdate that are not over yet (it was deleted or failed mid-turn while
     its nodes still work) hold their slots too: a turn ends only when its node says so."""
@@ -679,74 +841,127 @@ def grant(r: Round, policy: Policy, ordered: list[dict[str, Any]], hops: list[Ve
     for e in ordered:
         if e["phase"] in IN_FLIGHT and e.get("grant"):
             e["grant"]["epoch"] = r.epoch
+    t = Turns(r, policy, elsewhere, refusals if refusals is not None else [], deprecated_apis or ())
     cps = [e for e in ordered if e.get("role") == CONTROL_PLANE]
+    workers = [e for e in ordered if e.get("role", WORKER) == WORKER]
+    versions = cluster_versions(r.nodes, r.members)
+    interleave: dict[str, str] = {}
     if any(e["phase"] not in DONE for e in cps):
-        _grant_control_plane(r, policy, cps, hops, elsewhere)
-    else:
-        _grant_workers(r, policy, [e for e in ordered if e.get("role") != CONTROL_PLANE], hops, canaries, elsewhere)
+        held = _grant_control_plane(t, cps, workers, hops, versions, interleave)
+        if held is not None or not interleave:
+            return held
+    # Workers move only as far as every API server has: a kubelet is never newer than one.
+    ceiling = min(versions.apiservers.values(), default=hops[-1])
+    _grant_workers(t, workers, hops, canaries, ceiling, interleave)
+    return None
 
 
-def _give(r: Round, e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool) -> None:
+def _give(r: Round, e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool, why: str = "") -> None:
     if not versions:
         return
     e["phase"] = GRANTED
     e["grant"] = grant_record(r.epoch, [str(v) for v in versions], first_cp, backup, format_time(r.now))
-    e["message"] = f"granted {', '.join(str(v) for v in versions)}"
+    # grant_reason reads `why` back out of this message.
+    e["message"] = f"granted {', '.join(str(v) for v in versions)}" + (f" ({why})" if why else "")
     e.setdefault("startedAt", format_time(r.now))
     r.event("NodeGranted", f"{e['name']} may upgrade to {versions[-1]}", e["name"])
 
 
-def _current(r: Round, e: dict[str, Any]) -> Version | None:
-    m = r.members.get(e["name"])
-    return m.kubelet if m else None
+def grant_reason(message: str) -> str:
+    """The reason `_give` put in a grant's message: "granted v1.28.15, v1.29.10 (<reason>)"."""
+    if message.startswith("granted ") and message.endswith(")") and " (" in message:
+        return message[message.index(" (") + 2:-1]
+    return ""
 
 
-def _eligible(r: Round, e: dict[str, Any], elsewhere: Mapping[str, Grant]) -> bool:
-    m = r.members.get(e["name"])
-    return (e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
-            and e["name"] not in elsewhere)
-
-
-def _grant_control_plane(r: Round, policy: Policy, cps: list[dict[str, Any]], hops: list[Version],
-                         elsewhere: Mapping[str, Grant]) -> None:
+def _grant_control_plane(t: Turns, cps: list[dict[str, Any]], workers: list[dict[str, Any]], hops: list[Version],
+                         versions: skew.ClusterVersions, interleave: dict[str, str]) -> str | None:
     """One control-plane node at a time, hop-major: every control-plane node reaches hop i before
-    any starts hop i+1, so the API servers never drift more than one minor apart."""
-    if any(e["phase"] in IN_FLIGHT for e in cps) or any(g.control_plane for g in elsewhere.values()):
-        return
+    any starts hop i+1, so the API servers never drift more than one minor apart. Never while a
+    worker is in its turn, and never to a hop that would leave a kubelet (or kube-proxy) anywhere in
+    the cluster too far behind: the workers that would fall behind are put in `interleave` to move
+    first. Returns why nothing can move when no turn of this operation can fix it."""
+    r = t.r
+    if any(e["phase"] in IN_FLIGHT for e in cps + workers) or any(True for _ in t.elsewhere.values()):
+        return None
     cp_left = [e for e in cps if e["phase"] not in DONE]
     for hop in hops:
-        behind = [e for e in cp_left if (v := _current(r, e)) is not None and v < hop]
+        behind = [e for e in cp_left if (v := t.current(e)) is not None and v < hop]
         if not behind:
             continue
-        first_cp = all((v := _current(r, e)) is None or v < hop for e in cps)
         nxt = behind[0]
-        if _eligible(r, nxt, elsewhere):
-            need_backup = policy.backup_required and not r.status.get("backup") and hop == hops[0] and first_cp
-            _give(r, nxt, [hop], first_cp, need_backup)
-        return
+        broken = skew.control_plane_move(versions, nxt["name"], hop)
+        if broken:
+            fixable = {e["name"] for e in workers if e["phase"] == PENDING}
+            stuck = [rule for rule in broken if rule.subject not in fixable]
+            if stuck:
+                return (f"the API servers cannot move to {hop}: {stuck[0]}; upgrade or select that node, "
+                        "or leave it out of the cluster")
+            for rule in broken:
+                interleave.setdefault(rule.subject, f"before the API servers move to {hop}: {rule}")
+            return None
+        removed = hazards.api_hazards(t.deprecated_apis, hop)
+        if removed:
+            # Clients still use API versions this hop removes: after it their requests fail.
+            nxt["message"] = f"refused: {removed[0].message}"[:1000]
+            t.refusals.extend(removed)
+            return None
+        first_cp = all((v := t.current(e)) is None or v < hop for e in cps)
+        if t.eligible(nxt) and not t.refused(nxt, [hop]):
+            need_backup = t.policy.backup_required and not r.status.get("backup") and hop == hops[0] and first_cp
+            _give(r, nxt, [hop], first_cp, need_backup, f"control plane to v{hop.major}.{hop.minor}")
+        return None
+    return None
 
 
-def _grant_workers(r: Round, policy: Policy, workers: list[dict[str, Any]], hops: list[Version],
-                   canaries: frozenset[str], elsewhere: Mapping[str, Grant]) -> None:
+def _grant_workers(t: Turns, workers: list[dict[str, Any]], hops: list[Version], canaries: frozenset[str],
+                   ceiling: Version, interleave: Mapping[str, str]) -> None:
     """Canaries first, then (after their bake) the other workers, never more than `concurrency`
-    in flight, counting the turns of other operations still out."""
+    in flight, counting the turns of other operations still out; each up to `ceiling`, the oldest
+    API server. Between control-plane hops (`interleave`): only the workers that would fall too far
+    behind, canaries among them first."""
+    r, policy = t.r, t.policy
     in_flight = [e for e in workers if e["phase"] in IN_FLIGHT]
-    slots = policy.concurrency - len(in_flight) - sum(1 for g in elsewhere.values() if not g.control_plane)
-    canary_entries = [e for e in workers if e["name"] in canaries]
-    candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]
-    if all(e["phase"] in DONE for e in canary_entries):
-        if canary_entries and policy.canary_bake_seconds:
-            finished = [f for e in canary_entries if (f := parse_or_none(e.get("finishedAt")))]
-            if finished and r.now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
-                r.status["message"] = "canaries upgraded; baking before the other workers"
-                return
-        candidates = [e for e in workers if e["phase"] == PENDING]
+    slots = policy.concurrency - len(in_flight) - sum(1 for g in t.elsewhere.values() if not g.control_plane)
+    if interleave:
+        pool = [e for e in workers if e["name"] in interleave and e["phase"] == PENDING]
+        candidates = [e for e in pool if e["name"] in canaries] or pool
+    else:
+        canary_entries = [e for e in workers if e["name"] in canaries]
+        candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]
+        if all(e["phase"] in DONE for e in canary_entries):
+            if canary_entries and policy.canary_bake_seconds:
+                finished = [f for e in canary_entries if (f := parse_or_none(e.get("finishedAt")))]
+                if finished and r.now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
+                    r.status["message"] = "canaries upgraded; baking before the other workers"
+                    return
+            candidates = [e for e in workers if e["phase"] == PENDING]
     for e in candidates:
         if slots <= 0:
             break
-        if not _eligible(r, e, elsewhere):
+        if not t.eligible(e):
             continue
-        v = _current(r, e)
+        v = t.current(e)
         assert v is not None
-        _give(r, e, [h for h in hops if h > v], False, False)
+        steps = [h for h in hops if v < h and h.minor_key <= ceiling.minor_key]
+        if not steps or t.refused(e, steps):
+            continue
+        _give(r, e, steps, False, False, interleave.get(e["name"], ""))
         slots -= 1
+
+
+def cluster_versions(nodes: Sequence[NodeView], members: Mapping[str, MemberView]) -> skew.ClusterVersions:
+    """The versions skew rules are checked on: each control-plane node's API server at its kubelet's
+    version (kubeadm moves both in one turn) and every node's kubelet, from its kupd member or else
+    from the Node itself. kube-proxy is at the newest API server: `kubeadm upgrade apply` moves it."""
+    apiservers: dict[str, Version] = {}
+    kubelets: dict[str, Version] = {}
+    for n in nodes:
+        m = members.get(n.name)
+        v = (m.kubelet if m is not None else None) or n.kubelet
+        if v is None:
+            continue
+        kubelets[n.name] = v
+        if n.control_plane:
+            apiservers[n.name] = v
+    return skew.ClusterVersions(apiservers, kubelets, max(apiservers.values(), default=None))

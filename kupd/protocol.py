@@ -23,6 +23,8 @@ from typing import Any
 from kupd import untrusted as u
 from kupd.api.models import DirectUpdateSpec, NodeWork, parse_node_work, to_wire
 from kupd.errors import ValidationError
+from kupd.hazards import NodeFacts
+from kupd.hazards import decode as decode_node_facts
 from kupd.versions import Version
 
 COORDINATOR_LEASE = "kupd-coordinator"
@@ -43,6 +45,7 @@ ANN_KUBECTL = "kupd.io/kubectl-version"
 ANN_CONTAINERD = "kupd.io/containerd-version"
 ANN_CONTROL_PLANE = "kupd.io/control-plane"
 ANN_REPORT = "kupd.io/report"
+ANN_NODE_FACTS = "kupd.io/node-facts"  # the host facts of the upgrade-hazard checks (kupd/hazards.py)
 
 # Label telling grant Leases from member Leases (both carry kupd.io/node).
 LABEL_LEASE_KIND = "kupd.io/lease"
@@ -57,6 +60,9 @@ ANN_EPOCH = "kupd.io/epoch"
 
 # Node annotation: set when kupd cordoned the node, so it uncordons only what it cordoned.
 ANN_CORDONED_BY = "kupd.io/cordoned-by"
+# Node annotation: why kupd stopped on this node and needs an operator (a drain refused or timed
+# out). Removed when the node's drain next succeeds.
+ANN_ATTENTION = "kupd.io/attention"
 
 # DirectUpdate annotation an operator sets to retry Failed nodes: "w-1,w-2". Each distinct value
 # retries once; to retry again, change the value (e.g. "w-1,w-2#2").
@@ -344,6 +350,9 @@ class MemberLease:
     kubelet: Version | None
     report: Report | None
     problem: str | None = None
+    facts: NodeFacts | None = None
+    """The host facts of the upgrade-hazard checks (untrusted: None when malformed)."""
+    kupd_version: str = ""
 
 
 def decode_member_lease(lease: dict[str, Any], default_duration: int) -> MemberLease | None:
@@ -376,8 +385,10 @@ def decode_member_lease(lease: dict[str, Any], default_duration: int) -> MemberL
         report = decode_report(anns.get(ANN_REPORT))
     except u.Invalid as e:
         problems.append(f"invalid report, field {e}")
+    version = anns.get(ANN_KUPD_VERSION)
     return MemberLease(name[len(MEMBER_LEASE_PREFIX):], renewed, duration, claimed, report,
-                       "; ".join(problems)[:500] or None)
+                       "; ".join(problems)[:500] or None, decode_node_facts(anns.get(ANN_NODE_FACTS)),
+                       version[:64] if isinstance(version, str) else "")
 
 
 def _report_key(anns: dict[str, Any]) -> tuple[Any, ...]:

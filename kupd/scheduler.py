@@ -78,6 +78,8 @@ R_EVALUATION_FAILED = "EvaluationFailed"
 _MINOR = re.compile(r"^v(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})$")
 
 ResolveMinor = Callable[[str], str]
+# The newest patch of a minor in a package source (a spec.packageSource; None: the node's own).
+ResolveInSource = Callable[[str, dict[str, Any] | None], str]
 """Maps a minor like v1.31 to the newest patch release the package source offers, like v1.31.4."""
 Obj = dict[str, Any]
 
@@ -291,7 +293,7 @@ class Scheduler:
     """Executes the decisions against the API server through `api`; `resolve_minor` asks the
     package source."""
 
-    def __init__(self, api: Client, clock: Clock, resolve_minor: ResolveMinor,
+    def __init__(self, api: Client, clock: Clock, resolve_minor: ResolveInSource,
                  retry_seconds: float = 30.0) -> None:
         self.api = api
         self.clock = clock
@@ -363,7 +365,9 @@ class Scheduler:
         assert d.create is not None
         new = d.create
         try:
-            spec = operation_spec(new.template, resolve_version(new.template.version, self.resolve_minor))
+            source = to_wire(new.template.package_source)
+            spec = operation_spec(new.template, resolve_version(
+                new.template.version, lambda minor: self.resolve_minor(minor, source)))
         except ValidationError as e:
             self._fail(d, new, R_RESOLVE_FAILED, str(e))
             return

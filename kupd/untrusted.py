@@ -176,7 +176,8 @@ def backup(value: object, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Invalid(field, f"must be an object, got {type(value).__name__}")
     out: dict[str, Any] = {"location": text(value, "location", f"{field}.location", 2048)}
-    if not out["location"]:
+    # A BestEffort snapshot that failed has no location; its record says why (`message`).
+    if not out["location"] and value.get("verified") is not False:
         raise Invalid(f"{field}.location", "is required")
     for key in ("size", "revision"):
         if key in value:
@@ -191,6 +192,12 @@ def backup(value: object, field: str) -> dict[str, Any]:
         out["takenAt"] = normal_time(time_text(value, "takenAt", f"{field}.takenAt"))
     if "node" in value:
         out["node"] = text(value, "node", f"{field}.node", 253, DNS_SUBDOMAIN)
+    if "uploaded" in value:
+        if not isinstance(value["uploaded"], bool):
+            raise Invalid(f"{field}.uploaded", "must be true or false")
+        out["uploaded"] = value["uploaded"]
+    if "message" in value:
+        out["message"] = text(value, "message", f"{field}.message", 2048)
     return out
 
 

@@ -26,6 +26,9 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 SAFE_PATH = r"^/([A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*/?)?$"
 # http(s) URL with no whitespace, quotes or shell metacharacters.
 SAFE_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+-]*)?$"
+# A kubeadm preflight check's name, as --ignore-preflight-errors takes it: SystemVerification,
+# FileContent--proc-sys-net-ipv4-ip_forward, all.
+PREFLIGHT_CHECK = r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$"
 
 
 def _check(pattern: str, value: str, field: str, what: str, max_len: int = 253) -> str:
@@ -44,6 +47,10 @@ def k8s_version(value: str, field: str = "version") -> str:
 
 def containerd_version(value: str, field: str = "containerdVersion") -> str:
     return _check(CONTAINERD_VERSION, value, field, "containerd version (like 1.7.22)", 32)
+
+
+def preflight_check(value: str, field: str = "kubeadm_ignore_preflight_errors") -> str:
+    return _check(PREFLIGHT_CHECK, value, field, "kubeadm preflight check name", 128)
 
 
 def package_version(value: str, field: str = "packageVersion") -> str:

@@ -13,7 +13,7 @@ import pytest
 from kupd.sim import devcluster
 from tests.paths import control_plane_binary
 
-TIERS = ("unit", "cluster", "host", "system", "bench")
+TIERS = ("unit", "cluster", "host", "system", "realcluster", "bench")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -193,16 +193,36 @@ class EtcdAccess(_Spec):
         return self
 
 
+BackupPolicy = Literal["Required", "BestEffort", "Disabled"]
+
+
 class Backup(_Spec):
-    required: bool = True
+    policy: BackupPolicy | None = None
+    required: bool | None = None
+    """Deprecated: true reads as policy Required, false as Disabled; ignored when policy is set."""
     store: BackupStore | None = None
     etcd: EtcdAccess | None = None
+
+    @property
+    def effective_policy(self) -> BackupPolicy:
+        return backup_policy(self.policy, self.required)
+
+
+def backup_policy(policy: object, required: object) -> BackupPolicy:
+    """The policy a spec.backup means: `policy` when set, else the deprecated `required`
+    (true: Required, false: Disabled), else Required."""
+    if policy in ("Required", "BestEffort", "Disabled"):
+        return policy
+    if required is False:
+        return "Disabled"
+    return "Required"
 
 
 class DrainPolicy(_Spec):
     timeout_seconds: int = Field(default=600, ge=30, le=86400)
     grace_period_seconds: int = Field(default=-1, ge=-1, le=3600)
     delete_empty_dir_data: bool = False
+    force: bool = False
     pod_selector: LabelSelectorString | None = None
     on_timeout: Literal["RequiresAttention", "ForceDelete"] = "RequiresAttention"
 
@@ -256,6 +276,14 @@ class HealthGates(_Spec):
     prometheus: PrometheusGate | None = None
 
 
+PreflightCheck = Literal["NodesReady", "DaemonsAlive", "KupdVersions", "NodePressure", "ControlPlanePods",
+                         "EtcdHealthy", "EvictionsPossible"]
+
+
+class Preflight(_Spec):
+    warn_only: list[PreflightCheck] | None = Field(default=None, max_length=7)
+
+
 class DirectUpdateSpec(_Spec):
     """spec of a DirectUpdate: upgrade the selected nodes to `version` now."""
 
@@ -271,6 +299,7 @@ class DirectUpdateSpec(_Spec):
     max_attempts: int = Field(default=3, ge=1, le=10)
     paused: bool = False
     health_gates: HealthGates | None = None
+    preflight: Preflight | None = None
 
     def node_work(self, versions: list[str], *, control_plane: bool, first_control_plane: bool,
                   backup: bool) -> NodeWork:
@@ -384,6 +413,7 @@ class NodeStatus(_Status):
     from_version: Annotated[str, Field(max_length=64)] | None = None
     to_version: Annotated[str, Field(max_length=64)] | None = None
     message: Annotated[str, Field(max_length=2048)] | None = None
+    reason: Annotated[str, Field(max_length=63)] | None = None
     retry_token: Annotated[str, Field(max_length=1024)] | None = None
     grant: GrantRecord | None = None
 
@@ -405,6 +435,8 @@ class BackupRecord(_Status):
     verified: bool = False
     taken_at: datetime | None = None
     node: Annotated[str, Field(max_length=253)] | None = None
+    uploaded: bool = False
+    message: Annotated[str, Field(max_length=2048)] | None = None
 
 
 class DirectUpdateStatus(_Status):
@@ -479,7 +511,8 @@ def parse_spec(model: type[M], obj: Mapping[str, Any], root: str = "spec") -> M:
         errors = e.errors(include_url=False)
         first = errors[0]
         more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
-        raise ValidationError(error_path(root, first), f"{first['msg']}{more}") from e
+        problems = [(error_path(root, err), str(err["msg"])) for err in errors]
+        raise ValidationError(error_path(root, first), f"{first['msg']}{more}", problems) from e
 
 
 def parse_directupdate_spec(obj: Mapping[str, Any]) -> DirectUpdateSpec:

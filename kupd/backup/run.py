@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kupd import validate
+from kupd import fsutil, validate
 from kupd.api import models
 from kupd.backup import (
     CHECKSUM_MISMATCH,
@@ -54,40 +54,106 @@ DEFAULT_WORK_DIR = "/var/lib/kupd/backup"
 _NAME = re.compile(r"^etcd-([0-9]{8}T[0-9]{6}Z)-([a-z0-9][a-z0-9.-]*)-r([0-9]+)\.db$")
 
 
+REQUIRED, BEST_EFFORT, DISABLED = "Required", "BestEffort", "Disabled"
+NO_STORE_HINT = "configure [backup.store] in /etc/kupd/config.d on the control-plane nodes, or spec.backup.store"
+_LOCAL_DIR = "snapshots"
+
+
+@dataclass(frozen=True)
+class BackupDefaults:
+    """The daemon's `[backup]` settings on a control-plane node: what a DirectUpdate that names no
+    store or etcd access gets. Shaped like spec.backup (camelCase keys)."""
+
+    store: StoreConfig | None = None
+    etcd: etcd.EtcdConfig = field(default_factory=etcd.EtcdConfig)
+    work_dir: str = DEFAULT_WORK_DIR
+    verify_download: bool = True
+    keep_local_snapshots: int = 3
+    """Snapshots kept on the node when there is no store (or its upload failed); older ones are removed."""
+
+    @classmethod
+    def from_settings(cls, data: dict[str, Any], *, work_dir: str = DEFAULT_WORK_DIR,
+                      field_path: str = "backup") -> BackupDefaults:
+        if not isinstance(data, dict):
+            raise ValidationError(field_path, "must be a table")
+        unknown = set(data) - {"store", "etcd", "workDir", "verifyDownload", "keepLocalSnapshots"}
+        if unknown:
+            raise ValidationError(field_path, f"unknown keys {sorted(unknown)}")
+        store = data.get("store")
+        if store is not None and not isinstance(store, dict):
+            raise ValidationError(f"{field_path}.store", "must be a table")
+        keep = data.get("keepLocalSnapshots", 3)
+        if not isinstance(keep, int) or isinstance(keep, bool) or not 1 <= keep <= 100:
+            raise ValidationError(f"{field_path}.keepLocalSnapshots", "must be an integer from 1 to 100")
+        verify = data.get("verifyDownload", True)
+        if not isinstance(verify, bool):
+            raise ValidationError(f"{field_path}.verifyDownload", "must be true or false")
+        # The same shapes as a DirectUpdate's spec.backup.store and .etcd, parsed by the same models;
+        # a store in a file may also name a credentials file.
+        creds = ""
+        if store:
+            store = dict(store)
+            creds = str(store.pop("credentialsFile", "") or "")
+        parsed_store = (StoreConfig.from_model(models.parse_spec(models.BackupStore, store, f"{field_path}.store"),
+                                               credentials_file=creds, field_path=f"{field_path}.store")
+                        if store else None)
+        access = data.get("etcd")
+        parsed_etcd = (etcd.EtcdConfig.from_model(models.parse_spec(models.EtcdAccess, access, f"{field_path}.etcd"),
+                                                  f"{field_path}.etcd") if access else etcd.EtcdConfig())
+        return cls(
+            store=parsed_store,
+            etcd=parsed_etcd,
+            work_dir=validate.safe_path(str(data.get("workDir") or work_dir), f"{field_path}.workDir"),
+            verify_download=verify,
+            keep_local_snapshots=keep,
+        )
+
+
 @dataclass(frozen=True)
 class BackupConfig:
-    """What the CR's `spec.backup` says, plus host-side settings."""
+    """What the CR's `spec.backup` says over the daemon's defaults, plus host-side settings."""
 
-    store: StoreConfig
+    store: StoreConfig | None
+    """None: no store configured anywhere; the verified snapshot stays on the node."""
     etcd: etcd.EtcdConfig = field(default_factory=etcd.EtcdConfig)
-    required: bool = True
-    """A required backup that fails fails the operation before any node changes."""
+    policy: str = REQUIRED
+    """Required: a failure fails the operation before any node changes. BestEffort: a failure is
+    recorded and the operation goes on. Disabled: no snapshot (never reaches take_backup)."""
     work_dir: str = DEFAULT_WORK_DIR
     """Where the snapshot is written (mode 0700); needs room for two copies of the etcd database."""
     verify_download: bool = True
     """Download the uploaded object and compare its sha256 (else: size and recorded sha256 only)."""
     keep_local: bool = False
     """Keep the local snapshot file after a successful upload."""
+    keep_local_snapshots: int = 3
+
+    @property
+    def required(self) -> bool:
+        return self.policy == REQUIRED
 
     @classmethod
-    def from_model(cls, backup: models.Backup, *, work_dir: str = DEFAULT_WORK_DIR, verify_download: bool = True,
-                   keep_local: bool = False, credentials_file: str = "", retention: int | None = None,
+    def from_model(cls, backup: models.Backup, *, defaults: BackupDefaults | None = None,
+                   work_dir: str = DEFAULT_WORK_DIR, verify_download: bool | None = None, keep_local: bool = False,
+                   credentials_file: str = "", retention: int | None = None,
                    field_path: str = "spec.backup") -> BackupConfig:
-        """From the CR's `spec.backup` as kupd.api.models parsed it, plus host-side settings
+        """From the CR's `spec.backup` as kupd.api.models parsed it; the store and etcd access it
+        leaves unset come from `defaults` (the daemon's [backup] settings), then host-side settings
         (`retention`, when given, overrides the store's: `kupd backup` keeps all by default)."""
-        if backup.store is None:
-            raise ValidationError(f"{field_path}.store", "is required")
-        store = StoreConfig.from_model(backup.store, credentials_file=credentials_file,
-                                       field_path=f"{field_path}.store")
-        if retention is not None:
+        d = defaults or BackupDefaults(work_dir=work_dir)
+        store = (StoreConfig.from_model(backup.store, credentials_file=credentials_file,
+                                        field_path=f"{field_path}.store")
+                 if backup.store is not None else d.store)
+        if store is not None and retention is not None:
             store = replace(store, retention=retention).validated(f"{field_path}.store")
         return cls(
             store=store,
-            etcd=etcd.EtcdConfig.from_model(backup.etcd, f"{field_path}.etcd"),
-            required=backup.required,
-            work_dir=validate.safe_path(work_dir, f"{field_path}.workDir"),
-            verify_download=verify_download,
+            etcd=etcd.EtcdConfig.from_model(backup.etcd, f"{field_path}.etcd") if backup.etcd is not None
+            else d.etcd,
+            policy=backup.effective_policy,
+            work_dir=validate.safe_path(d.work_dir if defaults is not None else work_dir, f"{field_path}.workDir"),
+            verify_download=d.verify_download if verify_download is None else verify_download,
             keep_local=keep_local,
+            keep_local_snapshots=d.keep_local_snapshots,
         )
 
 
@@ -107,6 +173,10 @@ class BackupRecord:
     etcd_endpoint: str = ""
     pruned: tuple[str, ...] = ()
     """Older backups removed by retention."""
+    uploaded: bool = True
+    """False: no store is configured, or (BestEffort) the upload failed; the snapshot stays on the node."""
+    message: str = ""
+    """What was not done and why, for the Warning Condition."""
 
     def to_status(self) -> dict[str, Any]:
         """The `status.backup` object (the CRD's field names)."""
@@ -118,6 +188,8 @@ class BackupRecord:
             "verified": self.verified,
             "takenAt": self.taken_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "node": self.node,
+            "uploaded": self.uploaded,
+            **({"message": self.message[:2000]} if self.message else {}),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -231,14 +303,12 @@ def _take(
 ) -> BackupRecord:
     validate.node_name(cluster, "cluster")
     validate.node_name(node, "node")
-    config.store.validated()
+    if config.store is not None:
+        config.store.validated()
     config.etcd.validated()
     work = Path(validate.safe_path(config.work_dir, "workDir"))
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     work.chmod(0o700)  # a snapshot holds every Secret of the cluster
-    if store is None:
-        store = open_store(config.store, credentials)
-
     taken_at = clock.now()
     stamp = taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     local = work / f"etcd-{stamp}-{node}.db"
@@ -248,17 +318,24 @@ def _take(
             snap = etcd.save_snapshot(config.etcd, local, run)
         with _stage("verify"):
             status, digest = etcd.verify(config.etcd, local, run)
-        if config.verify_download:
-            _need_space(work, digest.size)
-        key = object_key(config.store.prefix, cluster, node, status.revision, taken_at)
-        with _stage("upload"):
-            location = _upload(store, local, key, digest.sha256)
-        with _stage("verify_upload"):
-            _verify_upload(store, key, location, digest.size, digest.sha256, fetched, config.verify_download)
-        pruned: tuple[str, ...] = ()
-        if config.store.retention > 0:
-            with _stage("retention"):
-                pruned = _retain(store, config.store, cluster, key)
+
+        def kept_locally(message: str) -> BackupRecord:
+            kept = _keep_locally(local, work, config.keep_local_snapshots)
+            return BackupRecord(location=f"file://{kept}", size=digest.size, sha256=digest.sha256,
+                                revision=status.revision, verified=True, taken_at=taken_at, node=node,
+                                total_keys=status.total_keys, etcd_endpoint=snap.endpoint, uploaded=False,
+                                message=f"{message}; the verified snapshot stays on {node} at {kept}")
+
+        if config.store is None:
+            return kept_locally(f"no backup store is configured ({NO_STORE_HINT})")
+        try:
+            location, key, pruned = _store(config, config.store, store, credentials, local, fetched, work, cluster,
+                                           node, status.revision, taken_at, digest.size, digest.sha256)
+        except (BackupFailed, BackupRetryable) as e:
+            if config.policy != BEST_EFFORT:
+                raise
+            log.warning("etcd backup upload failed (%s), policy BestEffort: %s", e.reason, credentials.redact(str(e)))
+            return kept_locally(f"the upload failed ({e.reason}: {credentials.redact(str(e))[:300]})")
         return BackupRecord(
             location=location,
             size=digest.size,
@@ -279,6 +356,42 @@ def _take(
         if not config.keep_local:
             with contextlib.suppress(FileNotFoundError):
                 local.unlink()
+
+
+def _store(config: BackupConfig, sc: StoreConfig, store: BackupStore | None, credentials: Credentials, local: Path,
+           fetched: Path, work: Path, cluster: str, node: str, revision: int, taken_at: datetime, size: int,
+           sha256: str) -> tuple[str, str, tuple[str, ...]]:
+    """Upload the verified snapshot, verify the upload, apply retention: (location, key, pruned)."""
+    if store is None:
+        store = open_store(sc, credentials)
+    if config.verify_download:
+        _need_space(work, size)
+    key = object_key(sc.prefix, cluster, node, revision, taken_at)
+    with _stage("upload"):
+        location = _upload(store, local, key, sha256)
+    with _stage("verify_upload"):
+        _verify_upload(store, key, location, size, sha256, fetched, config.verify_download)
+    pruned: tuple[str, ...] = ()
+    if sc.retention > 0:
+        with _stage("retention"):
+            pruned = _retain(store, sc, cluster, key)
+    return location, key, pruned
+
+
+def _keep_locally(local: Path, work: Path, keep: int) -> Path:
+    """Move the snapshot into <work>/snapshots (0700) and keep only the newest `keep` there: a node
+    without a store keeps a few snapshots, never an ever-growing pile."""
+    kept_dir = work / _LOCAL_DIR
+    kept_dir.mkdir(mode=0o700, exist_ok=True)
+    kept_dir.chmod(0o700)
+    kept = kept_dir / local.name
+    local.replace(kept)
+    fsutil.fsync_dir(kept_dir)
+    old = sorted(p for p in kept_dir.glob("etcd-*.db") if p.is_file())
+    for p in old[: max(0, len(old) - keep)]:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return kept
 
 
 def _need_space(directory: Path, size: int) -> None:
@@ -352,9 +465,11 @@ def _retain(store: BackupStore, config: StoreConfig, cluster: str, keep_key: str
     return tuple(doomed)
 
 
-def load_credentials(store: StoreConfig, api: Client | None = None) -> Credentials:
+def load_credentials(store: StoreConfig | None, api: Client | None = None) -> Credentials:
     """The credentials `store` names: its Secret (read now, through `api`), its file, or none
     (then boto3 / google-auth use their default chains: instance role, environment, metadata server)."""
+    if store is None:
+        return NONE
     if store.credentials_secret is not None:
         if api is None:
             raise ValidationError("store.credentialsSecret", "a Kubernetes client is needed to read the Secret")

@@ -8,11 +8,13 @@ apt_pkg configuration is process-global: every operation sets it again before it
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from kupd import validate
 from kupd.errors import CommandError, PermanentError
@@ -56,6 +58,20 @@ def _apt() -> tuple[Any, Any]:
 # apt_pkg.config is one per process: the machine's values, taken before kupd changes any, are put
 # back before each operation, so an operation on one root never sees another's settings.
 _pristine: dict[str, tuple[str | None, list[str]]] = {}
+# ...and one operation at a time: the coordinator's thread probes a repository in a scratch root
+# while the agent's thread may be installing on the machine's own; each configures apt_pkg.config
+# and then reads it, which must not interleave.
+_APT_LOCK = threading.RLock()
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialized(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _APT_LOCK:
+            return fn(*args, **kwargs)
+
+    return run  # type: ignore[return-value]  # same signature as fn
 
 
 def _restore_pristine(c: Any, scalars: set[str], lists: set[str]) -> None:
@@ -193,6 +209,7 @@ class AptManager:
 
     # -- queries --------------------------------------------------------------------------------
 
+    @_serialized
     def refresh(self) -> None:
         apt, _ = _apt()
         self._configure()
@@ -204,6 +221,7 @@ class AptManager:
                 raise _fetch_error("apt update", str(e)) from e
             cache.close()
 
+    @_serialized
     def installed(self, package: str) -> str | None:
         validate.package_name(package)
         cache = self._cache()
@@ -211,6 +229,7 @@ class AptManager:
             return None
         return str(cache[package].installed.version)
 
+    @_serialized
     def available(self, package: str) -> list[str]:
         validate.package_name(package)
         cache = self._cache()
@@ -218,6 +237,7 @@ class AptManager:
             return []
         return [str(v.version) for v in sorted(cache[package].versions) if v.downloadable]
 
+    @_serialized
     def is_held(self, package: str) -> bool:
         validate.package_name(package)
         _, apt_pkg = _apt()
@@ -245,6 +265,7 @@ class AptManager:
             lines = "".join(f"{n} {s}\n" for n, s in sorted(selections.items()))
             self._dpkg(["--set-selections"], input_text=lines)
 
+    @_serialized
     def recover(self) -> bool:
         """Finish an interrupted dpkg run (a crash, a full disk) so the next install can proceed."""
         updates = self.path("var/lib/dpkg/updates")
@@ -257,6 +278,7 @@ class AptManager:
             self._dpkg(["--configure", "--pending"])
         return pending
 
+    @_serialized
     def install(self, pins: Mapping[str, str], hold: tuple[str, ...] = HELD) -> InstallReport:
         _, apt_pkg = _apt()
         for name, version in pins.items():

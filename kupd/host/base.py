@@ -7,10 +7,12 @@ already done and returns, which is what lets the agent re-run an interrupted ste
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from kupd.api.models import PackageSource
+from kupd.hazards import NodeFacts
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class HostFacts:
     kubelet: str | None
     kubectl: str | None
     containerd: str | None
+    node_facts: NodeFacts | None = None
+    """What the upgrade-hazard checks need (cgroup version, swap, kubelet flags); None: unknown."""
 
 
 class Host(Protocol):
@@ -35,8 +39,10 @@ class Host(Protocol):
         """Use the DirectUpdate's spec.packageSource (upstream, mirror or air-gap bundle); None: the
         host's own configured source."""
 
-    def newest_patch(self, minor: str) -> str:
-        """The newest patch release the package source offers for a minor (\"v1.31\" -> \"v1.31.14\")."""
+    def newest_patch(self, minor: str, source: Mapping[str, Any] | None = None) -> str:
+        """The newest patch release `source` (a spec.packageSource; None: the node's configured one)
+        offers for a minor (\"v1.31\" -> \"v1.31.14\"). Called from the coordinator's thread while
+        the agent may be working: it must not read or change the host's current source."""
 
     def configure_repository(self, version: str) -> None:
         """Point the package source at the target version's minor."""

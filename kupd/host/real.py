@@ -12,17 +12,18 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kupd import k8s, validate
+from kupd import k8s, skew, validate
 from kupd.api import models
 from kupd.errors import CommandError, PermanentError, RetryableError
 from kupd.fsutil import atomic_write
-from kupd.host import packages, parsers, runner, sources
+from kupd.host import hazardfacts, packages, parsers, runner, sources
 from kupd.host.base import HostFacts
 from kupd.host.kubeadm import Kubeadm
 from kupd.host.packages import InstallReport, NoSpace, PackageManager, PackageNotFound
@@ -46,6 +47,9 @@ class ClusterView(Protocol):
 
     def apiserver_version(self) -> Version: ...
 
+    def apiserver_versions(self) -> dict[str, Version]:
+        """Each control-plane node's API server version, from its kube-apiserver mirror pod."""
+
     def node_status(self, name: str) -> NodeStatus: ...
 
 
@@ -55,11 +59,11 @@ class KubeClusterView:
     def __init__(self, kubeconfig: str) -> None:
         self.kubeconfig = validate.safe_path(kubeconfig, "kubeconfig")
 
-    def _get(self, path: str, what: str) -> dict[str, Any]:
+    def _get(self, path: str, what: str, **query: str) -> dict[str, Any]:
         # A client per call: the kubelet's client certificate rotates, and the file names the current one.
         api = k8s.api_client(self.kubeconfig)
         try:
-            return api.get(path)
+            return api.get(path, **query)
         except k8s.TRANSPORT_ERRORS as e:
             # Whatever the API answers (even a refusal: the kubelet's credential may be mid-rotation),
             # the verify step waits for it; its deadline is the step's, not this call's.
@@ -70,6 +74,13 @@ class KubeClusterView:
     def apiserver_version(self) -> Version:
         info = self._get("/version", "the API server version")
         return Version.parse(str(info.get("gitVersion", "")).split("+")[0].split("-")[0])
+
+    def apiserver_versions(self) -> dict[str, Version]:
+        pods = self._get(k8s.path("", "v1", "pods", namespace="kube-system"), "the kube-apiserver mirror pods",
+                         labelSelector="component=kube-apiserver")
+        items = pods.get("items")
+        return skew.apiservers_from_mirror_pods([p for p in items if isinstance(p, dict)]
+                                                if isinstance(items, list) else [])
 
     def node_status(self, name: str) -> NodeStatus:
         node = self._get(k8s.node_path(name), f"Node {name}")
@@ -107,6 +118,10 @@ class RealHostConfig:
     releasever: str | None = None
     services: tuple[str, ...] = ("containerd.service", "kubelet.service")
     """Units verify expects active."""
+    kubeadm_ignore_preflight_errors: tuple[str, ...] = ()
+    """kubeadm preflight checks `kubeadm upgrade plan/apply/node` ignore, as `kubeadm init/join` were
+    told on this node: SystemVerification on a cgroup v1 host (kubeadm >= 1.35 refuses cgroup v1
+    unless told, even with the kubelet's failCgroupV1: false)."""
     node_ready_timeout: float = 300.0
     node_ready_poll: float = 5.0
 
@@ -118,6 +133,8 @@ class RealHostConfig:
         if self.kubeconfig:
             validate.safe_path(self.kubeconfig, "kubeconfig")
         validate.package_name(self.containerd_package, "containerdPackage")
+        for check in self.kubeadm_ignore_preflight_errors:
+            validate.preflight_check(check)
 
 
 class RealHost:
@@ -137,7 +154,8 @@ class RealHost:
             cluster = KubeClusterView(self._in_root(config.kubeconfig))
         self.cluster = cluster
         self.state_dir = Path(self._in_root(config.state_dir))
-        self.kubeadm = Kubeadm(self._in_root(config.kubeadm), str(self.state_dir))
+        self.kubeadm = Kubeadm(self._in_root(config.kubeadm), str(self.state_dir),
+                               ignore_preflight_errors=config.kubeadm_ignore_preflight_errors)
         self.systemd = Systemd(config.systemctl)
         self.source = config.source
 
@@ -156,8 +174,9 @@ class RealHost:
             if isinstance(extra.get("source"), Mapping):
                 extra["source"] = PackageSource.from_model(
                     models.parse_spec(models.PackageSource, extra["source"], root="real.source"))
-            if isinstance(extra.get("services"), list):
-                extra["services"] = tuple(extra["services"])
+            for key in ("services", "kubeadm_ignore_preflight_errors"):
+                if isinstance(extra.get(key), list):
+                    extra[key] = tuple(extra[key])
             fields.update({k: v for k, v in extra.items() if v is not None or k == "kubeconfig"})
         return cls(RealHostConfig(node_name=node, **fields))
 
@@ -195,7 +214,8 @@ class RealHost:
         except OSError:
             boot_id = ""
         v = self.installed_versions()
-        return HostFacts(self.pm.name, boot_id, v["kubeadm"], v["kubelet"], v["kubectl"], v["containerd"])
+        return HostFacts(self.pm.name, boot_id, v["kubeadm"], v["kubelet"], v["kubectl"], v["containerd"],
+                         hazardfacts.read(self.root, v["containerd"]))
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -232,14 +252,18 @@ class RealHost:
                 continue
         return None
 
-    def newest_patch(self, minor: str) -> str:
-        """Asks the minor's repository through a scratch root, so the node's own package source
-        (which its agent may be using for another hop) is left as it is."""
+    def newest_patch(self, minor: str, source: Mapping[str, Any] | None = None) -> str:
+        """Asks the minor's repository of `source` (a DirectUpdate's spec.packageSource; None: this
+        node's configured one) through a scratch root of its own, so neither the node's package
+        source nor the source the agent is using for its turn is read or changed: the coordinator
+        calls this from its own thread."""
         parsed = Version.parse(validate.k8s_version(minor + ".0", "minor"))
-        probe = self.state_dir / "probe"
-        shutil.rmtree(probe, ignore_errors=True)
+        src = (PackageSource.from_model(models.parse_spec(models.PackageSource, source, "spec.packageSource"))
+               if source else self.config.source)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix="probe-", dir=self.state_dir))
         try:
-            sources.configure(str(probe), self.family, self.source, str(parsed))
+            sources.configure(str(probe), self.family, src, str(parsed))
             options = {"sandbox_user": self.config.apt_sandbox_user or "",
                        "releasever": self.config.releasever or "0"}
             pm = packages.create(self.pm.name, str(probe), **{k: v for k, v in options.items() if v})
@@ -284,7 +308,7 @@ class RealHost:
         if containerd:
             validate.containerd_version(containerd)
         if self.cluster is not None:
-            check_kubelet_not_newer(target, self.cluster.apiserver_version())
+            check_kubelet_not_newer(target, self._apiserver_for_kubelet())
         pins = self._pins(version, ("kubelet", "kubectl"))
         if containerd:
             name = self.config.containerd_package
@@ -295,6 +319,20 @@ class RealHost:
         self._record("kubelet", self.pm.install(pins))
         self._expect_binary("kubelet", version)
         self._expect_binary("kubectl", version)
+
+    def _apiserver_for_kubelet(self) -> Version:
+        """The API server this node's new kubelet must not be newer than, read from the control-plane
+        nodes' mirror pods, never through a load balancer: on a control-plane node its own API server
+        (kubeadm upgrades it first, in the same turn); elsewhere the oldest of them."""
+        assert self.cluster is not None
+        versions = self.cluster.apiserver_versions()
+        if self.config.node_name in versions:
+            return versions[self.config.node_name]
+        if not versions:
+            raise PermanentError("no kube-apiserver mirror pod in kube-system (label component=kube-apiserver) "
+                                 "names its version; kupd reads each API server's version there to check that "
+                                 "the kubelet is not newer (rule: kubelet-not-newer-than-apiserver)")
+        return min(versions.values())
 
     @property
     def _containerd_marker(self) -> Path:

@@ -241,6 +241,15 @@ class Client:
     def get(self, path: str, **query: Any) -> dict[str, Any]:
         return self.request("GET", path, query=query)
 
+    def get_text(self, path: str, limit: int = 16 << 20) -> str:
+        """A plain-text endpoint (/metrics). Raises ApiError for an HTTP status >= 400; a body over
+        `limit` bytes is cut there."""
+        t = urllib3.Timeout(connect=self.timeout, read=self.timeout)
+        resp = self._send("GET", path, None, None, "application/json", t, True)
+        if resp.status >= 400:
+            raise _api_error(resp.status, resp.reason, resp.data)
+        return bytes(resp.data[:limit]).decode("utf-8", "replace")
+
     def list(self, path: str, **query: Any) -> dict[str, Any]:
         return self.request("GET", path, query=query)
 

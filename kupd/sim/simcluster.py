@@ -94,6 +94,13 @@ class SimCluster:
                           "step_seconds": self.step_seconds, "initial_version": self.initial_version,
                           "available_versions": self.available},
         }
+        if control_plane:
+            # Where a kubeadm control-plane node's etcd is by default (127.0.0.1:2379, certificates
+            # under /etc/kubernetes/pki/etcd): here, the test control plane's etcd and its certificates.
+            pki = self.cp.etcd_pki
+            cfg["backup"] = {"etcd": {"endpoints": [self.cp.etcd_endpoint], "caFile": str(pki / "ca.crt"),
+                                      "certFile": str(pki / "healthcheck-client.crt"),
+                                      "keyFile": str(pki / "healthcheck-client.key")}}
         for k, v in (extra or {}).items():
             if isinstance(v, dict) and isinstance(cfg.get(k), dict):
                 cfg[k].update(v)

@@ -10,14 +10,17 @@ injects them while the daemon runs: {"fail": {"kubeadm-upgrade": 1}} fails that 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kupd import hazards
 from kupd.api.models import PackageSource
 from kupd.errors import CommandError, PermanentError
 from kupd.fsutil import atomic_write_json, read_json
@@ -91,7 +94,11 @@ class SimulatedHost:
     def facts(self) -> HostFacts:
         st = self.state()
         v = st["versions"]
-        return HostFacts("simulated", st["boot_id"], v["kubeadm"], v["kubelet"], v["kubectl"], v["containerd"])
+        # A test gives the host hazardous facts through the faults file ("node_facts", the wire form).
+        given = self._faults().get("node_facts")
+        facts = hazards.decode(json.dumps(given)) if isinstance(given, dict) else None
+        return HostFacts("simulated", st["boot_id"], v["kubeadm"], v["kubelet"], v["kubectl"], v["containerd"],
+                         facts)
 
     def preflight(self, version: str) -> None:
         self._work("preflight")
@@ -101,7 +108,7 @@ class SimulatedHost:
     def set_package_source(self, source: PackageSource | None) -> None:
         """The simulated package source is the configured list of versions, whatever the spec says."""
 
-    def newest_patch(self, minor: str) -> str:
+    def newest_patch(self, minor: str, source: Mapping[str, Any] | None = None) -> str:
         mk = Version.parse(minor + ".0").minor_key
         cands = [v for v in self.available if v.minor_key == mk]
         if not cands:

@@ -121,7 +121,7 @@ MALFORMED: list[Malformed] = [
     _du("reboot-enum", "spec.reboot", {"reboot": "Sometimes"}),
     # unknown fields (strict field validation)
     _du("unknown-top", "spec.force", {"force": True}),
-    _du("unknown-nested", "spec.drain.force", {"drain": {"force": True}}),
+    _du("unknown-nested", "spec.drain.forceDelete", {"drain": {"forceDelete": True}}),
     _du("unknown-camel-case-typo", "spec.nodeselector", {"nodeselector": {}}),
     # selectors
     _du("selector-operator", "spec.nodeSelector.matchExpressions[0].operator",

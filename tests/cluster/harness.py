@@ -51,6 +51,19 @@ def wait_phase(cp: ControlPlane, name: str, phases: tuple[str, ...], timeout: fl
     raise AssertionError(f"{name} did not reach {phases} in {timeout}s; last status: {json.dumps(st)[:3000]}")
 
 
+def wait_members(cp: ControlPlane, names: list[str], timeout: float = 60) -> None:
+    """Until every named node's kupd member Lease exists: a DirectUpdate applied before a node's
+    daemon has registered plans without that node, as it would on a real cluster."""
+    deadline = time.monotonic() + timeout
+    want = {p.member_lease_name(n) for n in names}
+    while time.monotonic() < deadline:
+        out = cp.kubectl("get", "leases", "-n", NAMESPACE, "-o", "name", check=False).stdout
+        if want <= {line.rsplit("/", 1)[-1] for line in out.split()}:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"member Leases of {names} not there after {timeout}s")
+
+
 def cleanup(cp: ControlPlane) -> None:
     cp.kubectl("delete", "directupdates", "--all", "--wait=true", check=False)
     cp.kubectl("delete", "nodes", "--all", check=False)
@@ -113,11 +126,19 @@ class Monitor:
         ws = [n for n in nodes if n.get("role", "Worker") == "Worker" and n["phase"] in IN_FLIGHT]
         self.max_cp_granted = max(self.max_cp_granted, len(cps))
         self.max_workers_granted = max(self.max_workers_granted, len(ws))
-        cp_open = [n["name"] for n in nodes
-                   if n.get("role") == "ControlPlane" and n["phase"] not in ("Succeeded", "Skipped")]
-        if ws and cp_open:
-            self.worker_before_cp.append(f"{[w['name'] for w in ws]} granted while {cp_open} not done")
+        # Workers may move between control-plane hops (a multi-minor plan interleaves them to keep
+        # the skew policy), but never while a control-plane node is in its turn, and never past the
+        # oldest API server.
+        if ws and cps:
+            self.worker_before_cp.append(f"{[w['name'] for w in ws]} granted while {[c['name'] for c in cps]} are")
+        cp_versions = [v for n, v in self._kubelets.items() if self._member_cp.get(n)]
+        for w in ws:
+            last = ((w.get("grant") or {}).get("versions") or [""])[-1]
+            if cp_versions and last and _minor(last) > min(_minor(v) for v in cp_versions):
+                self.worker_before_cp.append(f"{w['name']} granted {last} past the API servers {cp_versions}")
 
+    _kubelets: dict[str, str] = field(default_factory=dict)
+    _member_cp: dict[str, bool] = field(default_factory=dict)
     _grants: dict[str, p.Grant] = field(default_factory=dict)
     _reports: dict[str, p.Report] = field(default_factory=dict)
 
@@ -137,6 +158,9 @@ class Monitor:
                 self.grant_order.append(node)
         elif name.startswith(p.MEMBER_LEASE_PREFIX):
             node = name[len(p.MEMBER_LEASE_PREFIX):]
+            if anns.get(p.ANN_KUBELET):
+                self._kubelets[node] = anns[p.ANN_KUBELET]
+                self._member_cp[node] = anns.get(p.ANN_CONTROL_PLANE) == "true"
             r = p.Report.decode(anns.get(p.ANN_REPORT))
             if r is None:
                 return
@@ -170,6 +194,11 @@ class Monitor:
         assert self.max_cp_cordoned <= 1, f"{self.max_cp_cordoned} control-plane nodes cordoned at once"
         assert self.max_workers_cordoned <= concurrency, f"{self.max_workers_cordoned} workers cordoned at once"
         assert not self.worker_before_cp, self.worker_before_cp[:3]
+
+
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    return int(major), int(minor)
 
 
 def effects_once(sc: SimCluster, name: str) -> list[str]:

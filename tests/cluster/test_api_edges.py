@@ -48,7 +48,8 @@ def make_node(api: k8s.Client, name: str, labels: dict[str, str], kubelet: str |
 def test_enroll_writes_a_kubeconfig_that_authenticates_as_the_node(crds: ControlPlane, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "etc" / "kupd" / "kubeconfig"
-    args = ["enroll", NODE, "--kubeconfig", str(crds.admin_kubeconfig), "-o", str(out), "--duration", "3600"]
+    args = ["enroll", NODE, "--kubeconfig", str(crds.admin_kubeconfig), "--node-kubeconfig", str(out),
+            "--duration", "3600"]
     try:
         assert main(args) == 0
         # Again: the bindings exist now and are replaced, the ServiceAccount is kept.
@@ -99,6 +100,26 @@ def test_cluster_view_reads_version_and_node(api: k8s.Client, crds: ControlPlane
     assert status.ready and status.kubelet_version == "v1.31.2"
 
 
+def test_cluster_view_reads_each_api_server_from_its_mirror_pod(api: k8s.Client, crds: ControlPlane) -> None:
+    view = KubeClusterView(str(crds.admin_kubeconfig))
+    pods = k8s.path("", "v1", "pods", namespace="kube-system")
+    made = []
+    for node, image in (("cp-1", "registry.k8s.io/kube-apiserver:v1.31.2"),
+                        ("cp-2", "registry.k8s.io/kube-apiserver:v1.30.5"),
+                        ("cp-3", "registry.example/kube-apiserver@sha256:" + "0" * 64)):
+        name = f"kube-apiserver-{node}"
+        api.create(pods, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": name, "labels": {"component": "kube-apiserver", "tier": "control-plane"},
+            "annotations": {"kubernetes.io/config.mirror": "0123"}},
+            "spec": {"nodeName": node, "containers": [{"name": "kube-apiserver", "image": image}]}})
+        made.append(name)
+    try:
+        assert view.apiserver_versions() == {"cp-1": Version.parse("v1.31.2"), "cp-2": Version.parse("v1.30.5")}
+    finally:
+        for name in made:
+            api.delete(k8s.path("", "v1", "pods", name, "kube-system"), gracePeriodSeconds=0)
+
+
 def test_control_plane_pods_gate(api: k8s.Client) -> None:
     pods = k8s.path("", "v1", "pods", namespace="kube-system")
     name = "kube-apiserver-edge"
@@ -113,3 +134,13 @@ def test_control_plane_pods_gate(api: k8s.Client) -> None:
         assert health.evaluate(api, HealthGates(control_plane_pods=False)) is None
     finally:
         api.delete(k8s.path("", "v1", "pods", name, "kube-system"), gracePeriodSeconds=0)
+
+
+def test_removed_apis_still_requested_are_read_from_the_api_servers_metrics(api: k8s.Client) -> None:
+    from kupd import hazards
+
+    text = api.get_text("/metrics")
+    assert "apiserver_request_total" in text
+    # Whatever this release lists, every series parses into a removed release kupd can compare.
+    for found in hazards.parse_deprecated_apis(text):
+        assert found.resource and found.removed_release.count(".") == 1

@@ -9,7 +9,7 @@ from typing import Any
 
 from kupd.sim.devcluster import ControlPlane
 from kupd.sim.simcluster import SimCluster
-from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_phase
+from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_members, wait_phase
 
 NO_BACKUP = {"required": False}
 
@@ -218,7 +218,9 @@ def test_pdb_blocks_drain_until_it_allows(sim: SimCluster) -> None:
     time.sleep(3)
     cp.kubectl("apply", "-f", "-", input_text=json.dumps({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-rs",
+                                          "uid": "0b7a3c1e-0000-4000-8000-000000000002", "controller": True}]},
         "spec": {"nodeName": "w-1", "containers": [{"name": "c", "image": "registry.example/web:1"}]},
     }))
     cp.kubectl("apply", "-f", "-", input_text=json.dumps({
@@ -226,7 +228,10 @@ def test_pdb_blocks_drain_until_it_allows(sim: SimCluster) -> None:
         "metadata": {"name": "web-pdb", "namespace": "default"},
         "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
     }))
-    apply_du(cp, "pdb", {"version": "v1.32.0", "backup": NO_BACKUP, "drain": {"timeoutSeconds": 300}})
+    # The budget allows no eviction until it is relaxed below: the preflight would hold the operation
+    # for it (tests/cluster/test_preflight.py); here it only warns, so the drain meets it.
+    apply_du(cp, "pdb", {"version": "v1.32.0", "backup": NO_BACKUP, "drain": {"timeoutSeconds": 300},
+                         "preflight": {"warnOnly": ["EvictionsPossible"]}})
     deadline = time.monotonic() + 120
     msg = ""
     while time.monotonic() < deadline:
@@ -302,6 +307,7 @@ def test_multi_minor_target_goes_hop_by_hop_control_plane_first(sim: SimCluster)
     sim.add_node("w-1")
     mon = Monitor(sim.cp).start()
     try:
+        wait_members(sim.cp, ["cp-1", "cp-2", "w-1"])
         apply_du(sim.cp, "hops", {"version": "v1.33.0", "backup": NO_BACKUP})
         st = wait_phase(sim.cp, "hops", ("Succeeded", "Failed", "RequiresAttention"), timeout=240)
     finally:

@@ -68,7 +68,7 @@ class Resolver:
         self.asked: list[str] = []
         self.fail = False
 
-    def __call__(self, minor: str) -> str:
+    def __call__(self, minor: str, source: dict[str, Any] | None = None) -> str:
         self.asked.append(minor)
         if self.fail:
             raise ConnectionError("package source unreachable")

@@ -26,6 +26,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+import kupd
 from kupd import k8s, scheduler
 from kupd import protocol as p
 from kupd.api.conform import conform
@@ -88,7 +89,9 @@ class Fleet:
 
     def hostile_lease(self, annotations: dict[str, str]) -> None:
         """w-2 writes its own member Lease (which the policies allow): alive, with `annotations`."""
-        anns = {p.ANN_BOOT_ID: "b", p.ANN_KUPD_VERSION: "0", p.ANN_PACKAGE_MANAGER: "apt",
+        # It claims this kupd's version, as a member the preflight accepts does; the hostile parts
+        # are `annotations`.
+        anns = {p.ANN_BOOT_ID: "b", p.ANN_KUPD_VERSION: kupd.__version__, p.ANN_PACKAGE_MANAGER: "apt",
                 p.ANN_CONTROL_PLANE: "false", p.ANN_KUBELET: "v1.31.2", p.ANN_REPORT: ""}
         anns.update(annotations)
         body = {"metadata": {"name": p.member_lease_name(HOSTILE), "namespace": NS, "annotations": anns,

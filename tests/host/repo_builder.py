@@ -118,6 +118,11 @@ def build_apt_repo(repo: Path, pkgs: list[Pkg], key: Key | None, work: Path) -> 
     """A flat repository (like pkgs.k8s.io: `deb URL /`), signed with `key` when given."""
     for p in pkgs:
         build_deb(p, repo, work)
+    return index_and_sign(repo, key)
+
+
+def index_and_sign(repo: Path, key: Key | None) -> Path:
+    """Packages and Release for the .debs in `repo`; InRelease, Release.gpg and Release.key with `key`."""
     packages = run(["apt-ftparchive", "packages", "."], cwd=repo).stdout
     (repo / "Packages").write_text(packages)
     release = run(["apt-ftparchive", "-o", "APT::FTPArchive::Release::Origin=kupd-test",

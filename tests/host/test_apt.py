@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kupd.api import models
-from kupd.errors import CommandError, RetryableError, ValidationError
+from kupd.errors import CommandError, KupdError, RetryableError, ValidationError
 from kupd.host.apt import AptManager
 from kupd.host.base import Host
 from kupd.host.packages import NoSpace, PackageLocked, PackageNotFound, RepositoryError, UnsignedRepository
@@ -43,8 +43,13 @@ class FakeCluster:
     ready: bool = True
     kubelet: str = "v1.31.2"
 
+    apiservers: dict[str, str] | None = None
+
     def apiserver_version(self) -> Version:
         return Version.parse(self.apiserver)
+
+    def apiserver_versions(self) -> dict[str, Version]:
+        return {n: Version.parse(v) for n, v in (self.apiservers or {"cp-1": self.apiserver}).items()}
 
     def node_status(self, name: str) -> NodeStatus:
         return NodeStatus(self.ready, self.kubelet)
@@ -176,6 +181,23 @@ def test_kubelet_never_newer_than_apiserver(tmp_path: Path, server: rb.Server) -
         host.preflight("v1.32.0")
     with pytest.raises(SkewError, match="no-downgrade"):
         host.preflight("v1.29.9")
+
+
+def test_kubelet_check_reads_every_api_server_from_its_mirror_pod(tmp_path: Path, server: rb.Server) -> None:
+    """HA mid-upgrade: one API server at 1.31, one at 1.30. Behind a load balancer /version may say
+    either; the mirror pods say both. A worker's kubelet waits for the older one; a control-plane
+    node's kubelet follows its own API server."""
+    root = tmp_path / "root"
+    host = make_host(root, mirror(server), tmp_path / "tools")
+    at_v130(host)
+    host.configure_repository("v1.31.2")
+    host.cluster = FakeCluster(apiserver="v1.31.2", apiservers={"cp-1": "v1.31.2", "cp-2": "v1.30.5"})
+    with pytest.raises(SkewError) as err:
+        host.install_kubelet("v1.31.2", None)
+    assert err.value.rule == "kubelet-not-newer-than-apiserver" and "v1.30.5" in str(err.value)
+    host.cluster = FakeCluster(apiserver="v1.30.5", apiservers={"node-1": "v1.31.2", "cp-2": "v1.30.5"})
+    host.install_kubelet("v1.31.2", None)  # node-1 is a control-plane node: its own API server is at 1.31
+    assert AptManager(str(root)).installed("kubelet") == "1.31.2-1.1"
 
 
 def test_version_not_in_repository(tmp_path: Path, server: rb.Server) -> None:
@@ -320,6 +342,19 @@ def test_list_format_is_kept(tmp_path: Path, server: rb.Server) -> None:
     assert AptManager(str(root)).available("kubeadm") == ["1.31.1-1.1", "1.31.2-1.1"]
     with pytest.raises(RepositoryError, match="404"):  # a minor not published (yet)
         host.newest_patch("v1.29")
+
+
+def test_hops_are_resolved_from_the_operations_own_source(tmp_path: Path, server: rb.Server) -> None:
+    """The coordinator asks with the DirectUpdate's spec.packageSource, not the node's last one."""
+    root = tmp_path / "root"
+    (root / "etc/apt/sources.list.d").mkdir(parents=True)
+    unreachable = PackageSource(kind="mirror", url="http://127.0.0.1:9/none/{minor}/deb/")
+    host = make_host(root, unreachable, tmp_path / "tools")
+    spec_source = {"type": "mirror", "mirror": {"url": server.url + "/repo"}}
+    assert host.newest_patch("v1.30", spec_source) == "v1.30.5"
+    with pytest.raises(KupdError):
+        host.newest_patch("v1.30")  # the node's own source is the unreachable one
+    assert not list((host.state_dir).glob("probe-*")), "scratch roots are removed"
 
 
 def test_air_gap_bundle(tmp_path: Path, repos: rb.Repos) -> None:

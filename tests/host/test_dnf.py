@@ -42,8 +42,13 @@ class FakeCluster:
     apiserver: str = "v1.31.2"
     kubelet: str = "v1.31.2"
 
+    apiservers: dict[str, str] | None = None
+
     def apiserver_version(self) -> Version:
         return Version.parse(self.apiserver)
+
+    def apiserver_versions(self) -> dict[str, Version]:
+        return {n: Version.parse(v) for n, v in (self.apiservers or {"cp-1": self.apiserver}).items()}
 
     def node_status(self, name: str) -> NodeStatus:
         return NodeStatus(True, self.kubelet)

@@ -115,3 +115,84 @@ def test_systemctl(tmp_path: Path) -> None:
     assert (tmp_path / "tools/systemctl.log").read_text().splitlines() == [
         "systemctl daemon-reload", "systemctl restart kubelet.service", "systemctl is-active kubelet.service",
         "systemctl is-active containerd.service"]
+
+
+SLOW_KUBEADM = """#!/bin/sh
+# A kubeadm whose upgrade prints a line every 0.1 s for 3 s, like the real one's progress lines.
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+log="$root/var/log/kupd-test"
+mkdir -p "$log"
+echo "kubeadm $*" >> "$log/argv.log"
+case "$1" in
+  version) echo v1.31.2 ;;
+  upgrade)
+    if [ "$2" = plan ]; then cat "$root/etc/kupd-test/plan.txt"; exit 0; fi
+    echo "start $2" >> "$log/events.log"
+    i=0
+    while [ $i -lt 30 ]; do echo "[upgrade] still working ($i)"; sleep 0.1; i=$((i+1)); done
+    echo "end $2" >> "$log/events.log" ;;
+esac
+"""
+
+
+def test_kubeadm_outlives_a_killed_daemon_and_is_never_run_twice_at_once(tmp_path: Path) -> None:
+    """SIGKILL the daemon during `kubeadm upgrade apply`: kubeadm goes on to its end (no SIGPIPE from
+    the dead daemon's pipe), and the next daemon waits for it, then applies again (the cluster
+    version cannot tell whether an interrupted apply finished)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    kubeadm = setup(tmp_path)
+    binary = Path(kubeadm.path)
+    binary.write_text(SLOW_KUBEADM)
+    state = tmp_path / "root/var/lib/kupd/host"
+    code = ("import sys; from kupd.host.kubeadm import Kubeadm; "
+            "Kubeadm(sys.argv[1], sys.argv[2]).upgrade('v1.31.2', first_control_plane=True, control_plane=True)")
+    daemon = subprocess.Popen([sys.executable, "-c", code, str(binary), str(state)])
+    record = state / "kubeadm-running.json"
+    deadline = time.monotonic() + 30
+    while not record.exists():
+        assert daemon.poll() is None and time.monotonic() < deadline, "kubeadm upgrade apply never started"
+        time.sleep(0.05)
+    time.sleep(0.3)  # kubeadm has printed a few lines
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait()
+    events = tmp_path / "root/var/log/kupd-test/events.log"
+    assert events.read_text().splitlines() == ["start apply"]
+
+    assert kubeadm.upgrade("v1.31.2", first_control_plane=True, control_plane=True) is True
+    # The orphan ran to its end before the second apply started; no plan shortcut the second time.
+    assert events.read_text().splitlines() == ["start apply", "end apply", "start apply", "end apply"]
+    assert argv_log(tmp_path) == ["kubeadm upgrade plan v1.31.2", "kubeadm upgrade apply v1.31.2 --yes",
+                                  "kubeadm upgrade apply v1.31.2 --yes"]
+    assert not record.exists()
+    assert "[upgrade] still working (29)" in (state / "kubeadm-apply.log").read_text()
+
+
+def test_an_unreadable_running_record_still_means_apply_again(tmp_path: Path) -> None:
+    kubeadm = setup(tmp_path)
+    state = tmp_path / "root/var/lib/kupd/host"
+    state.mkdir(parents=True)
+    (state / "kubeadm-running.json").write_text('{"pid": "not a number"')
+    assert kubeadm.upgrade("v1.31.2", first_control_plane=True, control_plane=True) is True
+    assert argv_log(tmp_path) == ["kubeadm upgrade apply v1.31.2 --yes"]
+    assert not (state / "kubeadm-running.json").exists()
+
+
+def test_ignored_preflight_checks_reach_every_upgrade_command(tmp_path: Path) -> None:
+    """A cgroup v1 node was initialised ignoring SystemVerification; kubeadm's upgrade preflight
+    runs that check again and must be told the same (the real-cluster tier found this)."""
+    plain = setup(tmp_path)
+    kubeadm = Kubeadm(plain.path, str(plain.state_dir), ignore_preflight_errors=("SystemVerification", "Swap"))
+    kubeadm.upgrade("v1.31.2", first_control_plane=True, control_plane=True)
+    flag = "--ignore-preflight-errors=SystemVerification,Swap"
+    assert argv_log(tmp_path) == [f"kubeadm upgrade plan v1.31.2 {flag}", f"kubeadm upgrade apply v1.31.2 --yes {flag}"]
+    Kubeadm(plain.path, str(tmp_path / "other-state"), ignore_preflight_errors=("all",)).upgrade(
+        "v1.31.2", first_control_plane=False, control_plane=False)
+    assert argv_log(tmp_path)[-1] == "kubeadm upgrade node --ignore-preflight-errors=all"
+    for bad in ("SystemVerification --dry-run", "a,b", "--config=/etc/x", "", "Swap\n"):
+        with pytest.raises(ValidationError):
+            Kubeadm(plain.path, str(plain.state_dir), ignore_preflight_errors=(bad,))

@@ -9,11 +9,13 @@ registration is needed, which is what makes this work inside a container without
 host. Commands run inside a node through ``nsenter`` into the namespaces of the node's PID 1
 (found by its root directory), with a clean environment.
 
-The nodes share the host's network namespace, so they reach the test control plane on
-127.0.0.1 and must not listen on the same ports.
+The system tier's nodes share the host's network namespace, so they reach the test control
+plane on 127.0.0.1 and must not listen on the same ports. The real-cluster tier gives each node a
+network of its own (`launcher` runs nspawn inside the test's namespace) and cgroups of its own
+(`own_cgroups`, see `NodeCgroups`).
 
 Usage from a shell (warms the cache, boots a node for poking around):
-    python -m tests.system.nspawn base
+    python -m tests.system.nspawn base [SUITE]
     python -m tests.system.nspawn boot NAME
 """
 
@@ -30,13 +32,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SUITE = "bookworm"
+# Releases the system tier boots (Debian's archive serves both; the host's debootstrap knows them).
+SUITES = ("bookworm", "trixie")
 # The packages kupd's .deb depends on are in the base image, so `apt-get install ./kupd.deb`
-# inside a node needs no network; the rest is what a minimal kubeadm node has.
+# inside a node needs no network; the rest is what a minimal kubeadm node has. No
+# python3-systemd: kupd writes to journald itself (kupd/journal.py), and the tests prove it.
 BASE_PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -44,7 +49,6 @@ BASE_PACKAGES = (
     "apt",
     "python3",
     "python3-apt",
-    "python3-systemd",
     "ca-certificates",
     "iproute2",
     "procps",
@@ -76,8 +80,8 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def base_key(mirror: str) -> str:
-    text = "\n".join([SUITE, mirror, "minbase", *sorted(BASE_PACKAGES)])
+def base_key(mirror: str, suite: str = SUITE, extra: Sequence[str] = ()) -> str:
+    text = "\n".join([suite, mirror, "minbase", *sorted(BASE_PACKAGES), *sorted(extra)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -90,11 +94,15 @@ def _require(*tools: str) -> None:
         )
 
 
-def base_image() -> Path:
-    """The cached debootstrapped root; built (a few minutes, once) when missing."""
+def base_image(suite: str = SUITE, extra: Sequence[str] = ()) -> Path:
+    """The cached debootstrapped root of `suite` (with `extra` packages too, e.g. cloud-init);
+    built (a few minutes, once) when missing."""
     _require("debootstrap", "systemd-nspawn", "nsenter")
     mirror = debian_mirror()
-    root = cache_dir() / f"nspawn-base-{base_key(mirror)}"
+    prefix = "nspawn-base" if suite == SUITE else f"nspawn-base-{suite}"
+    if extra:
+        prefix += "-" + "-".join(sorted(extra))
+    root = cache_dir() / f"{prefix}-{base_key(mirror, suite, extra)}"
     if (root / ".complete").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +115,8 @@ def base_image() -> Path:
         argv = [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
-            SUITE,
+            f"--include={','.join((*BASE_PACKAGES, *extra))}",
+            suite,
             str(tmp),
             mirror,
         ]
@@ -138,6 +146,60 @@ def _prepare_base(root: Path) -> None:
     (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
 
 
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
+
+
+class NodeCgroups:
+    """A cgroup of the node's own in each cgroup v1 controller, beneath this process's cgroup.
+
+    nspawn gives the node a cgroup namespace rooted where nspawn starts. Started inside these
+    cgroups, the node's view of every hierarchy begins at its own: the kubelet's /kubepods and
+    containerd's cgroups of one node are then apart from another node's, and from the machine's
+    (whose own cgroups are only ever added to, under the cgroup this test already runs in).
+    """
+
+    def __init__(self, name: str, base: Path = Path("/sys/fs/cgroup")) -> None:
+        self.name = f"kupd-node-{name}"
+        self.base = base
+
+    def paths(self) -> list[Path]:
+        out = []
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(","):
+                if c in V1_CONTROLLERS and (self.base / c).is_dir():
+                    out.append(self.base / c / path.lstrip("/") / self.name)
+        return out
+
+    def create(self) -> None:
+        for path in self.paths():
+            path.mkdir(exist_ok=True)
+            if path.parent.name and (path / "cpuset.cpus").exists():
+                # A new v1 cpuset has no CPUs nor memory nodes: nothing could run in it.
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    if not (path / f).read_text().strip():
+                        (path / f).write_text((path.parent / f).read_text())
+
+    def enter(self) -> None:
+        """In the child before exec: move it into the node's cgroups."""
+        for path in self.paths():
+            (path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self, timeout: float = 30) -> None:
+        """Remove the node's cgroups, deepest first, once no process is left in them."""
+        deadline = time.monotonic() + timeout
+        for path in self.paths():
+            while path.exists():
+                dirs = sorted((d for d in path.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts))
+                for d in [*dirs, path]:
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+                if path.exists():
+                    if time.monotonic() > deadline:
+                        raise NodeError(f"cgroup {path} still busy after {timeout}s")
+                    time.sleep(0.5)
+
+
 @dataclass
 class Node:
     """One booted container. `run()` executes inside it; `reboot()` restarts it like a power cycle."""
@@ -148,12 +210,17 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     boots: int = 0
     extra_args: list[str] = field(default_factory=list)
+    own_cgroups: bool = False
+    launcher: list[str] = field(default_factory=list)
+    """argv prefix that execs systemd-nspawn (e.g. nsenter into a network namespace)."""
+    """Boot inside cgroups of the node's own (see `NodeCgroups`), for nodes that run containers."""
 
     # --- lifecycle -------------------------------------------------------------------------
     def boot(self, timeout: float = NSPAWN_TIMEOUT) -> None:
         if self.proc is not None and self.proc.poll() is None:
             raise NodeError(f"{self.name} is already running")
         argv = [
+            *self.launcher,
             "systemd-nspawn",
             "--boot",
             "--register=no",
@@ -172,6 +239,9 @@ class Node:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         log.write(f"\n===== boot {self.boots}: {' '.join(argv)}\n".encode())
         log.flush()
+        cgroups = NodeCgroups(self.cgroup_name) if self.own_cgroups else None
+        if cgroups is not None:
+            cgroups.create()
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -179,6 +249,8 @@ class Node:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={"PATH": PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "1"},
+            # Into the node's cgroups before exec, so nspawn's cgroup namespace is rooted there.
+            preexec_fn=cgroups.enter if cgroups is not None else None,
         )
         log.close()
         self.wait_running(timeout)
@@ -223,7 +295,9 @@ class Node:
                 return
             if state == "degraded":
                 failed = self.run(["systemctl", "--failed", "--no-legend", "--plain"], check=False)
-                raise NodeError(f"{self.name} booted degraded:\n{failed.stdout}")
+                units = [line.split()[0] for line in failed.stdout.splitlines() if line.strip()]
+                logs = "".join(self.journal("-u", u, "-n", "20") for u in units[:3])
+                raise NodeError(f"{self.name} booted degraded:\n{failed.stdout}\n{logs}")
             last = f"{state} {r.stderr.strip()}"
             time.sleep(0.3)
         raise NodeError(
@@ -233,13 +307,26 @@ class Node:
     def stop(self, timeout: float = 60) -> None:
         """Clean power-off: SIGTERM to nspawn makes the node's systemd shut down."""
         if self.proc is None or self.proc.poll() is not None:
+            self._remove_cgroups()
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(NodeError):
+                os.kill(self.leader(), signal.SIGKILL)
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        self._remove_cgroups()
+
+    @property
+    def cgroup_name(self) -> str:
+        # Named after the root too: two clusters' nodes of the same name must never share cgroups.
+        return f"{self.name}-{hashlib.sha256(str(self.root).encode()).hexdigest()[:8]}"
+
+    def _remove_cgroups(self) -> None:
+        if self.own_cgroups:
+            NodeCgroups(self.cgroup_name).remove()
 
     def reboot(self, timeout: float = NSPAWN_TIMEOUT) -> None:
         """`systemctl reboot` inside; nspawn exits 133 ("reboot requested") and we boot it again."""
@@ -284,6 +371,7 @@ class Node:
             "--mount",
             "--uts",
             "--ipc",
+            "--net",  # the node's own namespace where it has one (the system tier's share the machine's)
             "--pid",
             "--cgroup",
             "--root",
@@ -350,11 +438,15 @@ def make_node(name: str, workdir: Path, base: Path | None = None) -> Node:
 
 
 @contextlib.contextmanager
-def booted_nodes(names: Sequence[str], workdir: Path) -> Iterator[list[Node]]:
-    base = base_image()
+def booted_nodes(names: Sequence[str], workdir: Path, suite: str = SUITE, extra: Sequence[str] = (),
+                 prepare: Callable[[Node], None] | None = None) -> Iterator[list[Node]]:
+    """Boot copies of the base image; `prepare` runs on each node's root before it boots."""
+    base = base_image(suite, extra)
     nodes = [make_node(n, workdir, base) for n in names]
     try:
         for n in nodes:
+            if prepare is not None:
+                prepare(n)
             n.boot()
         yield nodes
     finally:
@@ -365,7 +457,7 @@ def booted_nodes(names: Sequence[str], workdir: Path) -> Iterator[list[Node]]:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["base"]:
-        print(base_image())
+        print(base_image(*argv[1:2]))
         return 0
     if len(argv) == 2 and argv[0] == "boot":
         workdir = cache_dir() / "nodes"

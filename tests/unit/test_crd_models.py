@@ -279,7 +279,7 @@ def test_examples_parse(path: Path) -> None:
 def test_defaults_are_filled() -> None:
     spec = models.parse_directupdate_spec({"spec": {"version": "v1.31.2"}})
     assert spec.concurrency == 1
-    assert spec.backup.required is True
+    assert spec.backup.effective_policy == "Required"
     assert spec.drain.timeout_seconds == 600 and spec.drain.grace_period_seconds == -1
     assert spec.drain.on_timeout == "RequiresAttention"
     assert spec.package_source.type == "upstream"

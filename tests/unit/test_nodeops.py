@@ -1,6 +1,6 @@
-"""NodeOps against a recording fake of kupd's API client: which requests cordon, drain and
-uncordon send, and what a refused eviction is reported as. The real API server's side (PDBs
-enforced by the Eviction API) is covered by tests/cluster/test_rollout.py."""
+"""NodeOps against a recording fake of kupd's API client: which requests cordon and uncordon send;
+the drain's pure pod filters. The drain against the real API server and disruption controller
+(PDBs, refusals, timeouts) is tests/cluster/test_drain.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from kupd.api.models import DrainPolicy
-from kupd.errors import PermanentError, RetryableError
+from kupd.errors import PermanentError
 from kupd.k8s import ApiError
-from kupd.nodeops import NodeOps
+from kupd.nodeops import NodeOps, _pdb_of_refusal, plan_drain
 from kupd.protocol import ANN_CORDONED_BY
 
 NODE_PATH = "/api/v1/nodes/w-1"
@@ -66,7 +66,7 @@ class FakeApi:
 
 
 def ops(api: FakeApi) -> NodeOps:
-    return NodeOps(api, "w-1")  # type: ignore[arg-type]  # the fake stands in for k8s.Client
+    return NodeOps(api, "w-1")  # type: ignore[arg-type]  # the fake stands in for kubeapi.Client
 
 
 def test_cordon_marks_the_node_and_uncordon_only_undoes_its_own_mark() -> None:
@@ -87,11 +87,11 @@ def test_cordon_marks_the_node_and_uncordon_only_undoes_its_own_mark() -> None:
 
 def test_drain_evicts_through_the_eviction_api_skipping_daemonsets_and_mirror_pods() -> None:
     api = FakeApi(pods=[
-        pod("web", {"app": "web"}),
-        pod("agent", metadata={"ownerReferences": [{"kind": "DaemonSet", "name": "agent"}]}),
+        pod("web", {"app": "web"}, metadata={"ownerReferences": [RS]}),
+        pod("agent", metadata={"ownerReferences": [{"kind": "DaemonSet", "name": "agent", "controller": True}]}),
         pod("static", metadata={"annotations": {"kubernetes.io/config.mirror": "x"}}),
     ])
-    ops(api).drain(DrainPolicy.model_construct(grace_period_seconds=30), lambda reason, msg: None, sleep=lambda s: None)
+    ops(api).drain(DrainPolicy(grace_period_seconds=30), lambda reason, msg: None, sleep=lambda s: None)
     evictions = [w for w in api.writes if w[0] == "create"]
     assert evictions == [("create", "/api/v1/namespaces/default/pods/web/eviction", {
         "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web", "namespace": "default"},
@@ -99,46 +99,58 @@ def test_drain_evicts_through_the_eviction_api_skipping_daemonsets_and_mirror_po
     assert ("/api/v1/pods", {"fieldSelector": "spec.nodeName=w-1"}) in api.lists
 
 
-def test_a_refused_eviction_is_reported_with_the_blocking_pdb() -> None:
-    pdbs = [
-        {"metadata": {"name": "db-pdb", "namespace": "default"},
-         "spec": {"selector": {"matchLabels": {"app": "db"}}}},
-        {"metadata": {"name": "web-pdb", "namespace": "default"},
-         "spec": {"selector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}}},
+RS = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "u", "controller": True}
+
+
+def managed(name: str, labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    md = extra.pop("metadata", {})
+    return pod(name, labels, metadata={"ownerReferences": [RS], **md}, **extra)
+
+
+def names(pods: Any) -> list[str]:
+    return [p["metadata"]["name"] if isinstance(p, dict) else p.split("/")[1] for p in pods]
+
+
+def test_plan_drain_follows_kubectl_drain() -> None:
+    pods = [
+        managed("web"),
+        pod("bare"),
+        managed("cache", volumes=[{"name": "scratch", "emptyDir": {}}]),
+        pod("done", status={"phase": "Succeeded"}),
+        pod("ds", metadata={"ownerReferences": [{"kind": "DaemonSet", "name": "x", "controller": True}]}),
+        pod("static", metadata={"annotations": {"kubernetes.io/config.mirror": "x"}}),
+        # An owner that is not the controller does not make a pod managed.
+        pod("orphan", metadata={"ownerReferences": [{**RS, "controller": False}]}),
     ]
-    api = FakeApi(pods=[pod("web", {"app": "web"})], pdbs=pdbs, evict_status=429)
-    reports: list[tuple[str, str]] = []
-    with pytest.raises(PermanentError) as caught:
-        ops(api).drain(DrainPolicy.model_construct(timeout_seconds=0),
-                       lambda reason, msg: reports.append((reason, msg)), sleep=lambda s: None)
-    msg = "eviction of pod default/web refused by PodDisruptionBudget default/web-pdb"
-    assert reports == [("DrainBlocked", msg)]
-    assert msg in str(caught.value)
-    # No grace period asked for: the eviction carries no deleteOptions.
-    assert "deleteOptions" not in next(w for w in api.writes if w[0] == "create")[2]
+    for p in pods:
+        p.setdefault("status", p["spec"].pop("status", {}))
+    plan = plan_drain(pods, DrainPolicy())
+    assert names(plan.evict) == ["web", "done"]
+    assert [(n, why.split(" (")[0]) for n, why in plan.refused] == [
+        ("default/bare", "no controller manages it"), ("default/cache", "it has emptyDir data"),
+        ("default/orphan", "no controller manages it")]
+    assert [n for n, _ in plan.skipped] == ["default/ds", "default/static"]
+    assert names(plan_drain(pods, DrainPolicy(force=True)).evict) == ["web", "bare", "done", "orphan"]
+    assert names(plan_drain(pods, DrainPolicy(force=True, delete_empty_dir_data=True)).evict) == [
+        "web", "bare", "cache", "done", "orphan"]
 
 
-def test_force_delete_on_timeout() -> None:
-    api = FakeApi(pods=[pod("web", {"app": "web"})], evict_status=429)
-    ops(api).drain(DrainPolicy.model_construct(timeout_seconds=0, on_timeout="ForceDelete"), lambda r, m: None,
-                   sleep=lambda s: None)
-    assert api.pods == []
-    assert ("delete", "/api/v1/namespaces/default/pods/web", None, {"gracePeriodSeconds": 0}) in api.writes
+def test_plan_drain_pod_selector_takes_the_set_based_grammar() -> None:
+    pods = [managed("web-db", {"app": "web", "tier": "db"}), managed("web-front", {"app": "web", "tier": "front"}),
+            managed("web", {"app": "web"}), managed("api", {"app": "api"})]
+    policy = DrainPolicy(pod_selector="app=web,tier!=db")
+    assert names(plan_drain(pods, policy).evict) == ["web-front", "web"]
+    policy = DrainPolicy(pod_selector="app in (web,api),!tier")
+    assert names(plan_drain(pods, policy).evict) == ["web", "api"]
 
 
-def test_emptydir_data_needs_consent() -> None:
-    api = FakeApi(pods=[pod("cache", volumes=[{"name": "scratch", "emptyDir": {}}])])
-    with pytest.raises(PermanentError, match="default/cache uses emptyDir"):
-        ops(api).drain(DrainPolicy.model_construct(), lambda r, m: None, sleep=lambda s: None)
-    api = FakeApi(pods=[pod("cache", volumes=[{"name": "scratch", "emptyDir": {}}])])
-    ops(api).drain(DrainPolicy.model_construct(delete_empty_dir_data=True), lambda r, m: None, sleep=lambda s: None)
-    assert api.pods == []
-
-
-def test_an_eviction_failing_otherwise_is_mapped() -> None:
-    api = FakeApi(pods=[pod("web")], evict_status=500)
-    with pytest.raises(RetryableError, match="evict web"):
-        ops(api).drain(DrainPolicy.model_construct(), lambda r, m: None, sleep=lambda s: None)
+def test_a_refused_eviction_names_the_pdb_from_the_api_servers_answer() -> None:
+    err = ApiError(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.",
+                   {"details": {"causes": [{"reason": "DisruptionBudget",
+                                            "message": "The disruption budget web-pdb needs 1 healthy pods and "
+                                                       "has 1 currently"}]}})
+    assert _pdb_of_refusal(err) == "web-pdb"
+    assert _pdb_of_refusal(ApiError(429, "TooManyRequests", "throttled")) == ""
 
 
 def test_wait_ready_reads_ready_and_kubelet_version() -> None:

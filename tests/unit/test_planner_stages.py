@@ -137,4 +137,7 @@ def test_grant_within_the_limits() -> None:
     assert ordered[0]["grant"]["backup"] and ordered[0]["grant"]["firstControlPlane"]
     ordered[0]["phase"] = "Succeeded"
     planner.grant(r, pol, ordered, hops, frozenset())
+    assert [e["name"] for e in ordered if e["phase"] == "Granted"] == [], "no worker past the API server"
+    ms["cp-1"] = MemberView("cp-1", True, Version.parse("v1.32.0"))
+    planner.grant(r, pol, ordered, hops, frozenset())
     assert [e["name"] for e in ordered if e["phase"] == "Granted"] == ["w-1", "w-2"]

@@ -1,0 +1,63 @@
+"""Fixtures of the real-cluster tier: the artifacts, a Ready kubeadm cluster, kupd on every node.
+
+Nothing here skips: a missing tool or a failed build fails the test with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.realcluster import artifacts, cluster
+from tests.realcluster.harness import RealCluster
+from tests.system import nspawn
+from tests.system.conftest import deb_package  # noqa: F401 - the fixture, shared with the system tier
+
+NAMES = ["rc-cp-1", "rc-w-1", "rc-w-2"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Builds, three nodes and a real upgrade on a loaded 2-core machine.
+    for item in items:
+        if "tests/realcluster/" in str(item.fspath) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(3600))
+
+
+@pytest.fixture(scope="session")
+def realcluster_artifacts() -> artifacts.Artifacts:
+    for tool in ("systemd-nspawn", "nsenter", "ip", "go", "dpkg-deb", "apt-ftparchive", "gpg"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: see .ci/apt-packages.txt and scripts/setup.sh")
+    started = time.monotonic()
+    try:
+        arts = artifacts.build()
+    except (RuntimeError, subprocess.SubprocessError) as e:
+        pytest.fail(f"building the real cluster's artifacts failed: {e}")
+    print(f"real-cluster artifacts in {time.monotonic() - started:.1f}s: {arts.bundle.parent}")
+    return arts
+
+
+@pytest.fixture(scope="module")
+def realcluster(realcluster_artifacts: artifacts.Artifacts, deb_package: Path) -> Iterator[RealCluster]:  # noqa: F811
+    parent = nspawn.cache_dir() / "nodes"
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="realcluster-", dir=parent))
+    started = time.monotonic()
+    try:
+        with cluster.real_cluster(NAMES, work, realcluster_artifacts, artifacts.FROM, f"kupd-rc-{os.getpid()}",
+                                  deb_package) as (nodes, relay):
+            rc = RealCluster(nodes, relay, realcluster_artifacts, work)
+            rc.enroll_kupd()
+            print(f"real cluster up, kupd enrolled, in {time.monotonic() - started:.1f}s")
+            yield rc
+            rc.close()
+    finally:
+        if not os.environ.get("KUPD_KEEP_NODES"):
+            shutil.rmtree(work, ignore_errors=True)

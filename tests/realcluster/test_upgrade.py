@@ -1,0 +1,187 @@
+"""kupd upgrades a real kubeadm cluster: three systemd-nspawn nodes (one control plane, two
+workers) with containerd, the kubelet and pods, created by `kubeadm init` and `kubeadm join`
+from packages in signed per-minor repositories, and upgraded by a DirectUpdate, with kupd's
+daemon killed by SIGKILL while `kubeadm upgrade apply` runs.
+
+What is real and what is not is listed in docs/development/testing.md ("Real-cluster tier").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from typing import Any
+
+from kupd.host import parsers
+from kupd.versions import Version
+from tests.cluster.harness import Monitor, apply_du, wait_phase
+from tests.realcluster import artifacts, cluster
+from tests.realcluster.harness import BACKUP_DIR, AvailabilityWatch, RealCluster, wait_for
+
+FROM, TO = artifacts.FROM, artifacts.TO
+WORKLOADS = f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: default}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: web
+        image: {artifacts.WORKLOAD_IMAGE}
+        command: [sh, -c, "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        readinessProbe:
+          httpGet: {{path: /index.html, port: 8080}}
+          periodSeconds: 2
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {{name: web, namespace: default}}
+spec:
+  maxUnavailable: 1
+  selector: {{matchLabels: {{app: web}}}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      tolerations: [{{operator: Exists}}]
+      containers:
+      - {{name: agent, image: {artifacts.WORKLOAD_IMAGE}, command: [sleep, "100000"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: bare, namespace: default, labels: {{app: bare}}}}
+spec:
+  nodeName: rc-w-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: bare, image: {artifacts.WORKLOAD_IMAGE}, command: [sleep, "100000"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: scratch, namespace: default, labels: {{app: scratch}}}}
+spec:
+  nodeName: rc-w-2
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: data, emptyDir: {{}}}}]
+  containers:
+  - name: scratch
+    image: {artifacts.WORKLOAD_IMAGE}
+    command: [sh, -c, "date > /data/written && exec sleep 100000"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+"""
+
+
+def pods(rc: RealCluster, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = rc.get_json("pods", "-n", "default", "-l", selector)["items"]
+    return items
+
+
+def running(p: dict[str, Any]) -> bool:
+    return bool(p["status"].get("phase") == "Running" and all(
+        c.get("ready") for c in p["status"].get("containerStatuses") or [{}]))
+
+
+def static_pod_images(rc: RealCluster) -> dict[str, str]:
+    out = {}
+    for p in rc.get_json("pods", "-n", "kube-system")["items"]:
+        if p["metadata"].get("annotations", {}).get("kubernetes.io/config.mirror"):
+            out[p["metadata"]["labels"].get("component", p["metadata"]["name"])] = p["spec"]["containers"][0]["image"]
+    return out
+
+
+def test_the_cluster_is_real(realcluster: RealCluster) -> None:
+    rc = realcluster
+    nodes = rc.get_json("nodes")["items"]
+    assert sorted(n["metadata"]["name"] for n in nodes) == ["rc-cp-1", "rc-w-1", "rc-w-2"]
+    for n in nodes:
+        info = n["status"]["nodeInfo"]
+        assert info["kubeletVersion"] == FROM.stamp, info
+        assert info["containerRuntimeVersion"] == f"containerd://{FROM.containerd.lstrip('v')}", info
+    version = json.loads(rc.kubectl("get", "--raw", "/version").stdout)
+    assert version["gitVersion"] == FROM.stamp
+    images = static_pod_images(rc)
+    for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        assert images[component] == f"{artifacts.REGISTRY}/{component}:{FROM.stamp}", images
+
+
+def test_kubeadm_upgrade_plan_is_read_by_kupd(realcluster: RealCluster) -> None:
+    """kupd parses what the real `kubeadm upgrade plan` prints (the host tier parses a capture)."""
+    out = realcluster.cp.run(["kubeadm", "upgrade", "plan", TO.stamp], timeout=300).stdout
+    plan = parsers.upgrade_plan(out)
+    assert plan.cluster_version == Version.parse(FROM.stamp), out
+    targets = {c.component: c.target for c in plan.components}
+    assert targets.get("kube-apiserver") == TO.stamp, (targets, out)
+
+
+def test_directupdate_upgrades_the_cluster(realcluster: RealCluster) -> None:
+    rc = realcluster
+    rc.kubectl("apply", "-f", "-", input_text=WORKLOADS)
+    wait_for("workloads running", lambda: sum(running(p) for p in pods(rc, "app=web")) == 3
+             and all(running(p) for p in pods(rc, "app in (agent,bare,scratch)")), timeout=300)
+    watch = AvailabilityWatch(rc, "default", "web", min_available=None).start()
+    monitor = Monitor(rc).start()  # type: ignore[arg-type] - RealCluster offers what Monitor reads
+    killed: dict[str, str] = {}
+
+    def tick(st: dict[str, Any]) -> None:
+        # SIGKILL kupd's main process on the control plane while `kubeadm upgrade apply` runs.
+        if "kill" in killed:
+            return
+        r = rc.cp.run(["pgrep", "-f", "kubeadm upgrade apply"], check=False)
+        if r.returncode == 0:
+            killed["kill"] = r.stdout.strip()
+            rc.cp.node.run(["systemctl", "kill", "--kill-who=main", "-s", "KILL", "kupd"])
+
+    apply_du(rc, "real-upgrade", {  # type: ignore[arg-type]
+        "version": TO.stamp,
+        "containerdVersion": TO.containerd.lstrip("v"),
+        "concurrency": 1,
+        "packageSource": cluster.PACKAGE_SOURCE,
+        "backup": {"required": True, "store": {"type": "file", "path": BACKUP_DIR}},
+        "drain": {"timeoutSeconds": 300, "deleteEmptyDirData": True},
+    })
+    try:
+        st = wait_phase(rc, "real-upgrade", ("Succeeded", "Failed", "RequiresAttention"),  # type: ignore[arg-type]
+                        timeout=1800, tick=tick)
+    finally:
+        watch.stop()
+        monitor.stop()
+    assert st["phase"] == "Succeeded", json.dumps(st, indent=1)[:4000] + "\n" + rc.journal("rc-cp-1")
+    assert killed, "kubeadm upgrade apply was never seen running: the SIGKILL did not happen"
+    monitor.assert_invariants(concurrency=1)
+    # Every kubelet, the static pods and the API server are at the target.
+    for n in rc.get_json("nodes")["items"]:
+        assert n["status"]["nodeInfo"]["kubeletVersion"] == TO.stamp, n["status"]["nodeInfo"]
+    images = static_pod_images(rc)
+    for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        assert images[component] == f"{artifacts.REGISTRY}/{component}:{TO.stamp}", images
+    assert json.loads(rc.kubectl("get", "--raw", "/version").stdout)["gitVersion"] == TO.stamp
+    # Nothing left for kubeadm to do.
+    plan = parsers.upgrade_plan(rc.cp.run(["kubeadm", "upgrade", "plan"], timeout=300).stdout)
+    assert plan.cluster_version == Version.parse(TO.stamp)
+    # The Deployment never went below what its PDB allows.
+    assert watch.samples > 10
+    assert watch.min_available is not None and watch.min_available >= 2, watch.min_available
+    # The etcd snapshot kupd took before the upgrade is in the store, and restores.
+    snapshots = sorted((rc.cp.node.root / BACKUP_DIR.lstrip("/")).rglob("etcd-*.db"))
+    assert snapshots, "no etcd snapshot in the backup store"
+    restored = rc.work / "restored-etcd"
+    r = subprocess.run(["etcdctl", "snapshot", "restore", str(snapshots[-1]), f"--data-dir={restored}"],
+                       capture_output=True, text=True, timeout=120, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+                       check=False)
+    assert r.returncode == 0 and (restored / "member" / "snap" / "db").exists(), r.stderr
+    # The daemon that came after the SIGKILL found kubeadm still at work and waited for it.
+    journal = rc.journal("rc-cp-1", 3000)
+    assert re.search(r"kubeadm \(pid \d+\) from before this daemon started is still running", journal), \
+        journal[-3000:]
