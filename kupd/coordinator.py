@@ -173,7 +173,8 @@ class Coordinator:
     def __init__(self, api: kube.Client, namespace: str, identity: str, member_duration: int,
                  elector: Elector, newest_patch: Callable[[str], str],
                  validate_spec: Callable[[dict[str, Any]], Any] | None = None,
-                 on_plan: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_plan: Callable[[str, dict[str, Any]], None] | None = None,
+                 on_operations: Callable[[set[str]], None] | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self.identity = identity
@@ -182,6 +183,7 @@ class Coordinator:
         self.newest_patch = newest_patch
         self.validate_spec = validate_spec
         self.on_plan = on_plan or (lambda name, status: None)
+        self.on_operations = on_operations or (lambda names: None)
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._resolved: dict[tuple[int, int], str] = {}
@@ -318,6 +320,7 @@ class Coordinator:
         now = datetime.now(UTC)
         ops = sorted(self.ops.items(), key=lambda o: (o["metadata"].get("creationTimestamp", ""),
                                                       o["metadata"]["name"]))
+        self.on_operations({o["metadata"]["name"] for o in ops})
         active = [o for o in ops if (o.get("status") or {}).get("phase") not in planner.TERMINAL_OP]
         # The grant Leases, read once a round and kept current with this round's own writes.
         grants = self._grant_leases()

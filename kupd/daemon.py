@@ -11,9 +11,10 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kupd import kube, logsetup, metrics
+from kupd import kube, logsetup, metrics, oneversion
 from kupd import protocol as p
 from kupd.agent import Agent
 from kupd.checkpoint import CheckpointStore
@@ -79,6 +80,11 @@ class Daemon:
     def run(self) -> int:
         s = self.settings
         logsetup.set_defaults(node=self.node)
+        # Everything this process may need, imported now: after a package upgrade it must not mix
+        # modules of the new version into the old one. It restarts itself instead (below).
+        oneversion.preload(backends=s.host == "real" and s.control_plane is not False)
+        package = oneversion.PackageWatch()
+        restart = False
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         api = kube.api_client(s.kubeconfig)
@@ -99,7 +105,7 @@ class Daemon:
                 self.notifier.status(f"{r.operation}: {r.phase} {r.step} {r.message}"[:200])
 
         agent = Agent(self.node, host, nodeops, store, backup_fn=make_backup_fn(api, s, self.node),
-                      on_report=on_report)
+                      on_report=on_report, deadline=s.steps.deadline)
         if s.host == "simulated":
             from kupd.host.simkubelet import SimKubelet
             from kupd.host.simulated import SimulatedHost
@@ -110,9 +116,10 @@ class Daemon:
         # finishes without it. Its role is in the checkpoint, so no API read is needed first.
         control_plane = agent.cp.control_plane if agent.cp.active else self._control_plane(api)
         lease = s.lease
+        offset = timedelta(seconds=s.simulated.clock_offset_seconds if s.host == "simulated" else 0)
         member = Member(api, lease.namespace, self.node, lease.member_duration_seconds,
                         lease.member_duration_seconds * lease.renew_fraction, host.facts, agent.report,
-                        control_plane)
+                        control_plane, clock=lambda: datetime.now(UTC) + offset)
         member_holder.append(member)
         member.start()
         agent.resume()
@@ -146,15 +153,25 @@ class Daemon:
             # second watch event: look at the grant Lease again on every tick.
             offer()
             self.notifier.watchdog()
+            if package.changed() and agent.quiesce():
+                log.info("kupd's package changed on disk and no step runs: restarting to run the new version")
+                restart = True
+                break
             self._stop.wait(tick)
-        log.info("stopping")
-        self.notifier.stopping("stopping")
+        if restart:
+            # Not STOPPING=1: the service goes on in the same process (same PID), which says READY again.
+            self.notifier.status("restarting to run the upgraded kupd")
+        else:
+            log.info("stopping")
+            self.notifier.stopping("stopping")
         if self.coordinator:
             self.coordinator.stop()
         elector.release()
         agent.stop()
         member.stop()
         grants.stop()
+        if restart:
+            oneversion.reexec()
         return 0
 
     def _elect(self, api: kube.Client, elector: Elector, host: Host) -> None:
@@ -168,7 +185,8 @@ class Daemon:
             self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
                                            self.settings.lease.member_duration_seconds, elector,
                                            host.newest_patch, validate_spec=_validator(),
-                                           on_plan=metrics.operation_status)
+                                           on_plan=metrics.operation_status,
+                                           on_operations=metrics.forget_operations)
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
             log.info("no longer coordinator")

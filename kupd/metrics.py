@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -84,6 +85,19 @@ def operation_status(name: str, status: Mapping[str, Any]) -> None:
             counts[e["phase"]] += 1
     for ph, n in counts.items():
         OPERATION_NODES.labels(operation=name, phase=ph).set(n)
+
+
+def forget_operations(keep: Collection[str]) -> None:
+    """Drop the series of DirectUpdates that no longer exist (all but `keep`): a deleted operation's
+    series must not live on until the coordinator changes."""
+    for name in [n for n in _op_phase if n not in keep]:
+        for gauge, phases in ((OPERATION_PHASE, OPERATION_PHASES), (OPERATION_NODES, NODE_PHASES)):
+            for ph in phases:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name, ph)
+        with contextlib.suppress(KeyError):
+            OPERATION_STATE_CHANGE.remove(name)
+        del _op_phase[name]
 
 
 def coordinator_stopped() -> None:

@@ -80,7 +80,8 @@ class Kubeadm:
 
     def _run(self, argv: list[str], timeout: float) -> None:
         try:
-            result = runner.run(argv, timeout=timeout)
+            # Never killed mid-upgrade: past a deadline kupd waits for it to end, then reports.
+            result = runner.run(argv, timeout=timeout, stop="wait")
         except CommandError:
             log.error("%s failed; the node is left for the next attempt", " ".join(argv[:3]))
             raise
