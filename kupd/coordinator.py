@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 GATE_SECONDS = 5.0
 STATUS_INTERVAL = 1.0
 NODE_ONLY_EVENTS = frozenset({"StepStarted"})
+# A member Lease's own duration, as its node wrote it, bounded: a node cannot make itself immortal.
+MEMBER_DURATION_BOUNDS = (5, 600)
+
+
+class StatusRefused(KupdError):
+    """The API server refused a status write as invalid (400/422): retrying the same cannot help."""
 
 
 def _in_flight(status: dict[str, Any]) -> set[str]:
@@ -174,7 +180,8 @@ class Coordinator:
                  elector: Elector, newest_patch: Callable[[str], str],
                  validate_spec: Callable[[dict[str, Any]], Any] | None = None,
                  on_plan: Callable[[str, dict[str, Any]], None] | None = None,
-                 on_operations: Callable[[set[str]], None] | None = None) -> None:
+                 on_operations: Callable[[set[str]], None] | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self.identity = identity
@@ -184,6 +191,13 @@ class Coordinator:
         self.validate_spec = validate_spec
         self.on_plan = on_plan or (lambda name, status: None)
         self.on_operations = on_operations or (lambda names: None)
+        self.on_refused = on_refused or (lambda name: None)
+        # DirectUpdates whose status the API server refused (uid -> why): they are no longer run,
+        # and no longer hold up the operations queued behind them.
+        self._refused: dict[str, str] = {}
+        # Liveness without node clocks: when this coordinator saw each member Lease change, on its
+        # own monotonic clock (name -> (resourceVersion, when first seen)). renewTime is never used.
+        self._seen: dict[str, tuple[str, float]] = {}
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._resolved: dict[tuple[int, int], str] = {}
@@ -290,10 +304,13 @@ class Coordinator:
             nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels,
                                           kube.ready(n)))
         members: dict[str, planner.MemberView] = {}
+        mono = time.monotonic()
+        present = set()
         for lease in self.leases.items():
             name = lease["metadata"]["name"]
             if not name.startswith(p.MEMBER_LEASE_PREFIX):
                 continue
+            present.add(name)
             node = name[len(p.MEMBER_LEASE_PREFIX):]
             rv = str(lease["metadata"].get("resourceVersion", ""))
             cached = self._decoded.get(name)
@@ -305,9 +322,15 @@ class Coordinator:
                           int(spec.get("leaseDurationSeconds") or self.member_duration),
                           Version.parse(kubelet) if kubelet else None, p.Report.decode(anns.get(p.ANN_REPORT)))
                 self._decoded[name] = cached
-            _, renew, duration, kubelet_version, report = cached
-            alive = renew is not None and (now - renew).total_seconds() < duration
+            _, _renew, duration, kubelet_version, report = cached
+            seen = self._seen.get(name)
+            if seen is None or seen[0] != rv or not rv:
+                seen = self._seen[name] = (rv, mono)
+            lo, hi = MEMBER_DURATION_BOUNDS
+            alive = mono - seen[1] < min(max(duration, lo), hi)
             members[node] = planner.MemberView(node, alive, kubelet_version, report)
+        for name in [n for n in self._seen if n not in present]:
+            del self._seen[name]
         return nodes, members
 
     def _resolve(self, hops_needed: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
@@ -329,15 +352,32 @@ class Coordinator:
                 self._clear_grants(None, ops, self._views(now)[1], grants)
             return
         nodes, members = self._views(now)
-        first = active[0]
-        for queued in active[1:]:
+        # Each DirectUpdate on its own: one whose status cannot be stored is set aside (it was
+        # reported), so it holds up nobody; the oldest of the others runs, the rest wait their turn.
+        runnable = [o for o in active if o["metadata"]["uid"] not in self._refused]
+        first = runnable[0] if runnable else None
+        for queued in runnable[1:]:
+            assert first is not None
             st = dict(queued.get("status") or {})
             msg = f"queued behind {first['metadata']['name']}"
             if st.get("message") != msg or st.get("phase") != planner.OP_PENDING:
-                st.update(phase=planner.OP_PENDING, message=msg)
-                self._write(queued, st)
-        self._reconcile_one(first, nodes, members, now, grants)
-        self._clear_grants(first["metadata"]["uid"], ops, members, grants)
+                st = planner.queued(st, msg, int(queued["metadata"].get("generation", 1)), now)
+                try:
+                    self._write(queued, st)
+                except StatusRefused as e:
+                    self._on_refused(queued, e)
+                except KupdError as e:
+                    log.warning("writing the status of %s: %s", queued["metadata"]["name"], e)
+        if first is not None:
+            try:
+                self._reconcile_one(first, nodes, members, now, grants)
+            except KupdError:
+                raise
+            except Exception:
+                # A defect planning one operation must not stop the others' grant Leases being
+                # cleared below; it is logged with its traceback and tried again next round.
+                log.exception("planning %s", first["metadata"]["name"])
+        self._clear_grants(first["metadata"]["uid"] if first else None, ops, members, grants)
 
     def _reconcile_one(self, obj: dict[str, Any], nodes: list[planner.NodeView],
                        members: dict[str, planner.MemberView], now: datetime, grants: dict[str, str]) -> None:
@@ -351,14 +391,17 @@ class Coordinator:
             planned = None
         status = planned or obj.get("status") or {}
         resolved: dict[tuple[int, int], str] = {}
-        if not status.get("hops"):
-            try:
-                target = Version.parse(str((obj.get("spec") or {}).get("version", "")))
+        hops = status.get("hops") or []
+        try:
+            target = Version.parse(str((obj.get("spec") or {}).get("version", "")))
+            # Resolve the intermediate minors when hops are planned: at the start, and again
+            # when spec.version was raised past the last hop.
+            if not hops or Version.parse(str(hops[-1])) < target:
                 versions = [m.kubelet for m in members.values() if m.kubelet]
                 if versions and min(versions) < target:
                     resolved = self._resolve(planner.hop_minors(min(versions), target)[:-1])
-            except KupdError as e:
-                log.warning("resolving hops for %s: %s", md["name"], e)
+        except KupdError as e:
+            log.warning("resolving hops for %s: %s", md["name"], e)
         op = planner.Operation(md["name"], uid, int(md.get("generation", 1)), obj.get("spec") or {},
                                status, md.get("annotations") or {})
         result = planner.plan(op, nodes, members, epoch=self.elector.epoch, coordinator=self.identity,
@@ -397,6 +440,10 @@ class Coordinator:
                     # A newer plan made meanwhile stays to be written next.
                     if self._planned.get(uid) is status:
                         self._planned.pop(uid, None)
+            except StatusRefused as e:
+                with self._write_lock:
+                    self._planned.pop(uid, None)
+                self._on_refused(obj, e)
             except KupdError as e:
                 log.warning("writing the status of %s: %s", obj["metadata"]["name"], e)
                 self._written_at = time.monotonic()  # try again after the usual interval
@@ -499,15 +546,41 @@ class Coordinator:
         self._gate_cache = (key, now, result)
         return result
 
+    def _on_refused(self, obj: dict[str, Any], err: StatusRefused) -> None:
+        """A status the API server refused as invalid: a defect of kupd, reported as an Event, a log
+        line and a metric. The operation is set aside so it blocks no other, and marked Failed
+        with a minimal status (the phase and a message are valid by construction) if it can be."""
+        md = obj["metadata"]
+        if md["uid"] in self._refused:
+            return
+        self._refused[md["uid"]] = str(err)
+        msg = f"the API server refused the status kupd wrote: {err}"[:1000]
+        log.error("DirectUpdate %s: %s", md["name"], msg)
+        self.on_refused(md["name"])
+        self._queue_events(obj, [planner.PlanEvent(str(planner.Reason.STATUS_REFUSED), msg, warning=True)])
+        stored = dict(obj.get("status") or {})
+        stored.update(phase=planner.OP_FAILED, message=f"kupd could not record this operation: {msg}"[:1000])
+        try:
+            self._write(obj, stored)
+        except KupdError as e:
+            log.error("DirectUpdate %s: even the minimal status was not stored: %s", md["name"], e)
+
     def _write(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
         if not self.elector.leading:
             return
         body = copy.deepcopy(obj)
         body["status"] = status
         t0 = time.monotonic()
-        new = kube.call(self.api.replace, f"write status of {obj['metadata']['name']}",
-                        kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES, obj["metadata"]["name"], subresource="status"),
-                        body)
+        what = f"write status of {obj['metadata']['name']}"
+        try:
+            new = self.api.replace(kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES, obj["metadata"]["name"],
+                                             subresource="status"), body)
+        except kube.ApiError as e:
+            if e.status in (400, 422):
+                raise StatusRefused(f"{what}: refused ({e.status}): {str(e.message or e.reason)[:500]}") from e
+            raise kube.map_error(e, what) from e
+        except Exception as e:
+            raise kube.map_error(e, what) from e
         self._written_at = time.monotonic()
         self._write_cost = self._written_at - t0
         self.writes += 1

@@ -186,7 +186,8 @@ class Daemon:
                                            self.settings.lease.member_duration_seconds, elector,
                                            host.newest_patch, validate_spec=_validator(),
                                            on_plan=metrics.operation_status,
-                                           on_operations=metrics.forget_operations)
+                                           on_operations=metrics.forget_operations,
+                                           on_refused=metrics.status_refused)
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
             log.info("no longer coordinator")

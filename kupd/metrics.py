@@ -65,6 +65,9 @@ OPERATION_NODES = Gauge("kupd_coordinator_operation_nodes",
                         ["operation", "phase"])
 OPERATION_STATE_CHANGE = Gauge("kupd_coordinator_operation_state_change_timestamp_seconds",
                                "When this coordinator last changed the phase of the DirectUpdate.", ["operation"])
+STATUS_REFUSED = Counter("kupd_coordinator_status_writes_refused_total",
+                         "Status writes of a DirectUpdate the API server refused as invalid (a kupd defect).",
+                         ["operation"])
 BUILD_INFO = Gauge("kupd_build_info", "Always 1; the kupd version in the label.", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)
 
@@ -95,13 +98,19 @@ def forget_operations(keep: Collection[str]) -> None:
             for ph in phases:
                 with contextlib.suppress(KeyError):
                     gauge.remove(name, ph)
-        with contextlib.suppress(KeyError):
-            OPERATION_STATE_CHANGE.remove(name)
+        for labelled in (OPERATION_STATE_CHANGE, STATUS_REFUSED):
+            with contextlib.suppress(KeyError):
+                labelled.remove(name)
         del _op_phase[name]
+
+
+def status_refused(name: str) -> None:
+    _op_phase.setdefault(name, "")  # so forget_operations drops the series with the operation
+    STATUS_REFUSED.labels(operation=name).inc()
 
 
 def coordinator_stopped() -> None:
     """Drop the per-operation series when this daemon stops coordinating: the new coordinator has them."""
-    for g in (OPERATION_PHASE, OPERATION_NODES, OPERATION_STATE_CHANGE):
+    for g in (OPERATION_PHASE, OPERATION_NODES, OPERATION_STATE_CHANGE, STATUS_REFUSED):
         g.clear()
     _op_phase.clear()

@@ -13,11 +13,12 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from kupd import windows
 from kupd.errors import ValidationError
-from kupd.protocol import ANN_RETRY_NODES, STEP_BACKUP, Grant, Report
+from kupd.protocol import ANN_RETRY_NODES, GRANT_LEASE_PREFIX, STEP_BACKUP, Grant, Report
 from kupd.versions import SkewError, Version, check_target
 
 # Node phases.
@@ -31,6 +32,48 @@ OP_PENDING, OP_RUNNING, OP_PAUSED, OP_SUCCEEDED, OP_FAILED, OP_ATTENTION = (
     "Pending", "Running", "Paused", "Succeeded", "Failed", "RequiresAttention",
 )
 TERMINAL_OP = (OP_SUCCEEDED, OP_FAILED)
+
+
+class Reason(StrEnum):
+    """Every reason a DirectUpdate Condition may carry. CamelCase only: the CRD's pattern
+    (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`) refuses anything else, and a refused status
+    write would leave the operation unrecorded (tests/unit/test_condition_reasons.py checks each)."""
+
+    SPEC_VALID = "SpecValid"
+    INVALID_SPEC = "InvalidSpec"
+    VERSION_SKEW = "VersionSkew"
+    NO_DOWNGRADE = "NoDowngrade"
+    SAME_MAJOR = "SameMajor"
+    KUBELET_NOT_NEWER = "KubeletNotNewerThanApiserver"
+    ONE_MINOR_AT_A_TIME = "OneMinorAtATime"
+    VERSION_LOWERED = "VersionLowered"
+    BACKUP_VERIFIED = "BackupVerified"
+    BACKUP_FAILED = "BackupFailed"
+    COMPLETED = "Completed"
+    UPGRADING = "Upgrading"
+    WAITING = "Waiting"
+    PAUSED = "Paused"
+    OUTSIDE_WINDOW = "OutsideWindow"
+    GATE_FAILED = "GateFailed"
+    GATES_PASSED = "GatesPassed"
+    NO_PROBLEM = "NoProblem"
+    NODE_FAILED = "NodeFailed"
+    NODE_LOST = "NodeLost"
+    NO_MEMBER = "NoMember"
+    MEMBER_LOST = "MemberLost"
+    QUEUED = "Queued"
+    STATUS_REFUSED = "StatusRefused"
+
+
+# Kubernetes' skew rules (kupd.versions.SkewError.rule) as Condition reasons.
+SKEW_REASONS: Mapping[str, Reason] = {
+    "no-downgrade": Reason.NO_DOWNGRADE,
+    "same-major": Reason.SAME_MAJOR,
+    "kubelet-not-newer-than-apiserver": Reason.KUBELET_NOT_NEWER,
+    "one-minor-at-a-time": Reason.ONE_MINOR_AT_A_TIME,
+}
+# What a node reports while it waits inside a step (kupd/agent.py): the operation says so.
+WAITING_REASONS = ("DrainBlocked", "Waiting", "DeadlineExceeded")
 
 
 @dataclass(frozen=True)
@@ -154,7 +197,7 @@ def parse_time(s: str | None) -> datetime | None:
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
-def _condition(status: dict[str, Any], ctype: str, value: bool, reason: str, message: str,
+def _condition(status: dict[str, Any], ctype: str, value: bool, reason: Reason, message: str,
                generation: int, now: datetime) -> None:
     conds: list[dict[str, Any]] = status.setdefault("conditions", [])
     want = "True" if value else "False"
@@ -162,13 +205,13 @@ def _condition(status: dict[str, Any], ctype: str, value: bool, reason: str, mes
         if c["type"] == ctype:
             if c["status"] != want:
                 c["lastTransitionTime"] = _iso(now)
-            c.update(status=want, reason=reason, message=message[:1000], observedGeneration=generation)
+            c.update(status=want, reason=str(reason), message=message[:1000], observedGeneration=generation)
             return
-    conds.append({"type": ctype, "status": want, "reason": reason, "message": message[:1000],
+    conds.append({"type": ctype, "status": want, "reason": str(reason), "message": message[:1000],
                   "observedGeneration": generation, "lastTransitionTime": _iso(now)})
 
 
-def _fail(op: Operation, status: dict[str, Any], reason: str, message: str, now: datetime,
+def _fail(op: Operation, status: dict[str, Any], reason: Reason, message: str, now: datetime,
           events: list[PlanEvent]) -> Plan:
     if status.get("phase") != OP_FAILED:
         events.append(PlanEvent(reason, message, warning=True))
@@ -177,6 +220,14 @@ def _fail(op: Operation, status: dict[str, Any], reason: str, message: str, now:
     status.setdefault("finishedAt", _iso(now))
     _condition(status, "Progressing", False, reason, message, op.generation, now)
     return Plan(status, events)
+
+
+def queued(status: Mapping[str, Any], message: str, generation: int, now: datetime) -> dict[str, Any]:
+    """The status of an operation waiting for an older one to finish."""
+    out = copy.deepcopy(dict(status))
+    out.update(phase=OP_PENDING, message=message[:1000])
+    _condition(out, "Progressing", False, Reason.QUEUED, message, generation, now)
+    return out
 
 
 def plan(
@@ -216,9 +267,9 @@ def plan(
             validate_spec(op.spec)
         policy = Policy.from_spec(op.spec)
     except ValidationError as err:
-        _condition(status, "Valid", False, "InvalidSpec", str(err), gen, now)
-        return _fail(op, status, "InvalidSpec", str(err), now, events)
-    _condition(status, "Valid", True, "SpecValid", "the spec passed the daemon's validation", gen, now)
+        _condition(status, "Valid", False, Reason.INVALID_SPEC, str(err), gen, now)
+        return _fail(op, status, Reason.INVALID_SPEC, str(err), now, events)
+    _condition(status, "Valid", True, Reason.SPEC_VALID, "the spec passed the daemon's validation", gen, now)
 
     # Which nodes, in which order: control plane first, then canaries, then the rest, by name.
     selected = sorted((n for n in nodes if selector_matches(policy.node_selector, n.labels)),
@@ -238,18 +289,31 @@ def plan(
         status["message"] = "no node matches spec.nodeSelector"
         return Plan(status, events)
 
-    # Hops are fixed when the operation starts, from the oldest member among the selected nodes.
-    if not status.get("hops"):
+    # Hops are planned when the operation starts, from the oldest member among the selected nodes,
+    # and planned again when spec.version is raised mid-rollout: the hops already begun are kept
+    # (a minor is never passed through at two patches), the new minors are added.
+    old_hops = [Version.parse(h) for h in status.get("hops") or []]
+    if old_hops and policy.target < old_hops[-1]:
+        msg = (f"spec.version was lowered to {policy.target} while the rollout went to {old_hops[-1]}; "
+               "kupd never downgrades: create a new DirectUpdate")
+        _condition(status, "Valid", False, Reason.VERSION_LOWERED, msg, gen, now)
+        return _fail(op, status, Reason.VERSION_LOWERED, msg, now, events)
+    if not old_hops or policy.target > old_hops[-1]:
         versions = [m.kubelet for n in selected if (m := members.get(n.name)) and m.kubelet]
         if not versions:
             status.setdefault("phase", OP_PENDING)
             status["message"] = "waiting for kupd members on the selected nodes"
             return Plan(status, events)
+        kept = {h.minor_key: str(h) for h in old_hops}
         try:
-            status["hops"] = hops_for(min(versions), policy.target, resolved_minors or {})
+            planned = hops_for(min(versions), policy.target, {**(resolved_minors or {}), **kept})
         except SkewError as skew:
-            _condition(status, "Valid", False, skew.rule, str(skew), gen, now)
-            return _fail(op, status, "VersionSkew", str(skew), now, events)
+            reason = SKEW_REASONS.get(skew.rule, Reason.VERSION_SKEW)
+            _condition(status, "Valid", False, reason, str(skew), gen, now)
+            return _fail(op, status, Reason.VERSION_SKEW, str(skew), now, events)
+        if old_hops:
+            events.append(PlanEvent("Replanned", f"spec.version raised to {policy.target}: hops {', '.join(planned)}"))
+        status["hops"] = planned
     hops = [Version.parse(h) for h in status["hops"]]
 
     # The kubelet-never-newer rule: a worker-only selection cannot pass the control plane.
@@ -259,8 +323,8 @@ def plan(
         if cp_versions and policy.target.minor_key > min(cp_versions).minor_key:
             msg = (f"target {policy.target} is newer than the control plane {min(cp_versions)}; "
                    "select the control-plane nodes too (rule: kubelet-not-newer-than-apiserver)")
-            _condition(status, "Valid", False, "kubelet-not-newer-than-apiserver", msg, gen, now)
-            return _fail(op, status, "VersionSkew", msg, now, events)
+            _condition(status, "Valid", False, Reason.KUBELET_NOT_NEWER, msg, gen, now)
+            return _fail(op, status, Reason.VERSION_SKEW, msg, now, events)
 
     # Every selected node has an entry; a grant delivered but not yet recorded is adopted first, so
     # that the retry, the backup record and the observation below all see it.
@@ -277,6 +341,12 @@ def plan(
                     e["phase"] = SKIPPED
                     e["message"] = f"already at {m.kubelet}"
             entries[n.name] = e
+        elif e["phase"] in DONE and m is not None and m.kubelet is not None and m.kubelet < policy.target:
+            # spec.version was raised: a node done with the old target has more to do.
+            e.update(phase=PENDING, toVersion=str(policy.target), message=f"target raised to {policy.target}")
+            e.pop("finishedAt", None)
+        if e["phase"] not in DONE:
+            e["toVersion"] = str(policy.target)
         _adopt(e, (delivered or {}).get(n.name), op, epoch)
 
     # An operator's retry request puts Failed nodes back in line, once per annotation value.
@@ -305,20 +375,21 @@ def plan(
                     and m.report.backup and m.report.granted_at in ("", g.get("grantedAt")):
                 status["backup"] = dict(m.report.backup)
                 msg = f"etcd snapshot {m.report.backup.get('location')} verified before any change"
-                _condition(status, "BackupSucceeded", True, "BackupVerified", msg, gen, now)
+                _condition(status, "BackupSucceeded", True, Reason.BACKUP_VERIFIED, msg, gen, now)
                 events.append(PlanEvent("BackupTaken", msg))
 
-    # Bring every selected node's entry up to date with what its member reports.
-    for n in selected:
-        _observe(entries[n.name], members.get(n.name), op, policy, now, events, n.name)
+    # Bring every node's entry up to date with what its member reports: the selected ones, and
+    # those that left the selection or the cluster with a turn out, which keep their slot until
+    # they report it over (or are lost, which the operation then says).
+    for name, e in entries.items():
+        _observe(e, members.get(name), op, policy, now, events, name)
 
     ordered = [entries[n.name] for n in selected]
     status["nodes"] = list(ordered)
-    # Entries of nodes that left the selection or the cluster are kept for the record only.
     selected_names = {n.name for n in selected}
-    for name, e in entries.items():
-        if name not in selected_names:
-            status["nodes"].append(e)
+    departed = [e for name, e in entries.items() if name not in selected_names]
+    status["nodes"].extend(departed)
+    departed_in_flight = [e for e in departed if e["phase"] in IN_FLIGHT]
 
     summary = {k: 0 for k in ("total", "pending", "upgrading", "succeeded", "failed", "skipped")}
     for e in ordered:
@@ -332,45 +403,47 @@ def plan(
     backup_failed = [e for e in failed if e.get("step") == STEP_BACKUP]
     if backup_failed:
         msg = f"backup failed on {backup_failed[0]['name']}: {backup_failed[0].get('message', '')}"
-        _condition(status, "BackupSucceeded", False, "BackupFailed", msg, gen, now)
-        return _fail(op, status, "BackupFailed", msg, now, events)
+        _condition(status, "BackupSucceeded", False, Reason.BACKUP_FAILED, msg, gen, now)
+        return _fail(op, status, Reason.BACKUP_FAILED, msg, now, events)
 
-    if all(e["phase"] in DONE for e in ordered):
+    if all(e["phase"] in DONE for e in ordered) and not departed_in_flight:
         if status.get("phase") != OP_SUCCEEDED:
             events.append(PlanEvent("Succeeded", f"all {len(ordered)} nodes at {policy.target}"))
         status["phase"] = OP_SUCCEEDED
         status["message"] = f"all {len(ordered)} selected nodes are at {policy.target}"
         status.setdefault("finishedAt", _iso(now))
         status["progress"] = f"{len(ordered)}/{len(ordered)}"
-        _condition(status, "Progressing", False, "Completed", status["message"], gen, now)
-        _condition(status, "RequiresAttention", False, "NoProblem", "", gen, now)
+        _condition(status, "Progressing", False, Reason.COMPLETED, status["message"], gen, now)
+        _condition(status, "RequiresAttention", False, Reason.NO_PROBLEM, "", gen, now)
         return Plan(status, events)
 
     done_count = sum(1 for e in ordered if e["phase"] in DONE)
     status["progress"] = f"{done_count}/{len(ordered)}"
 
-    attention = [e for e in ordered if e["phase"] in (FAILED, LOST)]
-    no_member = [e for e in ordered if e["phase"] == PENDING and e["name"] not in members]
-    if attention or no_member:
-        e0 = (attention or no_member)[0]
-        reason = {"Failed": "NodeFailed", "Lost": "NodeLost"}.get(e0["phase"], "NoMember")
-        msg = (f"node {e0['name']}: {e0.get('message') or reason}" if attention
-               else f"node {e0['name']} has no live kupd member; install or start kupd there")
-        if status.get("phase") != OP_ATTENTION:
-            events.append(PlanEvent(reason, msg, e0["name"], warning=True))
+    # Turns of another DirectUpdate that are not over yet (it was deleted or failed mid-turn while
+    # its nodes still work) hold their slots too: a turn ends only when its node says so.
+    elsewhere = {n: g for n, g in (delivered or {}).items()
+                 if g.uid != op.uid and not turn_over(members.get(n), g)}
+
+    attention = _attention(ordered, departed_in_flight, members, elsewhere)
+    if attention:
+        reason, name, msg = attention
+        if status.get("phase") != OP_ATTENTION or status.get("message") != msg:
+            events.append(PlanEvent(str(reason), msg, name, warning=True))
         status["phase"] = OP_ATTENTION
         status["message"] = msg
         _condition(status, "RequiresAttention", True, reason, msg, gen, now)
         if failed:
             # A failed step stops all further grants until an operator acts.
+            _condition(status, "Progressing", False, Reason.NODE_FAILED, msg, gen, now)
             return Plan(status, events)
     else:
-        _condition(status, "RequiresAttention", False, "NoProblem", "", gen, now)
+        _condition(status, "RequiresAttention", False, Reason.NO_PROBLEM, "", gen, now)
 
     if policy.paused:
         status["phase"] = OP_PAUSED
         status["message"] = "paused by spec.paused; nodes already granted finish their turn"
-        _condition(status, "Progressing", False, "Paused", status["message"], gen, now)
+        _condition(status, "Progressing", False, Reason.PAUSED, status["message"], gen, now)
         return Plan(status, events)
 
     window = _window_decision(op, ordered, policy, now)
@@ -378,34 +451,86 @@ def plan(
         if not attention:
             status["phase"] = OP_PAUSED
             status["message"] = window.reason
-        _condition(status, "Progressing", False, "OutsideWindow", window.reason, gen, now)
+        _condition(status, "Progressing", False, Reason.OUTSIDE_WINDOW, window.reason, gen, now)
         return Plan(status, events)
 
     gate = _health_gate(op.spec.get("healthGates"), ordered, nodes, now, gate_failure)
     if gate is not None:
         if status.get("phase") != OP_PAUSED or status.get("message") != gate:
             events.append(PlanEvent("HealthGateFailed", gate, warning=True))
-        _condition(status, "HealthGates", False, "GateFailed", gate, gen, now)
+        _condition(status, "HealthGates", False, Reason.GATE_FAILED, gate, gen, now)
         if not attention:
             status["phase"] = OP_PAUSED
             status["message"] = f"health gate: {gate}"
         return Plan(status, events)
     if op.spec.get("healthGates"):
-        _condition(status, "HealthGates", True, "GatesPassed", "every health gate passes", gen, now)
+        _condition(status, "HealthGates", True, Reason.GATES_PASSED, "every health gate passes", gen, now)
 
-    # Turns of another DirectUpdate that are not over yet (it was deleted or failed mid-turn while
-    # its nodes still work) hold their slots too: a turn ends only when its node says so.
-    elsewhere = {n: g for n, g in (delivered or {}).items()
-                 if g.uid != op.uid and not turn_over(members.get(n), g)}
-    _grant(ordered, hops, policy, members, epoch, now, events, status, canaries, elsewhere)
-    in_flight = [e for e in ordered if e["phase"] in IN_FLIGHT]
+    held = _grant(ordered, departed_in_flight, hops, policy, members, epoch, now, events, status, canaries,
+                  elsewhere)
+    in_flight = [e for e in [*ordered, *departed_in_flight] if e["phase"] in IN_FLIGHT]
+    # Every stall says what it waits for: nothing in flight, or only nodes waiting inside a step.
+    waiting = [e for e in in_flight if (r := _report(members.get(e["name"]), op, e)) is not None
+               and r.reason in WAITING_REASONS]
+    wait: str | None = None
+    if in_flight and len(waiting) == len(in_flight):
+        wait = "; ".join(f"{e['name']}: {e.get('message', '')}" for e in waiting)
+    elif not in_flight:
+        wait = held or "waiting for a node to become eligible"
     if not attention:
         status["phase"] = OP_RUNNING
-        status["message"] = (f"upgrading {', '.join(e['name'] for e in in_flight)}" if in_flight
-                             else status.get("message", ""))
+        msg = wait or f"upgrading {', '.join(e['name'] for e in in_flight)}" + (f"; {held}" if held else "")
+        status["message"] = msg[:1000]
     status.setdefault("startedAt", _iso(now))
-    _condition(status, "Progressing", True, "Upgrading", f"{done_count}/{len(ordered)} nodes done", gen, now)
+    if wait:
+        _condition(status, "Progressing", False, Reason.WAITING, wait, gen, now)
+    else:
+        _condition(status, "Progressing", True, Reason.UPGRADING, f"{done_count}/{len(ordered)} nodes done",
+                   gen, now)
     return Plan(status, events)
+
+
+def _report(m: MemberView | None, op: Operation, e: dict[str, Any]) -> Report | None:
+    """The member's report on the turn the entry records, if that is what it reports."""
+    r = m.report if m is not None else None
+    g = e.get("grant") or {}
+    if r is None or r.uid != op.uid or r.granted_at not in ("", g.get("grantedAt")):
+        return None
+    return r
+
+
+def _attention(ordered: list[dict[str, Any]], departed: list[dict[str, Any]], members: Mapping[str, MemberView],
+               elsewhere: Mapping[str, Grant]) -> tuple[Reason, str, str] | None:
+    """What needs an operator, most pressing first: (reason, node, message), or None."""
+    for e in [*ordered, *departed]:
+        if e["phase"] == FAILED and e in ordered:
+            return Reason.NODE_FAILED, e["name"], f"node {e['name']}: {e.get('message') or 'failed'}"
+    for e in [*ordered, *departed]:
+        if e["phase"] == LOST:
+            where = "" if e in ordered else " (it left the selection or the cluster mid-turn)"
+            return Reason.NODE_LOST, e["name"], f"node {e['name']}{where}: {e.get('message') or 'lost'}"
+    for e in ordered:
+        if e["phase"] in IN_FLIGHT and (m := members.get(e["name"])) is not None and m.report is not None \
+                and m.report.reason == "DeadlineExceeded" and m.report.phase == "Upgrading":
+            return Reason.NODE_FAILED, e["name"], f"node {e['name']}: {m.report.message}"
+    for node, g in sorted(elsewhere.items()):
+        m = members.get(node)
+        if m is None or not m.alive:
+            return (Reason.NODE_LOST, node,
+                    f"node {node} holds a turn of DirectUpdate {g.operation} and its kupd member is lost; "
+                    "the turn keeps its slot until it is reported over or its grant Lease "
+                    f"{GRANT_LEASE_PREFIX}{node} is deleted (runbook: a lost node)")
+    for e in ordered:
+        if e["phase"] != PENDING:
+            continue
+        m = members.get(e["name"])
+        if m is None:
+            return (Reason.NO_MEMBER, e["name"],
+                    f"node {e['name']} has no kupd member; install or start kupd there")
+        if not m.alive:
+            return (Reason.MEMBER_LOST, e["name"],
+                    f"node {e['name']}: its kupd member stopped renewing its Lease; start kupd there")
+    return None
 
 
 def turn_over(m: MemberView | None, g: Grant) -> bool:
@@ -532,18 +657,25 @@ def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Polic
     return windows.can_start_node(now, start, end, expected)
 
 
-def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
+def _grant(ordered: list[dict[str, Any]], departed: list[dict[str, Any]], hops: list[Version], policy: Policy,
            members: Mapping[str, MemberView], epoch: int, now: datetime, events: list[PlanEvent],
-           status: dict[str, Any], canaries: set[str], elsewhere: Mapping[str, Grant]) -> None:
-    def give(e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool) -> None:
+           status: dict[str, Any], canaries: set[str], elsewhere: Mapping[str, Grant]) -> str | None:
+    """Grant what the limits allow. Returns what the operation waits for when nothing can be
+    granted and nothing of its own is in flight, else None.
+
+    The limits count every turn out: this operation's, selected or not (a node that left the
+    selection or the cluster keeps its slot until its turn is over), and other operations'.
+    """
+    def give(e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool) -> bool:
         if not versions:
-            return
+            return False  # never an empty turn, and never a slot spent on one
         e["phase"] = GRANTED
         e["grant"] = {"epoch": epoch, "versions": [str(v) for v in versions], "firstControlPlane": first_cp,
                       "backup": backup, "grantedAt": _iso(now)}
         e["message"] = f"granted {', '.join(str(v) for v in versions)}"
         e.setdefault("startedAt", _iso(now))
         events.append(PlanEvent("NodeGranted", f"{e['name']} may upgrade to {versions[-1]}", e["name"]))
+        return True
 
     def current(e: dict[str, Any]) -> Version | None:
         m = members.get(e["name"])
@@ -555,16 +687,27 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
                 and e["name"] not in elsewhere)
 
     # Every in-flight grant is re-stamped with this coordinator's epoch: agents ignore older ones.
-    for e in ordered:
+    for e in [*ordered, *departed]:
         if e["phase"] in IN_FLIGHT and e.get("grant"):
             e["grant"]["epoch"] = epoch
 
+    out = [e for e in [*ordered, *departed] if e["phase"] in IN_FLIGHT]
+    cps_out = [e["name"] for e in out if e["role"] == "ControlPlane"] + sorted(
+        n for n, g in elsewhere.items() if g.control_plane)
+    workers_out = [e["name"] for e in out if e["role"] == "Worker"] + sorted(
+        n for n, g in elsewhere.items() if not g.control_plane)
+
     cps = [e for e in ordered if e["role"] == "ControlPlane"]
-    cp_busy = any(e["phase"] in IN_FLIGHT for e in cps) or any(g.control_plane for g in elsewhere.values())
     cp_left = [e for e in cps if e["phase"] not in DONE]
     if cp_left:
-        if cp_busy:
-            return
+        if cps_out:
+            return None if any(e["role"] == "ControlPlane" for e in out) else (
+                f"waiting for the control-plane turn of {', '.join(cps_out)} to end")
+        if workers_out:
+            # A control-plane node that joined mid-rollout waits for the workers in flight: a
+            # worker's new kubelet must never meet an older API server.
+            return (f"control-plane node {cp_left[0]['name']} waits for the workers in flight "
+                    f"({', '.join(workers_out)}) to finish")
         # Hop-major: every control-plane node reaches hop i before any starts hop i+1, so the
         # API servers never drift more than one minor apart.
         for hop in hops:
@@ -577,12 +720,13 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
                 need_backup = (policy.backup_required and not status.get("backup")
                                and hop == hops[0] and first_cp)
                 give(nxt, [hop], first_cp, need_backup)
-            return
-        return
+                return None
+            why = nxt.get("message") or "no live member"
+            return f"control-plane node {nxt['name']} is next and not eligible ({why})"
+        return f"control-plane nodes {', '.join(e['name'] for e in cp_left)} have no hop left to take"
 
     workers = [e for e in ordered if e["role"] == "Worker"]
-    in_flight = [e for e in workers if e["phase"] in IN_FLIGHT]
-    slots = policy.concurrency - len(in_flight) - sum(1 for g in elsewhere.values() if not g.control_plane)
+    slots = policy.concurrency - len(workers_out)
     canary_entries = [e for e in workers if e["name"] in canaries]
     canaries_done = all(e["phase"] in DONE for e in canary_entries)
     candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]
@@ -590,9 +734,9 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
         if canary_entries and policy.canary_bake_seconds:
             finished = [f for e in canary_entries if (f := parse_time(e.get("finishedAt")))]
             if finished and now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
-                status["message"] = "canaries upgraded; baking before the other workers"
-                return
+                return "canaries upgraded; baking before the other workers"
         candidates = [e for e in workers if e["phase"] == PENDING]
+    given = False
     for e in candidates:
         if slots <= 0:
             break
@@ -600,8 +744,14 @@ def _grant(ordered: list[dict[str, Any]], hops: list[Version], policy: Policy,
             continue
         v = current(e)
         assert v is not None
-        give(e, [h for h in hops if h > v], False, False)
-        slots -= 1
+        if give(e, [h for h in hops if h > v], False, False):
+            slots -= 1
+            given = True
+    if given or any(e["phase"] in IN_FLIGHT for e in ordered):
+        return None
+    if candidates and slots <= 0 and workers_out:
+        return f"every worker slot is held by a turn out ({', '.join(workers_out)})"
+    return None
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,8 @@ class Monitor:
                 for ev in w:
                     if ev["type"] in ("ADDED", "MODIFIED"):
                         handler(ev["object"])
+                    elif ev["type"] == "DELETED" and handler == self._on_lease:
+                        self._on_lease_deleted(ev["object"])
             except Exception:
                 time.sleep(0.5)  # the API server may be stopped on purpose
 
@@ -199,6 +201,12 @@ class Monitor:
         ws = [n for n in active if not self._grants[n].control_plane]
         if cps and ws:
             self.violations.append(f"control-plane turn of {cps} out while workers {ws} are in flight")
+
+    def _on_lease_deleted(self, obj: dict[str, Any]) -> None:
+        # Deleting a grant Lease is how an operator declares a dead node's turn over (runbook).
+        name = obj["metadata"]["name"]
+        if name.startswith(p.GRANT_LEASE_PREFIX):
+            self._grants.pop(name[len(p.GRANT_LEASE_PREFIX):], None)
 
     _cordoned: dict[str, bool] = field(default_factory=dict)
     _roles: dict[str, bool] = field(default_factory=dict)
