@@ -61,6 +61,7 @@ class Reason(StrEnum):
     NODE_LOST = "NodeLost"
     NO_MEMBER = "NoMember"
     MEMBER_LOST = "MemberLost"
+    STEP_PAST_DEADLINE = "StepPastDeadline"
     QUEUED = "Queued"
     STATUS_REFUSED = "StatusRefused"
 
@@ -512,7 +513,7 @@ def _attention(ordered: list[dict[str, Any]], departed: list[dict[str, Any]], me
     for e in ordered:
         if e["phase"] in IN_FLIGHT and (m := members.get(e["name"])) is not None and m.report is not None \
                 and m.report.reason == "DeadlineExceeded" and m.report.phase == "Upgrading":
-            return Reason.NODE_FAILED, e["name"], f"node {e['name']}: {m.report.message}"
+            return Reason.STEP_PAST_DEADLINE, e["name"], f"node {e['name']}: {m.report.message}"
     for node, g in sorted(elsewhere.items()):
         m = members.get(node)
         if m is None or not m.alive:

@@ -111,6 +111,10 @@ def test_raising_the_version_mid_rollout_replans_the_hops(sim: SimCluster) -> No
         apply_du(sim.cp, "raise", {"version": "v1.32.0", "backup": NO_BACKUP})
         _until(lambda: _entry(_status(sim, "raise"), "cp-1").get("phase") == "Succeeded", 90, "cp-1 done")
         sim.cp.kubectl("patch", "directupdate", "raise", "--type=merge", "-p", '{"spec":{"version":"v1.33.0"}}')
+        # Lowering it is refused by the API server itself (a CEL transition rule).
+        low = sim.cp.kubectl("patch", "directupdate", "raise", "--type=merge", "-p",
+                             '{"spec":{"version":"v1.32.1"}}', check=False)
+        assert low.returncode != 0 and "never lowered" in low.stderr, low
         st = wait_phase(sim.cp, "raise", ENDS, timeout=240)
     finally:
         mon.stop()
