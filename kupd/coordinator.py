@@ -347,11 +347,12 @@ class Coordinator:
         active = [o for o in ops if (o.get("status") or {}).get("phase") not in planner.TERMINAL_OP]
         # The grant Leases, read once a round and kept current with this round's own writes.
         grants = self._grant_leases()
+        # Every round, operation or not: liveness counts from when each Lease change was seen.
+        nodes, members = self._views(now)
         if not active:
             if any(grants.values()):
-                self._clear_grants(None, ops, self._views(now)[1], grants)
+                self._clear_grants(None, ops, members, grants)
             return
-        nodes, members = self._views(now)
         # Each DirectUpdate on its own: one whose status cannot be stored is set aside (it was
         # reported), so it holds up nobody; the oldest of the others runs, the rest wait their turn.
         runnable = [o for o in active if o["metadata"]["uid"] not in self._refused]

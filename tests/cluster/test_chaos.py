@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -342,3 +343,54 @@ def test_a_hung_step_meets_its_deadline_and_the_node_can_be_retried(sim: SimClus
         mon.stop()
     mon.assert_invariants(concurrency=1)
     effects_once(sim, "w-1")
+
+
+# -- one version per process --------------------------------------------------------------------
+
+def test_the_daemon_restarts_itself_into_an_upgraded_package_when_no_step_runs(
+        sim: SimCluster, tmp_path: Path) -> None:
+    """w-1's daemon runs from a copy of the package; the copy is upgraded in place while w-1 is in
+    the middle of its turn. The daemon finishes the turn in the old version, then runs the new one
+    in the same process."""
+    pkg = tmp_path / "site"
+    shutil.copytree(ROOT / "kupd", pkg / "kupd", ignore=shutil.ignore_patterns("__pycache__"))
+    sim.add_node("cp-1", control_plane=True)
+    sim.extra_env = {"PYTHONPATH": str(pkg)}
+    w = sim.add_node("w-1")
+    sim.extra_env = {}
+    w.faults({"hang": {"kubelet-package": 4}})
+    assert w.proc is not None
+    pid = w.proc.pid
+
+    def lease() -> tuple[str, str]:
+        out = sim.cp.kubectl("-n", "kupd-system", "get", "lease", "kupd-node-w-1", "-o", "json", check=False)
+        if out.returncode != 0:
+            return "", ""
+        anns = json.loads(out.stdout)["metadata"].get("annotations") or {}
+        report = json.loads(anns.get("kupd.io/report") or "{}")
+        return str(anns.get("kupd.io/version", "")), str(report.get("phase", ""))
+
+    old = _until(lambda: lease()[0], 30, "w-1's member lease")
+    apply_du(sim.cp, "selfupgrade", {"version": "v1.32.0", "backup": NO_BACKUP})
+    _until(_upgrading(sim, "selfupgrade", "w-1", "kubelet-package"), 90, "w-1 upgrading")
+    init = pkg / "kupd" / "__init__.py"
+    new_init = init.with_suffix(".new")
+    new_init.write_text(init.read_text().replace(f'__version__ = "{old}"', f'__version__ = "{old}+upgraded"'))
+    new_init.replace(init)  # how dpkg, rpm and pip put a file in place
+    seen: list[tuple[str, str]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        version, phase = lease()
+        seen.append((version, phase))
+        if version == f"{old}+upgraded":
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"w-1 never ran the upgraded package: {seen[-5:]}")
+    assert all(ph != "Upgrading" for v, ph in seen if v != old), "restarted in the middle of a step"
+    assert [ph for v, ph in seen if v == old][-1] == "Succeeded", seen[-5:]
+    assert sim.alive("w-1") and w.proc is not None and w.proc.pid == pid, "not restarted in place"
+    st = wait_phase(sim.cp, "selfupgrade", ENDS, timeout=60)
+    assert st["phase"] == "Succeeded", st
+    effects_once(sim, "w-1")
+    assert "restarting in place to run the upgraded kupd" in w.log.read_text()

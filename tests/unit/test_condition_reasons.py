@@ -40,7 +40,8 @@ def test_every_reason_constant_matches_the_crd_pattern() -> None:
 
 def _cluster(cp_version: str = "v1.31.2", worker_version: str = "v1.31.2") -> tuple[list[NodeView],
                                                                                   dict[str, MemberView]]:
-    nodes = [NodeView("cp-1", {}, True), NodeView("w-1", {}, False), NodeView("w-2", {}, False)]
+    nodes = [NodeView("cp-1", {"node-role.kubernetes.io/control-plane": ""}, True), NodeView("w-1", {}, False),
+             NodeView("w-2", {}, False)]
     members = {"cp-1": MemberView("cp-1", True, Version.parse(cp_version)),
                "w-1": MemberView("w-1", True, Version.parse(worker_version)),
                "w-2": MemberView("w-2", True, Version.parse(worker_version))}
