@@ -119,6 +119,8 @@ class Monitor:
                         handler(ev["object"])
                     elif ev["type"] == "DELETED" and handler == self._on_lease:
                         self._on_lease_deleted(ev["object"])
+                    elif ev["type"] == "DELETED" and handler == self._on_node:
+                        self._cordoned.pop(ev["object"]["metadata"]["name"], None)
             except Exception:
                 time.sleep(0.5)  # the API server may be stopped on purpose
 

@@ -57,10 +57,13 @@ def _status(sim: SimCluster, name: str) -> dict[str, Any]:
     return st
 
 
-def _upgrading(sim: SimCluster, du: str, node: str, step: str | None = None) -> Callable[[], bool]:
-    def check() -> bool:
-        e = _entry(_status(sim, du), node)
-        return e.get("phase") == "Upgrading" and (step is None or e.get("step") == step)
+def _upgrading(sim: SimCluster, du: str, node: str, step: str | None = None) -> Callable[[], Any]:
+    def check() -> Any:
+        st = _status(sim, du)
+        e = _entry(st, node)
+        if e.get("phase") == "Upgrading" and (step is None or e.get("step") == step):
+            return True
+        raise AssertionError(json.dumps(st)[:2000])  # shown if it never comes
     return check
 
 
@@ -135,7 +138,7 @@ def test_raising_the_version_mid_rollout_replans_the_hops(sim: SimCluster) -> No
 # -- 3. a node that leaves the selection or the cluster keeps its slot ----------------------------
 
 def test_a_node_leaving_the_selection_in_flight_keeps_its_slot(sim: SimCluster) -> None:
-    sim.add_node("cp-1", control_plane=True)
+    sim.add_node("cp-1", control_plane=True, extra={"simulated": {"node_labels": {"pool": "a"}}})
     slow = sim.add_node("w-1", extra={"simulated": {"node_labels": {"pool": "b"}}})
     for name in ("w-2", "w-3"):
         sim.add_node(name, extra={"simulated": {"node_labels": {"pool": "a"}}})
@@ -207,7 +210,7 @@ def test_a_control_plane_node_joining_mid_rollout_waits_for_workers_in_flight(si
         _until(lambda: _upgrading(sim, "join", "w-1")() and _upgrading(sim, "join", "w-2")(), 90,
                "both workers upgrading")
         sim.add_node("cp-2", control_plane=True)
-        st = wait_phase(sim.cp, "join", ENDS, timeout=120)
+        st = wait_phase(sim.cp, "join", ("Succeeded", "Failed"), timeout=120)
     finally:
         mon.stop()
     assert st["phase"] == "Succeeded", st
@@ -355,7 +358,8 @@ def test_the_daemon_restarts_itself_into_an_upgraded_package_when_no_step_runs(
     pkg = tmp_path / "site"
     shutil.copytree(ROOT / "kupd", pkg / "kupd", ignore=shutil.ignore_patterns("__pycache__"))
     sim.add_node("cp-1", control_plane=True)
-    sim.extra_env = {"PYTHONPATH": str(pkg)}
+    # PYTHONSAFEPATH: not the current folder (this repository) first on sys.path, the copy.
+    sim.extra_env = {"PYTHONPATH": str(pkg), "PYTHONSAFEPATH": "1"}
     w = sim.add_node("w-1")
     sim.extra_env = {}
     w.faults({"hang": {"kubelet-package": 4}})
