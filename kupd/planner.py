@@ -709,6 +709,11 @@ def _grant(ordered: list[dict[str, Any]], departed: list[dict[str, Any]], hops: 
             # worker's new kubelet must never meet an older API server.
             return (f"control-plane node {cp_left[0]['name']} waits for the workers in flight "
                     f"({', '.join(workers_out)}) to finish")
+        unknown = [e["name"] for e in cp_left if current(e) is None]
+        if unknown:
+            # Which control-plane node goes first (kubeadm upgrade apply) and whether the API
+            # servers stay within one minor depend on every one's version: wait to know them.
+            return f"waiting for the kupd members of control-plane nodes {', '.join(unknown)} to report their versions"
         # Hop-major: every control-plane node reaches hop i before any starts hop i+1, so the
         # API servers never drift more than one minor apart.
         for hop in hops:

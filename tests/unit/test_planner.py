@@ -484,3 +484,11 @@ def test_a_dead_member_on_a_pending_node_is_named() -> None:
     cond = next(c for c in p.status["conditions"] if c["type"] == "RequiresAttention")
     assert cond["reason"] == "MemberLost"
     assert granted(p) == ["cp-1"], "the others go on"
+
+
+def test_no_control_plane_turn_while_another_control_plane_version_is_unknown() -> None:
+    nodes, members = cluster(2, 1)
+    del members["cp-1"]
+    p = run({"version": "v1.32.0", "backup": NO_BACKUP}, nodes, members)
+    assert granted(p) == [], "cp-2 would run kubeadm upgrade apply before cp-1's version is known"
+    assert "cp-1" in p.status["message"]
