@@ -1,7 +1,7 @@
 """Many nodes' agent + member + simulated host in ONE process, without a thread per node.
 
 What is shared and what is per node:
-- one informer over the grant Leases (kupd.kube.Informer) offers each agent its own grant, as
+- one informer over the grant Leases (kupd.k8s.Informer) offers each agent its own grant, as
   each daemon's watch of `kupd-grant-<node>` would; one DirectUpdate informer only records when
   the status showed what (agents never read the DirectUpdate);
 - one renewal scheduler (a heap and a small thread pool) renews every member Lease on its
@@ -29,22 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kupd import kube
+from kupd import k8s
 from kupd import protocol as p
 from kupd.agent import Agent
 from kupd.checkpoint import Checkpoint, CheckpointStore
-from kupd.host.simulated import SimulatedHost
 from kupd.member import Member
 from kupd.nodeops import NodeOps
+from kupd.sim.simulated import SimulatedHost
 from kupd.versions import Version
 
 log = logging.getLogger(__name__)
 
 
-def api_client(kubeconfig: str | Path, pool: int = 64) -> kube.Client:
+def api_client(kubeconfig: str | Path, pool: int = 64) -> k8s.Client:
     """kupd's client, with a connection pool big enough for many threads: urllib3 would otherwise
     discard connections beyond the pool's size and reconnect (a TLS handshake per request)."""
-    return kube.Client.from_kubeconfig(str(kubeconfig), timeout=30.0, pool_size=pool)
+    return k8s.Client.from_kubeconfig(str(kubeconfig), timeout=30.0, pool_size=pool)
 
 
 class MemoryHost(SimulatedHost):
@@ -270,8 +270,8 @@ class Fleet:
             m.timeline = self.timeline
             self.members[name] = m
         self.renewer = Renewer(self.members, member_duration * renew_fraction, workers)
-        self.informer: kube.Informer | None = None
-        self.grant_informer: kube.Informer | None = None
+        self.informer: k8s.Informer | None = None
+        self.grant_informer: k8s.Informer | None = None
         self.namespace = namespace
         self._granted_seen: set[str] = set()
 
@@ -300,7 +300,7 @@ class Fleet:
                          "containerRuntimeVersion": "containerd://1.7.22", "operatingSystem": "linux",
                          "architecture": "amd64"},
         }}
-        kube.call(self.api.patch, f"status of {name}", kube.path("", "v1", "nodes", name, subresource="status"),
+        k8s.call(self.api.patch, f"status of {name}", k8s.node_path(name, subresource="status"),
                   body, "strategic")
 
     def _register_one(self, name: str) -> None:
@@ -309,8 +309,8 @@ class Fleet:
         for attempt in range(5):
             try:
                 try:
-                    self.api.create(kube.path("", "v1", "nodes"), body)
-                except kube.ApiError as e:
+                    self.api.create(k8s.node_path(), body)
+                except k8s.ApiError as e:
                     if e.status != 409:
                         raise
                 self._set_node_status(name, self.initial_version)
@@ -357,10 +357,10 @@ class Fleet:
 
     def start(self) -> None:
         self.renewer.start()
-        self.informer = kube.Informer("bench-directupdates", self.api, kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES),
+        self.informer = k8s.Informer("bench-directupdates", self.api, k8s.kupd_path(k8s.DIRECTUPDATES),
                                       self._observe_status).start()
-        self.grant_informer = kube.Informer(
-            "bench-grants", self.api, kube.lease_path(self.namespace),
+        self.grant_informer = k8s.Informer(
+            "bench-grants", self.api, k8s.lease_path(self.namespace),
             self._offer_grants, labelSelector=f"{p.LABEL_LEASE_KIND}={p.LEASE_KIND_GRANT}").start()
 
     def stop(self) -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kupd import planner
+from kupd.api.models import parse_directupdate_spec
 from kupd.protocol import Report
 from kupd.versions import Version
 
@@ -182,7 +183,7 @@ def planner_time(nodes: int, concurrency: int = 50, repeat: int = 5) -> dict[str
     names = ["cp-1"] + [f"w-{i:05d}" for i in range(1, nodes)]
     views = [planner.NodeView(n, {"kubernetes.io/hostname": n}, n == "cp-1") for n in names]
     members = {n: planner.MemberView(n, True, old) for n in names}
-    spec = {"version": str(new), "concurrency": concurrency, "backup": {"required": False}}
+    spec = parse_directupdate_spec({"version": str(new), "concurrency": concurrency, "backup": {"required": False}})
     op = planner.Operation("bench", "uid-1", 1, spec, {})
 
     def run(op: planner.Operation) -> tuple[float, planner.Plan]:

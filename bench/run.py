@@ -26,12 +26,13 @@ from pathlib import Path
 
 from bench import measure
 from bench.fleet import Fleet, api_client
-from kupd import kube
+from kupd import k8s
 from kupd import protocol as p
 from kupd.agent import step_sequence
 from kupd.config import LeaseSettings
-from kupd.devcluster import ControlPlane, free_port
-from kupd.simcluster import SimCluster
+from kupd.sim.devcluster import ControlPlane, free_port
+from kupd.sim.simcluster import SimCluster
+from tests.paths import CRD_DIR, control_plane_binary
 
 log = logging.getLogger("bench")
 
@@ -40,12 +41,12 @@ TARGET = "v1.32.0"
 AVAILABLE = ["v1.31.2", "v1.32.0"]
 # Steps of SimulatedHost that take step_seconds; drain/uncordon are API calls, and the reboot
 # step costs nothing when no reboot is required.
-TIMED_STEPS = {p.STEP_PREFLIGHT, p.STEP_REPOSITORY, p.STEP_KUBEADM_PACKAGE, p.STEP_KUBEADM_UPGRADE,
-               p.STEP_KUBELET_PACKAGE, p.STEP_RESTART, p.STEP_VERIFY}
+TIMED_STEPS = {p.Step.PREFLIGHT, p.Step.REPOSITORY, p.Step.KUBEADM_PACKAGE, p.Step.KUBEADM_UPGRADE,
+               p.Step.KUBELET_PACKAGE, p.Step.RESTART, p.Step.VERIFY}
 
 
 # The production lease durations (kupd/config.py defaults), so idle API load is what a cluster sees.
-LEASE = LeaseSettings()
+LEASE = LeaseSettings.model_validate({})
 
 
 def default_concurrency(n: int) -> int:
@@ -109,9 +110,9 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.
 
 
 def _start_control_plane(workdir: Path) -> ControlPlane:
-    cp = ControlPlane(workdir / "cp")
+    cp = ControlPlane(workdir / "cp", control_plane_binary())
     cp.start()
-    cp.install_crds()
+    cp.install_crds(CRD_DIR)
     return cp
 
 
@@ -179,9 +180,9 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
 
         def coordinating() -> bool:
             try:
-                lease = api.get(kube.lease_path("kupd-system", p.COORDINATOR_LEASE))
+                lease = api.get(k8s.lease_path("kupd-system", p.COORDINATOR_LEASE))
                 return bool((lease.get("spec") or {}).get("holderIdentity") == "cp-1")
-            except kube.ApiError:
+            except k8s.ApiError:
                 return False
 
         _wait(coordinating, 90, "cp-1 coordinating")
@@ -208,11 +209,11 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         res.idle_by_resource = _by_resource(idle_c)
         res.coordinator_idle_cpu_s_per_min = (c1 - c0) / (res.idle_s / 60)
 
-        body = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "metadata": {"name": "bench"},
+        body = {"apiVersion": k8s.API_VERSION, "kind": "DirectUpdate", "metadata": {"name": "bench"},
                 "spec": {"version": TARGET, "concurrency": concurrency, "backup": {"required": False}}}
         t_start = time.monotonic()
         d1 = measure.scrape_durations(cp.server, cp.token("admin"), cp.ca_file)
-        api.create(kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES), body)
+        api.create(k8s.kupd_path(k8s.DIRECTUPDATES), body)
 
         def phase() -> str:
             assert fleet is not None and fleet.informer is not None

@@ -14,21 +14,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kupd import logsetup
-from kupd import protocol as p
+from kupd.api.models import Backup
 from kupd.checkpoint import Checkpoint, CheckpointStore, StepRecord
 from kupd.config import DEFAULT_STEP_DEADLINES
 from kupd.errors import CommandError, DeadlineExceeded, KupdError, RetryableError
 from kupd.host import runner
 from kupd.host.base import Host
-from kupd.nodeops import DrainPolicy, NodeOps
+from kupd.nodeops import NodeOps
+from kupd.protocol import Grant, Report, Step, TurnPhase
+from kupd.rfc3339 import now as utcnow
 
 log = logging.getLogger(__name__)
 
-BackupFn = Callable[[dict[str, Any]], dict[str, Any]]
+BackupFn = Callable[[Backup], dict[str, Any]]
 DRAIN_MARGIN = 300.0  # a drain step's deadline is at least its own timeout plus this
 
 
@@ -36,15 +37,11 @@ def default_deadline(step: str) -> float:
     return DEFAULT_STEP_DEADLINES.get(step, 1800.0)
 
 
-def utcnow() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass(frozen=True)
 class StepRef:
     key: str  # "<hop>/<step>", the checkpoint key
     hop: str
-    step: str
+    step: Step
 
 
 def step_sequence(versions: list[str], backup: bool, control_plane: bool, reboot: str) -> list[StepRef]:
@@ -55,18 +52,19 @@ def step_sequence(versions: list[str], backup: bool, control_plane: bool, reboot
     """
     out: list[StepRef] = []
     for i, hop in enumerate(versions):
-        names = [p.STEP_PREFLIGHT]
-        if backup and i == 0:
-            names.append(p.STEP_BACKUP)
-        names += [p.STEP_REPOSITORY, p.STEP_KUBEADM_PACKAGE, p.STEP_KUBEADM_UPGRADE]
-        if i == 0:
-            names.append(p.STEP_DRAIN)
-        names += [p.STEP_KUBELET_PACKAGE, p.STEP_RESTART]
-        if reboot != "Never" and i == len(versions) - 1:
-            names.append(p.STEP_REBOOT)
-        names.append(p.STEP_VERIFY)
-        if i == len(versions) - 1:
-            names.append(p.STEP_UNCORDON)
+        first, last = i == 0, i == len(versions) - 1
+        names = [Step.PREFLIGHT]
+        if backup and first:
+            names.append(Step.BACKUP)
+        names += [Step.REPOSITORY, Step.KUBEADM_PACKAGE, Step.KUBEADM_UPGRADE]
+        if first:
+            names.append(Step.DRAIN)
+        names += [Step.KUBELET_PACKAGE, Step.RESTART]
+        if reboot != "Never" and last:
+            names.append(Step.REBOOT)
+        names.append(Step.VERIFY)
+        if last:
+            names.append(Step.UNCORDON)
         out += [StepRef(f"{hop}/{n}", hop, n) for n in names]
     return out
 
@@ -92,23 +90,24 @@ class Agent:
         self.step_seconds: dict[str, float] = {}
 
     # -- what the member lease publishes -------------------------------------------------
-    def report(self) -> p.Report | None:
+    def report(self) -> Report | None:
         cp = self.cp
-        if not cp.uid:
+        g = cp.grant
+        if g is None:
             return None
         current = next((k for k, s in cp.steps.items() if s.state == "started"), "")
         last = current or next((k for k, s in reversed(cp.steps.items()) if s.state != "pending"), "")
-        return p.Report(operation=cp.operation, uid=cp.uid, epoch=cp.epoch, versions=cp.versions,
-                        phase=cp.phase, step=last.split("/", 1)[-1], attempts=cp.steps[last].attempts if last else 0,
-                        started_at=cp.started_at, finished_at=cp.finished_at, message=cp.message, reason=cp.reason,
-                        backup=cp.backup_record, step_seconds=self.step_seconds, granted_at=cp.granted_at)
+        return Report(operation=g.operation, uid=g.uid, epoch=g.epoch, versions=g.versions,
+                      phase=cp.phase, step=last.split("/", 1)[-1], attempts=cp.steps[last].attempts if last else 0,
+                      started_at=cp.started_at, finished_at=cp.finished_at, message=cp.message, reason=cp.reason,
+                      backup=cp.backup_record, step_seconds=self.step_seconds, granted_at=g.granted_at)
 
     @property
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     # -- grants ----------------------------------------------------------------------------
-    def offer(self, grant: p.Grant | None) -> None:
+    def offer(self, grant: Grant | None) -> None:
         """Look at the grant in this node's grant Lease; start work if it is a turn we have not done."""
         if grant is None:
             return
@@ -125,32 +124,31 @@ class Agent:
             if self.cp.corrupt:
                 self._report_corrupt(grant)
                 return
-            same = self.cp.same_grant(grant.uid, grant.versions)
-            if same and self.cp.phase == "Failed" and grant.granted_at != self.cp.granted_at:
+            same = self.cp.same_work(grant)
+            current = self.cp.grant
+            if same and current is not None and self.cp.phase == TurnPhase.FAILED \
+                    and grant.granted_at != current.granted_at:
                 # A retry: a new grant for the same work. Steps already done stay done.
-                log.info("retrying %s from its failed step", self.cp.operation)
+                log.info("retrying %s from its failed step", grant.operation)
                 for rec in self.cp.steps.values():
                     if rec.state != "done":
                         rec.state, rec.attempts = "pending", 0
-                self.cp.phase, self.cp.finished_at, self.cp.granted_at = "Upgrading", "", grant.granted_at
-                self.cp.epoch = grant.epoch
+                self.cp.phase, self.cp.finished_at, self.cp.grant = TurnPhase.UPGRADING, "", grant
                 self.store.save(self.cp)
                 self._start()
                 return
-            if same and self.cp.phase in ("Succeeded", "Failed"):
+            if same and self.cp.phase in (TurnPhase.SUCCEEDED, TurnPhase.FAILED):
                 return  # done already; the coordinator has not caught up with our report yet
             if not (same and self.cp.active):
-                self.cp = Checkpoint(
-                    operation=grant.operation, uid=grant.uid, epoch=grant.epoch, versions=list(grant.versions),
-                    granted_at=grant.granted_at, first_control_plane=grant.first_control_plane,
-                    control_plane=grant.control_plane, backup=grant.backup, spec=dict(grant.spec),
-                    phase="Upgrading", started_at=utcnow(), max_epoch_seen=self.cp.max_epoch_seen)
-            else:
-                self.cp.epoch = grant.epoch
+                self.cp = Checkpoint(grant=grant, phase=TurnPhase.UPGRADING, started_at=utcnow(),
+                                     max_epoch_seen=self.cp.max_epoch_seen)
+            elif current is not None:
+                # The same turn re-stamped by a new coordinator: only its epoch is new.
+                self.cp.grant = current.with_epoch(grant.epoch)
             self.store.save(self.cp)
             self._start()
 
-    def _report_corrupt(self, grant: p.Grant) -> None:
+    def _report_corrupt(self, grant: Grant) -> None:
         """The checkpoint was unreadable: which steps of this turn ran is unknown. Rather than guess,
         the turn ends Failed, naming the file, so an operator looks at the node first; a retry then
         runs every step again (each finds its effect present and does not repeat it)."""
@@ -158,12 +156,8 @@ class Agent:
                "check the node's disk and journal, then retry the node (kupd.io/retry-nodes)")
         log.error("%s", msg)
         now = utcnow()
-        self.cp = Checkpoint(
-            operation=grant.operation, uid=grant.uid, epoch=grant.epoch, versions=list(grant.versions),
-            granted_at=grant.granted_at, first_control_plane=grant.first_control_plane,
-            control_plane=grant.control_plane, backup=grant.backup, spec=dict(grant.spec),
-            phase="Failed", started_at=now, finished_at=now, message=msg, reason="CheckpointCorrupt",
-            max_epoch_seen=grant.epoch)
+        self.cp = Checkpoint(grant=grant, phase=TurnPhase.FAILED, started_at=now, finished_at=now, message=msg,
+                             reason="CheckpointCorrupt", max_epoch_seen=grant.epoch)
         self.store.save(self.cp)
         self.on_report()
 
@@ -177,8 +171,8 @@ class Agent:
 
     def resume(self) -> bool:
         """After a restart: carry on with an unfinished grant, API or not."""
-        if self.cp.active and not self.busy:
-            log.info("resuming %s at %s", self.cp.operation, self.cp.versions)
+        if self.cp.active and not self.busy and self.cp.grant is not None:
+            log.info("resuming %s at %s", self.cp.grant.operation, self.cp.grant.versions)
             self._start()
             return True
         return False
@@ -199,18 +193,20 @@ class Agent:
 
     def _run(self) -> None:
         cp = self.cp
-        spec = cp.spec
-        max_attempts = int(spec.get("maxAttempts", 3))
-        self.host.set_package_source(spec.get("packageSource"))
-        for ref in step_sequence(cp.versions, cp.backup, cp.control_plane, str(spec.get("reboot", "IfRequired"))):
+        grant = cp.grant
+        if grant is None:
+            return
+        work = grant.work
+        self.host.set_package_source(work.package_source)
+        for ref in step_sequence(grant.versions, grant.backup, grant.control_plane, work.reboot):
             rec = cp.step(ref.key)
             if rec.state == "done":
                 continue
             # journalctl -u kupd KUPD_OPERATION=... KUPD_STEP=drain finds these records.
-            with logsetup.log_context(operation=cp.operation, step=ref.step):
-                if not self._run_step(ref, rec, max_attempts):
+            with logsetup.log_context(operation=grant.operation, step=ref.step):
+                if not self._run_step(ref, rec, work.max_attempts):
                     return
-        self._set(phase="Succeeded", finished_at=utcnow(), message=f"at {cp.versions[-1]}", reason="")
+        self._set(phase=TurnPhase.SUCCEEDED, finished_at=utcnow(), message=f"at {grant.versions[-1]}", reason="")
 
     def _run_step(self, ref: StepRef, rec: StepRecord, max_attempts: int) -> bool:
         """Run one step to success (True) or until the node gives up or stops (False)."""
@@ -221,7 +217,7 @@ class Agent:
             if rec.state != "started" or rec.attempts == 0:
                 rec.attempts += 1
             rec.state, rec.started_at = "started", rec.started_at or utcnow()
-            if ref.step == p.STEP_REBOOT and not rec.boot_id:
+            if ref.step == Step.REBOOT and not rec.boot_id:
                 rec.boot_id = self.host.facts().boot_id
             self._set(message=f"{ref.hop}: {ref.step}", reason="")
             t0 = time.monotonic()
@@ -233,10 +229,10 @@ class Agent:
                 # kupd.io/retry-nodes runs the step again once the cause is fixed.
                 log.error("step %s: %s", ref.key, e)
                 rec.message = str(e)
-                self._set(phase="Failed", finished_at=utcnow(), message=str(e), reason="StepDeadlineExceeded")
+                self._set(phase=TurnPhase.FAILED, finished_at=utcnow(), message=str(e), reason="StepDeadlineExceeded")
                 return False
             except RetryableError as e:
-                if ref.step == p.STEP_BACKUP:
+                if ref.step == Step.BACKUP:
                     # An etcd or store that stays away must fail the operation before any
                     # node changes, not hold it forever: backups spend attempts like failures.
                     if self._fail_attempt(ref, rec, KupdError(str(e)), max_attempts):
@@ -266,7 +262,7 @@ class Agent:
 
         with runner.deadline(seconds, ref.step, on_overrun=overrun):
             try:
-                self._do(ref, boot_id)
+                self._steps[ref.step](ref.hop, boot_id)
             except DeadlineExceeded:
                 raise
             except Exception as e:
@@ -278,9 +274,8 @@ class Agent:
 
     def _deadline(self, step: str) -> float:
         seconds = self.deadline(step)
-        if step == p.STEP_DRAIN:
-            drain = DrainPolicy.from_spec(self.cp.spec.get("drain"))
-            seconds = max(seconds, drain.timeout_seconds + DRAIN_MARGIN)
+        if step == Step.DRAIN and self.cp.grant is not None:
+            seconds = max(seconds, self.cp.grant.work.drain.timeout_seconds + DRAIN_MARGIN)
         return seconds
 
     def _sleep(self, seconds: float) -> bool:
@@ -293,7 +288,7 @@ class Agent:
         log.error("step %s failed (attempt %d/%d): %s", ref.key, rec.attempts, max_attempts, msg)
         rec.message = msg
         if rec.attempts >= max_attempts:
-            self._set(phase="Failed", finished_at=utcnow(),
+            self._set(phase=TurnPhase.FAILED, finished_at=utcnow(),
                       message=f"step {ref.step} failed after {rec.attempts} attempts: {msg}", reason="StepFailed")
             return True
         rec.state = "pending"
@@ -301,46 +296,52 @@ class Agent:
         self._stop.wait(self.retry_delay)
         return False
 
-    def _do(self, ref: StepRef, boot_id: str) -> None:
-        cp, hop, step = self.cp, ref.hop, ref.step
-        containerd = cp.spec.get("containerdVersion")
-        if step == p.STEP_PREFLIGHT:
-            self.host.preflight(hop)
-        elif step == p.STEP_BACKUP:
-            if self.backup_fn is None:
-                raise KupdError("this daemon has no backup store configured")
-            self.cp.backup_record = self.backup_fn(dict(cp.spec.get("backup") or {}))
-        elif step == p.STEP_REPOSITORY:
-            self.host.configure_repository(hop)
-        elif step == p.STEP_KUBEADM_PACKAGE:
-            self.host.install_kubeadm(hop)
-        elif step == p.STEP_KUBEADM_UPGRADE:
-            self.host.kubeadm_upgrade(hop, cp.first_control_plane, cp.control_plane)
-        elif step == p.STEP_DRAIN:
-            policy = DrainPolicy.from_spec(cp.spec.get("drain"))
-            self.nodeops.drain(policy, lambda reason, msg: self._set(message=msg, reason=reason),
-                               sleep=self._sleep)
-        elif step == p.STEP_KUBELET_PACKAGE:
-            self.host.install_kubelet(hop, containerd)
-        elif step == p.STEP_RESTART:
-            self.host.restart_services()
-        elif step == p.STEP_REBOOT:
-            reboot = str(cp.spec.get("reboot", "IfRequired"))
-            if self.host.facts().boot_id != boot_id:
-                return  # we are past the reboot
-            if reboot == "Always" or self.host.reboot_required():
-                self.host.reboot()
-                while self.host.facts().boot_id == boot_id:
-                    # A real reboot ends this process; the checkpoint carries us on after boot.
-                    if self._sleep(5):
-                        raise RetryableError("stopping during reboot")
-        elif step == p.STEP_VERIFY:
-            self.host.verify(hop)
-            self.nodeops.wait_ready(hop, sleep=self._sleep)
-        elif step == p.STEP_UNCORDON:
-            self.nodeops.uncordon()
-        else:
-            raise KupdError(f"unknown step {step}")
+    # -- the steps: one handler each, called with the hop's version and the boot the step began in
+    @property
+    def _grant(self) -> Grant:
+        if self.cp.grant is None:
+            raise KupdError("no grant to work on")
+        return self.cp.grant
+
+    @property
+    def _steps(self) -> dict[Step, Callable[[str, str], None]]:
+        return {
+            Step.PREFLIGHT: lambda hop, _: self.host.preflight(hop),
+            Step.BACKUP: self._backup,
+            Step.REPOSITORY: lambda hop, _: self.host.configure_repository(hop),
+            Step.KUBEADM_PACKAGE: lambda hop, _: self.host.install_kubeadm(hop),
+            Step.KUBEADM_UPGRADE: lambda hop, _: self.host.kubeadm_upgrade(
+                hop, self._grant.first_control_plane, self._grant.control_plane),
+            Step.DRAIN: self._drain,
+            Step.KUBELET_PACKAGE: lambda hop, _: self.host.install_kubelet(hop, self._grant.work.containerd_version),
+            Step.RESTART: lambda hop, _: self.host.restart_services(),
+            Step.REBOOT: self._reboot,
+            Step.VERIFY: self._verify,
+            Step.UNCORDON: lambda hop, _: self.nodeops.uncordon(),
+        }
+
+    def _backup(self, hop: str, boot_id: str) -> None:
+        if self.backup_fn is None:
+            raise KupdError("this daemon has no backup store configured")
+        self.cp.backup_record = self.backup_fn(self._grant.work.backup_config)
+
+    def _drain(self, hop: str, boot_id: str) -> None:
+        self.nodeops.drain(self._grant.work.drain, lambda reason, msg: self._set(message=msg, reason=reason),
+                           sleep=self._sleep)
+
+    def _reboot(self, hop: str, boot_id: str) -> None:
+        if self.host.facts().boot_id != boot_id:
+            return  # we are past the reboot
+        if self._grant.work.reboot == "Always" or self.host.reboot_required():
+            self.host.reboot()
+            while self.host.facts().boot_id == boot_id:
+                # A real reboot ends this process; the checkpoint carries us on after boot.
+                if self._sleep(5):
+                    raise RetryableError("stopping during reboot")
+
+    def _verify(self, hop: str, boot_id: str) -> None:
+        self.host.verify(hop)
+        self.nodeops.wait_ready(hop, sleep=self._sleep)
 
 
 def _describe(e: BaseException) -> str:

@@ -6,20 +6,22 @@ backends; this module builds them from the settings and runs their loops.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kupd import kube, logsetup, metrics, oneversion
+from kupd import k8s, logsetup, metrics, oneversion
 from kupd import protocol as p
-from kupd.agent import Agent
+from kupd.agent import Agent, BackupFn
+from kupd.api import models
 from kupd.checkpoint import CheckpointStore
 from kupd.config import Settings
-from kupd.coordinator import Coordinator, Elector
+from kupd.coordinator import Coordinator
+from kupd.election import Elector
 from kupd.errors import KupdError
 from kupd.host.base import Host
 from kupd.member import Member
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def make_host(settings: Settings, node: str) -> Host:
     if settings.host == "simulated":
-        from kupd.host.simulated import SimulatedHost
+        from kupd.sim.simulated import SimulatedHost
 
         sim = settings.simulated
         state = sim.state_file or f"{settings.state_dir}/simulated-host.json"
@@ -41,14 +43,14 @@ def make_host(settings: Settings, node: str) -> Host:
     return RealHost.from_settings(settings, node)
 
 
-def make_backup_fn(api: kube.Client, settings: Settings, node: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def make_backup_fn(api: k8s.Client, settings: Settings, node: str) -> BackupFn:
     """The agent's backup step: snapshot the local etcd, verify, upload, and return status.backup."""
 
-    def backup(spec_backup: dict[str, Any]) -> dict[str, Any]:
+    def backup(spec_backup: models.Backup) -> dict[str, Any]:
         from kupd.backup.run import BackupConfig, load_credentials, take_backup
         from kupd.clock import SystemClock
 
-        cfg = BackupConfig.from_spec(spec_backup, work_dir=f"{settings.state_dir}/backup")
+        cfg = BackupConfig.from_model(spec_backup, work_dir=f"{settings.state_dir}/backup")
         # Credentials are read at use, never kept or logged.
         creds = load_credentials(cfg.store, api)
         record = take_backup(cfg, creds, settings.cluster_name, node, SystemClock())
@@ -65,12 +67,12 @@ class Daemon:
         self._stop = threading.Event()
         self.coordinator: Coordinator | None = None
 
-    def _control_plane(self, api: kube.Client) -> bool:
+    def _control_plane(self, api: k8s.Client) -> bool:
         if self.settings.control_plane is not None:
             return self.settings.control_plane
         while not self._stop.is_set():
             try:
-                node = kube.call(api.get, "read own node", kube.path("", "v1", "nodes", self.node))
+                node = k8s.call(api.get, "read own node", k8s.node_path(self.node))
                 return p.LABEL_CONTROL_PLANE in (node["metadata"].get("labels") or {})
             except KupdError as e:
                 log.warning("cannot read Node %s yet (%s); retrying", self.node, e)
@@ -87,7 +89,7 @@ class Daemon:
         restart = False
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        api = kube.api_client(s.kubeconfig)
+        api = k8s.api_client(s.kubeconfig)
         host = make_host(s, self.node)
         store = CheckpointStore(s.state_dir)
         nodeops = NodeOps(api, self.node)
@@ -107,14 +109,15 @@ class Daemon:
         agent = Agent(self.node, host, nodeops, store, backup_fn=make_backup_fn(api, s, self.node),
                       on_report=on_report, deadline=s.steps.deadline)
         if s.host == "simulated":
-            from kupd.host.simkubelet import SimKubelet
-            from kupd.host.simulated import SimulatedHost
+            from kupd.sim.simkubelet import SimKubelet
+            from kupd.sim.simulated import SimulatedHost
 
             assert isinstance(host, SimulatedHost)
             SimKubelet(api, self.node, host, bool(s.control_plane), s.simulated.node_labels).start()
         # An unfinished grant resumes before anything that needs the API: a granted node
         # finishes without it. Its role is in the checkpoint, so no API read is needed first.
-        control_plane = agent.cp.control_plane if agent.cp.active else self._control_plane(api)
+        control_plane = agent.cp.grant.control_plane if agent.cp.active and agent.cp.grant \
+            else self._control_plane(api)
         lease = s.lease
         offset = timedelta(seconds=s.simulated.clock_offset_seconds if s.host == "simulated" else 0)
         member = Member(api, lease.namespace, self.node, lease.member_duration_seconds,
@@ -132,7 +135,7 @@ class Daemon:
             if obj is not None:
                 agent.offer(p.Grant.decode(p.grant_value(obj)))
 
-        grants = kube.Informer("grant", api, kube.lease_path(lease.namespace), offer,
+        grants = k8s.Informer("grant", api, k8s.lease_path(lease.namespace), offer,
                                fieldSelector=f"metadata.name={p.grant_lease_name(self.node)}").start()
 
         eligible = s.coordinator_eligible == "any" or (s.coordinator_eligible == "control-plane" and control_plane)
@@ -174,18 +177,24 @@ class Daemon:
             oneversion.reexec()
         return 0
 
-    def _elect(self, api: kube.Client, elector: Elector, host: Host) -> None:
+    def _elect(self, api: k8s.Client, elector: Elector, host: Host) -> None:
         try:
             leading = elector.try_acquire_or_renew()
         except KupdError as e:
             log.warning("coordinator election: %s", e)
             leading = elector.leading
         if leading and self.coordinator is None:
+            # Imported here: only the coordinator runs them, and every daemon's memory counts.
+            from kupd import health
+            from kupd.clock import SystemClock
+            from kupd.scheduler import Scheduler
+
             log.info("coordinating at epoch %d", elector.epoch)
             self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
                                            self.settings.lease.member_duration_seconds, elector,
-                                           host.newest_patch, validate_spec=_validator(),
-                                           on_plan=metrics.operation_status,
+                                           host.newest_patch, on_plan=metrics.operation_status,
+                                           scheduler=Scheduler(api, SystemClock(), host.newest_patch),
+                                           gates=functools.partial(health.evaluate, api),
                                            on_operations=metrics.forget_operations,
                                            on_refused=metrics.status_refused)
             self.coordinator.start()
@@ -196,15 +205,5 @@ class Daemon:
             metrics.coordinator_stopped()
 
 
-def _validator() -> Any:
-    try:
-        from kupd.api.models import parse_directupdate_spec
-    except ImportError:
-        return None
-
-    def check(spec: dict[str, Any]) -> None:
-        parse_directupdate_spec(spec)
-
-    return check
 
 

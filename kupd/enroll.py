@@ -30,7 +30,7 @@ from kupd import validate
 from kupd.errors import PermanentError, ValidationError
 
 if TYPE_CHECKING:
-    from kupd.kubeapi import Client
+    from kupd.k8s import Client
 
 NAMESPACE = "kupd-system"
 SA_PREFIX = "kupd-node-"
@@ -167,7 +167,7 @@ _RESOURCES = {
 
 def apply(api: Client, objs: Iterable[dict[str, Any]]) -> None:
     """Create each object, replacing it if it exists."""
-    from kupd import kube
+    from kupd import k8s
 
     for obj in objs:
         kind, md = obj["kind"], obj["metadata"]
@@ -176,23 +176,23 @@ def apply(api: Client, objs: Iterable[dict[str, Any]]) -> None:
         group, plural = _RESOURCES[kind]
         ns = md.get("namespace") if kind != "ClusterRoleBinding" else None
         try:
-            kube.call(api.create, f"create {kind} {md['name']}", kube.path(group, "v1", plural, namespace=ns), obj)
-        except kube.Conflict:  # it exists already
+            k8s.call(api.create, f"create {kind} {md['name']}", k8s.path(group, "v1", plural, namespace=ns), obj)
+        except k8s.Conflict:  # it exists already
             # An existing ServiceAccount is kept: replacing it would revoke its tokens.
             if kind != "ServiceAccount":
-                kube.call(api.replace, f"replace {kind} {md['name']}",
-                          kube.path(group, "v1", plural, md["name"], ns), obj)
+                k8s.call(api.replace, f"replace {kind} {md['name']}",
+                          k8s.path(group, "v1", plural, md["name"], ns), obj)
 
 
 def request_token(api: Client, node: str, seconds: int = DEFAULT_TOKEN_SECONDS) -> str:
     """A bound token for the node's ServiceAccount (TokenRequest API). Deleting the ServiceAccount
     revokes it; it expires after `seconds` (or the API server's --service-account-max-token-expiration)."""
-    from kupd import kube
+    from kupd import k8s
 
     sa = service_account(node)
     body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
             "spec": {"audiences": [], "expirationSeconds": seconds}}
-    resp = kube.call(api.create, f"token for {sa}", kube.path("", "v1", "serviceaccounts", sa, NAMESPACE, "token"),
+    resp = k8s.call(api.create, f"token for {sa}", k8s.path("", "v1", "serviceaccounts", sa, NAMESPACE, "token"),
                      body)
     return str(resp["status"]["token"])
 

@@ -13,20 +13,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kupd import __version__, kube
+from kupd import __version__, k8s
 from kupd import protocol as p
 from kupd.errors import KupdError
 from kupd.host.base import HostFacts
+from kupd.rfc3339 import format_micro
 
 log = logging.getLogger(__name__)
 
 
-def micro_time(t: datetime | None = None) -> str:
-    return (t or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class Member:
-    def __init__(self, api: kube.Client, namespace: str, node: str, duration: int, renew_every: float,
+    def __init__(self, api: k8s.Client, namespace: str, node: str, duration: int, renew_every: float,
                  facts: Callable[[], HostFacts], report: Callable[[], p.Report | None],
                  control_plane: bool, clock: Callable[[], datetime] | None = None) -> None:
         self.api = api
@@ -60,13 +57,13 @@ class Member:
                          "labels": {"app.kubernetes.io/name": "kupd", "kupd.io/node": self.node,
                                     p.LABEL_LEASE_KIND: p.LEASE_KIND_MEMBER}},
             "spec": {"holderIdentity": self.node, "leaseDurationSeconds": self.duration,
-                     "renewTime": micro_time(self.clock())},
+                     "renewTime": format_micro(self.clock())},
         }
 
     def renew(self) -> None:
         body = self.body()
         create = {**body, "spec": {**body["spec"], "acquireTime": body["spec"]["renewTime"]}}
-        kube.patch_or_create(self.api, kube.lease_path(self.namespace, self.name), kube.lease_path(self.namespace),
+        k8s.patch_or_create(self.api, k8s.lease_path(self.namespace, self.name), k8s.lease_path(self.namespace),
                              body, f"renew lease {self.name}", create_body=create)
         self.writes += 1
         self.last_ok = datetime.now(UTC)

@@ -10,60 +10,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from kupd import kube
+from kupd import k8s, selectors
+from kupd.api.models import DrainPolicy
 from kupd.errors import PermanentError, RetryableError
-from kupd.planner import selector_matches
 from kupd.protocol import ANN_CORDONED_BY
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DrainPolicy:
-    timeout_seconds: int = 600
-    grace_period_seconds: int = -1
-    delete_emptydir_data: bool = False
-    pod_selector: dict[str, str] | None = None
-    on_timeout: str = "RequiresAttention"  # or ForceDelete
-
-    @classmethod
-    def from_spec(cls, drain: dict[str, Any] | None) -> DrainPolicy:
-        d = drain or {}
-        sel = d.get("podSelector")
-        return cls(
-            timeout_seconds=int(d.get("timeoutSeconds", 600)),
-            grace_period_seconds=int(d.get("gracePeriodSeconds", -1)),
-            delete_emptydir_data=bool(d.get("deleteEmptyDirData", False)),
-            pod_selector=_parse_selector(sel) if sel else None,
-            on_timeout=str(d.get("onTimeout", "RequiresAttention")),
-        )
-
-
-def _parse_selector(text: str) -> dict[str, str]:
-    """The equality form of a label selector (`app=web,tier=db`), which is what podSelector accepts."""
-    out: dict[str, str] = {}
-    for part in text.split(","):
-        k, _, v = part.partition("=")
-        out[k.strip()] = v.strip().lstrip("=")
-    return out
-
-
 class NodeOps:
-    def __init__(self, api: kube.Client, node: str) -> None:
+    def __init__(self, api: k8s.Client, node: str) -> None:
         self.api = api
         self.node = node
-        self._path = kube.path("", "v1", "nodes", node)
+        self._path = k8s.node_path(node)
 
     def read_node(self) -> dict[str, Any]:
-        node: dict[str, Any] = kube.call(self.api.get, f"read node {self.node}", self._path)
+        node: dict[str, Any] = k8s.call(self.api.get, f"read node {self.node}", self._path)
         return node
 
     def _patch_node(self, body: dict[str, Any], what: str) -> None:
         # Built-in kinds take a strategic merge patch; for these maps it equals a merge patch.
-        kube.call(self.api.patch, what, self._path, body, kind="strategic")
+        k8s.call(self.api.patch, what, self._path, body, kind="strategic")
 
     def cordon(self) -> None:
         node = self.read_node()
@@ -86,7 +55,7 @@ class NodeOps:
         self._patch_node(body, f"uncordon {self.node}")
 
     def _pods(self) -> list[dict[str, Any]]:
-        listed = kube.call(self.api.list, "list pods", kube.path("", "v1", "pods"),
+        listed = k8s.call(self.api.list, "list pods", k8s.path("", "v1", "pods"),
                            fieldSelector=f"spec.nodeName={self.node}")
         out = []
         for p in listed.get("items") or []:
@@ -96,7 +65,7 @@ class NodeOps:
                 continue  # static pods belong to the kubelet, not to the API
             if any(o.get("kind") == "DaemonSet" for o in md.get("ownerReferences") or []):
                 continue  # the DaemonSet controller would recreate them at once
-            if self._policy_selector and not selector_matches(
+            if self._policy_selector and not selectors.matches(
                     {"matchLabels": self._policy_selector}, md.get("labels") or {}):
                 continue
             out.append(p)
@@ -106,10 +75,10 @@ class NodeOps:
 
     def _blocking_pdb(self, pod: dict[str, Any]) -> str:
         md = pod["metadata"]
-        pdbs = kube.call(self.api.list, "list pdbs",
-                         kube.path("policy", "v1", "poddisruptionbudgets", namespace=md["namespace"]))
+        pdbs = k8s.call(self.api.list, "list pdbs",
+                         k8s.path("policy", "v1", "poddisruptionbudgets", namespace=md["namespace"]))
         for pdb in pdbs.get("items") or []:
-            if selector_matches((pdb.get("spec") or {}).get("selector"), md.get("labels") or {}):
+            if selectors.matches((pdb.get("spec") or {}).get("selector"), md.get("labels") or {}):
                 return f"{pdb['metadata']['namespace']}/{pdb['metadata']['name']}"
         return "unknown"
 
@@ -120,7 +89,7 @@ class NodeOps:
         `report(reason, message)` is called while a PDB blocks, so status names the blocker.
         """
         self.cordon()
-        self._policy_selector = policy.pod_selector
+        self._policy_selector = selectors.parse_equality(policy.pod_selector) if policy.pod_selector else None
         deadline = time.monotonic() + policy.timeout_seconds
         blocked_msg = ""
         while True:
@@ -130,7 +99,7 @@ class NodeOps:
             for p in pods:
                 if p["metadata"].get("deletionTimestamp"):
                     continue
-                if not policy.delete_emptydir_data and any(
+                if not policy.delete_empty_dir_data and any(
                         v.get("emptyDir") is not None for v in (p.get("spec") or {}).get("volumes") or []):
                     raise PermanentError(
                         f"pod {_pod_name(p)} uses emptyDir data; "
@@ -150,8 +119,8 @@ class NodeOps:
                 if policy.on_timeout == "ForceDelete":
                     for p in self._pods():
                         md = p["metadata"]
-                        kube.call(self.api.delete, "force delete",
-                                  kube.path("", "v1", "pods", md["name"], md["namespace"]), gracePeriodSeconds=0)
+                        k8s.call(self.api.delete, "force delete",
+                                  k8s.path("", "v1", "pods", md["name"], md["namespace"]), gracePeriodSeconds=0)
                     continue
                 raise PermanentError(f"drain timed out after {policy.timeout_seconds}s: "
                                      + (blocked_msg or "pods still terminating"))
@@ -164,15 +133,15 @@ class NodeOps:
         if policy.grace_period_seconds >= 0:
             body["deleteOptions"] = {"gracePeriodSeconds": policy.grace_period_seconds}
         try:
-            self.api.create(kube.path("", "v1", "pods", name, namespace, "eviction"), body)
-        except kube.ApiError as e:
+            self.api.create(k8s.path("", "v1", "pods", name, namespace, "eviction"), body)
+        except k8s.ApiError as e:
             if e.status == 429:
                 return  # a PDB forbids it now; the caller reports and tries again
             if e.status == 404:
                 return
-            raise kube.map_error(e, f"evict {name}") from e
-        except Exception as e:
-            raise kube.map_error(e, f"evict {name}") from e
+            raise k8s.map_error(e, f"evict {name}") from e
+        except k8s.TRANSPORT_ERRORS as e:
+            raise k8s.map_error(e, f"evict {name}") from e
 
     def wait_ready(self, version: str, timeout: float = 300, sleep: Callable[[float], object] = time.sleep) -> None:
         """Wait until the Node is Ready and reports kubeletVersion == version."""
@@ -184,7 +153,7 @@ class NodeOps:
                 node = self.read_node()
                 api_down = False
                 kv = ((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion") or ""
-                ready = kube.ready(node)
+                ready = k8s.ready(node)
                 if ready and kv == version:
                     return
                 last = f"Ready={ready} kubeletVersion={kv or '?'}"

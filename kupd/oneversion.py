@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import pkgutil
@@ -56,7 +57,10 @@ class PackageWatch:
     """
 
     def __init__(self, marker: Path | None = None) -> None:
-        self.marker = marker or Path(kupd.__file__)
+        # The installed package's own first module, as the import system found it: what is
+        # watched is kupd's own code, never a file of the repository or the system.
+        spec = importlib.util.find_spec("kupd")
+        self.marker = marker or Path(spec.origin if spec is not None and spec.origin else "")
         self._start = self._identity()
 
     def _identity(self) -> tuple[int, int, int] | None:

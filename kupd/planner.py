@@ -12,24 +12,38 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from kupd import windows
+from kupd import selectors, windows
+from kupd.api.models import DirectUpdateSpec, HealthGates, to_wire
+from kupd.conditions import Condition, set_condition
 from kupd.errors import ValidationError
-from kupd.protocol import ANN_RETRY_NODES, GRANT_LEASE_PREFIX, STEP_BACKUP, Grant, Report
+from kupd.protocol import (
+    ANN_RETRY_NODES,
+    ANN_WINDOW_END,
+    ANN_WINDOW_START,
+    GRANT_LEASE_PREFIX,
+    Grant,
+    NodePhase,
+    OpPhase,
+    Report,
+    Step,
+    TurnPhase,
+    grant_record,
+)
+from kupd.rfc3339 import format_time, parse_or_none, parse_time
 from kupd.versions import SkewError, Version, check_target
 
-# Node phases.
 PENDING, GRANTED, UPGRADING, SUCCEEDED, FAILED, SKIPPED, LOST = (
-    "Pending", "Granted", "Upgrading", "Succeeded", "Failed", "Skipped", "Lost",
+    NodePhase.PENDING, NodePhase.GRANTED, NodePhase.UPGRADING, NodePhase.SUCCEEDED, NodePhase.FAILED,
+    NodePhase.SKIPPED, NodePhase.LOST,
 )
 IN_FLIGHT = (GRANTED, UPGRADING, LOST)
 DONE = (SUCCEEDED, SKIPPED)
-# Operation phases.
 OP_PENDING, OP_RUNNING, OP_PAUSED, OP_SUCCEEDED, OP_FAILED, OP_ATTENTION = (
-    "Pending", "Running", "Paused", "Succeeded", "Failed", "RequiresAttention",
+    OpPhase.PENDING, OpPhase.RUNNING, OpPhase.PAUSED, OpPhase.SUCCEEDED, OpPhase.FAILED, OpPhase.REQUIRES_ATTENTION,
 )
 TERMINAL_OP = (OP_SUCCEEDED, OP_FAILED)
 
@@ -37,7 +51,7 @@ TERMINAL_OP = (OP_SUCCEEDED, OP_FAILED)
 class Reason(StrEnum):
     """Every reason a DirectUpdate Condition may carry. CamelCase only: the CRD's pattern
     (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`) refuses anything else, and a refused status
-    write would leave the operation unrecorded (tests/unit/test_condition_reasons.py checks each)."""
+    write would leave the operation unrecorded (a unit test checks each against the CRD)."""
 
     SPEC_VALID = "SpecValid"
     INVALID_SPEC = "InvalidSpec"
@@ -95,7 +109,8 @@ class MemberView:
 
 @dataclass(frozen=True)
 class Policy:
-    """The parts of a DirectUpdate spec the planner acts on, with defaults applied."""
+    """The parts of a DirectUpdate spec the planner acts on, derived from the parsed spec (whose
+    model holds the defaults)."""
 
     target: Version
     concurrency: int = 1
@@ -105,30 +120,34 @@ class Policy:
     canary_bake_seconds: int = 0
     backup_required: bool = True
     paused: bool = False
+    health_gates: HealthGates | None = None
     default_node_seconds: float = 600.0
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any]) -> Policy:
-        canary = spec.get("canary") or {}
-        backup = spec.get("backup") or {}
+    def of(cls, spec: DirectUpdateSpec) -> Policy:
+        canary = spec.canary
         return cls(
-            target=Version.parse(str(spec.get("version", "")), "spec.version"),
-            concurrency=int(spec.get("concurrency", 1)),
-            node_selector=spec.get("nodeSelector"),
-            canary_count=int(canary.get("count", 0)),
-            canary_selector=canary.get("selector"),
-            canary_bake_seconds=int(canary.get("bakeSeconds", 0)),
-            backup_required=bool(backup.get("required", True)),
-            paused=bool(spec.get("paused", False)),
+            target=Version.parse(spec.version, "spec.version"),
+            concurrency=spec.concurrency,
+            node_selector=to_wire(spec.node_selector) if spec.node_selector is not None else None,
+            canary_count=(canary.count or 0) if canary is not None else 0,
+            canary_selector=to_wire(canary.selector) if canary is not None and canary.selector is not None else None,
+            canary_bake_seconds=canary.bake_seconds if canary is not None else 0,
+            backup_required=spec.backup.required,
+            paused=spec.paused,
+            health_gates=spec.health_gates,
         )
 
 
 @dataclass(frozen=True)
 class Operation:
+    """One DirectUpdate as the planner sees it. `spec` is kupd.api.models' parse of its spec, or
+    the ValidationError that parse raised (the operation then fails, naming the field)."""
+
     name: str
     uid: str
     generation: int
-    spec: Mapping[str, Any]
+    spec: DirectUpdateSpec | ValidationError
     status: Mapping[str, Any]
     annotations: Mapping[str, str] = field(default_factory=dict)
 
@@ -145,27 +164,6 @@ class PlanEvent:
 class Plan:
     status: dict[str, Any]
     events: list[PlanEvent]
-
-
-# -- label selectors ------------------------------------------------------------------------
-def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """metav1.LabelSelector semantics; an empty or missing selector matches everything."""
-    if not selector:
-        return True
-    for k, v in (selector.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
 
 
 # -- hops -----------------------------------------------------------------------------------
@@ -187,50 +185,62 @@ def hops_for(current: Version, target: Version, resolved: Mapping[tuple[int, int
     return out
 
 
-# -- the planner ----------------------------------------------------------------------------
-def _iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+# -- one round's working state -------------------------------------------------------------
+@dataclass
+class Round:
+    """The inputs of one `plan` call and the status it builds: `status` is a fresh copy of the
+    operation's, so the stages below change nothing but it and `events`."""
+
+    op: Operation
+    nodes: Sequence[NodeView]
+    members: Mapping[str, MemberView]
+    epoch: int
+    now: datetime
+    status: dict[str, Any]
+    events: list[PlanEvent] = field(default_factory=list)
+    delivered: Mapping[str, Grant] = field(default_factory=dict)
+
+    def condition(self, ctype: str, value: bool, reason: Reason, message: str) -> None:
+        conds: list[dict[str, Any]] = self.status.setdefault("conditions", [])
+        set_condition(conds, Condition(ctype, "True" if value else "False", str(reason), message), self.now,
+                      self.op.generation)
+
+    def event(self, reason: str, message: str, node: str | None = None, warning: bool = False) -> None:
+        self.events.append(PlanEvent(reason, message, node, warning))
+
+    def fail(self, reason: Reason, message: str) -> None:
+        if self.status.get("phase") != OP_FAILED:
+            self.event(str(reason), message, warning=True)
+        self.status["phase"] = OP_FAILED
+        self.status["message"] = message[:1000]
+        self.status.setdefault("finishedAt", format_time(self.now))
+        self.condition("Progressing", False, reason, message)
+
+    def plan(self) -> Plan:
+        return Plan(self.status, self.events)
+
+    def elsewhere(self) -> dict[str, Grant]:
+        """Turns of another DirectUpdate that are not over yet (it was deleted or failed mid-turn
+        while its nodes still work): they hold their slots too, a turn ends only when its node says so."""
+        return {n: g for n, g in self.delivered.items()
+                if g.uid != self.op.uid and not turn_over(self.members.get(n), g)}
+
+    def departed(self, selection: Selection) -> list[dict[str, Any]]:
+        """Entries of nodes that left the selection or the cluster with a turn out: they keep their
+        slot until the turn is reported over (or is lost, which the operation then says)."""
+        names = {n.name for n in selection.nodes}
+        return [e for e in self.status.get("nodes") or [] if e["name"] not in names and e["phase"] in IN_FLIGHT]
 
 
-def parse_time(s: str | None) -> datetime | None:
-    if not s:
-        return None
-    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+@dataclass(frozen=True)
+class Selection:
+    """The selected nodes in turn order (control plane, canaries, the rest; by name) and the canaries."""
+
+    nodes: list[NodeView]
+    canaries: frozenset[str]
 
 
-def _condition(status: dict[str, Any], ctype: str, value: bool, reason: Reason, message: str,
-               generation: int, now: datetime) -> None:
-    conds: list[dict[str, Any]] = status.setdefault("conditions", [])
-    want = "True" if value else "False"
-    for c in conds:
-        if c["type"] == ctype:
-            if c["status"] != want:
-                c["lastTransitionTime"] = _iso(now)
-            c.update(status=want, reason=str(reason), message=message[:1000], observedGeneration=generation)
-            return
-    conds.append({"type": ctype, "status": want, "reason": str(reason), "message": message[:1000],
-                  "observedGeneration": generation, "lastTransitionTime": _iso(now)})
-
-
-def _fail(op: Operation, status: dict[str, Any], reason: Reason, message: str, now: datetime,
-          events: list[PlanEvent]) -> Plan:
-    if status.get("phase") != OP_FAILED:
-        events.append(PlanEvent(reason, message, warning=True))
-    status["phase"] = OP_FAILED
-    status["message"] = message[:1000]
-    status.setdefault("finishedAt", _iso(now))
-    _condition(status, "Progressing", False, reason, message, op.generation, now)
-    return Plan(status, events)
-
-
-def queued(status: Mapping[str, Any], message: str, generation: int, now: datetime) -> dict[str, Any]:
-    """The status of an operation waiting for an older one to finish."""
-    out = copy.deepcopy(dict(status))
-    out.update(phase=OP_PENDING, message=message[:1000])
-    _condition(out, "Progressing", False, Reason.QUEUED, message, generation, now)
-    return out
-
-
+# -- the planner: named stages ----------------------------------------------------------------
 def plan(
     op: Operation,
     nodes: Sequence[NodeView],
@@ -240,101 +250,169 @@ def plan(
     coordinator: str,
     now: datetime,
     resolved_minors: Mapping[tuple[int, int], str] | None = None,
-    validate_spec: Any = None,
     gate_failure: str | None = None,
     delivered: Mapping[str, Grant] | None = None,
 ) -> Plan:
-    """Compute the next status of one DirectUpdate.
+    """Compute the next status of one DirectUpdate: validate → select → hops → adopt/retry →
+    backup → observe → conclude → gates → grant, each a pure function below.
 
-    `validate_spec`, when given, is the daemon's re-validation of the spec (raises
-    ValidationError naming the field); a failure ends the operation Failed with a Condition.
+    A spec that failed validation ends the operation Failed with a Condition naming the field.
     `gate_failure` is the coordinator's latest evaluation of the external health gates
     (control-plane pods, Prometheus): None when they pass or are not configured.
     `delivered` holds the grants found in the nodes' grant Leases. A grant is delivered before
     the status recording it is written, so after a coordinator change the status may lag: a
     delivered grant the status does not know is adopted, and its slot is never given twice.
     """
-    status: dict[str, Any] = copy.deepcopy(dict(op.status))
-    events: list[PlanEvent] = []
-    gen = op.generation
-    status["observedGeneration"] = gen
-    status["coordinator"] = coordinator
-    status["epoch"] = epoch
-    if status.get("phase") in TERMINAL_OP:
-        return Plan(status, events)
+    r = Round(op, nodes, members, epoch, now, copy.deepcopy(dict(op.status)), delivered=delivered or {})
+    r.status.update(observedGeneration=op.generation, coordinator=coordinator, epoch=epoch)
+    if r.status.get("phase") in TERMINAL_OP:
+        return r.plan()
+    policy = validate(r)
+    if policy is None:
+        return r.plan()
+    selection = select(r, policy)
+    if selection is None:
+        return r.plan()
+    hops = fix_hops(r, policy, selection, resolved_minors or {})
+    if hops is None:
+        return r.plan()
+    entries = adopt(r, policy, selection)
+    retry(r, entries)
+    record_backup(r, entries)
+    ordered = observe(r, policy, selection, entries)
+    departed = r.departed(selection)
+    attention = conclude(r, policy, ordered, departed)
+    if attention is None or not gates(r, policy, ordered, attention, gate_failure):
+        return r.plan()
+    held = grant(r, policy, ordered, departed, hops, selection.canaries)
+    progress(r, ordered, departed, held, bool(attention))
+    return r.plan()
 
-    try:
-        if validate_spec is not None:
-            validate_spec(op.spec)
-        policy = Policy.from_spec(op.spec)
-    except ValidationError as err:
-        _condition(status, "Valid", False, Reason.INVALID_SPEC, str(err), gen, now)
-        return _fail(op, status, Reason.INVALID_SPEC, str(err), now, events)
-    _condition(status, "Valid", True, Reason.SPEC_VALID, "the spec passed the daemon's validation", gen, now)
 
-    # Which nodes, in which order: control plane first, then canaries, then the rest, by name.
-    selected = sorted((n for n in nodes if selector_matches(policy.node_selector, n.labels)),
+def progress(r: Round, ordered: list[dict[str, Any]], departed: list[dict[str, Any]], held: str | None,
+             attention: bool) -> None:
+    """The message and the Progressing condition after the grants. Every stall says what it waits
+    for: with nothing in flight, or only nodes waiting inside a step, Progressing is False with
+    reason Waiting and the wait in the message."""
+    done = sum(1 for e in ordered if e["phase"] in DONE)
+    in_flight = [e for e in [*ordered, *departed] if e["phase"] in IN_FLIGHT]
+    waiting = [e for e in in_flight if (rep := _report(r, e)) is not None and rep.reason in WAITING_REASONS]
+    wait: str | None = None
+    if in_flight and len(waiting) == len(in_flight):
+        wait = "; ".join(f"{e['name']}: {e.get('message', '')}" for e in waiting)
+    elif not in_flight:
+        wait = held or "waiting for a node to become eligible"
+    if not attention:
+        r.status["phase"] = OP_RUNNING
+        msg = wait or f"upgrading {', '.join(e['name'] for e in in_flight)}" + (f"; {held}" if held else "")
+        r.status["message"] = msg[:1000]
+    r.status.setdefault("startedAt", format_time(r.now))
+    if wait:
+        r.condition("Progressing", False, Reason.WAITING, wait)
+    else:
+        r.condition("Progressing", True, Reason.UPGRADING, f"{done}/{len(ordered)} nodes done")
+
+
+def _report(r: Round, e: dict[str, Any]) -> Report | None:
+    """The member's report on the turn the entry records, if that is what it reports."""
+    m = r.members.get(e["name"])
+    report = m.report if m is not None else None
+    g = e.get("grant") or {}
+    if report is None or report.uid != r.op.uid or report.granted_at not in ("", g.get("grantedAt")):
+        return None
+    return report
+
+
+def queued(status: Mapping[str, Any], message: str, generation: int, now: datetime) -> dict[str, Any]:
+    """The status of an operation waiting for an older one to finish."""
+    out = copy.deepcopy(dict(status))
+    out.update(phase=OP_PENDING, message=message[:1000])
+    set_condition(out.setdefault("conditions", []), Condition("Progressing", "False", str(Reason.QUEUED), message),
+                  now, generation)
+    return out
+
+
+def validate(r: Round) -> Policy | None:
+    """The policy of a valid spec; None when the spec failed validation (the operation fails)."""
+    if isinstance(r.op.spec, ValidationError):
+        r.condition("Valid", False, Reason.INVALID_SPEC, str(r.op.spec))
+        r.fail(Reason.INVALID_SPEC, str(r.op.spec))
+        return None
+    r.condition("Valid", True, Reason.SPEC_VALID, "the spec passed the daemon's validation")
+    return Policy.of(r.op.spec)
+
+
+def select(r: Round, policy: Policy) -> Selection | None:
+    """Which nodes, in which order: control plane first, then canaries, then the rest, by name."""
+    selected = sorted((n for n in r.nodes if selectors.matches(policy.node_selector, n.labels)),
                       key=lambda n: (not n.control_plane, n.name))
+    if not selected:
+        r.status["phase"] = OP_PENDING
+        r.status["message"] = "no node matches spec.nodeSelector"
+        return None
     workers = [n for n in selected if not n.control_plane]
     canaries: set[str] = set()
     if policy.canary_selector:
-        canaries = {n.name for n in workers if selector_matches(policy.canary_selector, n.labels)}
+        canaries = {n.name for n in workers if selectors.matches(policy.canary_selector, n.labels)}
     elif policy.canary_count:
         canaries = {n.name for n in workers[: policy.canary_count]}
     selected.sort(key=lambda n: (not n.control_plane, n.name not in canaries, n.name))
+    return Selection(selected, frozenset(canaries))
 
-    entries: dict[str, dict[str, Any]] = {e["name"]: e for e in status.get("nodes") or []}
 
-    if not selected:
-        status["phase"] = OP_PENDING
-        status["message"] = "no node matches spec.nodeSelector"
-        return Plan(status, events)
-
-    # Hops are planned when the operation starts, from the oldest member among the selected nodes,
-    # and planned again when spec.version is raised mid-rollout: the hops already begun are kept
-    # (a minor is never passed through at two patches), the new minors are added.
+def fix_hops(r: Round, policy: Policy, selection: Selection,
+             resolved_minors: Mapping[tuple[int, int], str]) -> list[Version] | None:
+    """The hops, planned when the operation starts from the oldest member among the selected nodes,
+    and again when spec.version is raised mid-rollout: the hops already begun are kept (a minor is
+    never passed through at two patches), the new minors added. None when they cannot be planned
+    yet, break a version-skew rule, or the target was lowered (the operation fails)."""
+    status = r.status
     old_hops = [Version.parse(h) for h in status.get("hops") or []]
     if old_hops and policy.target < old_hops[-1]:
         msg = (f"spec.version was lowered to {policy.target} while the rollout went to {old_hops[-1]}; "
                "kupd never downgrades: create a new DirectUpdate")
-        _condition(status, "Valid", False, Reason.VERSION_LOWERED, msg, gen, now)
-        return _fail(op, status, Reason.VERSION_LOWERED, msg, now, events)
+        r.condition("Valid", False, Reason.VERSION_LOWERED, msg)
+        r.fail(Reason.VERSION_LOWERED, msg)
+        return None
     if not old_hops or policy.target > old_hops[-1]:
-        versions = [m.kubelet for n in selected if (m := members.get(n.name)) and m.kubelet]
+        versions = [m.kubelet for n in selection.nodes if (m := r.members.get(n.name)) and m.kubelet]
         if not versions:
             status.setdefault("phase", OP_PENDING)
             status["message"] = "waiting for kupd members on the selected nodes"
-            return Plan(status, events)
+            return None
         kept = {h.minor_key: str(h) for h in old_hops}
         try:
-            planned = hops_for(min(versions), policy.target, {**(resolved_minors or {}), **kept})
+            planned = hops_for(min(versions), policy.target, {**resolved_minors, **kept})
         except SkewError as skew:
-            reason = SKEW_REASONS.get(skew.rule, Reason.VERSION_SKEW)
-            _condition(status, "Valid", False, reason, str(skew), gen, now)
-            return _fail(op, status, Reason.VERSION_SKEW, str(skew), now, events)
+            r.condition("Valid", False, SKEW_REASONS.get(skew.rule, Reason.VERSION_SKEW), str(skew))
+            r.fail(Reason.VERSION_SKEW, str(skew))
+            return None
         if old_hops:
-            events.append(PlanEvent("Replanned", f"spec.version raised to {policy.target}: hops {', '.join(planned)}"))
+            r.event("Replanned", f"spec.version raised to {policy.target}: hops {', '.join(planned)}")
         status["hops"] = planned
-    hops = [Version.parse(h) for h in status["hops"]]
-
     # The kubelet-never-newer rule: a worker-only selection cannot pass the control plane.
-    if not any(n.control_plane for n in selected):
-        cp_versions = [m.kubelet for n in nodes if n.control_plane
-                       and (m := members.get(n.name)) and m.kubelet]
+    if not any(n.control_plane for n in selection.nodes):
+        cp_versions = [m.kubelet for n in r.nodes if n.control_plane
+                       and (m := r.members.get(n.name)) and m.kubelet]
         if cp_versions and policy.target.minor_key > min(cp_versions).minor_key:
             msg = (f"target {policy.target} is newer than the control plane {min(cp_versions)}; "
                    "select the control-plane nodes too (rule: kubelet-not-newer-than-apiserver)")
-            _condition(status, "Valid", False, Reason.KUBELET_NOT_NEWER, msg, gen, now)
-            return _fail(op, status, Reason.VERSION_SKEW, msg, now, events)
+            r.condition("Valid", False, Reason.KUBELET_NOT_NEWER, msg)
+            r.fail(Reason.VERSION_SKEW, msg)
+            return None
+    return [Version.parse(h) for h in status["hops"]]
 
-    # Every selected node has an entry; a grant delivered but not yet recorded is adopted first, so
-    # that the retry, the backup record and the observation below all see it.
-    for n in selected:
-        m = members.get(n.name)
+
+def adopt(r: Round, policy: Policy, selection: Selection) -> dict[str, dict[str, Any]]:
+    """Every node's entry, by name: one for each selected node, and a grant delivered but not yet
+    recorded adopted first, so that the retry, the backup record and the observation all see it."""
+    entries: dict[str, dict[str, Any]] = {e["name"]: e for e in r.status.get("nodes") or []}
+    for n in selection.nodes:
+        m = r.members.get(n.name)
         e = entries.get(n.name)
         if e is None:
             e = {"name": n.name, "role": "ControlPlane" if n.control_plane else "Worker",
-                 "canary": n.name in canaries, "phase": PENDING, "attempts": 0,
+                 "canary": n.name in selection.canaries, "phase": PENDING, "attempts": 0,
                  "toVersion": str(policy.target)}
             if m and m.kubelet:
                 e["fromVersion"] = str(m.kubelet)
@@ -348,197 +426,8 @@ def plan(
             e.pop("finishedAt", None)
         if e["phase"] not in DONE:
             e["toVersion"] = str(policy.target)
-        _adopt(e, (delivered or {}).get(n.name), op, epoch)
-
-    # An operator's retry request puts Failed nodes back in line, once per annotation value.
-    retry = op.annotations.get(ANN_RETRY_NODES, "")
-    if retry:
-        wanted = {x.strip() for x in retry.split("#", 1)[0].split(",")}
-        for name in wanted:
-            e = entries.get(name)
-            if e is not None and e["phase"] == FAILED and e.get("retryToken") != retry and e.get("grant"):
-                # The same work again under a fresh grant. The node's slot was never given to anyone
-                # else (a failure stops all grants), so this stays within the limits.
-                e.update(phase=GRANTED, attempts=0, retryToken=retry, message="retry requested")
-                e["grant"].update(epoch=epoch, grantedAt=_iso(now))
-                e.pop("finishedAt", None)
-                events.append(PlanEvent("RetryRequested", f"{name}: retry requested by {ANN_RETRY_NODES}", name))
-
-    # The verified backup is taken only from the node granted the backup (the first control-plane
-    # node), for that very grant: any other member's report could be forged by a worker's credential.
-    if not status.get("backup"):
-        for e in entries.values():
-            g = e.get("grant") or {}
-            m = members.get(e["name"])
-            if not (g.get("backup") and g.get("firstControlPlane") and e.get("role") == "ControlPlane"):
-                continue
-            if m and m.report and m.report.uid == op.uid and m.report.versions == g.get("versions") \
-                    and m.report.backup and m.report.granted_at in ("", g.get("grantedAt")):
-                status["backup"] = dict(m.report.backup)
-                msg = f"etcd snapshot {m.report.backup.get('location')} verified before any change"
-                _condition(status, "BackupSucceeded", True, Reason.BACKUP_VERIFIED, msg, gen, now)
-                events.append(PlanEvent("BackupTaken", msg))
-
-    # Bring every node's entry up to date with what its member reports: the selected ones, and
-    # those that left the selection or the cluster with a turn out, which keep their slot until
-    # they report it over (or are lost, which the operation then says).
-    for name, e in entries.items():
-        _observe(e, members.get(name), op, policy, now, events, name)
-
-    ordered = [entries[n.name] for n in selected]
-    status["nodes"] = list(ordered)
-    selected_names = {n.name for n in selected}
-    departed = [e for name, e in entries.items() if name not in selected_names]
-    status["nodes"].extend(departed)
-    departed_in_flight = [e for e in departed if e["phase"] in IN_FLIGHT]
-
-    summary = {k: 0 for k in ("total", "pending", "upgrading", "succeeded", "failed", "skipped")}
-    for e in ordered:
-        summary["total"] += 1
-        key = {PENDING: "pending", SUCCEEDED: "succeeded", FAILED: "failed", SKIPPED: "skipped"}.get(
-            e["phase"], "upgrading")
-        summary[key] += 1
-    status["summary"] = summary
-
-    failed = [e for e in ordered if e["phase"] == FAILED]
-    backup_failed = [e for e in failed if e.get("step") == STEP_BACKUP]
-    if backup_failed:
-        msg = f"backup failed on {backup_failed[0]['name']}: {backup_failed[0].get('message', '')}"
-        _condition(status, "BackupSucceeded", False, Reason.BACKUP_FAILED, msg, gen, now)
-        return _fail(op, status, Reason.BACKUP_FAILED, msg, now, events)
-
-    if all(e["phase"] in DONE for e in ordered) and not departed_in_flight:
-        if status.get("phase") != OP_SUCCEEDED:
-            events.append(PlanEvent("Succeeded", f"all {len(ordered)} nodes at {policy.target}"))
-        status["phase"] = OP_SUCCEEDED
-        status["message"] = f"all {len(ordered)} selected nodes are at {policy.target}"
-        status.setdefault("finishedAt", _iso(now))
-        status["progress"] = f"{len(ordered)}/{len(ordered)}"
-        _condition(status, "Progressing", False, Reason.COMPLETED, status["message"], gen, now)
-        _condition(status, "RequiresAttention", False, Reason.NO_PROBLEM, "", gen, now)
-        return Plan(status, events)
-
-    done_count = sum(1 for e in ordered if e["phase"] in DONE)
-    status["progress"] = f"{done_count}/{len(ordered)}"
-
-    # Turns of another DirectUpdate that are not over yet (it was deleted or failed mid-turn while
-    # its nodes still work) hold their slots too: a turn ends only when its node says so.
-    elsewhere = {n: g for n, g in (delivered or {}).items()
-                 if g.uid != op.uid and not turn_over(members.get(n), g)}
-
-    attention = _attention(ordered, departed_in_flight, members, elsewhere)
-    if attention:
-        reason, name, msg = attention
-        if status.get("phase") != OP_ATTENTION or status.get("message") != msg:
-            events.append(PlanEvent(str(reason), msg, name, warning=True))
-        status["phase"] = OP_ATTENTION
-        status["message"] = msg
-        _condition(status, "RequiresAttention", True, reason, msg, gen, now)
-        if failed:
-            # A failed step stops all further grants until an operator acts.
-            _condition(status, "Progressing", False, Reason.NODE_FAILED, msg, gen, now)
-            return Plan(status, events)
-    else:
-        _condition(status, "RequiresAttention", False, Reason.NO_PROBLEM, "", gen, now)
-
-    if policy.paused:
-        status["phase"] = OP_PAUSED
-        status["message"] = "paused by spec.paused; nodes already granted finish their turn"
-        _condition(status, "Progressing", False, Reason.PAUSED, status["message"], gen, now)
-        return Plan(status, events)
-
-    window = _window_decision(op, ordered, policy, now)
-    if window is not None and not window.allowed:
-        if not attention:
-            status["phase"] = OP_PAUSED
-            status["message"] = window.reason
-        _condition(status, "Progressing", False, Reason.OUTSIDE_WINDOW, window.reason, gen, now)
-        return Plan(status, events)
-
-    gate = _health_gate(op.spec.get("healthGates"), ordered, nodes, now, gate_failure)
-    if gate is not None:
-        if status.get("phase") != OP_PAUSED or status.get("message") != gate:
-            events.append(PlanEvent("HealthGateFailed", gate, warning=True))
-        _condition(status, "HealthGates", False, Reason.GATE_FAILED, gate, gen, now)
-        if not attention:
-            status["phase"] = OP_PAUSED
-            status["message"] = f"health gate: {gate}"
-        return Plan(status, events)
-    if op.spec.get("healthGates"):
-        _condition(status, "HealthGates", True, Reason.GATES_PASSED, "every health gate passes", gen, now)
-
-    held = _grant(ordered, departed_in_flight, hops, policy, members, epoch, now, events, status, canaries,
-                  elsewhere)
-    in_flight = [e for e in [*ordered, *departed_in_flight] if e["phase"] in IN_FLIGHT]
-    # Every stall says what it waits for: nothing in flight, or only nodes waiting inside a step.
-    waiting = [e for e in in_flight if (r := _report(members.get(e["name"]), op, e)) is not None
-               and r.reason in WAITING_REASONS]
-    wait: str | None = None
-    if in_flight and len(waiting) == len(in_flight):
-        wait = "; ".join(f"{e['name']}: {e.get('message', '')}" for e in waiting)
-    elif not in_flight:
-        wait = held or "waiting for a node to become eligible"
-    if not attention:
-        status["phase"] = OP_RUNNING
-        msg = wait or f"upgrading {', '.join(e['name'] for e in in_flight)}" + (f"; {held}" if held else "")
-        status["message"] = msg[:1000]
-    status.setdefault("startedAt", _iso(now))
-    if wait:
-        _condition(status, "Progressing", False, Reason.WAITING, wait, gen, now)
-    else:
-        _condition(status, "Progressing", True, Reason.UPGRADING, f"{done_count}/{len(ordered)} nodes done",
-                   gen, now)
-    return Plan(status, events)
-
-
-def _report(m: MemberView | None, op: Operation, e: dict[str, Any]) -> Report | None:
-    """The member's report on the turn the entry records, if that is what it reports."""
-    r = m.report if m is not None else None
-    g = e.get("grant") or {}
-    if r is None or r.uid != op.uid or r.granted_at not in ("", g.get("grantedAt")):
-        return None
-    return r
-
-
-def _attention(ordered: list[dict[str, Any]], departed: list[dict[str, Any]], members: Mapping[str, MemberView],
-               elsewhere: Mapping[str, Grant]) -> tuple[Reason, str, str] | None:
-    """What needs an operator, most pressing first: (reason, node, message), or None."""
-    for e in [*ordered, *departed]:
-        if e["phase"] == FAILED and e in ordered:
-            return Reason.NODE_FAILED, e["name"], f"node {e['name']}: {e.get('message') or 'failed'}"
-    for e in [*ordered, *departed]:
-        if e["phase"] == LOST:
-            where = "" if e in ordered else " (it left the selection or the cluster mid-turn)"
-            return Reason.NODE_LOST, e["name"], f"node {e['name']}{where}: {e.get('message') or 'lost'}"
-    for e in ordered:
-        if e["phase"] in IN_FLIGHT and (m := members.get(e["name"])) is not None and m.report is not None \
-                and m.report.reason == "DeadlineExceeded" and m.report.phase == "Upgrading":
-            return Reason.STEP_PAST_DEADLINE, e["name"], f"node {e['name']}: {m.report.message}"
-    for node, g in sorted(elsewhere.items()):
-        m = members.get(node)
-        if m is None or not m.alive:
-            return (Reason.NODE_LOST, node,
-                    f"node {node} holds a turn of DirectUpdate {g.operation} and its kupd member is lost; "
-                    "the turn keeps its slot until it is reported over or its grant Lease "
-                    f"{GRANT_LEASE_PREFIX}{node} is deleted (runbook: a lost node)")
-    for e in ordered:
-        if e["phase"] != PENDING:
-            continue
-        m = members.get(e["name"])
-        if m is None:
-            return (Reason.NO_MEMBER, e["name"],
-                    f"node {e['name']} has no kupd member; install or start kupd there")
-        if not m.alive:
-            return (Reason.MEMBER_LOST, e["name"],
-                    f"node {e['name']}: its kupd member stopped renewing its Lease; start kupd there")
-    return None
-
-
-def turn_over(m: MemberView | None, g: Grant) -> bool:
-    """Whether the node has reported the end (Succeeded or Failed) of the turn `g` gave it."""
-    r = m.report if m is not None else None
-    return (r is not None and r.uid == g.uid and r.granted_at == g.granted_at
-            and r.phase in ("Succeeded", "Failed"))
+        _adopt(e, r.delivered.get(n.name), r.op, r.epoch)
+    return entries
 
 
 def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> None:
@@ -555,89 +444,268 @@ def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> Non
     e.pop("finishedAt", None)
 
 
-def _observe(e: dict[str, Any], m: MemberView | None, op: Operation, policy: Policy, now: datetime,
-             events: list[PlanEvent], name: str) -> None:
+def retry(r: Round, entries: dict[str, dict[str, Any]]) -> None:
+    """An operator's retry request puts Failed nodes back in line, once per annotation value."""
+    token = r.op.annotations.get(ANN_RETRY_NODES, "")
+    if not token:
+        return
+    wanted = {x.strip() for x in token.split("#", 1)[0].split(",")}
+    for name in wanted:
+        e = entries.get(name)
+        if e is not None and e["phase"] == FAILED and e.get("retryToken") != token and e.get("grant"):
+            # The same work again under a fresh grant. The node's slot was never given to anyone
+            # else (a failure stops all grants), so this stays within the limits.
+            e.update(phase=GRANTED, attempts=0, retryToken=token, message="retry requested")
+            e["grant"].update(epoch=r.epoch, grantedAt=format_time(r.now))
+            e.pop("finishedAt", None)
+            r.event("RetryRequested", f"{name}: retry requested by {ANN_RETRY_NODES}", name)
+
+
+def record_backup(r: Round, entries: dict[str, dict[str, Any]]) -> None:
+    """The verified backup is taken only from the node granted the backup (the first control-plane
+    node), for that very grant: any other member's report could be forged by a worker's credential."""
+    if r.status.get("backup"):
+        return
+    for e in entries.values():
+        g = e.get("grant") or {}
+        m = r.members.get(e["name"])
+        if not (g.get("backup") and g.get("firstControlPlane") and e.get("role") == "ControlPlane"):
+            continue
+        if m and m.report and m.report.uid == r.op.uid and m.report.versions == g.get("versions") \
+                and m.report.backup and m.report.granted_at in ("", g.get("grantedAt")):
+            r.status["backup"] = dict(m.report.backup)
+            msg = f"etcd snapshot {m.report.backup.get('location')} verified before any change"
+            r.condition("BackupSucceeded", True, Reason.BACKUP_VERIFIED, msg)
+            r.event("BackupTaken", msg)
+
+
+def observe(r: Round, policy: Policy, selection: Selection, entries: dict[str, dict[str, Any]]
+            ) -> list[dict[str, Any]]:
+    """Bring every node's entry up to date with what its member reports: the selected ones, and those
+    that left the selection or the cluster with a turn out, which keep their slot until they report
+    it over. Returns the selected entries in turn order and puts them (then the others) in the
+    status, with the summary counts."""
+    for name, e in entries.items():
+        _observe(r, e, r.members.get(name), policy, name)
+    ordered = [entries[n.name] for n in selection.nodes]
+    selected_names = {n.name for n in selection.nodes}
+    r.status["nodes"] = ordered + [e for name, e in entries.items() if name not in selected_names]
+    summary = {k: 0 for k in ("total", "pending", "upgrading", "succeeded", "failed", "skipped")}
+    for e in ordered:
+        summary["total"] += 1
+        key = {PENDING: "pending", SUCCEEDED: "succeeded", FAILED: "failed", SKIPPED: "skipped"}.get(
+            e["phase"], "upgrading")
+        summary[key] += 1
+    r.status["summary"] = summary
+    return ordered
+
+
+def _observe(r: Round, e: dict[str, Any], m: MemberView | None, policy: Policy, name: str) -> None:
     """Fold the member's report and liveness into the node's entry."""
     if e["phase"] in (SUCCEEDED, SKIPPED, FAILED):
         return
     grant = e.get("grant")
     if e["phase"] == PENDING and not grant and m is not None and m.kubelet is not None \
             and m.kubelet >= policy.target:
-        # At the target without a turn on record: the record lagged behind this node's upgrade
-        # (or someone upgraded it by hand). Never grant an empty list of hops.
-        r = m.report
-        if r is not None and r.uid == op.uid and r.phase == "Succeeded":
-            e["phase"], e["message"] = SUCCEEDED, f"upgraded to {policy.target}"
-            e.setdefault("finishedAt", r.finished_at or _iso(now))
-        else:
-            e["phase"], e["message"] = SKIPPED, f"already at {m.kubelet}"
-        return
-    if e["phase"] in IN_FLIGHT and grant:
+        _at_target(r, e, m, policy)
+    elif e["phase"] in IN_FLIGHT and grant:
         if m is None or not m.alive:
             if e["phase"] != LOST:
-                events.append(PlanEvent("NodeLost", f"kupd on {name} stopped renewing its lease mid-upgrade; "
-                                        "its turn is held, no other node replaces it", name, warning=True))
+                r.event("NodeLost", f"kupd on {name} stopped renewing its lease mid-upgrade; "
+                        "its turn is held, no other node replaces it", name, warning=True)
             e["phase"] = LOST
             e["message"] = "member lease expired; waiting for kupd on this node to come back"
             return
-        r = m.report
-        stale = bool(r and r.granted_at and r.granted_at != grant.get("grantedAt"))
-        if r is None or stale or r.uid != op.uid or r.versions != grant.get("versions"):
-            if e["phase"] == LOST:
-                e["phase"] = GRANTED
-                e["message"] = "member is back"
-            return
+        _fold_report(r, e, m, grant, policy, name)
+
+
+def _at_target(r: Round, e: dict[str, Any], m: MemberView, policy: Policy) -> None:
+    """At the target without a turn on record: the record lagged behind this node's upgrade (or
+    someone upgraded it by hand). Never grant an empty list of hops."""
+    report = m.report
+    if report is not None and report.uid == r.op.uid and report.phase == TurnPhase.SUCCEEDED:
+        e["phase"], e["message"] = SUCCEEDED, f"upgraded to {policy.target}"
+        e.setdefault("finishedAt", report.finished_at or format_time(r.now))
+    else:
+        e["phase"], e["message"] = SKIPPED, f"already at {m.kubelet}"
+
+
+def _fold_report(r: Round, e: dict[str, Any], m: MemberView, grant: dict[str, Any], policy: Policy,
+                 name: str) -> None:
+    """A live member's report on the turn its entry records."""
+    report = m.report
+    stale = bool(report and report.granted_at and report.granted_at != grant.get("grantedAt"))
+    if report is None or stale or report.uid != r.op.uid or report.versions != grant.get("versions"):
         if e["phase"] == LOST:
-            events.append(PlanEvent("NodeBack", f"kupd on {name} is back", name))
-        prev_step, prev_msg = e.get("step"), e.get("message")
-        e["step"], e["attempts"] = r.step, r.attempts
-        e["message"] = r.message[:1000]
-        if r.started_at:
-            e.setdefault("startedAt", r.started_at)
-        if r.phase == "Upgrading":
-            e["phase"] = UPGRADING
-            if r.step != prev_step:
-                events.append(PlanEvent("StepStarted", f"{name}: {r.step}", name))
-            if r.reason == "DrainBlocked" and r.message != prev_msg:
-                events.append(PlanEvent("DrainBlocked", f"{name}: {r.message}", name, warning=True))
-        elif r.phase == "Succeeded":
-            final = m.kubelet is not None and m.kubelet >= policy.target
-            if final:
-                e["phase"] = SUCCEEDED
-                e["finishedAt"] = r.finished_at or _iso(now)
-                e["message"] = f"upgraded to {policy.target}"
-                events.append(PlanEvent("NodeUpgraded", f"{name} upgraded to {policy.target}", name))
-            else:
-                # A control-plane node between hops: done with this hop, waits for the next.
-                e["phase"] = PENDING
-                e["message"] = f"at {m.kubelet}, waiting for the next hop"
-            e.pop("grant", None)
-        elif r.phase == "Failed":
-            e["phase"] = FAILED
-            e["finishedAt"] = r.finished_at or _iso(now)
-            events.append(PlanEvent("NodeFailed", f"{name} failed at step {r.step}: {r.message}", name,
-                                    warning=True))
+            e["phase"] = GRANTED
+            e["message"] = "member is back"
+        return
+    if e["phase"] == LOST:
+        r.event("NodeBack", f"kupd on {name} is back", name)
+    prev_step, prev_msg = e.get("step"), e.get("message")
+    e["step"], e["attempts"] = report.step, report.attempts
+    e["message"] = report.message[:1000]
+    if report.started_at:
+        e.setdefault("startedAt", report.started_at)
+    if report.phase == TurnPhase.UPGRADING:
+        e["phase"] = UPGRADING
+        if report.step != prev_step:
+            r.event("StepStarted", f"{name}: {report.step}", name)
+        if report.reason == "DrainBlocked" and report.message != prev_msg:
+            r.event("DrainBlocked", f"{name}: {report.message}", name, warning=True)
+    elif report.phase == TurnPhase.SUCCEEDED:
+        if m.kubelet is not None and m.kubelet >= policy.target:
+            e["phase"] = SUCCEEDED
+            e["finishedAt"] = report.finished_at or format_time(r.now)
+            e["message"] = f"upgraded to {policy.target}"
+            r.event("NodeUpgraded", f"{name} upgraded to {policy.target}", name)
+        else:
+            # A control-plane node between hops: done with this hop, waits for the next.
+            e["phase"] = PENDING
+            e["message"] = f"at {m.kubelet}, waiting for the next hop"
+        e.pop("grant", None)
+    elif report.phase == TurnPhase.FAILED:
+        e["phase"] = FAILED
+        e["finishedAt"] = report.finished_at or format_time(r.now)
+        r.event("NodeFailed", f"{name} failed at step {report.step}: {report.message}", name, warning=True)
 
 
-def _health_gate(gates: Mapping[str, Any] | None, ordered: list[dict[str, Any]], nodes: Sequence[NodeView],
+def conclude(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: list[dict[str, Any]]
+             ) -> list[tuple[Reason, str, str]] | None:
+    """The operation's outcome so far: None when it ended (a required backup failed, every node is
+    done and no turn is out) or a failed node stops all grants; else what needs attention (empty
+    when nothing does), with RequiresAttention said for it."""
+    failed = [e for e in ordered if e["phase"] == FAILED]
+    backup_failed = [e for e in failed if e.get("step") == Step.BACKUP]
+    if backup_failed:
+        msg = f"backup failed on {backup_failed[0]['name']}: {backup_failed[0].get('message', '')}"
+        r.condition("BackupSucceeded", False, Reason.BACKUP_FAILED, msg)
+        r.fail(Reason.BACKUP_FAILED, msg)
+        return None
+    if all(e["phase"] in DONE for e in ordered) and not departed:
+        if r.status.get("phase") != OP_SUCCEEDED:
+            r.event("Succeeded", f"all {len(ordered)} nodes at {policy.target}")
+        r.status["phase"] = OP_SUCCEEDED
+        r.status["message"] = f"all {len(ordered)} selected nodes are at {policy.target}"
+        r.status.setdefault("finishedAt", format_time(r.now))
+        r.status["progress"] = f"{len(ordered)}/{len(ordered)}"
+        r.condition("Progressing", False, Reason.COMPLETED, r.status["message"])
+        r.condition("RequiresAttention", False, Reason.NO_PROBLEM, "")
+        return None
+    done = sum(1 for e in ordered if e["phase"] in DONE)
+    r.status["progress"] = f"{done}/{len(ordered)}"
+    attention = _attention(r, ordered, departed)
+    if attention is None:
+        r.condition("RequiresAttention", False, Reason.NO_PROBLEM, "")
+        return []
+    reason, node, msg = attention
+    if r.status.get("phase") != OP_ATTENTION or r.status.get("message") != msg:
+        r.event(str(reason), msg, node, warning=True)
+    r.status["phase"] = OP_ATTENTION
+    r.status["message"] = msg
+    r.condition("RequiresAttention", True, reason, msg)
+    if failed:
+        # A failed step stops all further grants until an operator acts.
+        r.condition("Progressing", False, Reason.NODE_FAILED, msg)
+        return None
+    return [attention]
+
+
+def _attention(r: Round, ordered: list[dict[str, Any]], departed: list[dict[str, Any]]
+               ) -> tuple[Reason, str, str] | None:
+    """What needs an operator, most pressing first: (reason, node, message), or None."""
+    for e in ordered:
+        if e["phase"] == FAILED:
+            return Reason.NODE_FAILED, e["name"], f"node {e['name']}: {e.get('message') or 'failed'}"
+    for e in [*ordered, *departed]:
+        if e["phase"] == LOST:
+            where = "" if e in ordered else " (it left the selection or the cluster mid-turn)"
+            return Reason.NODE_LOST, e["name"], f"node {e['name']}{where}: {e.get('message') or 'lost'}"
+    for e in ordered:
+        report = _report(r, e) if e["phase"] in IN_FLIGHT else None
+        if report is not None and report.reason == "DeadlineExceeded" and report.phase == TurnPhase.UPGRADING:
+            return Reason.STEP_PAST_DEADLINE, e["name"], f"node {e['name']}: {report.message}"
+    for node, g in sorted(r.elsewhere().items()):
+        m = r.members.get(node)
+        if m is None or not m.alive:
+            return (Reason.NODE_LOST, node,
+                    f"node {node} holds a turn of DirectUpdate {g.operation} and its kupd member is lost; "
+                    "the turn keeps its slot until it is reported over or its grant Lease "
+                    f"{GRANT_LEASE_PREFIX}{node} is deleted (runbook: a lost node)")
+    for e in ordered:
+        if e["phase"] != PENDING:
+            continue
+        m = r.members.get(e["name"])
+        if m is None:
+            return Reason.NO_MEMBER, e["name"], f"node {e['name']} has no kupd member; install or start kupd there"
+        if not m.alive:
+            return (Reason.MEMBER_LOST, e["name"],
+                    f"node {e['name']}: its kupd member stopped renewing its Lease; start kupd there")
+    return None
+
+
+def gates(r: Round, policy: Policy, ordered: list[dict[str, Any]], attention: list[tuple[Reason, str, str]],
+          gate_failure: str | None) -> bool:
+    """Whether a new turn may be given now: not paused, inside the maintenance window (if any),
+    and every health gate passing. When not, the operation says why."""
+    status = r.status
+    if policy.paused:
+        status["phase"] = OP_PAUSED
+        status["message"] = "paused by spec.paused; nodes already granted finish their turn"
+        r.condition("Progressing", False, Reason.PAUSED, status["message"])
+        return False
+    window = _window_decision(r.op, ordered, policy, r.now)
+    if window is not None and not window.allowed:
+        if not attention:
+            status["phase"] = OP_PAUSED
+            status["message"] = window.reason
+        r.condition("Progressing", False, Reason.OUTSIDE_WINDOW, window.reason)
+        return False
+    gate = _health_gate(policy.health_gates, ordered, r.nodes, r.now, gate_failure)
+    if gate is not None:
+        if status.get("phase") != OP_PAUSED or status.get("message") != gate:
+            r.event("HealthGateFailed", gate, warning=True)
+        r.condition("HealthGates", False, Reason.GATE_FAILED, gate)
+        if not attention:
+            status["phase"] = OP_PAUSED
+            status["message"] = f"health gate: {gate}"
+        return False
+    if policy.health_gates is not None:
+        r.condition("HealthGates", True, Reason.GATES_PASSED, "every health gate passes")
+    return True
+
+
+def turn_over(m: MemberView | None, g: Grant) -> bool:
+    """Whether the node has reported the end (Succeeded or Failed) of the turn `g` gave it."""
+    report = m.report if m is not None else None
+    return (report is not None and report.uid == g.uid and report.granted_at == g.granted_at
+            and report.phase in (TurnPhase.SUCCEEDED, TurnPhase.FAILED))
+
+
+def _annotation_time(op: Operation, key: str) -> datetime | None:
+    value = op.annotations.get(key)
+    return parse_time(value, f"metadata.annotations[{key}]") if value else None
+
+
+def _health_gate(gates: HealthGates | None, ordered: list[dict[str, Any]], nodes: Sequence[NodeView],
                  now: datetime, external: str | None) -> str | None:
     """The failing gate, if any. Gates hold only once a node has finished in this operation: they
     guard the next grant after the control plane, after the canaries and between waves."""
-    if not gates:
+    if gates is None:
         return None
     finished = [e for e in ordered if e["phase"] == SUCCEEDED]
     if not finished:
         return None
-    if gates.get("nodesReady", True):
+    if gates.nodes_ready:
         ready = {n.name: n.ready for n in nodes}
         for e in finished:
             if not ready.get(e["name"], False):
                 return f"node {e['name']} is not Ready after its upgrade"
     if external:
         return external
-    bake = int(gates.get("bakeSeconds", 0))
+    bake = gates.bake_seconds
     if bake:
-        last = max((f for e in finished if (f := parse_time(e.get("finishedAt")))), default=None)
+        last = max((f for e in finished if (f := parse_or_none(e.get("finishedAt")))), default=None)
         if last is not None and now < last + timedelta(seconds=bake):
             return f"baking {bake}s after {max(finished, key=lambda e: e.get('finishedAt', ''))['name']} finished"
     return None
@@ -645,174 +713,136 @@ def _health_gate(gates: Mapping[str, Any] | None, ordered: list[dict[str, Any]],
 
 def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Policy,
                      now: datetime) -> windows.WindowDecision | None:
-    start = parse_time(op.annotations.get("kupd.io/window-start"))
-    end = parse_time(op.annotations.get("kupd.io/window-end"))
+    start = _annotation_time(op, ANN_WINDOW_START)
+    end = _annotation_time(op, ANN_WINDOW_END)
     if start is None and end is None:
         return None
     measured = []
     for e in ordered:
-        s, f = parse_time(e.get("startedAt")), parse_time(e.get("finishedAt"))
+        s, f = parse_or_none(e.get("startedAt")), parse_or_none(e.get("finishedAt"))
         if e["phase"] == SUCCEEDED and s and f:
             measured.append((f - s).total_seconds())
     expected = windows.expected_node_seconds(measured, policy.default_node_seconds)
     return windows.can_start_node(now, start, end, expected)
 
 
-def _grant(ordered: list[dict[str, Any]], departed: list[dict[str, Any]], hops: list[Version], policy: Policy,
-           members: Mapping[str, MemberView], epoch: int, now: datetime, events: list[PlanEvent],
-           status: dict[str, Any], canaries: set[str], elsewhere: Mapping[str, Grant]) -> str | None:
-    """Grant what the limits allow. Returns what the operation waits for when nothing can be
-    granted and nothing of its own is in flight, else None.
+# -- grant ------------------------------------------------------------------------------------
+def grant(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: list[dict[str, Any]],
+          hops: list[Version], canaries: frozenset[str]) -> str | None:
+    """Give the next turns within the limits: every in-flight grant re-stamped with this
+    coordinator's epoch (agents ignore older ones), then the control plane one node at a time,
+    hop-major; only then canaries, their bake, and the other workers up to `concurrency`.
 
     The limits count every turn out: this operation's, selected or not (a node that left the
-    selection or the cluster keeps its slot until its turn is over), and other operations'.
-    """
-    def give(e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool) -> bool:
-        if not versions:
-            return False  # never an empty turn, and never a slot spent on one
-        e["phase"] = GRANTED
-        e["grant"] = {"epoch": epoch, "versions": [str(v) for v in versions], "firstControlPlane": first_cp,
-                      "backup": backup, "grantedAt": _iso(now)}
-        e["message"] = f"granted {', '.join(str(v) for v in versions)}"
-        e.setdefault("startedAt", _iso(now))
-        events.append(PlanEvent("NodeGranted", f"{e['name']} may upgrade to {versions[-1]}", e["name"]))
-        return True
-
-    def current(e: dict[str, Any]) -> Version | None:
-        m = members.get(e["name"])
-        return m.kubelet if m else None
-
-    def eligible(e: dict[str, Any]) -> bool:
-        m = members.get(e["name"])
-        return (e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
-                and e["name"] not in elsewhere)
-
-    # Every in-flight grant is re-stamped with this coordinator's epoch: agents ignore older ones.
+    selection or the cluster keeps its slot until its turn is over), and other operations' turns
+    not over yet. Returns what holds the next turn back, if anything does."""
+    elsewhere = r.elsewhere()
     for e in [*ordered, *departed]:
         if e["phase"] in IN_FLIGHT and e.get("grant"):
-            e["grant"]["epoch"] = epoch
-
+            e["grant"]["epoch"] = r.epoch
     out = [e for e in [*ordered, *departed] if e["phase"] in IN_FLIGHT]
-    cps_out = [e["name"] for e in out if e["role"] == "ControlPlane"] + sorted(
-        n for n, g in elsewhere.items() if g.control_plane)
-    workers_out = [e["name"] for e in out if e["role"] == "Worker"] + sorted(
-        n for n, g in elsewhere.items() if not g.control_plane)
-
+    limits = _Out([e["name"] for e in out if e["role"] == "ControlPlane"],
+                  [e["name"] for e in out if e["role"] == "Worker"],
+                  sorted(n for n, g in elsewhere.items() if g.control_plane),
+                  sorted(n for n, g in elsewhere.items() if not g.control_plane))
     cps = [e for e in ordered if e["role"] == "ControlPlane"]
-    cp_left = [e for e in cps if e["phase"] not in DONE]
-    if cp_left:
-        if cps_out:
-            return None if any(e["role"] == "ControlPlane" for e in out) else (
-                f"waiting for the control-plane turn of {', '.join(cps_out)} to end")
-        if workers_out:
-            # A control-plane node that joined mid-rollout waits for the workers in flight: a
-            # worker's new kubelet must never meet an older API server.
-            return (f"control-plane node {cp_left[0]['name']} waits for the workers in flight "
-                    f"({', '.join(workers_out)}) to finish")
-        unknown = [e["name"] for e in cp_left if current(e) is None]
-        if unknown:
-            # Which control-plane node goes first (kubeadm upgrade apply) and whether the API
-            # servers stay within one minor depend on every one's version: wait to know them.
-            return f"waiting for the kupd members of control-plane nodes {', '.join(unknown)} to report their versions"
-        # Hop-major: every control-plane node reaches hop i before any starts hop i+1, so the
-        # API servers never drift more than one minor apart.
-        for hop in hops:
-            behind = [e for e in cp_left if (v := current(e)) is not None and v < hop]
-            if not behind:
-                continue
-            first_cp = all((v := current(e)) is None or v < hop for e in cps)
-            nxt = behind[0]
-            if eligible(nxt):
-                need_backup = (policy.backup_required and not status.get("backup")
-                               and hop == hops[0] and first_cp)
-                give(nxt, [hop], first_cp, need_backup)
-                return None
-            why = nxt.get("message") or "no live member"
-            return f"control-plane node {nxt['name']} is next and not eligible ({why})"
-        return f"control-plane nodes {', '.join(e['name'] for e in cp_left)} have no hop left to take"
-
-    workers = [e for e in ordered if e["role"] == "Worker"]
-    slots = policy.concurrency - len(workers_out)
-    canary_entries = [e for e in workers if e["name"] in canaries]
-    canaries_done = all(e["phase"] in DONE for e in canary_entries)
-    candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]
-    if canaries_done:
-        if canary_entries and policy.canary_bake_seconds:
-            finished = [f for e in canary_entries if (f := parse_time(e.get("finishedAt")))]
-            if finished and now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
-                return "canaries upgraded; baking before the other workers"
-        candidates = [e for e in workers if e["phase"] == PENDING]
-    given = False
-    for e in candidates:
-        if slots <= 0:
-            break
-        if not eligible(e):
-            continue
-        v = current(e)
-        assert v is not None
-        if give(e, [h for h in hops if h > v], False, False):
-            slots -= 1
-            given = True
-    if given or any(e["phase"] in IN_FLIGHT for e in ordered):
-        return None
-    if candidates and slots <= 0 and workers_out:
-        return f"every worker slot is held by a turn out ({', '.join(workers_out)})"
-    return None
+    if any(e["phase"] not in DONE for e in cps):
+        return _grant_control_plane(r, policy, cps, hops, elsewhere, limits)
+    return _grant_workers(r, policy, [e for e in ordered if e["role"] == "Worker"], hops, canaries, elsewhere,
+                          limits)
 
 
 @dataclass(frozen=True)
-class Wave:
-    """Nodes granted together in a dry run, with when they start and end."""
+class _Out:
+    """The turns out, by role: this operation's (selected or not) and other operations'."""
 
-    nodes: list[str]
-    versions: list[list[str]]
-    start_seconds: float
-    end_seconds: float
+    own_cps: list[str]
+    own_workers: list[str]
+    other_cps: list[str]
+    other_workers: list[str]
+
+    @property
+    def workers(self) -> list[str]:
+        return self.own_workers + self.other_workers
 
 
-def simulate(spec: Mapping[str, Any], nodes: Sequence[NodeView], members: Mapping[str, MemberView],
-             node_seconds: float, resolved_minors: Mapping[tuple[int, int], str] | None = None,
-             now: datetime | None = None) -> tuple[dict[str, Any], list[Wave]]:
-    """Dry-run the planner to the end: every granted node finishes after `node_seconds`.
+def _give(r: Round, e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool) -> bool:
+    if not versions:
+        return False  # never an empty turn, and never a slot spent on one
+    e["phase"] = GRANTED
+    e["grant"] = grant_record(r.epoch, [str(v) for v in versions], first_cp, backup, format_time(r.now))
+    e["message"] = f"granted {', '.join(str(v) for v in versions)}"
+    e.setdefault("startedAt", format_time(r.now))
+    r.event("NodeGranted", f"{e['name']} may upgrade to {versions[-1]}", e["name"])
+    return True
 
-    Returns the final status and the waves in order; what `kupd plan` prints. Pure.
-    """
-    t0 = now or datetime(2000, 1, 1, tzinfo=UTC)
-    members = dict(members)
-    op = Operation("plan", "plan", 1, spec, {})
-    clock = 0.0
-    waves: list[Wave] = []
-    running: dict[str, float] = {}
-    for _ in range(100 * (len(nodes) + 10)):
-        result = plan(op, nodes, members, epoch=0, coordinator="plan", now=t0 + timedelta(seconds=clock),
-                      resolved_minors=resolved_minors)
-        status = result.status
-        new = [e for e in status.get("nodes", []) if e["phase"] == GRANTED and e["name"] not in running]
-        if new:
-            if waves and waves[-1].start_seconds == clock:
-                # Several slots freed at the same moment are one wave.
-                last = waves.pop()
-                new_names, new_versions = last.nodes, last.versions
-            else:
-                new_names, new_versions = [], []
-            waves.append(Wave(new_names + [e["name"] for e in new],
-                              new_versions + [e["grant"]["versions"] for e in new], clock, clock + node_seconds))
-            for e in new:
-                running[e["name"]] = clock + node_seconds
-        stuck = status.get("phase") == OP_PENDING and not status.get("nodes")
-        if (stuck or status.get("phase") in (OP_SUCCEEDED, OP_FAILED, OP_ATTENTION)) and not running:
-            return status, waves
-        if not running:
-            # Nothing in flight and nothing granted: waiting on time (a canary bake) — step the clock.
-            clock += 15.0
-            op = Operation("plan", "plan", 1, spec, status)
+
+def _current(r: Round, e: dict[str, Any]) -> Version | None:
+    m = r.members.get(e["name"])
+    return m.kubelet if m else None
+
+
+def _eligible(r: Round, e: dict[str, Any], elsewhere: Mapping[str, Grant]) -> bool:
+    m = r.members.get(e["name"])
+    return (e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
+            and e["name"] not in elsewhere)
+
+
+def _grant_control_plane(r: Round, policy: Policy, cps: list[dict[str, Any]], hops: list[Version],
+                         elsewhere: Mapping[str, Grant], out: _Out) -> str | None:
+    """One control-plane node at a time, hop-major: every control-plane node reaches hop i before
+    any starts hop i+1, so the API servers never drift more than one minor apart. A control-plane
+    node waits for the workers in flight (one that joined mid-rollout, or a raised target): a
+    worker's new kubelet must never meet an older API server."""
+    if out.own_cps:
+        return None
+    if out.other_cps:
+        return f"waiting for the control-plane turn of {', '.join(out.other_cps)} (another operation) to end"
+    cp_left = [e for e in cps if e["phase"] not in DONE]
+    if out.workers:
+        return (f"control-plane node {cp_left[0]['name']} waits for the workers in flight "
+                f"({', '.join(out.workers)}) to finish")
+    unknown = [e["name"] for e in cp_left if _current(r, e) is None]
+    if unknown:
+        # Which control-plane node goes first (kubeadm upgrade apply), and whether the API servers
+        # stay within one minor, depend on every one's version: wait to know them.
+        return f"waiting for the kupd members of control-plane nodes {', '.join(unknown)} to report their versions"
+    for hop in hops:
+        behind = [e for e in cp_left if (v := _current(r, e)) is not None and v < hop]
+        if not behind:
             continue
-        name = min(running, key=lambda n: running[n])
-        clock = running.pop(name)
-        entry = next(e for e in status["nodes"] if e["name"] == name)
-        versions = entry["grant"]["versions"]
-        members[name] = MemberView(name, True, Version.parse(versions[-1]),
-                                   Report("plan", "plan", 0, versions, "Succeeded", "uncordon",
-                                          finished_at=_iso(t0 + timedelta(seconds=clock))))
-        op = Operation("plan", "plan", 1, spec, status)
-    raise RuntimeError("dry run did not converge")
+        first_cp = all((v := _current(r, e)) is None or v < hop for e in cps)
+        nxt = behind[0]
+        if _eligible(r, nxt, elsewhere):
+            need_backup = policy.backup_required and not r.status.get("backup") and hop == hops[0] and first_cp
+            _give(r, nxt, [hop], first_cp, need_backup)
+            return None
+        return f"control-plane node {nxt['name']} is next and not eligible ({nxt.get('message') or 'no live member'})"
+    return f"control-plane nodes {', '.join(e['name'] for e in cp_left)} have no hop left to take"
+
+
+def _grant_workers(r: Round, policy: Policy, workers: list[dict[str, Any]], hops: list[Version],
+                   canaries: frozenset[str], elsewhere: Mapping[str, Grant], out: _Out) -> str | None:
+    """Canaries first, then (after their bake) the other workers, never more than `concurrency`
+    turns out, counting those of nodes that left the selection and of other operations."""
+    slots = policy.concurrency - len(out.workers)
+    canary_entries = [e for e in workers if e["name"] in canaries]
+    candidates = [e for e in workers if e["name"] in canaries and e["phase"] == PENDING]
+    if all(e["phase"] in DONE for e in canary_entries):
+        if canary_entries and policy.canary_bake_seconds:
+            finished = [f for e in canary_entries if (f := parse_or_none(e.get("finishedAt")))]
+            if finished and r.now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
+                return "canaries upgraded; baking before the other workers"
+        candidates = [e for e in workers if e["phase"] == PENDING]
+    for e in candidates:
+        if slots <= 0:
+            break
+        if not _eligible(r, e, elsewhere):
+            continue
+        v = _current(r, e)
+        assert v is not None
+        if _give(r, e, [h for h in hops if h > v], False, False):
+            slots -= 1
+    if candidates and slots <= 0 and out.workers and not out.own_workers:
+        return f"every worker slot is held by a turn out ({', '.join(out.workers)})"
+    return None

@@ -1,4 +1,5 @@
-"""The coordination protocol's wire format: object names, annotation keys, the agent report.
+"""The coordination protocol's wire format: object names, annotation keys, the phases and steps,
+the grant (planner -> agent) and the report (agent -> status), with their codecs.
 
 docs/development/protocol.md explains who writes what and why. In short:
 - each daemon renews its own member Lease `kupd-node-<node>` and writes its progress report
@@ -14,16 +15,17 @@ docs/development/protocol.md explains who writes what and why. In short:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+from kupd.api.models import DirectUpdateSpec, NodeWork, parse_node_work, to_wire
+from kupd.errors import ValidationError
+from kupd.rfc3339 import parse_or_none
+from kupd.versions import Version
 
-GROUP = "kupd.io"
-VERSION = "v1alpha1"
-DIRECTUPDATES = "directupdates"
-SCHEDULEDUPDATES = "scheduledupdates"
-UPDATESCHEDULES = "updateschedules"
+T = TypeVar("T")
 
 COORDINATOR_LEASE = "kupd-coordinator"
 MEMBER_LEASE_PREFIX = "kupd-node-"
@@ -63,22 +65,54 @@ ANN_WINDOW_END = "kupd.io/window-end"
 
 LABEL_CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
 
-# Step names, in order. A reboot, where required, is a step like the others.
-STEP_PREFLIGHT = "preflight"
-STEP_BACKUP = "backup"
-STEP_REPOSITORY = "repository"
-STEP_KUBEADM_PACKAGE = "kubeadm-package"
-STEP_KUBEADM_UPGRADE = "kubeadm-upgrade"
-STEP_DRAIN = "drain"
-STEP_KUBELET_PACKAGE = "kubelet-package"
-STEP_RESTART = "restart"
-STEP_REBOOT = "reboot"
-STEP_VERIFY = "verify"
-STEP_UNCORDON = "uncordon"
-STEPS = (
-    STEP_PREFLIGHT, STEP_BACKUP, STEP_REPOSITORY, STEP_KUBEADM_PACKAGE, STEP_KUBEADM_UPGRADE, STEP_DRAIN,
-    STEP_KUBELET_PACKAGE, STEP_RESTART, STEP_REBOOT, STEP_VERIFY, STEP_UNCORDON,
-)
+class Step(StrEnum):
+    """A node's steps, in order. A reboot, where required, is a step like the others."""
+
+    PREFLIGHT = "preflight"
+    BACKUP = "backup"
+    REPOSITORY = "repository"
+    KUBEADM_PACKAGE = "kubeadm-package"
+    KUBEADM_UPGRADE = "kubeadm-upgrade"
+    DRAIN = "drain"
+    KUBELET_PACKAGE = "kubelet-package"
+    RESTART = "restart"
+    REBOOT = "reboot"
+    VERIFY = "verify"
+    UNCORDON = "uncordon"
+
+
+STEPS = tuple(Step)
+
+
+class NodePhase(StrEnum):
+    """A node's phase in `status.nodes[]`, as the coordinator records it (docs/development/protocol.md)."""
+
+    PENDING = "Pending"
+    GRANTED = "Granted"
+    UPGRADING = "Upgrading"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+    LOST = "Lost"
+
+
+class OpPhase(StrEnum):
+    """A DirectUpdate's `status.phase`."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    REQUIRES_ATTENTION = "RequiresAttention"
+
+
+class TurnPhase(StrEnum):
+    """A turn as its agent reports it."""
+
+    UPGRADING = "Upgrading"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
 
 
 def member_lease_name(node: str) -> str:
@@ -89,47 +123,101 @@ def grant_lease_name(node: str) -> str:
     return GRANT_LEASE_PREFIX + node
 
 
+# The fields of a NodeWork that a grant's wire form carries at its top level (as it did before
+# NodeWork): the rest travels under "work".
+_GRANT_TOP = {"versions": "versions", "controlPlane": "control_plane", "firstControlPlane": "first_control_plane",
+              "backup": "backup"}
+
+
 @dataclass(frozen=True)
 class Grant:
-    """A node's turn, as the coordinator delivers it in the node's grant Lease.
-
-    It carries everything the agent needs to do the work (the operation's spec included), so
-    the agent never reads the DirectUpdate, whose status grows with the cluster.
-    """
+    """A node's turn, from the planner to the agent: which operation, the coordinator's epoch,
+    when, and the work (`NodeWork`: versions, role and the parts of the spec the steps need), so
+    the agent never reads the DirectUpdate, whose status grows with the cluster."""
 
     operation: str
     uid: str
     epoch: int
-    versions: list[str]
     granted_at: str
-    first_control_plane: bool = False
-    backup: bool = False
-    control_plane: bool = False
-    spec: dict[str, Any] = field(default_factory=dict)
+    work: NodeWork
+
+    @property
+    def versions(self) -> list[str]:
+        return list(self.work.versions)
+
+    @property
+    def control_plane(self) -> bool:
+        return self.work.control_plane
+
+    @property
+    def first_control_plane(self) -> bool:
+        return self.work.first_control_plane
+
+    @property
+    def backup(self) -> bool:
+        return self.work.backup
+
+    def with_epoch(self, epoch: int) -> Grant:
+        return replace(self, epoch=epoch)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object of the grant Lease's annotation (and of the agent's checkpoint)."""
+        work = to_wire(self.work)
+        out: dict[str, Any] = {"operation": self.operation, "uid": self.uid, "epoch": self.epoch,
+                               "granted_at": self.granted_at}
+        for key, name in _GRANT_TOP.items():
+            out[name] = work.pop(key)
+        out["work"] = work
+        return out
 
     def encode(self) -> str:
-        return _encode(self)
+        return json.dumps(self.wire(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Grant | None:
+        """A grant from its JSON object; None when it is not a complete, valid one."""
+        if not isinstance(data, dict):
+            return None
+        operation, uid, epoch, granted_at = (data.get(k) for k in ("operation", "uid", "epoch", "granted_at"))
+        if not (isinstance(operation, str) and operation and isinstance(uid, str) and uid
+                and isinstance(granted_at, str) and granted_at and type(epoch) is int):
+            return None
+        work = data.get("work")
+        if not isinstance(work, dict):
+            return None
+        try:
+            parsed = parse_node_work({**work, **{key: data.get(name) for key, name in _GRANT_TOP.items()}})
+        except ValidationError:
+            return None
+        return cls(operation=operation, uid=uid, epoch=epoch, granted_at=granted_at, work=parsed)
 
     @classmethod
     def decode(cls, text: str | None) -> Grant | None:
-        g = _decode(cls, text)
-        if g is None or not (g.operation and g.uid and g.versions and g.granted_at):
+        if not text:
             return None
-        return g
+        try:
+            return cls.from_wire(json.loads(text))
+        except ValueError:
+            return None
 
     @classmethod
-    def from_record(cls, operation: str, uid: str, entry: dict[str, Any], spec: dict[str, Any]) -> Grant:
+    def from_record(cls, operation: str, uid: str, entry: dict[str, Any], spec: DirectUpdateSpec) -> Grant:
         """The grant of a `status.nodes[]` entry, as its node's grant Lease carries it."""
         g = entry["grant"]
-        return cls(operation=operation, uid=uid, epoch=int(g["epoch"]), versions=list(g["versions"]),
-                   granted_at=str(g["grantedAt"]), first_control_plane=bool(g.get("firstControlPlane")),
-                   backup=bool(g.get("backup")), control_plane=entry.get("role") == "ControlPlane",
-                   spec=dict(spec))
+        work = spec.node_work(list(g["versions"]), control_plane=entry.get("role") == "ControlPlane",
+                              first_control_plane=bool(g.get("firstControlPlane")), backup=bool(g.get("backup")))
+        return cls(operation=operation, uid=uid, epoch=int(g["epoch"]), granted_at=str(g["grantedAt"]), work=work)
 
     def record(self) -> dict[str, Any]:
         """The grant as `status.nodes[].grant` records it."""
-        return {"epoch": self.epoch, "versions": list(self.versions), "firstControlPlane": self.first_control_plane,
-                "backup": self.backup, "grantedAt": self.granted_at}
+        return grant_record(self.epoch, self.versions, self.first_control_plane, self.backup, self.granted_at)
+
+
+def grant_record(epoch: int, versions: list[str], first_control_plane: bool, backup: bool,
+                 granted_at: str) -> dict[str, Any]:
+    """`status.nodes[].grant`: the record of a turn (camelCase, as the CRD has it)."""
+    return {"epoch": epoch, "versions": list(versions), "firstControlPlane": first_control_plane,
+            "backup": backup, "grantedAt": granted_at}
 
 
 @dataclass(frozen=True)
@@ -140,7 +228,7 @@ class Report:
     uid: str
     epoch: int
     versions: list[str]
-    phase: str  # Upgrading | Succeeded | Failed
+    phase: str  # a TurnPhase
     step: str = ""
     attempts: int = 0
     started_at: str = ""
@@ -159,9 +247,84 @@ class Report:
         return _decode(cls, text)
 
 
+# -- Lease bodies: pure codecs of what the coordinator reads and writes --------------------------
 def grant_value(lease: dict[str, Any]) -> str:
     """The grant annotation of a grant Lease ("" when the node holds no turn)."""
     return str(((lease.get("metadata") or {}).get("annotations") or {}).get(ANN_GRANT) or "")
+
+
+def grant_values(leases: list[dict[str, Any]]) -> dict[str, str]:
+    """node -> the grant annotation of its grant Lease, for the grant Leases among `leases`."""
+    out = {}
+    for lease in leases:
+        name = lease["metadata"]["name"]
+        if name.startswith(GRANT_LEASE_PREFIX):
+            out[name[len(GRANT_LEASE_PREFIX):]] = grant_value(lease)
+    return out
+
+
+def grant_lease_body(namespace: str, node: str, value: str, epoch: int) -> dict[str, Any]:
+    """The merge patch (or the new object) of a node's grant Lease carrying `value` ("" clears it).
+    The epoch annotation lets admission policy kupd.io-grants check it against the coordinator
+    Lease: a deposed coordinator's late write is refused by the API server itself."""
+    return {"metadata": {"name": grant_lease_name(node), "namespace": namespace,
+                         "annotations": {ANN_GRANT: value, ANN_EPOCH: str(epoch)},
+                         "labels": {"app.kubernetes.io/name": "kupd", "kupd.io/node": node,
+                                    LABEL_LEASE_KIND: LEASE_KIND_GRANT}},
+            "spec": {"holderIdentity": node}}
+
+
+@dataclass(frozen=True)
+class MemberLease:
+    """What a member Lease says: when it was renewed (by the node's clock), for how long, the
+    kubelet version installed and the agent's report."""
+
+    node: str
+    renew_time: datetime | None
+    duration: int
+    kubelet: Version | None
+    report: Report | None
+
+
+def decode_member_lease(lease: dict[str, Any], default_duration: int) -> MemberLease | None:
+    """The member Lease's content; None when `lease` is not a member Lease."""
+    md = lease.get("metadata") or {}
+    name = str(md.get("name") or "")
+    if not name.startswith(MEMBER_LEASE_PREFIX):
+        return None
+    spec = lease.get("spec") or {}
+    anns = md.get("annotations") or {}
+    kubelet = anns.get(ANN_KUBELET)
+    return MemberLease(name[len(MEMBER_LEASE_PREFIX):], parse_or_none(spec.get("renewTime")),
+                       int(spec.get("leaseDurationSeconds") or default_duration),
+                       Version.parse(kubelet) if kubelet else None, Report.decode(anns.get(ANN_REPORT)))
+
+
+def _report_key(anns: dict[str, Any]) -> tuple[Any, ...]:
+    r = Report.decode(anns.get(ANN_REPORT))
+    return (r.uid, r.granted_at, r.phase, r.reason, tuple(r.versions)) if r else ()
+
+
+def lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a Lease's change needs a coordinator round now. A renewal that moves only renewTime
+    does not: expiry is found by the 1 s tick. Nor does a report that moves only to the next step:
+    the record of steps is coalesced anyway, and the tick picks it up. What frees or holds a slot
+    (a turn's start, its end, a drain blocked) and changed facts do."""
+    if (new.get("metadata") or {}).get("name", "").startswith(GRANT_LEASE_PREFIX):
+        return False  # grant Leases are the coordinator's own writes
+    if old is None:
+        return True
+    o, n = old.get("spec") or {}, new.get("spec") or {}
+    if o.get("holderIdentity") != n.get("holderIdentity") or o.get("leaseDurationSeconds") != n.get(
+            "leaseDurationSeconds"):
+        return True
+    oa = dict((old.get("metadata") or {}).get("annotations") or {})
+    na = dict((new.get("metadata") or {}).get("annotations") or {})
+    if oa.get(ANN_REPORT) != na.get(ANN_REPORT) and _report_key(oa) != _report_key(na):
+        return True
+    oa.pop(ANN_REPORT, None)
+    na.pop(ANN_REPORT, None)
+    return oa != na
 
 
 def _encode(obj: Any) -> str:

@@ -21,12 +21,10 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import urllib3
-
-from kupd import validate
+from kupd import conditions, k8s, validate
 from kupd.api.models import (
     DirectUpdateSpec,
     parse_scheduledupdate_spec,
@@ -35,23 +33,15 @@ from kupd.api.models import (
     to_wire,
 )
 from kupd.clock import Clock
-from kupd.errors import RetryableError, ValidationError
-from kupd.kubeapi import ApiError, Client, path
-from kupd.protocol import (
-    ANN_WINDOW_END,
-    ANN_WINDOW_START,
-    DIRECTUPDATES,
-    GROUP,
-    SCHEDULEDUPDATES,
-    UPDATESCHEDULES,
-    VERSION,
-)
+from kupd.conditions import Condition
+from kupd.errors import PermanentError, RetryableError, ValidationError
+from kupd.k8s import API_VERSION, DIRECTUPDATES, SCHEDULEDUPDATES, UPDATESCHEDULES, Client
+from kupd.protocol import ANN_WINDOW_END, ANN_WINDOW_START
+from kupd.rfc3339 import format_time, parse_time
 from kupd.schedule import CronSchedule, Window
-from kupd.windows import format_time, parse_time, window_annotations
+from kupd.windows import window_annotations
 
 log = logging.getLogger(__name__)
-
-API_VERSION = f"{GROUP}/{VERSION}"
 
 # Labels and annotations on the DirectUpdates the scheduler creates.
 LABEL_CREATED_BY = "kupd.io/created-by"
@@ -92,19 +82,11 @@ Obj = dict[str, Any]
 
 # -- the decisions (pure) --------------------------------------------------------------
 @dataclass(frozen=True)
-class Condition:
-    type: str
-    status: str
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class NewOperation:
     """A DirectUpdate to create; its version may still be a minor to resolve."""
 
     name: str
-    template: Obj
+    template: DirectUpdateSpec
     labels: dict[str, str]
     annotations: dict[str, str]
     owner: Obj
@@ -145,10 +127,10 @@ def is_owned_by(child: Obj, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in child.get("metadata", {}).get("ownerReferences") or [])
 
 
-def operation_spec(template: Mapping[str, Any], version: str) -> Obj:
+def operation_spec(template: DirectUpdateSpec, version: str) -> Obj:
     """The spec of the DirectUpdate a run creates: the template with its version resolved,
     validated as a DirectUpdate spec (errors name `spec.template.<field>`)."""
-    spec = parse_spec(DirectUpdateSpec, {**template, "version": version}, root="spec.template")
+    spec = parse_spec(DirectUpdateSpec, {**to_wire(template), "version": version}, root="spec.template")
     return to_wire(spec)
 
 
@@ -165,7 +147,7 @@ def resolve_version(requested: str, resolve_minor: ResolveMinor, field: str = "s
 
 def decide_scheduled_update(obj: Obj, child: Obj | None, now: datetime) -> Decision:
     """A ScheduledUpdate: create its DirectUpdate at spec.startTime, once."""
-    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    meta, status = obj["metadata"], obj.get("status") or {}
     name = meta["name"]
     generation = meta.get("generation")
     d = Decision(status={"observedGeneration": generation})
@@ -174,8 +156,7 @@ def decide_scheduled_update(obj: Obj, child: Obj | None, now: datetime) -> Decis
         return d
     try:
         parsed = parse_scheduledupdate_spec(obj)
-        start = parse_time(spec.get("startTime"), "spec.startTime")
-        template: Obj = spec["template"]
+        start = parsed.start_time.astimezone(UTC)
     except ValidationError as e:
         d.status["phase"] = "Failed"
         d.conditions = [Condition(COND_VALID, "False", R_INVALID_SPEC, str(e))]
@@ -194,7 +175,7 @@ def decide_scheduled_update(obj: Obj, child: Obj | None, now: datetime) -> Decis
         return d
     d.create = NewOperation(
         name=name,
-        template=template,
+        template=parsed.template,
         labels={LABEL_CREATED_BY: CREATED_BY_SCHEDULED_UPDATE, LABEL_CREATOR_UID: meta["uid"]},
         annotations={ANN_SCHEDULED_UPDATE: name, ANN_SCHEDULED_TIME: format_time(start),
                      ANN_REQUESTED_VERSION: parsed.template.version},
@@ -209,7 +190,7 @@ def decide_scheduled_update(obj: Obj, child: Obj | None, now: datetime) -> Decis
 
 def decide_update_schedule(obj: Obj, children: Sequence[Obj], now: datetime) -> Decision:
     """An UpdateSchedule: fire per cron, keep active operations in the current window, prune."""
-    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    meta, status = obj["metadata"], obj.get("status") or {}
     name = meta["name"]
     d = Decision(status={"observedGeneration": meta.get("generation")})
     try:
@@ -220,7 +201,6 @@ def decide_update_schedule(obj: Obj, children: Sequence[Obj], now: datetime) -> 
         )
         policy = parsed.concurrency_policy
         keep_ok, keep_failed = parsed.successful_history_limit, parsed.failed_history_limit
-        template: Obj = spec["template"]
         last = _optional_time(status.get("lastScheduleTime"), "status.lastScheduleTime")
     except ValidationError as e:
         d.status["nextScheduleTime"] = None
@@ -272,10 +252,10 @@ def decide_update_schedule(obj: Obj, children: Sequence[Obj], now: datetime) -> 
         else:
             d.create = NewOperation(
                 name=this_name,
-                template=template,
+                template=parsed.template,
                 labels={LABEL_CREATED_BY: CREATED_BY_UPDATE_SCHEDULE, LABEL_CREATOR_UID: meta["uid"]},
                 annotations={ANN_SCHEDULE: name, ANN_SCHEDULED_TIME: format_time(firing),
-                             ANN_REQUESTED_VERSION: template["version"],
+                             ANN_REQUESTED_VERSION: parsed.template.version,
                              **{k: v for k, v in wanted.items() if v is not None}},
                 owner=owner_reference(obj),
             )
@@ -345,31 +325,35 @@ class Scheduler:
         except RetryableError as e:
             log.warning("%s %s: %s; retrying", plural, name, e)
             return [now + timedelta(seconds=e.delay)]
+        except PermanentError as e:
+            # A refusal (RBAC, admission): nothing to do but say so and look again later.
+            log.warning("%s %s: %s; trying again in %s", plural, name, e, self.retry)
+            return [now + self.retry]
         return [d.wake] if d.wake is not None else []
 
     def _execute(self, plural: str, obj: Obj, d: Decision, now: datetime) -> None:
         for child, window in d.set_windows.items():
             log.info("moving the window of DirectUpdate %s to %s", child, window)
             self._call(f"moving the window of DirectUpdate {child}", self.api.patch, _path(DIRECTUPDATES, child),
-                       {"metadata": {"annotations": window}}, kind="merge", ignore=(404,))
+                       {"metadata": {"annotations": window}}, kind="merge", ignore_missing=True)
         if d.create is not None:
             self._create(d)
         for child in d.delete:
             log.info("deleting DirectUpdate %s beyond the history limit", child)
             self._call(f"deleting DirectUpdate {child}", self.api.delete, _path(DIRECTUPDATES, child),
-                       propagationPolicy="Background", ignore=(404,))
+                       propagationPolicy="Background", ignore_missing=True)
         self._write_status(plural, obj, d, now)
 
     def _create(self, d: Decision) -> None:
         assert d.create is not None
         new = d.create
         try:
-            spec = operation_spec(new.template, resolve_version(new.template["version"], self.resolve_minor))
+            spec = operation_spec(new.template, resolve_version(new.template.version, self.resolve_minor))
         except ValidationError as e:
             self._fail(d, new, R_RESOLVE_FAILED, str(e))
             return
         except Exception as e:  # the package source is I/O: any failure there is worth a retry
-            self._fail(d, new, R_RESOLVE_FAILED, f"resolving {new.template['version']}: {e}", retry=True)
+            self._fail(d, new, R_RESOLVE_FAILED, f"resolving {new.template.version}: {e}", retry=True)
             return
         body = {
             "apiVersion": API_VERSION,
@@ -378,24 +362,19 @@ class Scheduler:
                          "ownerReferences": [new.owner]},
             "spec": spec,
         }
+        what = f"creating DirectUpdate {new.name}"
         try:
-            self.api.create(_path(DIRECTUPDATES), body, fieldManager=FIELD_MANAGER)
+            k8s.call(self.api.create, what, _path(DIRECTUPDATES), body, fieldManager=FIELD_MANAGER)
             log.info("created DirectUpdate %s (version %s)", new.name, spec["version"])
-        except _UNREACHABLE as e:
-            raise RetryableError(f"creating DirectUpdate {new.name}: {_unreachable(e)}") from e
-        except ApiError as e:
-            if e.status == 409:
-                existing = self._call(f"reading DirectUpdate {new.name}", self.api.get,
-                                      _path(DIRECTUPDATES, new.name))
-                if existing is not None and is_owned_by(existing, new.owner["uid"]):
-                    return  # created by an earlier pass that did not get to write status
-                self._fail(d, new, R_NAME_CONFLICT,
-                           f"a DirectUpdate named {new.name} exists and was not created by this schedule")
-                return
-            if e.status in (400, 403, 422):
-                self._fail(d, new, R_CREATE_FAILED, f"creating DirectUpdate {new.name}: {_api_message(e)}")
-                return
-            raise RetryableError(f"creating DirectUpdate {new.name}: {_api_message(e)}") from e
+        except k8s.Conflict:
+            existing = self._call(f"reading DirectUpdate {new.name}", self.api.get, _path(DIRECTUPDATES, new.name),
+                                  ignore_missing=True)
+            if existing is not None and is_owned_by(existing, new.owner["uid"]):
+                return  # created by an earlier pass that did not get to write status
+            self._fail(d, new, R_NAME_CONFLICT,
+                       f"a DirectUpdate named {new.name} exists and was not created by this schedule")
+        except PermanentError as e:
+            self._fail(d, new, R_CREATE_FAILED, str(e))
 
     def _fail(self, d: Decision, new: NewOperation, reason: str, message: str, retry: bool = False) -> None:
         """The create did not happen: say so instead of claiming it did, and do not consume the firing.
@@ -424,49 +403,29 @@ class Scheduler:
         if all(current.get(k) == v for k, v in status.items()):
             return
         body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": status}
-        try:
-            self.api.patch(_path(plural, obj["metadata"]["name"], "status"), body, kind="merge",
-                           fieldManager=FIELD_MANAGER)
-        except _UNREACHABLE as e:
-            raise RetryableError(f"writing status: {_unreachable(e)}", delay=self.retry.total_seconds()) from e
-        except ApiError as e:
-            if e.status == 404:
-                return
-            # 409: the object changed since it was listed; the next pass sees the new version.
-            raise RetryableError(f"writing status: {_api_message(e)}",
-                                 delay=1.0 if e.status == 409 else self.retry.total_seconds()) from e
+        # A 409 means the object changed since it was listed: the next pass sees the new version.
+        self._call("writing status", self.api.patch, _path(plural, obj["metadata"]["name"], "status"), body,
+                   kind="merge", fieldManager=FIELD_MANAGER, ignore_missing=True)
 
     def _list(self, plural: str, label_selector: str | None = None) -> list[Obj]:
         result = self._call(f"listing {plural}", self.api.list, _path(plural), labelSelector=label_selector)
         items: list[Obj] = result.get("items") or []
         return items
 
-    def _call(self, what: str, fn: Callable[..., Obj], *args: Any, ignore: tuple[int, ...] = (),
+    def _call(self, what: str, fn: Callable[..., Obj], *args: Any, ignore_missing: bool = False,
               **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except _UNREACHABLE as e:
-            raise RetryableError(f"{what}: {_unreachable(e)}") from e
-        except ApiError as e:
-            if e.status in ignore:
+            return k8s.call(fn, what, *args, **kwargs)
+        except k8s.NotFound:
+            if ignore_missing:
                 return None
-            raise RetryableError(f"{what}: {_api_message(e)}") from e
+            raise
 
 
 def merge_conditions(current: Sequence[Mapping[str, Any]], wanted: Sequence[Condition], now: datetime,
                      generation: int | None) -> list[Obj]:
-    """Conditions after this pass: `wanted` replace those of the same type, keeping the
-    lastTransitionTime of any whose status did not change; other types are kept as they are."""
-    by_type = {c.get("type"): dict(c) for c in current}
-    for c in wanted:
-        old = by_type.get(c.type)
-        since = old.get("lastTransitionTime") if old and old.get("status") == c.status else None
-        entry: Obj = {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message[:32000],
-                      "lastTransitionTime": since or format_time(now)}
-        if generation is not None:
-            entry["observedGeneration"] = generation
-        by_type[c.type] = entry
-    return [by_type[k] for k in sorted(by_type, key=str)]
+    """Conditions after this pass (see kupd.conditions.merge); a schedule's messages may be long."""
+    return conditions.merge(current, wanted, now, generation, message_limit=32000)
 
 
 def _optional_time(value: object, field: str) -> datetime | None:
@@ -496,19 +455,7 @@ def _duration(delta: timedelta) -> str:
 
 
 def _path(plural: str, name: str | None = None, subresource: str | None = None) -> str:
-    return path(GROUP, VERSION, plural, name, subresource=subresource)
-
-
-# The client does not retry: a dropped connection is worth a retry here, not a traceback.
-_UNREACHABLE = (urllib3.exceptions.HTTPError, OSError)
-
-
-def _unreachable(e: Exception) -> str:
-    return f"API unreachable: {type(e).__name__}: {str(e)[:200]}"
-
-
-def _api_message(e: ApiError) -> str:
-    return f"{e.status} {e.reason}: {e.message[:300]}"
+    return k8s.kupd_path(plural, name, subresource)
 
 
 __all__ = [

@@ -20,6 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from kupd.api.models import DirectUpdateSpec, parse_directupdate_spec
+from kupd.errors import ValidationError
+from kupd.rfc3339 import format_time, parse_or_none
+
 TERMINAL = ("Succeeded", "Failed")
 DONE = ("Succeeded", "Skipped")
 IN_FLIGHT = ("Granted", "Upgrading", "Lost")
@@ -28,19 +32,6 @@ MESSAGE_WIDTH = 60
 
 
 # -- small pure helpers -------------------------------------------------------------------------
-def parse_time(s: Any) -> datetime | None:
-    if not s or not isinstance(s, str):
-        return None
-    try:
-        return datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def format_duration(seconds: float | None) -> str:
     """1h02m, 4m05s, 9s; `-` for unknown."""
     if seconds is None:
@@ -72,10 +63,10 @@ def is_terminal(obj: Mapping[str, Any]) -> bool:
 
 def node_seconds(entry: Mapping[str, Any], now: datetime) -> float | None:
     """How long the node has been (or was) upgrading; None if it has not started."""
-    start = parse_time(entry.get("startedAt"))
+    start = parse_or_none(entry.get("startedAt"))
     if start is None:
         return None
-    end = parse_time(entry.get("finishedAt"))
+    end = parse_or_none(entry.get("finishedAt"))
     if end is None:
         if entry.get("phase") not in IN_FLIGHT:
             return None
@@ -99,10 +90,8 @@ def eta_seconds(obj: Mapping[str, Any], now: datetime) -> float | None:
     median = median_node_seconds(entries)
     if median is None:
         return None
-    try:
-        concurrency = max(int((obj.get("spec") or {}).get("concurrency", 1)), 1)
-    except (TypeError, ValueError):
-        concurrency = 1
+    spec = _spec(obj)
+    concurrency = spec.concurrency if spec is not None else 1
     cp_turns = 0.0
     worker_turns = 0.0
     for e in entries:
@@ -152,23 +141,31 @@ def node_view(entry: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
+def _spec(obj: Mapping[str, Any]) -> DirectUpdateSpec | None:
+    """The parsed spec; None for one that fails validation (its status says why)."""
+    try:
+        return parse_directupdate_spec(obj.get("spec") or {})
+    except ValidationError:
+        return None
+
+
 def operation_view(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     md = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
+    spec = _spec(obj)
     status = obj.get("status") or {}
     done, total = _counts(status)
-    started = parse_time(status.get("startedAt"))
-    finished = parse_time(status.get("finishedAt"))
+    started = parse_or_none(status.get("startedAt"))
+    finished = parse_or_none(status.get("finishedAt"))
     duration = None if started is None else max(((finished or now) - started).total_seconds(), 0.0)
     eta = eta_seconds(obj, now)
     entries = _entries(status)
     return {
         "name": md.get("name", ""),
         "phase": status.get("phase") or "Pending",
-        "target": spec.get("version", ""),
+        "target": spec.version if spec is not None else "",
         "hops": list(status.get("hops") or []),
-        "concurrency": int(spec.get("concurrency", 1) or 1),
-        "paused": bool(spec.get("paused", False)),
+        "concurrency": spec.concurrency if spec is not None else 1,
+        "paused": spec.paused if spec is not None else False,
         "progress": {"done": done, "total": total, "percent": percent(done, total)},
         "summary": dict(status.get("summary") or {}),
         "startedAt": status.get("startedAt"),
@@ -176,7 +173,7 @@ def operation_view(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "durationSeconds": _round(duration),
         "medianNodeSeconds": _round(median_node_seconds(entries)),
         "etaSeconds": _round(eta),
-        "etaAt": iso(now + timedelta(seconds=eta)) if eta is not None else None,
+        "etaAt": format_time(now + timedelta(seconds=eta)) if eta is not None else None,
         "coordinator": status.get("coordinator", ""),
         "epoch": status.get("epoch"),
         "message": status.get("message", ""),
@@ -198,7 +195,7 @@ def document(objs: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]
     return {
         "apiVersion": "kupd.io/v1alpha1",
         "kind": "Status",
-        "generatedAt": iso(now),
+        "generatedAt": format_time(now),
         "operations": [operation_view(o, now) for o in sorted(objs, key=_sort_key)],
     }
 

@@ -2,7 +2,7 @@
 
 The CRD schema refuses these at `kubectl apply`; the daemon checks again here because a CR
 may have been stored before a schema tightened, and config files do not pass the API server.
-The patterns are the same ones the CRDs use (kept in step by tests/unit/test_crd_models.py).
+The patterns are the same ones the CRDs use (a unit test, test_crd_models, keeps them in step).
 """
 
 from __future__ import annotations

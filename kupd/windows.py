@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from kupd.errors import ValidationError
 from kupd.protocol import ANN_WINDOW_END, ANN_WINDOW_START
+from kupd.rfc3339 import format_time, parse_time
 
 DEFAULT_NODE_SECONDS = 15 * 60.0
 """Expected duration of one node before any node of the operation has been measured."""
@@ -124,24 +125,6 @@ def window_annotations(start: datetime, end: datetime | None) -> dict[str, str |
         ANN_WINDOW_START: format_time(start),
         ANN_WINDOW_END: format_time(end) if end is not None else None,
     }
-
-
-def format_time(when: datetime) -> str:
-    """RFC 3339 in UTC with a Z, whole seconds: the form Kubernetes uses for timestamps."""
-    return _utc(when, "when").replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: object, field: str) -> datetime:
-    """An RFC 3339 timestamp with an explicit offset, as an aware UTC datetime."""
-    if not isinstance(text, str) or not 10 <= len(text) <= 40:
-        raise ValidationError(field, "must be an RFC 3339 time like 2026-12-05T02:00:00Z")
-    try:
-        value = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError as e:
-        raise ValidationError(field, f"{text!r} is not an RFC 3339 time like 2026-12-05T02:00:00Z") from e
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValidationError(field, f"{text!r} has no time zone offset; add Z or +hh:mm")
-    return value.astimezone(UTC)
 
 
 def _parse_annotation(annotations: Mapping[str, str], key: str) -> datetime | None:

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/kupd demo "$@"
+exec .venv/bin/kupd demo --control-plane-binary "$(bash tests/controlplane/build.sh)" --crds crds "$@"

@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check kupd tests
-.venv/bin/mypy kupd
+.venv/bin/ruff check kupd tests bench
+.venv/bin/mypy kupd bench
 set +e
 .venv/bin/pytest "$@"
 rc=$?

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kupd import devcluster
+from kupd.sim import devcluster
+from tests.paths import control_plane_binary
 
 TIERS = ("unit", "cluster", "host", "system", "bench")
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +40,7 @@ def _no_subprocess_in_unit_tests(request: pytest.FixtureRequest, monkeypatch: py
 def control_plane() -> Iterator[devcluster.ControlPlane]:
     """A real kube-apiserver + etcd + disruption controller for the whole session."""
     workdir = Path(tempfile.mkdtemp(prefix="kupd-cp-"))
-    cp = devcluster.ControlPlane(workdir)
+    cp = devcluster.ControlPlane(workdir, control_plane_binary())
     try:
         cp.start()
         yield cp

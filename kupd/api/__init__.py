@@ -1,16 +1,15 @@
-"""kupd's custom resources (group kupd.io, version v1alpha1): their models and parsers."""
+"""kupd's custom resources (group kupd.io, version v1alpha1, as kupd.k8s.paths names them): their
+models and parsers."""
 
 from kupd.api.models import (
-    API_VERSION,
-    GROUP,
-    VERSION,
     BackupRecord,
     Condition,
     DirectUpdateSpec,
     DirectUpdateStatus,
-    Grant,
+    GrantRecord,
     HistoryEntry,
     NodeStatus,
+    NodeWork,
     ScheduledUpdateSpec,
     ScheduledUpdateStatus,
     Summary,
@@ -18,6 +17,7 @@ from kupd.api.models import (
     UpdateScheduleStatus,
     UpdateScheduleTemplate,
     parse_directupdate_spec,
+    parse_node_work,
     parse_scheduledupdate_spec,
     parse_spec,
     parse_updateschedule_spec,
@@ -25,16 +25,14 @@ from kupd.api.models import (
 )
 
 __all__ = [
-    "API_VERSION",
-    "GROUP",
-    "VERSION",
     "BackupRecord",
     "Condition",
     "DirectUpdateSpec",
     "DirectUpdateStatus",
-    "Grant",
+    "GrantRecord",
     "HistoryEntry",
     "NodeStatus",
+    "NodeWork",
     "ScheduledUpdateSpec",
     "ScheduledUpdateStatus",
     "Summary",
@@ -42,6 +40,7 @@ __all__ = [
     "UpdateScheduleStatus",
     "UpdateScheduleTemplate",
     "parse_directupdate_spec",
+    "parse_node_work",
     "parse_scheduledupdate_spec",
     "parse_spec",
     "parse_updateschedule_spec",

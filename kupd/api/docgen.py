@@ -2,6 +2,8 @@
 
     python -m kupd.api.docgen            # rewrite docs/usage/crd-reference.md
     python -m kupd.api.docgen --check    # exit 1 when it is out of date
+
+Run from the repository's root (the default paths are relative to it), or pass --crds and --output.
 """
 
 from __future__ import annotations
@@ -15,16 +17,15 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO_ROOT / "crds"
-OUTPUT = REPO_ROOT / "docs" / "usage" / "crd-reference.md"
+CRD_DIR = Path("crds")
+OUTPUT = Path("docs") / "usage" / "crd-reference.md"
 ORDER = ("DirectUpdate", "ScheduledUpdate", "UpdateSchedule")
 TEMPLATE = "spec.template"
 
 Schema = dict[str, Any]
 
 
-def load_crds(crd_dir: Path = CRD_DIR) -> dict[str, Schema]:
+def load_crds(crd_dir: Path) -> dict[str, Schema]:
     crds: dict[str, Schema] = {}
     for path in sorted(crd_dir.glob("*.yaml")):
         doc = yaml.safe_load(path.read_text())
@@ -129,9 +130,10 @@ def render(crds: dict[str, Schema]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="exit 1 when the reference is out of date")
+    parser.add_argument("--crds", type=Path, default=CRD_DIR)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
-    text = render(load_crds())
+    text = render(load_crds(args.crds))
     if args.check:
         current = args.output.read_text() if args.output.exists() else ""
         if current != text:

@@ -3,7 +3,7 @@
 The API server enforces the CRD schemas at `kubectl apply`. The daemon validates every spec again
 with these models before acting on it, because an object may have been stored under an older,
 looser schema and because a refusal must reach a status Condition naming the field. Patterns come
-from kupd.validate, the same constants the CRDs carry; tests/unit/test_crd_models.py walks both
+from kupd.validate, the same constants the CRDs carry; a unit test (test_crd_models) walks both
 schemas and fails when a property, bound, pattern, enum, default or required field differs.
 
 Each cross-field validator below mirrors one CEL rule (`x-kubernetes-validations`) of the CRD and
@@ -34,10 +34,6 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from kupd import validate
 from kupd.errors import ValidationError
-
-GROUP = "kupd.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
 
 # The largest integer JSON and float64 carry exactly; bound of every int64 field in the CRDs.
 INT64_MAX = 2**53 - 1
@@ -90,6 +86,7 @@ UserTime = Annotated[
 DirectUpdatePhase = Literal["Pending", "Running", "Paused", "Succeeded", "Failed", "RequiresAttention"]
 NodePhase = Literal["Pending", "Granted", "Upgrading", "Succeeded", "Failed", "Skipped", "Lost"]
 NodeRole = Literal["ControlPlane", "Worker"]
+Reboot = Literal["Never", "IfRequired", "Always"]
 ScheduledUpdatePhase = Literal["Waiting", "Started", "Failed"]
 
 
@@ -265,10 +262,36 @@ class DirectUpdateSpec(_Spec):
     backup: Backup = Field(default_factory=Backup)
     drain: DrainPolicy = Field(default_factory=DrainPolicy)
     package_source: PackageSource = Field(default_factory=PackageSource)
-    reboot: Literal["Never", "IfRequired", "Always"] = "IfRequired"
+    reboot: Reboot = "IfRequired"
     max_attempts: int = Field(default=3, ge=1, le=10)
     paused: bool = False
     health_gates: HealthGates | None = None
+
+    def node_work(self, versions: list[str], *, control_plane: bool, first_control_plane: bool,
+                  backup: bool) -> NodeWork:
+        """What one node does in a turn of this operation: the spec's defaults are already applied."""
+        return NodeWork(versions=versions, control_plane=control_plane, first_control_plane=first_control_plane,
+                        backup=backup, max_attempts=self.max_attempts, reboot=self.reboot,
+                        containerd_version=self.containerd_version, drain=self.drain,
+                        package_source=self.package_source, backup_config=self.backup)
+
+
+class NodeWork(_Spec):
+    """One node's turn: which versions, in which role, and the parts of the DirectUpdate spec its
+    steps need. Delivered in the node's grant Lease instead of the whole spec; built only by
+    `DirectUpdateSpec.node_work`, so every default lives in the spec's model."""
+
+    versions: list[Version] = Field(min_length=1, max_length=64)
+    control_plane: bool
+    first_control_plane: bool
+    backup: bool
+    """Whether this turn takes the etcd backup first (the first control-plane node's first hop)."""
+    max_attempts: int = Field(ge=1, le=10)
+    reboot: Reboot
+    containerd_version: ContainerdVersion | None = None
+    drain: DrainPolicy
+    package_source: PackageSource
+    backup_config: Backup
 
 
 class UpdateScheduleTemplate(DirectUpdateSpec):
@@ -330,8 +353,8 @@ class Condition(_Status):
     message: Annotated[str, Field(max_length=32768)]
 
 
-class Grant(_Status):
-    """The coordinator's permission for one node to upgrade, stamped with its epoch."""
+class GrantRecord(_Status):
+    """The record of a node's turn in `status.nodes[].grant`, stamped with the coordinator's epoch."""
 
     epoch: Int64
     versions: list[Version] = Field(max_length=64)
@@ -353,7 +376,7 @@ class NodeStatus(_Status):
     to_version: Annotated[str, Field(max_length=64)] | None = None
     message: Annotated[str, Field(max_length=2048)] | None = None
     retry_token: Annotated[str, Field(max_length=1024)] | None = None
-    grant: Grant | None = None
+    grant: GrantRecord | None = None
 
 
 class Summary(_Status):
@@ -452,6 +475,11 @@ def parse_spec(model: type[M], obj: Mapping[str, Any], root: str = "spec") -> M:
 
 def parse_directupdate_spec(obj: Mapping[str, Any]) -> DirectUpdateSpec:
     return parse_spec(DirectUpdateSpec, obj)
+
+
+def parse_node_work(data: Mapping[str, Any], root: str = "work") -> NodeWork:
+    """A NodeWork from its wire form (camelCase, as `to_wire` writes it)."""
+    return parse_spec(NodeWork, data, root=root)
 
 
 def parse_scheduledupdate_spec(obj: Mapping[str, Any]) -> ScheduledUpdateSpec:

@@ -22,7 +22,7 @@ from kupd.backup import CREDENTIALS_INVALID, CREDENTIALS_UNAVAILABLE, BackupFail
 from kupd.errors import PermanentError, RetryableError
 
 if TYPE_CHECKING:
-    from kupd.kubeapi import Client
+    from kupd.k8s import Client
 
 KEYS = ("accessKeyId", "secretAccessKey", "sessionToken", "serviceAccountJson")
 
@@ -145,13 +145,13 @@ def from_secret_data(data: Mapping[str, str] | None, source: str) -> Credentials
 
 def from_secret(api: Client, namespace: str, name: str) -> Credentials:
     """Read the Secret now (not cached: a rotated key is used at the next backup)."""
-    from kupd import kube
+    from kupd import k8s
 
     validate.node_name(namespace, "credentialsSecret.namespace")
     validate.node_name(name, "credentialsSecret.name")
     source = f"Secret {namespace}/{name}"
     try:
-        secret = kube.call(api.get, f"read {source}", kube.path("", "v1", "secrets", name, namespace))
+        secret = k8s.call(api.get, f"read {source}", k8s.path("", "v1", "secrets", name, namespace))
     except RetryableError as e:
         raise BackupRetryable(CREDENTIALS_UNAVAILABLE, f"cannot read {source}: {e}") from e
     except PermanentError as e:

@@ -26,9 +26,9 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kupd import validate
+from kupd.api import models
 from kupd.backup import (
     ETCD_CERTIFICATES_MISSING,
     ETCD_SNAPSHOT_FAILED,
@@ -98,21 +98,17 @@ class EtcdConfig:
         return self
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any] | None, field_path: str = "spec.backup.etcd") -> EtcdConfig:
-        """From the CR's `spec.backup.etcd` (camelCase); missing fields take kubeadm's defaults."""
-        spec = spec or {}
-        unknown = set(spec) - {"endpoints", "caFile", "certFile", "keyFile"}
-        if unknown:
-            raise ValidationError(field_path, f"unknown fields {sorted(unknown)}")
-        endpoints = spec.get("endpoints") or list(DEFAULT_ENDPOINTS)
-        if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
-            raise ValidationError(f"{field_path}.endpoints", "must be a list of URLs")
+    def from_model(cls, access: models.EtcdAccess | None, field_path: str = "spec.backup.etcd") -> EtcdConfig:
+        """From the CR's `spec.backup.etcd` as kupd.api.models parsed it; what it leaves out takes
+        kubeadm's defaults."""
+        if access is None:
+            return cls()
         try:
             return cls(
-                endpoints=tuple(endpoints),
-                ca_file=spec.get("caFile") or DEFAULT_CA_FILE,
-                cert_file=spec.get("certFile") or DEFAULT_CERT_FILE,
-                key_file=spec.get("keyFile") or DEFAULT_KEY_FILE,
+                endpoints=tuple(access.endpoints),
+                ca_file=access.ca_file or DEFAULT_CA_FILE,
+                cert_file=access.cert_file or DEFAULT_CERT_FILE,
+                key_file=access.key_file or DEFAULT_KEY_FILE,
             ).validated()
         except ValidationError as e:
             raise ValidationError(f"{field_path}.{e.field.removeprefix('etcd.')}", e.reason) from None

@@ -14,12 +14,13 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kupd import validate
+from kupd.api import models
 from kupd.backup import (
     CHECKSUM_MISMATCH,
     CREDENTIALS_INVALID,
@@ -44,7 +45,7 @@ from kupd.errors import ValidationError
 from kupd.host import runner
 
 if TYPE_CHECKING:
-    from kupd.kubeapi import Client
+    from kupd.k8s import Client
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +70,24 @@ class BackupConfig:
     """Keep the local snapshot file after a successful upload."""
 
     @classmethod
-    def from_spec(
-        cls, spec: dict[str, Any], *, work_dir: str = DEFAULT_WORK_DIR, field_path: str = "spec.backup"
-    ) -> BackupConfig:
-        """From the CR's camelCase `spec.backup` ({required, store, etcd})."""
-        if not isinstance(spec, dict):
-            raise ValidationError(field_path, "must be an object")
-        unknown = set(spec) - {"required", "store", "etcd", "verifyDownload", "keepLocal", "workDir"}
-        if unknown:
-            raise ValidationError(field_path, f"unknown fields {sorted(unknown)}")
-        store = spec.get("store")
-        if not isinstance(store, dict):
+    def from_model(cls, backup: models.Backup, *, work_dir: str = DEFAULT_WORK_DIR, verify_download: bool = True,
+                   keep_local: bool = False, credentials_file: str = "", retention: int | None = None,
+                   field_path: str = "spec.backup") -> BackupConfig:
+        """From the CR's `spec.backup` as kupd.api.models parsed it, plus host-side settings
+        (`retention`, when given, overrides the store's: `kupd backup` keeps all by default)."""
+        if backup.store is None:
             raise ValidationError(f"{field_path}.store", "is required")
-        required = spec.get("required", True)
-        if not isinstance(required, bool):
-            raise ValidationError(f"{field_path}.required", "must be true or false")
+        store = StoreConfig.from_model(backup.store, credentials_file=credentials_file,
+                                       field_path=f"{field_path}.store")
+        if retention is not None:
+            store = replace(store, retention=retention).validated(f"{field_path}.store")
         return cls(
-            store=StoreConfig.from_spec(store, f"{field_path}.store"),
-            etcd=etcd.EtcdConfig.from_spec(spec.get("etcd"), f"{field_path}.etcd"),
-            required=required,
-            work_dir=validate.safe_path(str(spec.get("workDir") or work_dir), f"{field_path}.workDir"),
-            verify_download=bool(spec.get("verifyDownload", True)),
-            keep_local=bool(spec.get("keepLocal", False)),
+            store=store,
+            etcd=etcd.EtcdConfig.from_model(backup.etcd, f"{field_path}.etcd"),
+            required=backup.required,
+            work_dir=validate.safe_path(work_dir, f"{field_path}.workDir"),
+            verify_download=verify_download,
+            keep_local=keep_local,
         )
 
 

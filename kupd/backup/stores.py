@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from kupd import validate
+from kupd.api import models
 from kupd.backup import (
     CHECKSUM_MISMATCH,
     CREDENTIALS_INVALID,
@@ -119,44 +120,21 @@ class StoreConfig:
         return self
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], field_path: str = "spec.backup.store") -> StoreConfig:
-        """From the CR's camelCase `spec.backup.store` (plus `credentialsFile` in config files)."""
-        known = {
-            "type",
-            "bucket",
-            "prefix",
-            "endpoint",
-            "region",
-            "path",
-            "credentialsSecret",
-            "credentialsFile",
-            "retention",
-        }
-        unknown = set(spec) - known
-        if unknown:
-            raise ValidationError(field_path, f"unknown fields {sorted(unknown)}")
-        ref = spec.get("credentialsSecret")
-        secret = None
-        if ref:
-            if not isinstance(ref, dict) or not ref.get("name"):
-                raise ValidationError(f"{field_path}.credentialsSecret", "needs a name (and a namespace)")
-            secret = SecretRef(str(ref.get("namespace") or "kupd-system"), str(ref["name"]))
-        retention = spec.get("retention", 0) or 0
-        if not isinstance(retention, int) or isinstance(retention, bool):
-            raise ValidationError(f"{field_path}.retention", "must be an integer")
-        for name in ("type", "bucket", "prefix", "endpoint", "region", "path", "credentialsFile"):
-            if name in spec and not isinstance(spec[name], str):
-                raise ValidationError(f"{field_path}.{name}", "must be a string")
+    def from_model(cls, store: models.BackupStore, *, credentials_file: str = "",
+                   field_path: str = "spec.backup.store") -> StoreConfig:
+        """From the CR's `spec.backup.store` as kupd.api.models parsed it (plus, in `kupd backup`'s
+        config, a credentials file)."""
+        secret = store.credentials_secret
         return cls(
-            type=spec.get("type", ""),
-            bucket=spec.get("bucket", ""),
-            prefix=spec.get("prefix", ""),
-            endpoint=spec.get("endpoint", ""),
-            region=spec.get("region", ""),
-            path=spec.get("path", ""),
-            credentials_secret=secret,
-            credentials_file=spec.get("credentialsFile", ""),
-            retention=retention,
+            type=store.type,
+            bucket=store.bucket or "",
+            prefix=store.prefix or "",
+            endpoint=store.endpoint or "",
+            region=store.region or "",
+            path=store.path or "",
+            credentials_secret=SecretRef(secret.namespace, secret.name) if secret is not None else None,
+            credentials_file=credentials_file,
+            retention=store.retention,
         ).validated(field_path)
 
 

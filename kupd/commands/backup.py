@@ -19,7 +19,8 @@ from kupd import validate
 from kupd.errors import ValidationError
 
 if TYPE_CHECKING:
-    from kupd.kubeapi import Client
+    from kupd.backup import run
+    from kupd.k8s import Client
 
 DEFAULT_CLUSTER = "kubernetes"  # kubeadm's default ClusterConfiguration.clusterName
 DEFAULT_KUBECONFIG = "/etc/kubernetes/admin.conf"
@@ -62,18 +63,22 @@ def register(sub: Any) -> None:
     now.set_defaults(func=run_now)
 
 
+def _config_file(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.config:
+        return {}
+    try:
+        with open(args.config, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ValidationError("--config", f"cannot read {args.config}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValidationError("--config", f"{args.config} is not valid TOML: {e}") from None
+    return dict(doc.get("backup", doc))
+
+
 def settings(args: argparse.Namespace) -> tuple[dict[str, Any], str, str]:
     """(spec.backup-shaped dict, cluster, node) from the config file and the flags."""
-    doc: dict[str, Any] = {}
-    if args.config:
-        try:
-            with open(args.config, "rb") as f:
-                doc = tomllib.load(f)
-        except OSError as e:
-            raise ValidationError("--config", f"cannot read {args.config}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ValidationError("--config", f"{args.config} is not valid TOML: {e}") from None
-    spec: dict[str, Any] = dict(doc.get("backup", doc))
+    spec = _config_file(args)
     cluster = str(spec.pop("cluster", "") or args.cluster or DEFAULT_CLUSTER)
     node = str(spec.pop("node", "") or args.node or socket.gethostname().split(".")[0].lower())
     if args.cluster:
@@ -124,7 +129,7 @@ def run_now(args: argparse.Namespace) -> int:
     from kupd.clock import SystemClock
 
     spec, cluster, node = settings(args)
-    config = run.BackupConfig.from_spec(spec)
+    config = backup_config(spec)
     if args.dial_timeout or args.snapshot_timeout:
         config = dataclasses.replace(
             config,
@@ -155,7 +160,37 @@ def run_now(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api(args: argparse.Namespace) -> Client:
-    from kupd import kube
+def backup_config(spec: dict[str, Any]) -> run.BackupConfig:
+    """The backup's configuration from `spec.backup`'s fields plus the command's own (workDir,
+    verifyDownload, keepLocal, store.credentialsFile); the CR's part is parsed by kupd.api.models."""
+    from kupd.api import models
+    from kupd.backup import etcd, run
 
-    return kube.api_client(args.kubeconfig or DEFAULT_KUBECONFIG)
+    spec = dict(spec)
+    access = dict(spec.pop("etcd", None) or {})
+    if access:
+        # The flags may name the certificates only: the endpoints then are kubeadm's.
+        spec["etcd"] = {"endpoints": list(etcd.DEFAULT_ENDPOINTS), **access}
+    store = dict(spec.get("store") or {})
+    credentials_file = str(store.pop("credentialsFile", "") or "")
+    # A store without a retention keeps all its backups here; the CR's default is for the daemon.
+    retention = store.pop("retention", 0)
+    spec["store"] = store
+    work_dir = str(spec.pop("workDir", "") or run.DEFAULT_WORK_DIR)
+    verify_download = spec.pop("verifyDownload", True)
+    keep_local = spec.pop("keepLocal", False)
+    for name, value in (("verifyDownload", verify_download), ("keepLocal", keep_local)):
+        if not isinstance(value, bool):
+            raise ValidationError(f"backup.{name}", "must be true or false")
+    if not isinstance(retention, int) or isinstance(retention, bool):
+        raise ValidationError("backup.store.retention", "must be an integer")
+    parsed = models.parse_spec(models.Backup, spec, root="backup")
+    return run.BackupConfig.from_model(parsed, work_dir=work_dir, verify_download=verify_download,
+                                       keep_local=keep_local, credentials_file=credentials_file,
+                                       retention=retention, field_path="backup")
+
+
+def _api(args: argparse.Namespace) -> Client:
+    from kupd import k8s
+
+    return k8s.api_client(args.kubeconfig or DEFAULT_KUBECONFIG)

@@ -1,11 +1,12 @@
 """`kupd demo`: a real local control plane, simulated nodes each run by a real `kupd daemon`,
-and a DirectUpdate upgraded live in the terminal. Needs the control-plane build
-(tests/controlplane/build.sh, which `scripts/demo.sh` runs first)."""
+and a DirectUpdate upgraded live in the terminal. Needs a control-plane binary (kupd-testcp, which
+`scripts/demo.sh` builds and hands in) and kupd's CRDs."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -13,10 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kupd import devcluster
-from kupd.simcluster import SimCluster
+from kupd.errors import KupdError
+from kupd.sim import devcluster
+from kupd.sim.simcluster import SimCluster
 
 TERMINAL = ("Succeeded", "Failed")
+# Where the packages install the CRDs (packaging/install-tree.sh).
+INSTALLED_CRDS = "/usr/share/kupd/crds"
 
 
 def register(sub: Any) -> None:
@@ -31,6 +35,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-backup", action="store_true", help="skip the etcd snapshot before the control plane")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, state) afterwards")
     p.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
+    p.add_argument("--control-plane-binary", default=os.environ.get("KUPD_TESTCP"),
+                   help="the kupd-testcp binary (etcd + kube-apiserver + controller manager); default $KUPD_TESTCP")
+    p.add_argument("--crds", default=INSTALLED_CRDS, help=f"folder of kupd's CRDs (default {INSTALLED_CRDS})")
     p.set_defaults(func=run)
 
 
@@ -62,15 +69,22 @@ def render(obj: dict[str, Any], elapsed: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.control_plane_binary:
+        raise KupdError("kupd demo needs --control-plane-binary (or $KUPD_TESTCP); scripts/demo.sh builds one")
+    binary, crds = Path(args.control_plane_binary), Path(args.crds)
+    if not binary.is_file():
+        raise KupdError(f"control-plane binary {binary} does not exist")
+    if not crds.is_dir():
+        raise KupdError(f"CRD folder {crds} does not exist")
     work = Path(tempfile.mkdtemp(prefix="kupd-demo-"))
     tty = sys.stdout.isatty()
     print(f"kupd demo: work folder {work}")
     print("starting a real etcd + kube-apiserver + disruption controller ...", flush=True)
-    cp = devcluster.ControlPlane(work / "control-plane")
+    cp = devcluster.ControlPlane(work / "control-plane", binary)
     sc: SimCluster | None = None
     try:
         cp.start()
-        cp.install_crds()
+        cp.install_crds(crds)
         print(f"control plane up at {cp.server}; kubeconfig {cp.admin_kubeconfig}", flush=True)
         sc = SimCluster(cp, work / "nodes", step_seconds=args.step_seconds, initial_version=args.from_version)
         for i in range(1, args.control_planes + 1):

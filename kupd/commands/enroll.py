@@ -46,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
     if args.print_only:
         sys.stdout.write(enroll.to_yaml(objs))
         return 0
-    from kupd import kube, kubeapi
+    from kupd import k8s
 
     kubeconfig = admin_kubeconfig(args.kubeconfig, os.environ, Path.home())
-    settings = kubeapi.load_kubeconfig(kubeconfig)
+    settings = k8s.load_kubeconfig(kubeconfig)
     if settings.ca_data:
         ca = settings.ca_data
     elif settings.ca_file:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             raise PermanentError(f"cannot read the CA certificate {settings.ca_file}: {e.strerror or e}") from e
     else:
         raise PermanentError("the administrator's kubeconfig names no CA certificate; the node needs one")
-    api = kube.api_client(kubeconfig)
+    api = k8s.api_client(kubeconfig)
     path = enroll.enroll(api, args.node, args.control_plane, settings.server, ca, secret, args.output,
                          args.duration)
     print(f"enrolled {args.node} as {enroll.username(args.node)}; kubeconfig written to {path} (mode 0600)")

@@ -52,16 +52,16 @@ def _cluster_from_args(args: argparse.Namespace) -> tuple[list[planner.NodeView]
 
 
 def _cluster_from_api(kubeconfig: str) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
-    from kupd import kube
+    from kupd import k8s
 
-    api = kube.api_client(kubeconfig)
+    api = k8s.api_client(kubeconfig)
     nodes = []
-    for n in kube.call(api.list, "list nodes", kube.path("", "v1", "nodes")).get("items") or []:
+    for n in k8s.call(api.list, "list nodes", k8s.node_path()).get("items") or []:
         labels = n["metadata"].get("labels") or {}
         nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels))
     members = {}
-    leases = kube.call(api.list, "list member leases",
-                       kube.lease_path("kupd-system"))
+    leases = k8s.call(api.list, "list member leases",
+                       k8s.lease_path("kupd-system"))
     for lease in leases.get("items") or []:
         name = lease["metadata"]["name"]
         if name.startswith(p.MEMBER_LEASE_PREFIX):
@@ -72,13 +72,13 @@ def _cluster_from_api(kubeconfig: str) -> tuple[list[planner.NodeView], dict[str
 
 
 def run(args: argparse.Namespace) -> int:
-    obj = _load(args.file)
-    spec = dict(obj.get("spec") or {})
+    from kupd import dryrun
     from kupd.api.models import parse_directupdate_spec
 
-    parse_directupdate_spec(spec)
+    obj = _load(args.file)
+    spec = parse_directupdate_spec(obj)
     nodes, members = _cluster_from_api(args.kubeconfig) if args.kubeconfig else _cluster_from_args(args)
-    status, waves = planner.simulate(spec, nodes, members, args.node_minutes * 60)
+    status, waves = dryrun.simulate(spec, nodes, members, args.node_minutes * 60)
     total = waves[-1].end_seconds if waves else 0.0
     if args.output == "json":
         json.dump({"phase": status.get("phase"), "message": status.get("message"), "hops": status.get("hops"),
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         return 0 if status.get("phase") == planner.OP_SUCCEEDED else 1
     name = obj.get("metadata", {}).get("name", "?")
-    print(f"DirectUpdate {name}: {len(nodes)} nodes to {spec.get('version')}, hops "
+    print(f"DirectUpdate {name}: {len(nodes)} nodes to {spec.version}, hops "
           f"{' -> '.join(status.get('hops') or []) or '-'}")
     roles = {e["name"]: e for e in status.get("nodes", [])}
     print(f"{'WAVE':>4}  {'START':>8}  {'END':>8}  NODES")

@@ -58,26 +58,24 @@ class Reader:
     """Fetches DirectUpdates through the API, with kupd's error mapping."""
 
     def __init__(self, kubeconfig: str) -> None:
-        from kupd import kube
+        from kupd import k8s
 
-        self._kube = kube
-        self._api = kube.api_client(kubeconfig)
+        self._api = k8s.api_client(kubeconfig)
 
     def fetch(self, name: str | None) -> list[dict[str, Any]]:
-        from kupd import protocol as p
+        from kupd import k8s
 
         if name:
             try:
-                url = self._kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES, name)
+                url = k8s.kupd_path(k8s.DIRECTUPDATES, name)
             except ValueError:
                 raise PermanentError(f"{name!r} is not a valid DirectUpdate name") from None
             try:
-                obj = self._kube.call(self._api.get, f"get directupdate {name}", url)
-            except self._kube.NotFound:
+                obj = k8s.call(self._api.get, f"get directupdate {name}", url)
+            except k8s.NotFound:
                 raise PermanentError(f"directupdate {name!r} not found") from None
             return [obj]
-        res = self._kube.call(self._api.list, "list directupdates",
-                              self._kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES))
+        res = k8s.call(self._api.list, "list directupdates", k8s.kupd_path(k8s.DIRECTUPDATES))
         return list(res.get("items") or [])
 
 

@@ -7,9 +7,10 @@ already done and returns, which is what lets the agent re-run an interrupted ste
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+
+from kupd.api.models import PackageSource
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,9 @@ class Host(Protocol):
     def preflight(self, version: str) -> None:
         """Check disk space, installed versions and that the target packages are available."""
 
-    def set_package_source(self, spec: Mapping[str, Any] | None) -> None:
-        """Use the DirectUpdate's spec.packageSource (upstream, mirror or air-gap bundle)."""
+    def set_package_source(self, source: PackageSource | None) -> None:
+        """Use the DirectUpdate's spec.packageSource (upstream, mirror or air-gap bundle); None: the
+        host's own configured source."""
 
     def newest_patch(self, minor: str) -> str:
         """The newest patch release the package source offers for a minor (\"v1.31\" -> \"v1.31.14\")."""

@@ -2,7 +2,7 @@
 
 No I/O here: each function takes the text a command printed and returns typed data or raises
 `OutputError` naming the command whose output did not have the expected shape. They are
-tested on captured output in tests/fixtures/.
+tested on captured output of the real commands.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kupd import kube, validate
+from kupd import k8s, validate
+from kupd.api import models
 from kupd.errors import CommandError, PermanentError, RetryableError
 from kupd.fsutil import atomic_write
 from kupd.host import packages, parsers, runner, sources
@@ -56,10 +57,12 @@ class KubeClusterView:
 
     def _get(self, path: str, what: str) -> dict[str, Any]:
         # A client per call: the kubelet's client certificate rotates, and the file names the current one.
-        api = kube.api_client(self.kubeconfig)
+        api = k8s.api_client(self.kubeconfig)
         try:
             return api.get(path)
-        except Exception as e:  # ApiError, urllib3 errors and OSError alike
+        except k8s.TRANSPORT_ERRORS as e:
+            # Whatever the API answers (even a refusal: the kubelet's credential may be mid-rotation),
+            # the verify step waits for it; its deadline is the step's, not this call's.
             raise RetryableError(f"cannot read {what}: {e}", 10.0) from e
         finally:
             api.close()
@@ -69,9 +72,9 @@ class KubeClusterView:
         return Version.parse(str(info.get("gitVersion", "")).split("+")[0].split("-")[0])
 
     def node_status(self, name: str) -> NodeStatus:
-        node = self._get(kube.path("", "v1", "nodes", name), f"Node {name}")
+        node = self._get(k8s.node_path(name), f"Node {name}")
         info = (node.get("status") or {}).get("nodeInfo") or {}
-        return NodeStatus(kube.ready(node), str(info.get("kubeletVersion", "")))
+        return NodeStatus(k8s.ready(node), str(info.get("kubeletVersion", "")))
 
 
 @dataclass(frozen=True)
@@ -151,16 +154,16 @@ class RealHost:
         if real is not None:
             extra = real.model_dump() if hasattr(real, "model_dump") else dict(real)
             if isinstance(extra.get("source"), Mapping):
-                extra["source"] = PackageSource.from_spec(extra["source"])
+                extra["source"] = PackageSource.from_model(
+                    models.parse_spec(models.PackageSource, extra["source"], root="real.source"))
             if isinstance(extra.get("services"), list):
                 extra["services"] = tuple(extra["services"])
             fields.update({k: v for k, v in extra.items() if v is not None or k == "kubeconfig"})
         return cls(RealHostConfig(node_name=node, **fields))
 
-    def set_package_source(self, spec: Mapping[str, Any] | PackageSource | None) -> None:
+    def set_package_source(self, source: models.PackageSource | None) -> None:
         """Use the package source of the DirectUpdate being run (its spec.packageSource)."""
-        self.source = spec if isinstance(spec, PackageSource) else (
-            PackageSource.from_spec(spec) if spec else self.config.source)
+        self.source = PackageSource.from_model(source) if source is not None else self.config.source
 
     def _in_root(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/")) if self.root != "/" else path

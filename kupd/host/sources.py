@@ -17,12 +17,12 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from kupd import validate
+from kupd.api import models
 from kupd.errors import PermanentError, ValidationError
 from kupd.fsutil import atomic_write
 from kupd.host.packages import RepositoryError
@@ -65,19 +65,15 @@ class PackageSource:
     the bundle."""
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any] | None) -> PackageSource:
-        """From a DirectUpdate's spec.packageSource (camelCase, as stored in the CR)."""
-        if not spec:
+    def from_model(cls, source: models.PackageSource | None) -> PackageSource:
+        """From a DirectUpdate's spec.packageSource, as kupd.api.models parsed it."""
+        if source is None:
             return cls()
-        kind = spec.get("type", "upstream")
-        if kind == "mirror":
-            mirror = spec.get("mirror") or {}
-            return cls(kind="mirror", url=mirror.get("url"), key_url=mirror.get("gpgKeyUrl"))
-        if kind == "bundle":
-            bundle = spec.get("bundle") or {}
-            return cls(kind="bundle", bundle=bundle.get("path"), manifest=bundle.get("manifest"),
-                       manifest_sha256=bundle.get("manifestSha256"))
-        return cls(kind=kind)
+        if source.mirror is not None:
+            return cls(kind="mirror", url=source.mirror.url, key_url=source.mirror.gpg_key_url)
+        if source.bundle is not None:
+            return cls(kind="bundle", bundle=source.bundle.path, manifest=source.bundle.manifest)
+        return cls(kind=source.type)
 
     def __post_init__(self) -> None:
         if self.kind == "mirror":

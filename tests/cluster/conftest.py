@@ -4,14 +4,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from kupd.devcluster import ControlPlane
-from kupd.simcluster import SimCluster
+from kupd.sim.devcluster import ControlPlane
+from kupd.sim.simcluster import SimCluster
 from tests.cluster import harness
+from tests.paths import CRD_DIR
 
 
 @pytest.fixture(scope="session")
 def crds(control_plane: ControlPlane) -> ControlPlane:
-    control_plane.install_crds()
+    control_plane.install_crds(CRD_DIR)
     return control_plane
 
 

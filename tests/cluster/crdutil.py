@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kupd.devcluster import ControlPlane
+from kupd.sim.devcluster import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"

@@ -10,18 +10,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kupd import kube
+from kupd import k8s
 from kupd import protocol as p
-from kupd.devcluster import ControlPlane
-from kupd.simcluster import SimCluster
+from kupd.sim.devcluster import ControlPlane
+from kupd.sim.simcluster import SimCluster
 
 NAMESPACE = "kupd-system"
 
 IN_FLIGHT = ("Granted", "Upgrading", "Lost")
 
 
-def api_for(cp: ControlPlane) -> kube.Client:
-    return kube.api_client(str(cp.admin_kubeconfig))
+def api_for(cp: ControlPlane) -> k8s.Client:
+    return k8s.api_client(str(cp.admin_kubeconfig))
 
 
 def apply_du(cp: ControlPlane, name: str, spec: dict[str, Any]) -> None:
@@ -91,13 +91,13 @@ class Monitor:
     done_times: dict[str, float] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _watches: list[kube.Watch] = field(default_factory=list)
+    _watches: list[k8s.Watch] = field(default_factory=list)
 
     def start(self) -> Monitor:
         api = api_for(self.cp)
-        for resource, handler in ((kube.path(p.GROUP, p.VERSION, p.DIRECTUPDATES), self._on_du),
-                                  (kube.path("", "v1", "nodes"), self._on_node),
-                                  (kube.lease_path(NAMESPACE),
+        for resource, handler in ((k8s.kupd_path(k8s.DIRECTUPDATES), self._on_du),
+                                  (k8s.node_path(), self._on_node),
+                                  (k8s.lease_path(NAMESPACE),
                                    self._on_lease)):
             threading.Thread(target=self._loop, args=(api, resource, handler), daemon=True).start()
         threading.Thread(target=self._stall_loop, daemon=True).start()
@@ -108,7 +108,7 @@ class Monitor:
         for w in self._watches:
             w.close()
 
-    def _loop(self, api: kube.Client, resource: str, handler: Callable[[dict[str, Any]], None]) -> None:
+    def _loop(self, api: k8s.Client, resource: str, handler: Callable[[dict[str, Any]], None]) -> None:
         # A watch without a resourceVersion starts with an ADDED event per existing object.
         while not self._stop.is_set():
             try:

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from kupd import enroll, health, kube
+from kupd import enroll, health, k8s
 from kupd import protocol as p
+from kupd.api.models import HealthGates
 from kupd.cli import main
-from kupd.devcluster import ControlPlane
 from kupd.host.real import KubeClusterView
+from kupd.sim.devcluster import ControlPlane
 from kupd.versions import Version
 from tests.cluster import harness
 
@@ -25,9 +26,9 @@ NODE = "edge-9"
 
 
 @pytest.fixture
-def api(crds: ControlPlane) -> Iterator[kube.Client]:
+def api(crds: ControlPlane) -> Iterator[k8s.Client]:
     harness.cleanup(crds)
-    client = kube.api_client(str(crds.admin_kubeconfig))
+    client = k8s.api_client(str(crds.admin_kubeconfig))
     try:
         yield client
     finally:
@@ -35,11 +36,11 @@ def api(crds: ControlPlane) -> Iterator[kube.Client]:
         harness.cleanup(crds)
 
 
-def make_node(api: kube.Client, name: str, labels: dict[str, str], kubelet: str | None = None) -> None:
-    api.create(kube.path("", "v1", "nodes"), {"apiVersion": "v1", "kind": "Node",
+def make_node(api: k8s.Client, name: str, labels: dict[str, str], kubelet: str | None = None) -> None:
+    api.create(k8s.node_path(), {"apiVersion": "v1", "kind": "Node",
                                               "metadata": {"name": name, "labels": labels}})
     if kubelet:
-        api.patch(kube.path("", "v1", "nodes", name, subresource="status"), {"status": {
+        api.patch(k8s.node_path(name, subresource="status"), {"status": {
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test"}],
             "nodeInfo": {"kubeletVersion": kubelet}}}, kind="strategic")
 
@@ -56,7 +57,7 @@ def test_enroll_writes_a_kubeconfig_that_authenticates_as_the_node(crds: Control
         assert out.stat().st_mode & 0o777 == 0o600
         doc = yaml.safe_load(out.read_text())
         assert doc["clusters"][0]["cluster"]["server"] == crds.server
-        node_api = kube.api_client(str(out))
+        node_api = k8s.api_client(str(out))
         review = node_api.create("/apis/authentication.k8s.io/v1/selfsubjectreviews",
                                  {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
         node_api.close()
@@ -67,12 +68,12 @@ def test_enroll_writes_a_kubeconfig_that_authenticates_as_the_node(crds: Control
         crds.kubectl("delete", "serviceaccount", "-n", enroll.NAMESPACE, enroll.service_account(NODE), check=False)
 
 
-def test_plan_reads_nodes_and_member_leases(api: kube.Client, crds: ControlPlane,
+def test_plan_reads_nodes_and_member_leases(api: k8s.Client, crds: ControlPlane,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     make_node(api, "cp-1", {p.LABEL_CONTROL_PLANE: ""})
     make_node(api, "w-1", {})
     make_node(api, "w-2", {})
-    leases = kube.lease_path("kupd-system")
+    leases = k8s.lease_path("kupd-system")
     for node, kubelet in (("cp-1", "v1.31.2"), ("w-1", "v1.30.4"), ("w-2", "v1.30.4")):
         api.create(leases, {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {
             "name": p.member_lease_name(node), "annotations": {p.ANN_KUBELET: kubelet}}})
@@ -84,31 +85,31 @@ def test_plan_reads_nodes_and_member_leases(api: kube.Client, crds: ControlPlane
     assert [w["nodes"] for w in out["waves"]] == [["w-1"], ["w-2"]]
 
 
-def test_cluster_view_reads_version_and_node(api: kube.Client, crds: ControlPlane) -> None:
+def test_cluster_view_reads_version_and_node(api: k8s.Client, crds: ControlPlane) -> None:
     view = KubeClusterView(str(crds.admin_kubeconfig))
     git = str(api.get("/version")["gitVersion"])
     assert view.apiserver_version() == Version.parse(git.split("+")[0].split("-")[0])
     make_node(api, "w-1", {})
     status = view.node_status("w-1")
     assert not status.ready and status.kubelet_version == ""
-    api.patch(kube.path("", "v1", "nodes", "w-1", subresource="status"), {"status": {
+    api.patch(k8s.node_path("w-1", subresource="status"), {"status": {
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test"}],
         "nodeInfo": {"kubeletVersion": "v1.31.2"}}}, kind="strategic")
     status = view.node_status("w-1")
     assert status.ready and status.kubelet_version == "v1.31.2"
 
 
-def test_control_plane_pods_gate(api: kube.Client) -> None:
-    pods = kube.path("", "v1", "pods", namespace="kube-system")
+def test_control_plane_pods_gate(api: k8s.Client) -> None:
+    pods = k8s.path("", "v1", "pods", namespace="kube-system")
     name = "kube-apiserver-edge"
     api.create(pods, {"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": name, "labels": {"tier": "control-plane"}},
         "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}})
     try:
-        assert health.evaluate(api, {}) == f"control-plane pod kube-system/{name} is not Ready"
-        api.patch(kube.path("", "v1", "pods", name, "kube-system", "status"), {"status": {
+        assert health.evaluate(api, HealthGates()) == f"control-plane pod kube-system/{name} is not Ready"
+        api.patch(k8s.path("", "v1", "pods", name, "kube-system", "status"), {"status": {
             "conditions": [{"type": "Ready", "status": "True"}]}}, kind="strategic")
         assert health.control_plane_pods(api) is None
-        assert health.evaluate(api, {"controlPlanePods": False}) is None
+        assert health.evaluate(api, HealthGates(control_plane_pods=False)) is None
     finally:
-        api.delete(kube.path("", "v1", "pods", name, "kube-system"), gracePeriodSeconds=0)
+        api.delete(k8s.path("", "v1", "pods", name, "kube-system"), gracePeriodSeconds=0)

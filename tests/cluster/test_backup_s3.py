@@ -10,7 +10,7 @@ from typing import Any
 
 import boto3
 
-from kupd.simcluster import SimCluster
+from kupd.sim.simcluster import SimCluster
 from tests.cluster.harness import apply_du, wait_phase
 from tests.host.backup_servers import S3Server, s3_server  # noqa: F401 - the fixture
 

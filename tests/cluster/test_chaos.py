@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+from kupd.sim.simcluster import SimCluster
 
-from kupd.simcluster import SimCluster
 from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_phase
 
 NO_BACKUP = {"required": False}

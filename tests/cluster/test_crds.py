@@ -19,8 +19,8 @@ import yaml
 from pydantic import BaseModel
 
 from kupd.api import models
-from kupd.devcluster import ControlPlane
 from kupd.errors import ValidationError
+from kupd.sim.devcluster import ControlPlane
 from tests.cluster.crdutil import CRD_NAMES, EXAMPLES_DIR, MALFORMED, Malformed, install_crds
 
 PARSERS: dict[str, Callable[[Mapping[str, Any]], BaseModel]] = {
@@ -167,7 +167,7 @@ def test_printer_columns_and_names(cp: ControlPlane, examples: list[dict[str, An
 
 def full_directupdate_status() -> models.DirectUpdateStatus:
     now = datetime(2026, 11, 27, 4, 0, 0, 123456, tzinfo=UTC)
-    grant = models.Grant(epoch=7, versions=["v1.31.2", "v1.32.0"], first_control_plane=True, backup=True,
+    grant = models.GrantRecord(epoch=7, versions=["v1.31.2", "v1.32.0"], first_control_plane=True, backup=True,
                          granted_at=now)
     return models.DirectUpdateStatus(
         phase="Running", observed_generation=1,
@@ -183,7 +183,7 @@ def full_directupdate_status() -> models.DirectUpdateStatus:
                               message="at v1.32.0", grant=grant),
             models.NodeStatus(name="worker-1.example.com", role="Worker", canary=True, phase="Upgrading",
                               step="drain", attempts=2, message="waiting for PDB web-pdb",
-                              grant=models.Grant(epoch=7, versions=["v1.32.0"])),
+                              grant=models.GrantRecord(epoch=7, versions=["v1.32.0"])),
             models.NodeStatus(name="worker-2", role="Worker", phase="Pending"),
         ],
     )

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kupd.devcluster import free_port
-from kupd.simcluster import SimCluster
+from kupd.sim.devcluster import free_port
+from kupd.sim.simcluster import SimCluster
 from tests.cluster.harness import apply_du, get_du, wait_phase
 
 

@@ -7,8 +7,8 @@ import signal
 import time
 from typing import Any
 
-from kupd.devcluster import ControlPlane
-from kupd.simcluster import SimCluster
+from kupd.sim.devcluster import ControlPlane
+from kupd.sim.simcluster import SimCluster
 from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_phase
 
 NO_BACKUP = {"required": False}

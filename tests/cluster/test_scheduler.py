@@ -14,35 +14,36 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kupd import kube
+from kupd import k8s
 from kupd.clock import ManualClock
-from kupd.devcluster import ControlPlane
-from kupd.protocol import ANN_WINDOW_END, ANN_WINDOW_START, DIRECTUPDATES, GROUP, SCHEDULEDUPDATES, VERSION
-from kupd.protocol import UPDATESCHEDULES as SCHEDULES
+from kupd.k8s import DIRECTUPDATES, GROUP, SCHEDULEDUPDATES, VERSION
+from kupd.k8s import UPDATESCHEDULES as SCHEDULES
+from kupd.protocol import ANN_WINDOW_END, ANN_WINDOW_START
+from kupd.rfc3339 import format_time
 from kupd.scheduler import (
     ANN_REQUESTED_VERSION,
     ANN_SCHEDULE,
     LABEL_CREATED_BY,
     Scheduler,
 )
-from kupd.windows import format_time
+from kupd.sim.devcluster import ControlPlane
 
 NEW_YORK = ZoneInfo("America/New_York")
 
 
 def path(plural: str, name: str | None = None, subresource: str | None = None) -> str:
-    return kube.path(GROUP, VERSION, plural, name, subresource=subresource)
+    return k8s.path(GROUP, VERSION, plural, name, subresource=subresource)
 
 
 @pytest.fixture(scope="module")
-def api(crds: ControlPlane) -> Iterator[kube.Client]:
-    client = kube.api_client(str(crds.admin_kubeconfig))
+def api(crds: ControlPlane) -> Iterator[k8s.Client]:
+    client = k8s.api_client(str(crds.admin_kubeconfig))
     yield client
     client.close()
 
 
 @pytest.fixture(autouse=True)
-def clean(api: kube.Client) -> Iterator[None]:
+def clean(api: k8s.Client) -> Iterator[None]:
     def wipe() -> None:
         for plural in (SCHEDULEDUPDATES, SCHEDULES, DIRECTUPDATES):
             for obj in api.list(path(plural))["items"]:
@@ -74,25 +75,25 @@ class Resolver:
         return f"{minor}.{self.patch}"
 
 
-def create(api: kube.Client, plural: str, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+def create(api: k8s.Client, plural: str, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
     return api.create(path(plural), body)
 
 
-def get(api: kube.Client, plural: str, name: str) -> dict[str, Any]:
+def get(api: k8s.Client, plural: str, name: str) -> dict[str, Any]:
     return api.get(path(plural, name))
 
 
-def operations(api: kube.Client) -> dict[str, dict[str, Any]]:
+def operations(api: k8s.Client) -> dict[str, dict[str, Any]]:
     items = api.list(path(DIRECTUPDATES))["items"]
     return {o["metadata"]["name"]: o for o in items}
 
 
-def set_status(api: kube.Client, plural: str, name: str, status: dict[str, Any]) -> None:
+def set_status(api: k8s.Client, plural: str, name: str, status: dict[str, Any]) -> None:
     api.patch(path(plural, name, "status"), {"status": status})
 
 
-def set_phase(api: kube.Client, name: str, phase: str) -> None:
+def set_phase(api: k8s.Client, name: str, phase: str) -> None:
     """What the coordinator would write."""
     set_status(api, DIRECTUPDATES, name, {"phase": phase})
 
@@ -101,7 +102,7 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
 
 
-def test_scheduled_update_creates_one_operation_at_start_time(api: kube.Client, base: datetime) -> None:
+def test_scheduled_update_creates_one_operation_at_start_time(api: k8s.Client, base: datetime) -> None:
     start = base + timedelta(hours=2)
     create(api, SCHEDULEDUPDATES, "ScheduledUpdate", "upgrade-131",
            {"startTime": format_time(start), "template": {"version": "v1.31.4", "concurrency": 2}})
@@ -139,7 +140,7 @@ def test_scheduled_update_creates_one_operation_at_start_time(api: kube.Client, 
     assert su["status"]["phase"] == "Started" and su["status"]["operation"] == "upgrade-131"
 
 
-def test_update_schedule_fires_in_its_time_zone(api: kube.Client, base: datetime) -> None:
+def test_update_schedule_fires_in_its_time_zone(api: k8s.Client, base: datetime) -> None:
     day = [base.date() + timedelta(days=i) for i in range(8)]
     create(api, SCHEDULES, "UpdateSchedule", "nightly", {
         "schedule": "0 2 * * *", "timeZone": "America/New_York", "window": {"durationMinutes": 120},
@@ -217,7 +218,7 @@ def test_update_schedule_fires_in_its_time_zone(api: kube.Client, base: datetime
     assert resolver.asked == ["v1.31"] * 4
 
 
-def test_missed_firing_after_downtime_starts_once_if_window_open(api: kube.Client, base: datetime) -> None:
+def test_missed_firing_after_downtime_starts_once_if_window_open(api: k8s.Client, base: datetime) -> None:
     create(api, SCHEDULES, "UpdateSchedule", "hourly", {
         "schedule": "0 * * * *", "window": {"durationMinutes": 30}, "template": {"version": "v1.31.2"},
     })
@@ -239,7 +240,7 @@ def test_missed_firing_after_downtime_starts_once_if_window_open(api: kube.Clien
     assert "0:10:00 late" in condition(get(api, SCHEDULES, "hourly"), "Scheduled")["message"]
 
 
-def test_suspend_and_resolver_outage(api: kube.Client, base: datetime) -> None:
+def test_suspend_and_resolver_outage(api: k8s.Client, base: datetime) -> None:
     create(api, SCHEDULES, "UpdateSchedule", "weekly", {
         "schedule": "30 3 * * *", "suspend": True, "window": {"durationMinutes": 60},
         "template": {"version": "v1.30"},
@@ -273,7 +274,7 @@ def test_suspend_and_resolver_outage(api: kube.Client, base: datetime) -> None:
     ({"timeZone": "Mars/Olympus_Mons"}, "spec.timeZone"),
     ({"schedule": "0 2 31 2 *"}, "spec.schedule"),
 ])
-def test_malformed_schedule_gets_condition_naming_field(api: kube.Client, base: datetime, spec: dict[str, Any],
+def test_malformed_schedule_gets_condition_naming_field(api: k8s.Client, base: datetime, spec: dict[str, Any],
                                                         field: str) -> None:
     create(api, SCHEDULES, "UpdateSchedule", "broken", {"schedule": "0 2 * * *", "template": {"version": "v1.31"}}
            | spec)
@@ -286,7 +287,7 @@ def test_malformed_schedule_gets_condition_naming_field(api: kube.Client, base: 
     assert operations(api) == {}
 
 
-def test_crash_before_status_write_never_makes_two(api: kube.Client, base: datetime) -> None:
+def test_crash_before_status_write_never_makes_two(api: k8s.Client, base: datetime) -> None:
     create(api, SCHEDULES, "UpdateSchedule", "nightly", {
         "schedule": "0 3 * * *", "window": {"durationMinutes": 60}, "template": {"version": "v1.31.2"},
     })
@@ -303,7 +304,7 @@ def test_crash_before_status_write_never_makes_two(api: kube.Client, base: datet
     assert status["active"] == list(operations(api))
 
 
-def test_name_taken_by_someone_else_is_reported(api: kube.Client, base: datetime) -> None:
+def test_name_taken_by_someone_else_is_reported(api: k8s.Client, base: datetime) -> None:
     create(api, DIRECTUPDATES, "DirectUpdate", "upgrade-x", {"version": "v1.30.1"})
     create(api, SCHEDULEDUPDATES, "ScheduledUpdate", "upgrade-x",
            {"startTime": format_time(base), "template": {"version": "v1.31.4"}})

@@ -22,14 +22,15 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from kupd import enroll, kube
+from kupd import enroll, k8s
 from kupd import protocol as p
 from kupd.api.models import parse_directupdate_spec
-from kupd.devcluster import ControlPlane
 from kupd.errors import ValidationError
-from kupd.simcluster import SimCluster
+from kupd.sim.devcluster import ControlPlane
+from kupd.sim.simcluster import SimCluster
 from tests.cluster import harness
 from tests.cluster.hostile import HOSTILE, hostile_strings
+from tests.paths import CRD_DIR
 
 RBAC_DIR = Path(__file__).resolve().parents[2] / "packaging" / "rbac"
 NS = enroll.NAMESPACE
@@ -141,7 +142,7 @@ def ids(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     out = Identities(cp, workdir)
     ca = cp.ca_file.read_bytes()
     for node, control_plane in NODES.items():
-        path = enroll.enroll(kube.api_client(str(cp.admin_kubeconfig)), node, control_plane, cp.server, ca,
+        path = enroll.enroll(k8s.api_client(str(cp.admin_kubeconfig)), node, control_plane, cp.server, ca,
                              backup_secret=(SECRET_NS, SECRET_NAME) if control_plane else None,
                              output=workdir / node / "kubeconfig", seconds=3600)
         out.kubeconfigs[node] = path
@@ -231,7 +232,7 @@ def test_worker_cannot_grant_itself_or_others_a_turn(ids: Identities) -> None:
         {"name": "w-1", "role": "Worker", "phase": "Granted",
          "grant": {"epoch": 99, "versions": ["v1.32.0"], "firstControlPlane": False, "backup": False}}]}}
     custom = ids.custom("w-1")
-    e = _refused(lambda: custom.patch_cluster_custom_object_status(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+    e = _refused(lambda: custom.patch_cluster_custom_object_status(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES,
                                                                    "sec-grant", body))
     assert e.status == 403
     # Nor can it take the coordinator lease, whose epoch every grant carries.
@@ -246,23 +247,23 @@ def test_worker_cannot_grant_itself_or_others_a_turn(ids: Identities) -> None:
 def test_no_node_identity_can_change_a_directupdate_spec(ids: Identities) -> None:
     _du(ids.cp, "sec-spec")
     patch = {"spec": {"version": "v1.33.0", "concurrency": 100}}
-    e = _refused(lambda: ids.custom("w-1").patch_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+    e = _refused(lambda: ids.custom("w-1").patch_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES,
                                                                         "sec-spec", patch))
     assert e.status == 403
     # A control-plane identity may patch DirectUpdates (the scheduler moves windows) but never the spec.
-    e = _refused(lambda: ids.custom("cp-1").patch_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+    e = _refused(lambda: ids.custom("cp-1").patch_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES,
                                                                          "sec-spec", patch))
     assert "spec" in str(e.body)
-    ids.custom("cp-1").patch_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, "sec-spec", {
+    ids.custom("cp-1").patch_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, "sec-spec", {
         "metadata": {"annotations": {p.ANN_WINDOW_END: "2030-01-01T00:00:00Z"}}})
     assert harness.get_du(ids.cp, "sec-spec")["spec"]["version"] == "v1.32.0"
     # Nor create one from nothing, nor delete a user's.
-    rogue = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "metadata": {"name": "sec-rogue"},
+    rogue = {"apiVersion": k8s.API_VERSION, "kind": "DirectUpdate", "metadata": {"name": "sec-rogue"},
              "spec": {"version": "v1.33.0", "backup": {"required": False}}}
-    _refused(lambda: ids.custom("cp-1").create_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, rogue))
-    _refused(lambda: ids.custom("cp-1").delete_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+    _refused(lambda: ids.custom("cp-1").create_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, rogue))
+    _refused(lambda: ids.custom("cp-1").delete_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES,
                                                                       "sec-spec"))
-    _refused(lambda: ids.custom("w-1").delete_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+    _refused(lambda: ids.custom("w-1").delete_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES,
                                                                      "sec-spec"))
 
 
@@ -324,7 +325,7 @@ def test_control_plane_identity_coordinates_and_others_are_fenced(ids: Identitie
          "grant": {"epoch": 0, "versions": ["v1.32.0"], "firstControlPlane": True, "backup": False}}]}}
 
     def write(node: str, body: dict[str, Any]) -> Any:
-        return ids.custom(node).patch_cluster_custom_object_status(p.GROUP, p.VERSION, p.DIRECTUPDATES,
+        return ids.custom(node).patch_cluster_custom_object_status(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES,
                                                                    "sec-coord", body)
 
     # The coordinator lease may hold only the writer itself.
@@ -344,7 +345,7 @@ def test_control_plane_identity_coordinates_and_others_are_fenced(ids: Identitie
     ids.core("cp-1").list_node()
     ids.core("cp-1").create_namespaced_event("default", {
         "metadata": {"generateName": "sec-coord.", "namespace": "default"},
-        "involvedObject": {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate", "name": "sec-coord",
+        "involvedObject": {"apiVersion": k8s.API_VERSION, "kind": "DirectUpdate", "name": "sec-coord",
                            "uid": du["metadata"]["uid"]},
         "reason": "NodeGranted", "message": "cp-1 granted", "type": "Normal"})
     # A second control-plane node that does not hold the lease cannot write grants (an API-side
@@ -375,7 +376,9 @@ def test_control_plane_identity_coordinates_and_others_are_fenced(ids: Identitie
 
 
 def _grant_lease(node: str, holder: str | None = None, epoch: int = 0) -> dict[str, Any]:
-    grant = p.Grant(operation="sec-grants", uid="u-1", epoch=0, versions=["v1.32.0"], granted_at="2026-11-27T00:00:00Z")
+    work = parse_directupdate_spec({"version": "v1.32.0"}).node_work(
+        ["v1.32.0"], control_plane=False, first_control_plane=False, backup=False)
+    grant = p.Grant(operation="sec-grants", uid="u-1", epoch=0, granted_at="2026-11-27T00:00:00Z", work=work)
     return {"metadata": {"name": p.grant_lease_name(node), "namespace": NS,
                          "annotations": {p.ANN_GRANT: grant.encode(), p.ANN_EPOCH: str(epoch)}},
             "spec": {"holderIdentity": holder or node}}
@@ -432,10 +435,10 @@ def test_hostile_custom_resources_are_refused_by_the_api_and_by_the_daemon(ids: 
     custom = client.CustomObjectsApi(_admin(ids.cp))
     accepted = []
     for h in HOSTILE:
-        obj = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate",
+        obj = {"apiVersion": k8s.API_VERSION, "kind": "DirectUpdate",
                "metadata": {"name": f"hostile-{h.id}"}, "spec": h.spec}
         try:
-            custom.create_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, obj)
+            custom.create_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, obj)
             accepted.append(h.id)
         except ApiException as e:
             assert e.status == 422, f"{h.id}: {e.status} {e.body[:400]}"
@@ -487,7 +490,7 @@ def _phase(cp: ControlPlane, custom: Any, name: str, timeout: float) -> dict[str
     deadline = time.monotonic() + timeout
     st: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        obj = custom.get_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, name)
+        obj = custom.get_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, name)
         st = obj.get("status") or {}
         if st.get("phase") in ("Succeeded", "Failed", "RequiresAttention"):
             return st
@@ -515,11 +518,11 @@ def test_loosened_schema_hostile_crs_never_reach_a_subprocess(ids: Identities, d
         cp.kubectl("replace", "-f", "-", input_text=json.dumps(loose))
         deadline = time.monotonic() + 15
         first = HOSTILE[0]
-        body = {"apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate",
+        body = {"apiVersion": k8s.API_VERSION, "kind": "DirectUpdate",
                 "metadata": {"name": f"loose-{first.id}"}, "spec": first.spec}
         while True:  # the API server serves the new schema a moment after the CRD changes
             try:
-                custom.create_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, body)
+                custom.create_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, body)
                 break
             except ApiException:
                 if time.monotonic() > deadline:
@@ -529,8 +532,8 @@ def test_loosened_schema_hostile_crs_never_reach_a_subprocess(ids: Identities, d
         for i, h in enumerate(HOSTILE):
             name = f"loose-{h.id}"
             if i:
-                custom.create_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, {
-                    "apiVersion": f"{p.GROUP}/{p.VERSION}", "kind": "DirectUpdate",
+                custom.create_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, {
+                    "apiVersion": k8s.API_VERSION, "kind": "DirectUpdate",
                     "metadata": {"name": name}, "spec": h.spec})
             st = _phase(cp, custom, name, timeout=30)
             assert st["phase"] == "Failed", f"{h.id}: {st}"
@@ -545,7 +548,7 @@ def test_loosened_schema_hostile_crs_never_reach_a_subprocess(ids: Identities, d
         crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         crd.pop("status", None)
         cp.kubectl("replace", "-f", "-", input_text=json.dumps(crd))
-        cp.install_crds()
+        cp.install_crds(CRD_DIR)
     for name, node in daemons.nodes.items():
         assert node.state()["effects"] == effects[name], f"{name} changed by a hostile CR"
     _assert_no_hostile_argv(daemons)
@@ -629,7 +632,7 @@ def test_a_worker_cannot_fake_the_verified_backup(ids: Identities, daemons: SimC
                       backup=fake).encode()
     _own_lease(ids, "w-2")
     ids.coord("w-2").patch_namespaced_lease(p.member_lease_name("w-2"), NS, _lease_patch("w-2", report=report))
-    custom.patch_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, "sec-fake-backup",
+    custom.patch_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, "sec-fake-backup",
                                        {"spec": {"paused": False}})
     try:
         deadline = time.monotonic() + 30
@@ -643,4 +646,4 @@ def test_a_worker_cannot_fake_the_verified_backup(ids: Identities, daemons: SimC
         assert (st.get("backup") or {}).get("location") != fake["location"], "the coordinator took the fake backup"
         assert grant.get("backup") is True, f"cp-1 was granted without a backup: {grant}"
     finally:
-        custom.delete_cluster_custom_object(p.GROUP, p.VERSION, p.DIRECTUPDATES, "sec-fake-backup")
+        custom.delete_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, "sec-fake-backup")

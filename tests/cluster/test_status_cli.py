@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kupd.devcluster import ControlPlane
+from kupd.sim.devcluster import ControlPlane
 from tests.cluster.harness import apply_du, get_du
 
 ROOT = Path(__file__).resolve().parents[2]

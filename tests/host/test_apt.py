@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kupd.api import models
 from kupd.errors import CommandError, RetryableError, ValidationError
 from kupd.host.apt import AptManager
 from kupd.host.base import Host
@@ -306,7 +307,8 @@ def test_list_format_is_kept(tmp_path: Path, server: rb.Server) -> None:
     listing.write_text("deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] "
                        "https://pkgs.k8s.io/core:/stable:/v1.30/deb/ /\n")
     # a mirror of pkgs.k8s.io/core:/stable:/ given by its base URL, as a DirectUpdate spells it
-    source = PackageSource.from_spec({"type": "mirror", "mirror": {"url": server.url + "/repo"}})
+    source = PackageSource.from_model(
+        models.parse_spec(models.PackageSource, {"type": "mirror", "mirror": {"url": server.url + "/repo"}}))
     host = make_host(root, source, tmp_path / "tools")
     host.configure_repository("v1.31.2")
     assert f"{server.url}/repo/v1.31/deb/ /" in listing.read_text()
@@ -422,7 +424,8 @@ def test_from_settings(tmp_path: Path, server: rb.Server) -> None:
     host = RealHost.from_settings(settings, "node-7")
     assert host.config.node_name == "node-7" and host.source.kind == "mirror"
     assert host.state_dir == tmp_path / "root" / str(tmp_path / "state/host").lstrip("/")
-    host.set_package_source({"type": "bundle", "bundle": {"path": "/srv/kupd-bundle", "manifest": "/srv/m"}})
+    host.set_package_source(models.parse_spec(
+        models.PackageSource, {"type": "bundle", "bundle": {"path": "/srv/kupd-bundle", "manifest": "/srv/m"}}))
     assert host.source.bundle == "/srv/kupd-bundle"
     host.set_package_source(None)
     assert host.source.kind == "mirror"

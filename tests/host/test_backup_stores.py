@@ -12,11 +12,13 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kupd.api import models
 from kupd.backup import (
     CHECKSUM_MISMATCH,
     CREDENTIALS_INVALID,
@@ -434,6 +436,11 @@ def test_credentials_from_a_secret() -> None:
         credentials.from_secret_data({"other": _b64("x")}, "Secret a/b")
 
 
+def from_spec(backup: dict[str, Any]) -> BackupConfig:
+    """The configuration the daemon derives from a DirectUpdate's spec.backup."""
+    return BackupConfig.from_model(models.parse_spec(models.Backup, backup, root="spec.backup"))
+
+
 def test_store_config_from_the_cr_spec() -> None:
     spec = {
         "required": True,
@@ -443,7 +450,7 @@ def test_store_config_from_the_cr_spec() -> None:
         },
         "etcd": {"endpoints": ["https://10.0.0.1:2379"], "caFile": "/etc/kubernetes/pki/etcd/ca.crt"},
     }  # fmt: skip
-    config = BackupConfig.from_spec(spec)
+    config = from_spec(spec)
     assert config.store.retention == 7 and config.store.credentials_secret is not None
     assert config.etcd.endpoints == ("https://10.0.0.1:2379",)
     assert config.etcd.cert_file == "/etc/kubernetes/pki/etcd/healthcheck-client.crt"
@@ -455,10 +462,10 @@ def test_store_config_from_the_cr_spec() -> None:
         ({"endpoint": "ftp://x"}, "spec.backup.store.endpoint"),
     ):
         with pytest.raises(ValidationError) as caught:
-            BackupConfig.from_spec({**spec, "store": {**spec["store"], **bad}})  # type: ignore[dict-item]
+            from_spec({**spec, "store": {**spec["store"], **bad}})  # type: ignore[dict-item]
         assert caught.value.field == field
     with pytest.raises(ValidationError) as caught:
-        BackupConfig.from_spec({**spec, "etcd": {"endpoints": ["https://x:1/; rm -rf /"]}})
+        from_spec({**spec, "etcd": {"endpoints": ["https://x:1/; rm -rf /"]}})
     assert caught.value.field.startswith("spec.backup.etcd.endpoints")
 
 

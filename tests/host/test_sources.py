@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kupd.api import models
 from kupd.errors import ValidationError
 from kupd.host import sources
 from kupd.host.packages import RepositoryError
@@ -136,16 +138,21 @@ def test_key_fetch_errors(tmp_path: Path) -> None:
         sources.fetch_key(f"file://{tmp_path}/missing.key")
 
 
+def source(spec: dict[str, Any]) -> PackageSource:
+    """The host's package source from a DirectUpdate's spec.packageSource, parsed as the daemon does."""
+    return PackageSource.from_model(models.parse_spec(models.PackageSource, spec, root="spec.packageSource"))
+
+
 def test_from_directupdate_spec(copy: Path, tmp_path: Path) -> None:
-    assert PackageSource.from_spec(None) == PackageSource()
-    assert PackageSource.from_spec({"type": "upstream"}) == PackageSource()
-    mirror = PackageSource.from_spec(
+    assert PackageSource.from_model(None) == PackageSource()
+    assert source({"type": "upstream"}) == PackageSource()
+    mirror = source(
         {"type": "mirror", "mirror": {"url": "https://mirror.example.com/k8s", "gpgKeyUrl": "https://m.example.com/k"}})
     repo = sources.repository(mirror, "v1.31.2", "deb")
     assert (repo.url, repo.key_url) == ("https://mirror.example.com/k8s/v1.31/deb/", "https://m.example.com/k")
     manifest = tmp_path / "elsewhere.sha256"
     shutil.move(copy / "manifest.sha256", manifest)
-    bundle = PackageSource.from_spec({"type": "bundle", "bundle": {"path": str(copy), "manifest": str(manifest)}})
+    bundle = source({"type": "bundle", "bundle": {"path": str(copy), "manifest": str(manifest)}})
     assert sources.verify_bundle(str(copy), "v1.31", "deb", manifest=bundle.manifest) > 3
     with pytest.raises(ValidationError):
-        PackageSource.from_spec({"type": "mirror", "mirror": {"url": "file:///etc"}})
+        source({"type": "mirror", "mirror": {"url": "file:///etc"}})

@@ -30,11 +30,12 @@ from typing import Any
 import pytest
 import yaml
 
-from kupd import kube
-from kupd.devcluster import ControlPlane
+from kupd import k8s
 from kupd.protocol import LABEL_CONTROL_PLANE
+from kupd.sim.devcluster import ControlPlane
 from tests.cluster.harness import Monitor, api_for, apply_du, wait_phase
 from tests.host import repo_builder
+from tests.paths import CRD_DIR
 from tests.system import nspawn
 from tests.system.conftest import install_deb
 
@@ -88,8 +89,8 @@ class StandInKubelet:
                 labels[LABEL_CONTROL_PLANE] = ""
             body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name, "labels": labels}}
             try:
-                self.api.create(kube.path("", "v1", "nodes"), body)
-            except kube.ApiError as e:
+                self.api.create(k8s.node_path(), body)
+            except k8s.ApiError as e:
                 if e.status != 409:
                     raise
         self._thread.start()
@@ -114,7 +115,7 @@ class StandInKubelet:
                                  "containerRuntimeVersion": "containerd://1.7.20", "operatingSystem": "linux",
                                  "architecture": "amd64"}}}
                 with contextlib.suppress(Exception):  # the API may be away on purpose
-                    self.api.patch(kube.path("", "v1", "nodes", node.name, subresource="status"), body, "strategic")
+                    self.api.patch(k8s.node_path(node.name, subresource="status"), body, "strategic")
             self._stop.wait(1.0)
 
 
@@ -166,7 +167,7 @@ def configure(node: nspawn.Node, cp: ControlPlane, repo_url: str, key: Path) -> 
 def cluster(
     control_plane: ControlPlane, deb_package: Path, nspawn_base: Path, node_workdir: Path, tmp_path_factory: Any
 ) -> Iterator[tuple[ControlPlane, list[nspawn.Node]]]:
-    control_plane.install_crds()
+    control_plane.install_crds(CRD_DIR)
     repos = repo_builder.build_deb_repos(tmp_path_factory.mktemp("k8s-repos"))
     server = repo_builder.Server(repos.base)
     kubelet: StandInKubelet | None = None

@@ -8,8 +8,10 @@ import pytest
 
 from kupd import config
 from kupd.agent import step_sequence
+from kupd.api.models import parse_directupdate_spec
 from kupd.checkpoint import Checkpoint, CheckpointStore
 from kupd.errors import ValidationError
+from kupd.protocol import Grant
 
 
 def names(refs: list) -> list[str]:  # type: ignore[type-arg]
@@ -35,7 +37,9 @@ def test_worker_two_hops_drains_once_and_uncordons_once() -> None:
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path)
     assert store.load() == Checkpoint()
-    cp = Checkpoint(operation="op", uid="u", epoch=2, versions=["v1.32.0"], phase="Upgrading")
+    work = parse_directupdate_spec({"version": "v1.32.0"}).node_work(
+        ["v1.32.0"], control_plane=False, first_control_plane=False, backup=False)
+    cp = Checkpoint(grant=Grant("op", "u", 2, "2026-11-27T12:00:00Z", work), phase="Upgrading")
     cp.step("v1.32.0/drain").state = "started"
     store.save(cp)
     back = store.load()

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from kupd import planner, scheduler
+from kupd.api.models import parse_directupdate_spec
+from kupd.errors import ValidationError
 from kupd.planner import MemberView, NodeView, Operation, plan
 from kupd.protocol import Report
 from kupd.versions import Version
@@ -50,7 +52,11 @@ def _cluster(cp_version: str = "v1.31.2", worker_version: str = "v1.31.2") -> tu
 
 def _conditions(spec: dict[str, Any], nodes: list[NodeView], members: dict[str, MemberView],
                 status: dict[str, Any] | None = None, **kw: Any) -> list[dict[str, Any]]:
-    op = Operation("op", "uid-1", 1, {"backup": {"required": False}, **spec}, status or {}, kw.pop("ann", {}))
+    try:
+        typed: Any = parse_directupdate_spec({"backup": {"required": False}, **spec})
+    except ValidationError as e:
+        typed = e
+    op = Operation("op", "uid-1", 1, typed, status or {}, kw.pop("ann", {}))
     result = plan(op, nodes, members, epoch=1, coordinator="cp-1", now=NOW, **kw)
     conds: list[dict[str, Any]] = result.status.get("conditions") or []
     return conds

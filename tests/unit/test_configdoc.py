@@ -6,10 +6,11 @@ import re
 import tomllib
 
 from kupd import config, configdoc
+from tests.paths import ROOT
 
 
 def test_configuration_doc_is_current() -> None:
-    current = configdoc.OUTPUT.read_text()
+    current = (ROOT / configdoc.OUTPUT).read_text()
     assert configdoc.splice(current, configdoc.render()) == current, (
         "docs/usage/configuration.md is out of date: run `python -m kupd.configdoc`")
 
@@ -28,7 +29,7 @@ def test_every_field_is_in_the_tables() -> None:
 
 
 def test_toml_examples_are_valid_settings() -> None:
-    doc = configdoc.OUTPUT.read_text()
+    doc = (ROOT / configdoc.OUTPUT).read_text()
     blocks = re.findall(r"```toml\n(.*?)```", doc, re.S)
     assert blocks
     for block in blocks:

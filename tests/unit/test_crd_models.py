@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from kupd import validate
 from kupd.api import models
 from kupd.errors import ValidationError
+from kupd.k8s import paths
 from tests.cluster.crdutil import MALFORMED, Malformed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,11 +201,11 @@ def walk(schema: Schema, path: str = "") -> list[tuple[str, Schema]]:
 def test_crd_conventions(kind: str) -> None:
     crd = CRDS[kind]
     spec = crd["spec"]
-    assert spec["group"] == models.GROUP
+    assert spec["group"] == paths.GROUP
     assert spec["scope"] == "Cluster"
-    assert crd["metadata"]["name"] == f"{spec['names']['plural']}.{models.GROUP}"
+    assert crd["metadata"]["name"] == f"{spec['names']['plural']}.{paths.GROUP}"
     (version,) = spec["versions"]
-    assert version["name"] == models.VERSION and version["served"] and version["storage"]
+    assert version["name"] == paths.VERSION and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
     assert spec["names"]["shortNames"] == [{"DirectUpdate": "du", "ScheduledUpdate": "su",
                                             "UpdateSchedule": "usched"}[kind]]
@@ -383,7 +384,7 @@ def test_status_round_trips() -> None:
         phase="Running", observed_generation=2, coordinator="cp-1", epoch=4, hops=["v1.31.2"],
         progress="1/3", summary=models.Summary(total=3, succeeded=1, upgrading=1, pending=1),
         nodes=[models.NodeStatus(name="cp-1", role="ControlPlane", phase="Succeeded",
-                                 grant=models.Grant(epoch=4, versions=["v1.31.2"], first_control_plane=True))],
+                                 grant=models.GrantRecord(epoch=4, versions=["v1.31.2"], first_control_plane=True))],
     )
     wire = models.to_wire(status)
     assert wire["nodes"][0]["grant"]["firstControlPlane"] is True
@@ -405,4 +406,4 @@ def test_reference_doc_is_current() -> None:
     from kupd.api import docgen
 
     current = (ROOT / "docs" / "usage" / "crd-reference.md").read_text()
-    assert current == docgen.render(docgen.load_crds()), "run: python -m kupd.api.docgen"
+    assert current == docgen.render(docgen.load_crds(ROOT / "crds")), "run: python -m kupd.api.docgen"

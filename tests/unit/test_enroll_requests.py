@@ -11,7 +11,7 @@ import pytest
 from kupd import enroll
 from kupd.commands.enroll import admin_kubeconfig
 from kupd.errors import PermanentError
-from kupd.kubeapi import ApiError
+from kupd.k8s import ApiError
 
 
 class FakeApi:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kupd import protocol as p
-from kupd.coordinator import _lease_changed
+from kupd.protocol import lease_changed as _lease_changed
 
 
 def lease(name: str = "kupd-node-w-1", renew: str = "t1", report: p.Report | None = None,
@@ -40,3 +40,35 @@ def test_a_report_or_grant_that_is_json_but_not_an_object_reads_as_none() -> Non
     for text in ("[]", "1", '"x"', "null"):
         assert p.Report.decode(text) is None
         assert p.Grant.decode(text) is None
+
+
+def test_member_lease_codec() -> None:
+    from kupd.versions import Version
+
+    m = p.decode_member_lease(lease(renew="2026-11-27T12:00:00.123456Z", report=report(),
+                                    **{p.ANN_KUBELET: "v1.32.0"}), 60)
+    assert m is not None and m.node == "w-1" and m.kubelet == Version.parse("v1.32.0")
+    assert m.renew_time is not None and m.renew_time.microsecond == 123456 and m.duration == 60
+    assert m.report is not None and m.report.uid == "uid"
+    assert p.decode_member_lease(lease("kupd-grant-w-1"), 60) is None
+    assert p.decode_member_lease(lease(renew="yesterday"), 60).renew_time is None  # type: ignore[union-attr]
+
+
+def test_grant_lease_codec() -> None:
+    body = p.grant_lease_body("kupd-system", "w-1", "{}", 7)
+    assert body["metadata"]["name"] == "kupd-grant-w-1"
+    assert body["metadata"]["annotations"] == {p.ANN_GRANT: "{}", p.ANN_EPOCH: "7"}
+    assert body["metadata"]["labels"][p.LABEL_LEASE_KIND] == p.LEASE_KIND_GRANT
+    assert p.grant_values([body, lease()]) == {"w-1": "{}"}
+
+
+def test_event_bodies() -> None:
+    from kupd.planner import PlanEvent
+    from kupd.statuswriter import event_bodies
+
+    ref = {"metadata": {"name": "op", "uid": "u"}}
+    on_both = event_bodies(ref, PlanEvent("NodeFailed", "w-1 failed", "w-1", True), "cp-1", "2026-11-27T12:00:00Z")
+    assert [b["involvedObject"]["kind"] for b in on_both] == ["DirectUpdate", "Node"]
+    assert on_both[0]["type"] == "Warning" and on_both[0]["lastTimestamp"] == "2026-11-27T12:00:00Z"
+    node_only = event_bodies(ref, PlanEvent("StepStarted", "w-1: drain", "w-1"), "cp-1", "t")
+    assert [b["involvedObject"]["kind"] for b in node_only] == ["Node"]

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from kupd.api.models import DrainPolicy
 from kupd.errors import PermanentError, RetryableError
-from kupd.kubeapi import ApiError
-from kupd.nodeops import DrainPolicy, NodeOps
+from kupd.k8s import ApiError
+from kupd.nodeops import NodeOps
 from kupd.protocol import ANN_CORDONED_BY
 
 NODE_PATH = "/api/v1/nodes/w-1"
@@ -65,7 +66,7 @@ class FakeApi:
 
 
 def ops(api: FakeApi) -> NodeOps:
-    return NodeOps(api, "w-1")  # type: ignore[arg-type]  # the fake stands in for kubeapi.Client
+    return NodeOps(api, "w-1")  # type: ignore[arg-type]  # the fake stands in for k8s.Client
 
 
 def test_cordon_marks_the_node_and_uncordon_only_undoes_its_own_mark() -> None:
@@ -90,7 +91,7 @@ def test_drain_evicts_through_the_eviction_api_skipping_daemonsets_and_mirror_po
         pod("agent", metadata={"ownerReferences": [{"kind": "DaemonSet", "name": "agent"}]}),
         pod("static", metadata={"annotations": {"kubernetes.io/config.mirror": "x"}}),
     ])
-    ops(api).drain(DrainPolicy(grace_period_seconds=30), lambda reason, msg: None, sleep=lambda s: None)
+    ops(api).drain(DrainPolicy.model_construct(grace_period_seconds=30), lambda reason, msg: None, sleep=lambda s: None)
     evictions = [w for w in api.writes if w[0] == "create"]
     assert evictions == [("create", "/api/v1/namespaces/default/pods/web/eviction", {
         "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web", "namespace": "default"},
@@ -108,8 +109,8 @@ def test_a_refused_eviction_is_reported_with_the_blocking_pdb() -> None:
     api = FakeApi(pods=[pod("web", {"app": "web"})], pdbs=pdbs, evict_status=429)
     reports: list[tuple[str, str]] = []
     with pytest.raises(PermanentError) as caught:
-        ops(api).drain(DrainPolicy(timeout_seconds=0), lambda reason, msg: reports.append((reason, msg)),
-                       sleep=lambda s: None)
+        ops(api).drain(DrainPolicy.model_construct(timeout_seconds=0),
+                       lambda reason, msg: reports.append((reason, msg)), sleep=lambda s: None)
     msg = "eviction of pod default/web refused by PodDisruptionBudget default/web-pdb"
     assert reports == [("DrainBlocked", msg)]
     assert msg in str(caught.value)
@@ -119,7 +120,7 @@ def test_a_refused_eviction_is_reported_with_the_blocking_pdb() -> None:
 
 def test_force_delete_on_timeout() -> None:
     api = FakeApi(pods=[pod("web", {"app": "web"})], evict_status=429)
-    ops(api).drain(DrainPolicy(timeout_seconds=0, on_timeout="ForceDelete"), lambda r, m: None,
+    ops(api).drain(DrainPolicy.model_construct(timeout_seconds=0, on_timeout="ForceDelete"), lambda r, m: None,
                    sleep=lambda s: None)
     assert api.pods == []
     assert ("delete", "/api/v1/namespaces/default/pods/web", None, {"gracePeriodSeconds": 0}) in api.writes
@@ -128,16 +129,16 @@ def test_force_delete_on_timeout() -> None:
 def test_emptydir_data_needs_consent() -> None:
     api = FakeApi(pods=[pod("cache", volumes=[{"name": "scratch", "emptyDir": {}}])])
     with pytest.raises(PermanentError, match="default/cache uses emptyDir"):
-        ops(api).drain(DrainPolicy(), lambda r, m: None, sleep=lambda s: None)
+        ops(api).drain(DrainPolicy.model_construct(), lambda r, m: None, sleep=lambda s: None)
     api = FakeApi(pods=[pod("cache", volumes=[{"name": "scratch", "emptyDir": {}}])])
-    ops(api).drain(DrainPolicy(delete_emptydir_data=True), lambda r, m: None, sleep=lambda s: None)
+    ops(api).drain(DrainPolicy.model_construct(delete_empty_dir_data=True), lambda r, m: None, sleep=lambda s: None)
     assert api.pods == []
 
 
 def test_an_eviction_failing_otherwise_is_mapped() -> None:
     api = FakeApi(pods=[pod("web")], evict_status=500)
     with pytest.raises(RetryableError, match="evict web"):
-        ops(api).drain(DrainPolicy(), lambda r, m: None, sleep=lambda s: None)
+        ops(api).drain(DrainPolicy.model_construct(), lambda r, m: None, sleep=lambda s: None)
 
 
 def test_wait_ready_reads_ready_and_kubelet_version() -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from kupd import planner
+from kupd import dryrun, planner, selectors
+from kupd.api.models import DirectUpdateSpec, parse_directupdate_spec
 from kupd.errors import ValidationError
 from kupd.planner import MemberView, NodeView, Operation, plan
 from kupd.protocol import Grant, Report
@@ -25,10 +26,18 @@ def cluster(cps: int, workers: int, version: str = "v1.31.2", labels: dict[str, 
     return nodes, members
 
 
+def typed(spec: dict[str, Any]) -> DirectUpdateSpec | ValidationError:
+    """The spec as the coordinator hands it to the planner: parsed by kupd.api.models, or the error."""
+    try:
+        return parse_directupdate_spec(spec)
+    except ValidationError as e:
+        return e
+
+
 def run(spec: dict[str, Any], nodes: list[NodeView], members: dict[str, MemberView],
         status: dict[str, Any] | None = None, now: datetime = NOW, annotations: dict[str, str] | None = None,
         **kw: Any) -> planner.Plan:
-    op = Operation("op", UID, 1, spec, status or {}, annotations or {})
+    op = Operation("op", UID, 1, typed(spec), status or {}, annotations or {})
     return plan(op, nodes, members, epoch=3, coordinator="cp-1", now=now, **kw)
 
 
@@ -171,11 +180,8 @@ def test_workers_only_cannot_pass_the_control_plane() -> None:
 
 
 def test_invalid_spec_condition_names_the_field() -> None:
-    def validate(spec: dict[str, Any]) -> None:
-        raise ValidationError("spec.drain.timeoutSeconds", "must be at least 30")
-
     nodes, members = cluster(1, 1)
-    p = run({"version": "v1.32.0"}, nodes, members, validate_spec=validate)
+    p = run({"version": "v1.32.0", "drain": {"timeoutSeconds": 10}}, nodes, members)
     cond = next(c for c in p.status["conditions"] if c["type"] == "Valid")
     assert cond["status"] == "False" and "spec.drain.timeoutSeconds" in cond["message"]
 
@@ -215,12 +221,13 @@ def test_done_when_every_node_is_at_the_target() -> None:
     ({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}, {}, True),
 ])
 def test_selector(selector: dict[str, Any] | None, labels: dict[str, str], want: bool) -> None:
-    assert planner.selector_matches(selector, labels) is want
+    assert selectors.matches(selector, labels) is want
 
 
 def test_dry_run_waves_and_estimate() -> None:
     nodes, members = cluster(2, 5)
-    status, waves = planner.simulate({"version": "v1.32.0", "concurrency": 2, "backup": NO_BACKUP}, nodes, members,
+    spec = parse_directupdate_spec({"version": "v1.32.0", "concurrency": 2, "backup": NO_BACKUP})
+    status, waves = dryrun.simulate(spec, nodes, members,
                                      node_seconds=600)
     assert status["phase"] == "Succeeded"
     assert [w.nodes for w in waves] == [["cp-1"], ["cp-2"], ["w-1", "w-2"], ["w-3", "w-4"], ["w-5"]]
@@ -229,7 +236,8 @@ def test_dry_run_waves_and_estimate() -> None:
 
 def test_dry_run_multi_minor_is_hop_major() -> None:
     nodes, members = cluster(2, 1, version="v1.30.1")
-    status, waves = planner.simulate({"version": "v1.32.3", "backup": NO_BACKUP}, nodes, members, 60,
+    spec = parse_directupdate_spec({"version": "v1.32.3", "backup": NO_BACKUP})
+    status, waves = dryrun.simulate(spec, nodes, members, 60,
                                      resolved_minors={(1, 31): "v1.31.9"})
     assert status["hops"] == ["v1.31.9", "v1.32.3"]
     assert [(w.nodes, w.versions) for w in waves] == [
@@ -286,9 +294,16 @@ def test_retry_regrants_the_same_work_once_per_request() -> None:
     assert p.status["nodes"][1]["phase"] == "Failed"
 
 
+def mk_grant(operation: str, uid: str, epoch: int, versions: list[str], granted_at: str,
+             first_control_plane: bool = False, backup: bool = False) -> Grant:
+    work = parse_directupdate_spec({"version": versions[-1]}).node_work(
+        versions, control_plane=first_control_plane, first_control_plane=first_control_plane, backup=backup)
+    return Grant(operation, uid, epoch, granted_at, work)
+
+
 def _delivered(p: planner.Plan, name: str, op_uid: str = UID) -> Grant:
     g = next(e for e in p.status["nodes"] if e["name"] == name)["grant"]
-    return Grant("op", op_uid, g["epoch"], g["versions"], g["grantedAt"], g["firstControlPlane"], g["backup"])
+    return mk_grant("op", op_uid, g["epoch"], g["versions"], g["grantedAt"], g["firstControlPlane"], g["backup"])
 
 
 def test_a_delivered_grant_the_status_lost_is_adopted_and_its_slot_not_given_twice() -> None:
@@ -316,7 +331,7 @@ def test_delivered_grants_of_another_operation_or_an_ended_turn_are_not_adopted(
     nodes, members = cluster(1, 2)
     spec = {"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP}
     p = run(spec, nodes, members)
-    other = {"w-1": Grant("older", "uid-0", 1, ["v1.31.9"], "2026-11-20T00:00:00Z")}
+    other = {"w-1": mk_grant("older", "uid-0", 1, ["v1.31.9"], "2026-11-20T00:00:00Z")}
     p2 = run(spec, nodes, members, p.status, delivered=other)
     assert granted(p2) == ["cp-1"]
     # cp-1's turn ended; its grant Lease is not cleared yet: the Succeeded entry stays Succeeded.
@@ -331,7 +346,7 @@ def test_a_turn_of_another_operation_not_yet_over_holds_its_slot() -> None:
     # op "older" was deleted while w-1 was mid-turn; w-1's grant Lease still carries that turn.
     nodes, members = cluster(0, 3, version="v1.31.2")
     spec = {"version": "v1.31.3", "concurrency": 2, "backup": NO_BACKUP}
-    other = {"w-1": Grant("older", "uid-0", 1, ["v1.31.3"], "2026-11-27T11:00:00Z")}
+    other = {"w-1": mk_grant("older", "uid-0", 1, ["v1.31.3"], "2026-11-27T11:00:00Z")}
     p = run(spec, nodes, members, delivered=other)
     assert granted(p) == ["w-2"], "one of two slots is w-1's, and w-1 is not granted twice"
     members["w-1"] = MemberView("w-1", True, Version.parse("v1.31.3"),
@@ -448,7 +463,8 @@ def test_a_lost_turn_of_another_operation_is_named_not_silent() -> None:
     members["cp-1"] = MemberView("cp-1", True, Version.parse("v1.32.0"))
     members["w-1"] = MemberView("w-1", False, Version.parse("v1.31.2"),
                                 Report("old", "uid-old", 3, ["v1.32.0"], "Upgrading", "drain", granted_at="t0"))
-    other = Grant("old", "uid-old", 3, ["v1.32.0"], "t0")
+    other = Grant("old", "uid-old", 3, "t0", typed({"version": "v1.32.0"}).node_work(  # type: ignore[union-attr]
+        ["v1.32.0"], control_plane=False, first_control_plane=False, backup=False))
     p = run({"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP}, nodes, members, delivered={"w-1": other})
     assert granted(p) == []
     assert p.status["phase"] == "RequiresAttention"

@@ -18,11 +18,12 @@ from prometheus_client import REGISTRY
 from kupd import config, metrics, oneversion
 from kupd import protocol as p
 from kupd.agent import Agent
+from kupd.api.models import NodeWork, parse_directupdate_spec
 from kupd.checkpoint import Checkpoint, CheckpointStore
 from kupd.errors import DeadlineExceeded, ValidationError
 from kupd.host import runner
-from kupd.host.simulated import SimulatedHost
 from kupd.nodeops import NodeOps
+from kupd.sim.simulated import SimulatedHost
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,16 +45,21 @@ def test_step_deadlines_default_and_override() -> None:
     s = config.parse({"steps": {"deadline_seconds": {"kubelet-package": 3}}})
     assert s.steps.deadline("kubelet-package") == 3
     assert s.steps.deadline("kubeadm-upgrade") == config.DEFAULT_STEP_DEADLINES["kubeadm-upgrade"]
-    assert set(config.DEFAULT_STEP_DEADLINES) == set(p.STEPS)
+    assert set(config.DEFAULT_STEP_DEADLINES) == {str(s) for s in p.Step}
     with pytest.raises(ValidationError, match="unknown step"):
         config.parse({"steps": {"deadline_seconds": {"kubelet": 3}}})
     with pytest.raises(ValidationError):
         config.parse({"steps": {"deadline_seconds": {"drain": 0}}})
 
 
+def _work(versions: list[str] | None = None) -> NodeWork:
+    return parse_directupdate_spec({"version": "v1.32.0", "maxAttempts": 3}).node_work(
+        versions or ["v1.32.0"], control_plane=False, first_control_plane=False, backup=False)
+
+
 def _grant(**kw: Any) -> p.Grant:
-    base: dict[str, Any] = {"operation": "op", "uid": "uid-1", "epoch": 1, "versions": ["v1.32.0"],
-                            "granted_at": "2026-11-27T12:00:00Z", "spec": {"maxAttempts": 3}}
+    base: dict[str, Any] = {"operation": "op", "uid": "uid-1", "epoch": 1, "granted_at": "2026-11-27T12:00:00Z",
+                            "work": _work()}
     return p.Grant(**{**base, **kw})
 
 
@@ -95,13 +101,15 @@ def test_a_hung_step_fails_the_node_at_its_deadline_naming_the_step(tmp_path: Pa
 
 # -- corrupt checkpoints ------------------------------------------------------------------------
 
-GOOD = Checkpoint(operation="op", uid="u", epoch=2, versions=["v1.32.0"], phase="Upgrading")
+GOOD = Checkpoint(grant=p.Grant("op", "u", 2, "2026-11-27T12:00:00Z", _work()), phase="Upgrading")
 
 CORRUPT = {
     "empty": b"",
     "truncated": json.dumps({"operation": "op", "uid": "u", "versions": ["v1.32.0"]}).encode()[:20],
     "not an object": b"[]",
     "wrong types": json.dumps({"uid": 7, "versions": "v1.32.0", "phase": ["Upgrading"]}).encode(),
+    "bad grant": json.dumps({"grant": {"operation": "op", "uid": 5}, "phase": "Upgrading"}).encode(),
+    "old-style of the wrong shape": json.dumps({"uid": "u", "versions": 5, "spec": {"version": "v1.32.0"}}).encode(),
     "bad step": json.dumps({"steps": {"v1.32.0/drain": {"state": 5}}}).encode(),
     "unknown phase": json.dumps({"phase": "Exploded"}).encode(),
     "active without grant": json.dumps({"phase": "Upgrading"}).encode(),
@@ -116,7 +124,7 @@ def test_a_corrupt_checkpoint_is_moved_aside_not_deleted(tmp_path: Path, kind: s
     cp = store.load()
     aside = list(tmp_path.glob("checkpoint.json.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == CORRUPT[kind]
-    assert cp.corrupt == str(aside[0]) and not cp.active and not cp.uid
+    assert cp.corrupt == str(aside[0]) and not cp.active and cp.grant is None
     # The fresh checkpoint is stored and keeps the note over a restart.
     assert store.load() == cp
 

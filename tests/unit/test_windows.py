@@ -10,6 +10,7 @@ import pytest
 from kupd.clock import ManualClock
 from kupd.errors import ValidationError
 from kupd.protocol import ANN_WINDOW_END, ANN_WINDOW_START
+from kupd.rfc3339 import format_time
 from kupd.windows import (
     BEFORE_WINDOW,
     DOES_NOT_FIT,
@@ -19,7 +20,6 @@ from kupd.windows import (
     WINDOW_TOO_SHORT,
     can_start_node,
     expected_node_seconds,
-    format_time,
     window_annotations,
     window_from_annotations,
 )

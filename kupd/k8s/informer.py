@@ -1,0 +1,158 @@
+"""A small informer: list+watch one resource into a local cache.
+
+Watches keep a local cache per resource; a dropped watch resumes from the last resourceVersion
+and relists on 410 Gone, so API outages cost one list when it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kupd.k8s.client import ApiError, Client, Watch
+
+log = logging.getLogger(__name__)
+
+
+def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:
+    """Whether `obj` is an older version of `than`. resourceVersions are opaque by contract, but
+    kube-apiserver's are etcd revisions (integers); anything else is never called older."""
+    if than is None:
+        return False
+    a = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+    b = str((than.get("metadata") or {}).get("resourceVersion", ""))
+    return a.isdigit() and b.isdigit() and int(a) < int(b)
+
+
+class Informer:
+    """List+watch one resource into a dict cache keyed by namespace/name; call `on_change` on every change.
+
+    Objects are kept as plain dicts (the API's JSON), so custom and built-in resources look alike.
+    `query` are the list's parameters, e.g. labelSelector or fieldSelector.
+    """
+
+    def __init__(self, name: str, api: Client, resource: str, on_change: Callable[[], None],
+                 relevant: Callable[[dict[str, Any] | None, dict[str, Any]], bool] | None = None,
+                 **query: Any) -> None:
+        self.name = name
+        # When given, a MODIFIED event calls on_change only if relevant(old, new) is true.
+        self._relevant = relevant
+        self._api = api
+        self._resource = resource
+        self._query = query
+        self._on_change = on_change
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.synced = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"informer-{name}", daemon=True)
+        self._watch: Watch | None = None
+
+    def start(self) -> Informer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.close()
+
+    def items(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._cache.values())
+
+    def put(self, obj: dict[str, Any]) -> None:
+        """Record an object this process just wrote, before its watch event arrives."""
+        with self._lock:
+            if not _older(obj, self._cache.get(self.key(obj))):
+                self._cache[self.key(obj)] = obj
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._cache.get(key)
+
+    @staticmethod
+    def key(obj: dict[str, Any]) -> str:
+        md = obj.get("metadata", {})
+        ns = md.get("namespace")
+        return f"{ns}/{md['name']}" if ns else str(md["name"])
+
+    def _relist(self) -> str:
+        data = self._api.list(self._resource, **self._query)
+        with self._lock:
+            fresh = {self.key(o): o for o in data.get("items") or []}
+            for k, o in fresh.items():
+                mine = self._cache.get(k)
+                if mine is not None and _older(o, mine):
+                    fresh[k] = mine  # put() while the list was under way
+            self._cache = fresh
+        self.synced.set()
+        self._on_change()
+        return str(data["metadata"]["resourceVersion"])
+
+    def _consume(self, watch: Watch, rv: str | None) -> str | None:
+        """Apply a watch's events to the cache until it ends; returns the resourceVersion to resume
+        from (None: relist)."""
+        for ev in watch:
+            if self._stop.is_set():
+                return rv
+            typ, obj = ev["type"], ev["object"]
+            if typ == "ERROR":
+                if obj.get("code") == 410:
+                    return None  # our resourceVersion is too old: relist
+                raise RuntimeError(f"watch error: {obj.get('message')}")
+            rv = obj.get("metadata", {}).get("resourceVersion", rv)
+            if typ != "BOOKMARK" and self._apply(typ, obj):
+                self._on_change()
+        return rv
+
+    def _apply(self, typ: str, obj: dict[str, Any]) -> bool:
+        """Apply one event to the cache; whether it is a change that calls on_change."""
+        with self._lock:
+            if typ == "DELETED":
+                old = self._cache.pop(self.key(obj), None)
+            else:
+                old = self._cache.get(self.key(obj))
+                if _older(obj, old):
+                    return False  # this process already put() a newer version
+                self._cache[self.key(obj)] = obj
+        return not (typ == "MODIFIED" and self._relevant is not None and not self._relevant(old, obj))
+
+    def _run(self) -> None:
+        rv: str | None = None
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    rv = self._relist()
+                self._watch = self._api.watch(self._resource, resource_version=rv, timeout_seconds=240,
+                                              **self._query)
+                if self._stop.is_set():  # stop() ran while the watch was being opened
+                    self._watch.close()
+                    return
+                started = time.monotonic()
+                rv = self._consume(self._watch, rv)
+                if self._stop.is_set():
+                    return
+                backoff = 0.5
+                if time.monotonic() - started < 1.0:
+                    self._stop.wait(1.0)  # a watch the server ends at once must not become a busy loop
+            except ApiError as e:
+                if e.status == 410:
+                    rv = None
+                    continue
+                # Refusals say the credential or its roles are wrong: the operator must see them.
+                level = logging.WARNING if e.status in (401, 403) else logging.DEBUG
+                log.log(level, "informer %s: %s; retrying in %.1fs", self.name, e, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as e:
+                # A dropped connection or an API outage: relist, since a restarted API server may
+                # not know our resourceVersion any more.
+                rv = None
+                log.debug("informer %s: %s; relisting in %.1fs", self.name, e, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
