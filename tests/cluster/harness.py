@@ -51,6 +51,23 @@ def wait_phase(cp: ControlPlane, name: str, phases: tuple[str, ...], timeout: fl
     raise AssertionError(f"{name} did not reach {phases} in {timeout}s; last status: {json.dumps(st)[:3000]}")
 
 
+def wait_registered(sim: SimCluster, timeout: float = 60) -> None:
+    """Until every simulated node has its Node and its member Lease: a DirectUpdate applied before
+    plans without the nodes still starting (which then join mid-rollout)."""
+    deadline = time.monotonic() + timeout
+    want = set(sim.nodes)
+    while time.monotonic() < deadline:
+        nodes = json.loads(sim.cp.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+        leases = json.loads(sim.cp.kubectl("-n", NAMESPACE, "get", "leases", "-o", "json").stdout)["items"]
+        have_nodes = {n["metadata"]["name"] for n in nodes}
+        have_members = {x["metadata"]["name"][len(p.MEMBER_LEASE_PREFIX):] for x in leases
+                        if x["metadata"]["name"].startswith(p.MEMBER_LEASE_PREFIX)}
+        if want <= have_nodes and want <= have_members:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"nodes not registered in {timeout}s: {sorted(want)}")
+
+
 def cleanup(cp: ControlPlane) -> None:
     cp.kubectl("delete", "directupdates", "--all", "--wait=true", check=False)
     cp.kubectl("delete", "nodes", "--all", check=False)

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
-from kupd.sim.simcluster import SimCluster
 
-from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_phase
+from kupd.sim.simcluster import SimCluster
+from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_phase, wait_registered
 
 NO_BACKUP = {"required": False}
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,6 +110,7 @@ def test_raising_the_version_mid_rollout_replans_the_hops(sim: SimCluster) -> No
     sim.add_node("cp-2", control_plane=True)
     sim.add_node("w-1")
     sim.add_node("w-2")
+    wait_registered(sim)
     mon = Monitor(sim.cp).start()
     try:
         apply_du(sim.cp, "raise", {"version": "v1.32.0", "backup": NO_BACKUP})
