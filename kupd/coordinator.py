@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kupd import k8s, logsetup, planner
+from kupd import k8s, logsetup, planner, untrusted
 from kupd import protocol as p
 from kupd.api.models import DirectUpdateSpec, HealthGates, parse_directupdate_spec
 from kupd.election import Elector
@@ -31,7 +31,6 @@ from kupd.versions import Version
 
 log = logging.getLogger(__name__)
 
-GATE_SECONDS = 5.0
 # A member Lease's own duration, as its node wrote it, bounded: a node cannot make itself immortal.
 MEMBER_DURATION_BOUNDS = (5, 600)
 
@@ -77,7 +76,6 @@ class Coordinator:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._resolved: dict[tuple[int, int], str] = {}
-        self._gate_cache: tuple[str, float, str | None] | None = None
         self.grant_writes = 0
         # The parsed spec of each DirectUpdate, by uid and generation: parsed once, not every round.
         self._specs: dict[str, tuple[int, DirectUpdateSpec | ValidationError]] = {}
@@ -160,11 +158,18 @@ class Coordinator:
 
     # -- one round -------------------------------------------------------------------------
     def _views(self, now: datetime) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
+        """The planner's inputs. Facts the cluster knows (kubelet version, readiness) come from the
+        Node, which the kubelet writes; a member Lease, which its node's kupd credential writes,
+        only says whether kupd there is alive and where its agent is. Every member Lease is decoded
+        (and checked: protocol.decode_member_lease) once per resourceVersion; an invalid one is a
+        fact about its node, never an exception here."""
         nodes = []
+        kubelets: dict[str, Version | None] = {}
         for n in self.nodes.items():
             labels = n["metadata"].get("labels") or {}
-            nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels,
-                                          k8s.ready(n)))
+            name = n["metadata"]["name"]
+            nodes.append(planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, k8s.ready(n)))
+            kubelets[name] = untrusted.node_kubelet(n)
         members: dict[str, planner.MemberView] = {}
         mono = time.monotonic()
         present = set()
@@ -188,7 +193,7 @@ class Coordinator:
             # monotonic clock: renewTime is the node's clock and is never compared with anything.
             lo, hi = MEMBER_DURATION_BOUNDS
             alive = mono - seen[1] < min(max(m.duration, lo), hi)
-            members[m.node] = planner.MemberView(m.node, alive, m.kubelet, m.report)
+            members[m.node] = planner.MemberView(m.node, alive, kubelets.get(m.node), m.report, m.problem)
         for name in [n for n in self._seen if n not in present]:
             del self._seen[name]
         return nodes, members
@@ -381,13 +386,9 @@ class Coordinator:
             log.info("delivered grant to %s", node)
 
     def _gates(self, gates: HealthGates | None) -> str | None:
-        """External health gates, evaluated at most every GATE_SECONDS (they cost a query each)."""
+        """External health gates' latest verdict. `evaluate_gates` (health.GateRunner, wired by the
+        daemon) answers at once and evaluates off this thread: a gate that does not answer must not
+        delay grants and status."""
         if gates is None or self.evaluate_gates is None:
             return None
-        now = time.monotonic()
-        key = repr(gates)
-        if self._gate_cache and self._gate_cache[0] == key and now - self._gate_cache[1] < GATE_SECONDS:
-            return self._gate_cache[2]
-        result = self.evaluate_gates(gates)
-        self._gate_cache = (key, now, result)
-        return result
+        return self.evaluate_gates(gates)

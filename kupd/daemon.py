@@ -194,7 +194,7 @@ class Daemon:
                                            self.settings.lease.member_duration_seconds, elector,
                                            host.newest_patch, on_plan=metrics.operation_status,
                                            scheduler=Scheduler(api, SystemClock(), host.newest_patch),
-                                           gates=functools.partial(health.evaluate, api),
+                                           gates=health.GateRunner(functools.partial(health.evaluate, api)),
                                            on_operations=metrics.forget_operations,
                                            on_refused=metrics.status_refused)
             self.coordinator.start()

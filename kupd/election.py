@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kupd import k8s
 from kupd import protocol as p
-from kupd.rfc3339 import format_micro
+from kupd.rfc3339 import format_micro, parse_or_none
 
 log = logging.getLogger(__name__)
+
+
+def _int(value: object, default: int) -> int:
+    """An integer field of a Lease another node may have written: anything else is `default`."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else default
 
 
 class Elector:
@@ -26,6 +32,8 @@ class Elector:
         self.identity = identity
         self.duration = duration
         self.epoch = -1
+        self.live_takeovers = 0  # takeovers of this daemon's Lease while it was live (see below)
+        self._live_until = 0.0  # monotonic time until which this daemon's last renewal holds
         self._observed: tuple[str, str] | None = None
         self._observed_at = 0.0
         self._renewed_at = 0.0
@@ -67,17 +75,33 @@ class Elector:
         mono = time.monotonic()
         if (holder, renew) != self._observed:
             self._observed, self._observed_at = (holder, renew), mono
-        transitions = int(spec.get("leaseTransitions") or 0)
+        transitions = _int(spec.get("leaseTransitions"), 0)
         if holder == self.identity:
             spec["renewTime"] = now
             if self._replace(lease):
                 return self._won(transitions, started)
             return False
-        expired = not holder or mono - self._observed_at > int(spec.get("leaseDurationSeconds") or self.duration)
+        held_for = _int(spec.get("leaseDurationSeconds"), 0) or self.duration
+        if holder and time.monotonic() < self._live_until:
+            # Admission only checks the times a taker claims (CEL has no clock); the holder
+            # itself knows it renewed in time, so a takeover of its live Lease is detected here.
+            log.error("the coordinator Lease was taken from this live holder by %r (epoch %d -> %d); "
+                      "admission policy kupd.io-leases admits a takeover only after expiry, so the taker "
+                      "claimed a time ahead of the cluster's", holder, self.epoch, transitions)
+            self.live_takeovers += 1
+            self._live_until = 0.0
+        expired = not holder or mono - self._observed_at > held_for
         if not expired:
             self.epoch = -1
             return False
-        spec.update(holderIdentity=self.identity, acquireTime=now, renewTime=now,
+        # Observed expiry is measured on this daemon's monotonic clock; the admission policy wants
+        # acquireTime at least a lease duration after the last renewTime, on the writers' clocks.
+        # A clock behind the old holder's would be refused, so the claim is moved that far ahead.
+        acquired = now
+        last = parse_or_none(renew) if holder else None
+        if last is not None and datetime.now(UTC) < last + timedelta(seconds=held_for, milliseconds=1):
+            acquired = format_micro(last + timedelta(seconds=held_for, milliseconds=1))
+        spec.update(holderIdentity=self.identity, acquireTime=acquired, renewTime=acquired,
                     leaseDurationSeconds=self.duration, leaseTransitions=transitions + 1)
         if self._replace(lease):
             log.info("became coordinator at epoch %d (previous holder %r)", transitions + 1, holder)
@@ -100,6 +124,7 @@ class Elector:
     def _won(self, epoch: int, started: float) -> bool:
         self.epoch = epoch
         self._renewed_at = started
+        self._live_until = started + self.duration
         return True
 
     def release(self) -> None:
@@ -114,3 +139,4 @@ class Elector:
         except Exception as e:
             log.debug("releasing the coordinator lease: %s", e)
         self.epoch = -1
+        self._live_until = 0.0

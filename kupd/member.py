@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kupd import __version__, k8s
+from kupd import __version__, k8s, metrics
 from kupd import protocol as p
 from kupd.errors import KupdError
 from kupd.host.base import HostFacts
@@ -67,6 +67,7 @@ class Member:
                              body, f"renew lease {self.name}", create_body=create)
         self.writes += 1
         self.last_ok = datetime.now(UTC)
+        metrics.member_renewed()
 
     def poke(self) -> None:
         """Publish now: the report changed."""

@@ -5,12 +5,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from kupd import __version__
+from kupd.backup import metrics as _backup_metrics  # noqa: F401  (registered: see below)
 from kupd.protocol import STEPS, Report
+
+# The backup metrics are registered with every daemon from its start (gauges at 0 until its first
+# backup), so dashboards and alert rules find them on every node, not only after a backup ran here.
 
 COORDINATOR_LEADER = Gauge("kupd_coordinator_leader", "1 while this daemon holds the coordinator lease.")
 COORDINATOR_EPOCH = Gauge("kupd_coordinator_epoch", "Epoch (lease transitions) of the coordinator lease held.")
@@ -68,10 +73,40 @@ OPERATION_STATE_CHANGE = Gauge("kupd_coordinator_operation_state_change_timestam
 STATUS_REFUSED = Counter("kupd_coordinator_status_writes_refused_total",
                          "Status writes of a DirectUpdate the API server refused as invalid (a kupd defect).",
                          ["operation"])
+OPERATION_PROGRESS = Gauge(
+    "kupd_coordinator_operation_progress_timestamp_seconds",
+    "When a node of the DirectUpdate last changed phase or step, as this coordinator saw it "
+    "(or when this daemon started coordinating it).", ["operation"])
+# Handoffs take from well under a second (the next node is granted in the round that saw the turn
+# end) to minutes (canary bake times, health gates, a pause).
+HANDOFF_GAP = Histogram(
+    "kupd_coordinator_handoff_gap_seconds",
+    "How long a slot stayed free: from the coordinator seeing a node's turn end to its next grant.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))
+MEMBER_RENEW = Gauge("kupd_member_lease_renew_timestamp_seconds",
+                     "When this daemon last renewed its member Lease.")
 BUILD_INFO = Gauge("kupd_build_info", "Always 1; the kupd version in the label.", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)
 
+TURN_OVER = ("Succeeded", "Failed", "Skipped")
+# A lost node still holds its slot: its return to Upgrading is no new grant.
+IN_TURN = ("Granted", "Upgrading", "Lost")
 _op_phase: dict[str, str] = {}
+
+
+@dataclass
+class _Progress:
+    """What the coordinator last saw of one operation's nodes, to time progress and handoffs."""
+
+    nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    freed: list[float] = field(default_factory=list)  # monotonic times of turns ended, not yet re-granted
+
+
+_progress: dict[str, _Progress] = {}
+
+
+def member_renewed() -> None:
+    MEMBER_RENEW.set(time.time())
 
 
 def operation_status(name: str, status: Mapping[str, Any]) -> None:
@@ -88,6 +123,29 @@ def operation_status(name: str, status: Mapping[str, Any]) -> None:
             counts[e["phase"]] += 1
     for ph, n in counts.items():
         OPERATION_NODES.labels(operation=name, phase=ph).set(n)
+    _node_progress(name, status, time.monotonic())
+
+
+def _node_progress(name: str, status: Mapping[str, Any], now: float) -> None:
+    nodes = {str(e.get("name")): (str(e.get("phase") or ""), str(e.get("step") or ""))
+             for e in status.get("nodes") or [] if isinstance(e, Mapping)}
+    seen = _progress.get(name)
+    if seen is None:
+        # First sight (a new operation, or this daemon just took over): the clock starts now.
+        _progress[name] = _Progress(nodes)
+        OPERATION_PROGRESS.labels(operation=name).set(time.time())
+        return
+    if nodes == seen.nodes:
+        return
+    OPERATION_PROGRESS.labels(operation=name).set(time.time())
+    before = seen.nodes
+    # Turns that ended free a slot; the turns granted next fill the oldest free slots first.
+    seen.freed += [now for n, (ph, _) in nodes.items()
+                   if ph in TURN_OVER and before.get(n, ("", ""))[0] in IN_TURN]
+    for n, (ph, _) in nodes.items():
+        if ph in IN_TURN and before.get(n, ("", ""))[0] not in IN_TURN and seen.freed:
+            HANDOFF_GAP.observe(now - seen.freed.pop(0))
+    seen.nodes = nodes
 
 
 def forget_operations(keep: Collection[str]) -> None:
@@ -98,10 +156,11 @@ def forget_operations(keep: Collection[str]) -> None:
             for ph in phases:
                 with contextlib.suppress(KeyError):
                     gauge.remove(name, ph)
-        for labelled in (OPERATION_STATE_CHANGE, STATUS_REFUSED):
+        for labelled in (OPERATION_STATE_CHANGE, OPERATION_PROGRESS, STATUS_REFUSED):
             with contextlib.suppress(KeyError):
                 labelled.remove(name)
         del _op_phase[name]
+        _progress.pop(name, None)
 
 
 def status_refused(name: str) -> None:
@@ -111,6 +170,7 @@ def status_refused(name: str) -> None:
 
 def coordinator_stopped() -> None:
     """Drop the per-operation series when this daemon stops coordinating: the new coordinator has them."""
-    for g in (OPERATION_PHASE, OPERATION_NODES, OPERATION_STATE_CHANGE, STATUS_REFUSED):
+    for g in (OPERATION_PHASE, OPERATION_NODES, OPERATION_STATE_CHANGE, OPERATION_PROGRESS, STATUS_REFUSED):
         g.clear()
     _op_phase.clear()
+    _progress.clear()

@@ -22,8 +22,6 @@ from kupd.conditions import Condition, set_condition
 from kupd.errors import ValidationError
 from kupd.protocol import (
     ANN_RETRY_NODES,
-    ANN_WINDOW_END,
-    ANN_WINDOW_START,
     GRANT_LEASE_PREFIX,
     Grant,
     NodePhase,
@@ -33,7 +31,7 @@ from kupd.protocol import (
     TurnPhase,
     grant_record,
 )
-from kupd.rfc3339 import format_time, parse_or_none, parse_time
+from kupd.rfc3339 import format_time, parse_or_none
 from kupd.versions import SkewError, Version, check_target
 
 PENDING, GRANTED, UPGRADING, SUCCEEDED, FAILED, SKIPPED, LOST = (
@@ -46,6 +44,9 @@ OP_PENDING, OP_RUNNING, OP_PAUSED, OP_SUCCEEDED, OP_FAILED, OP_ATTENTION = (
     OpPhase.PENDING, OpPhase.RUNNING, OpPhase.PAUSED, OpPhase.SUCCEEDED, OpPhase.FAILED, OpPhase.REQUIRES_ATTENTION,
 )
 TERMINAL_OP = (OP_SUCCEEDED, OP_FAILED)
+MAX_NODE_MESSAGE = 2048  # status.nodes[].message
+VERIFY_GRACE_SECONDS = 10.0
+"""How long a reported success may wait for the Node to show the new kubelet version."""
 
 
 class Reason(StrEnum):
@@ -68,6 +69,7 @@ class Reason(StrEnum):
     WAITING = "Waiting"
     PAUSED = "Paused"
     OUTSIDE_WINDOW = "OutsideWindow"
+    INVALID_WINDOW = "InvalidWindow"
     GATE_FAILED = "GateFailed"
     GATES_PASSED = "GatesPassed"
     NO_PROBLEM = "NoProblem"
@@ -101,10 +103,15 @@ class NodeView:
 
 @dataclass(frozen=True)
 class MemberView:
+    """A node's kupd member as the planner sees it. `kubelet` is the version its Node reports (the
+    kubelet writes it, not kupd); `report` is where its agent is; `problem` says what in its member
+    Lease was invalid (protocol.decode_member_lease), a fact about this node only."""
+
     node: str
     alive: bool
     kubelet: Version | None
     report: Report | None = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -501,7 +508,18 @@ def observe(r: Round, policy: Policy, selection: Selection, entries: dict[str, d
 
 
 def _observe(r: Round, e: dict[str, Any], m: MemberView | None, policy: Policy, name: str) -> None:
-    """Fold the member's report and liveness into the node's entry."""
+    """Fold the member's report and liveness into the node's entry; an invalid member Lease is
+    said in the entry and in a Warning Event (its report reads as none: the node keeps its slot)."""
+    before = e.get("message")
+    _observe_member(r, e, m, policy, name)
+    if m is not None and m.problem and e["phase"] not in (SUCCEEDED, SKIPPED, FAILED):
+        note = f"node {name}: {m.problem}"[:MAX_NODE_MESSAGE]
+        if before != note:
+            r.event("InvalidReport", note, name, warning=True)
+        e["message"] = note
+
+
+def _observe_member(r: Round, e: dict[str, Any], m: MemberView | None, policy: Policy, name: str) -> None:
     if e["phase"] in (SUCCEEDED, SKIPPED, FAILED):
         return
     grant = e.get("grant")
@@ -554,20 +572,41 @@ def _fold_report(r: Round, e: dict[str, Any], m: MemberView, grant: dict[str, An
         if report.reason == "DrainBlocked" and report.message != prev_msg:
             r.event("DrainBlocked", f"{name}: {report.message}", name, warning=True)
     elif report.phase == TurnPhase.SUCCEEDED:
+        # The member only claims it; the Node (written by the kubelet) must agree.
+        hop = Version.parse(str(grant["versions"][-1]))
         if m.kubelet is not None and m.kubelet >= policy.target:
             e["phase"] = SUCCEEDED
             e["finishedAt"] = report.finished_at or format_time(r.now)
             e["message"] = f"upgraded to {policy.target}"
             r.event("NodeUpgraded", f"{name} upgraded to {policy.target}", name)
-        else:
+        elif m.kubelet is not None and m.kubelet >= hop:
             # A control-plane node between hops: done with this hop, waits for the next.
             e["phase"] = PENDING
             e["message"] = f"at {m.kubelet}, waiting for the next hop"
+        else:
+            _unverified(r, e, m, report, hop, name)
+            return
         e.pop("grant", None)
     elif report.phase == TurnPhase.FAILED:
         e["phase"] = FAILED
         e["finishedAt"] = report.finished_at or format_time(r.now)
         r.event("NodeFailed", f"{name} failed at step {report.step}: {report.message}", name, warning=True)
+
+
+def _unverified(r: Round, e: dict[str, Any], m: MemberView, report: Report, hop: Version, name: str) -> None:
+    """A success its Node does not show: after a short grace (the agent reports success only once
+    the Node showed the version, but this coordinator's watch of the Node may lag its watch of the
+    Lease) it is a failed verify, naming both versions."""
+    node_says = str(m.kubelet) if m.kubelet is not None else "no kubelet version"
+    claimed = parse_or_none(report.finished_at)
+    if claimed is not None and abs((r.now - claimed).total_seconds()) < VERIFY_GRACE_SECONDS:
+        e["message"] = f"reported {hop}; waiting for its Node to show it (the Node reports {node_says})"
+        return
+    e["phase"] = FAILED
+    e["step"] = Step.VERIFY
+    e["finishedAt"] = format_time(r.now)
+    e["message"] = f"verify: kupd on {name} reported kubelet {hop}, but its Node reports {node_says}"
+    r.event("NodeFailed", f"{name} failed at step {Step.VERIFY}: {e['message']}", name, warning=True)
 
 
 def conclude(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: list[dict[str, Any]]
@@ -654,7 +693,19 @@ def gates(r: Round, policy: Policy, ordered: list[dict[str, Any]], attention: li
         status["message"] = "paused by spec.paused; nodes already granted finish their turn"
         r.condition("Progressing", False, Reason.PAUSED, status["message"])
         return False
-    window = _window_decision(r.op, ordered, policy, r.now)
+    try:
+        window = _window_decision(r.op, ordered, policy, r.now)
+    except ValidationError as err:
+        # The annotations are written by the scheduler, or by anyone allowed to patch the object's
+        # metadata: a bad one holds this operation's next grants (when may they start?) and says so.
+        msg = f"invalid maintenance window, no node starts until it is fixed: {err}"
+        if status.get("message") != msg and not attention:
+            r.event("InvalidWindow", msg, warning=True)
+        if not attention:
+            status["phase"] = OP_PAUSED
+            status["message"] = msg
+        r.condition("Progressing", False, Reason.INVALID_WINDOW, msg)
+        return False
     if window is not None and not window.allowed:
         if not attention:
             status["phase"] = OP_PAUSED
@@ -680,11 +731,6 @@ def turn_over(m: MemberView | None, g: Grant) -> bool:
     report = m.report if m is not None else None
     return (report is not None and report.uid == g.uid and report.granted_at == g.granted_at
             and report.phase in (TurnPhase.SUCCEEDED, TurnPhase.FAILED))
-
-
-def _annotation_time(op: Operation, key: str) -> datetime | None:
-    value = op.annotations.get(key)
-    return parse_time(value, f"metadata.annotations[{key}]") if value else None
 
 
 def _health_gate(gates: HealthGates | None, ordered: list[dict[str, Any]], nodes: Sequence[NodeView],
@@ -713,8 +759,7 @@ def _health_gate(gates: HealthGates | None, ordered: list[dict[str, Any]], nodes
 
 def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Policy,
                      now: datetime) -> windows.WindowDecision | None:
-    start = _annotation_time(op, ANN_WINDOW_START)
-    end = _annotation_time(op, ANN_WINDOW_END)
+    start, end = windows.window_from_annotations(op.annotations)
     if start is None and end is None:
         return None
     measured = []

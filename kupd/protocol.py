@@ -18,14 +18,12 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
+from kupd import untrusted as u
 from kupd.api.models import DirectUpdateSpec, NodeWork, parse_node_work, to_wire
 from kupd.errors import ValidationError
-from kupd.rfc3339 import parse_or_none
 from kupd.versions import Version
-
-T = TypeVar("T")
 
 COORDINATOR_LEASE = "kupd-coordinator"
 MEMBER_LEASE_PREFIX = "kupd-node-"
@@ -244,7 +242,46 @@ class Report:
 
     @classmethod
     def decode(cls, text: str | None) -> Report | None:
-        return _decode(cls, text)
+        """The report in `text`, or None when there is none or it is invalid (`decode_report` says why)."""
+        try:
+            return decode_report(text)
+        except u.Invalid:
+            return None
+
+
+def decode_report(raw: object) -> Report | None:
+    """The progress report of a member Lease's `kupd.io/report` annotation, checked field by field
+    (kupd.untrusted: bounded size and depth, types, the CRD's bounds); None when there is none.
+    Unknown keys are ignored (a newer kupd may add some). Raises `untrusted.Invalid` naming the field."""
+    if raw is None or raw == "":
+        return None
+    data = u.bounded_json(raw, "report")
+    if not isinstance(data, dict):
+        raise u.Invalid("report", f"must be a JSON object, got {type(data).__name__}")
+    versions = data.get("versions")
+    if not isinstance(versions, list) or not 1 <= len(versions) <= 64:
+        raise u.Invalid("report.versions", "must be a list of 1 to 64 versions")
+    for i, v in enumerate(versions):
+        u.version(v, f"report.versions[{i}]")
+    phase = u.text(data, "phase", "report.phase", 16)
+    if phase not in tuple(TurnPhase):
+        raise u.Invalid("report.phase", f"{phase[:20]!r} is not one of {', '.join(TurnPhase)}")
+    operation = u.text(data, "operation", "report.operation", 253, u.DNS_SUBDOMAIN)
+    uid = u.text(data, "uid", "report.uid", 64, u.UID)
+    if not operation or not uid:
+        raise u.Invalid("report.operation" if not operation else "report.uid", "is required")
+    return Report(
+        operation=operation, uid=uid, epoch=u.integer(data, "epoch", "report.epoch"), versions=list(versions),
+        phase=phase, step=u.text(data, "step", "report.step", 63, u.STEP),
+        attempts=u.integer(data, "attempts", "report.attempts", 0, u.MAX_ATTEMPTS),
+        started_at=u.time_text(data, "started_at", "report.started_at"),
+        finished_at=u.time_text(data, "finished_at", "report.finished_at"),
+        message=u.message(data, "message", "report.message"),
+        reason=u.text(data, "reason", "report.reason", 64, u.REASON),
+        backup=u.backup(data.get("backup"), "report.backup"),
+        step_seconds=u.step_seconds(data.get("step_seconds"), "report.step_seconds"),
+        granted_at=u.time_text(data, "granted_at", "report.granted_at"),
+    )
 
 
 # -- Lease bodies: pure codecs of what the coordinator reads and writes --------------------------
@@ -276,32 +313,58 @@ def grant_lease_body(namespace: str, node: str, value: str, epoch: int) -> dict[
 
 @dataclass(frozen=True)
 class MemberLease:
-    """What a member Lease says: when it was renewed (by the node's clock), for how long, the
-    kubelet version installed and the agent's report."""
+    """What a member Lease says, decoded (`decode_member_lease`): when it was renewed (by the node's
+    clock), for how long, the kubelet version its kupd claims (informational: the coordinator takes
+    the version from the Node) and the agent's report. `problem` says what in it was invalid; the
+    rest is what could be read (an invalid report reads as none)."""
 
     node: str
     renew_time: datetime | None
     duration: int
     kubelet: Version | None
     report: Report | None
+    problem: str | None = None
 
 
 def decode_member_lease(lease: dict[str, Any], default_duration: int) -> MemberLease | None:
-    """The member Lease's content; None when `lease` is not a member Lease."""
+    """The member Lease's content, every value checked (its node's kupd credential wrote it); None
+    when `lease` is not a member Lease. Never raises on what the Lease holds."""
     md = lease.get("metadata") or {}
     name = str(md.get("name") or "")
     if not name.startswith(MEMBER_LEASE_PREFIX):
         return None
     spec = lease.get("spec") or {}
     anns = md.get("annotations") or {}
-    kubelet = anns.get(ANN_KUBELET)
-    return MemberLease(name[len(MEMBER_LEASE_PREFIX):], parse_or_none(spec.get("renewTime")),
-                       int(spec.get("leaseDurationSeconds") or default_duration),
-                       Version.parse(kubelet) if kubelet else None, Report.decode(anns.get(ANN_REPORT)))
+    problems: list[str] = []
+    renewed = None
+    if spec.get("renewTime"):
+        try:
+            renewed = u.parse_time(spec.get("renewTime"), "spec.renewTime")
+        except u.Invalid as e:
+            problems.append(f"invalid lease, field {e}")
+    duration = spec.get("leaseDurationSeconds")
+    if isinstance(duration, bool) or not isinstance(duration, int) or not 1 <= duration <= 3600:
+        duration = default_duration
+    claimed = None
+    if anns.get(ANN_KUBELET):
+        try:
+            claimed = u.version(anns[ANN_KUBELET], ANN_KUBELET)
+        except u.Invalid as e:
+            problems.append(f"invalid annotation {e}")
+    report = None
+    try:
+        report = decode_report(anns.get(ANN_REPORT))
+    except u.Invalid as e:
+        problems.append(f"invalid report, field {e}")
+    return MemberLease(name[len(MEMBER_LEASE_PREFIX):], renewed, duration, claimed, report,
+                       "; ".join(problems)[:500] or None)
 
 
 def _report_key(anns: dict[str, Any]) -> tuple[Any, ...]:
-    r = Report.decode(anns.get(ANN_REPORT))
+    try:
+        r = decode_report(anns.get(ANN_REPORT))
+    except u.Invalid:
+        return ("invalid",)
     return (r.uid, r.granted_at, r.phase, r.reason, tuple(r.versions)) if r else ()
 
 
@@ -329,20 +392,3 @@ def lease_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
 
 def _encode(obj: Any) -> str:
     return json.dumps(asdict(obj), sort_keys=True, separators=(",", ":"))
-
-
-def _decode(cls: type[T], text: str | None) -> T | None:
-    """A dataclass from its JSON, ignoring unknown keys (a newer kupd may add some); None when absent
-    or malformed."""
-    if not text:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None  # a member Lease is written by its node: `[]` must not stop the coordinator
-    try:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})  # type: ignore[attr-defined]
-    except TypeError:
-        return None

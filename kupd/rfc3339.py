@@ -10,6 +10,11 @@ from datetime import UTC, datetime
 
 from kupd.errors import ValidationError
 
+# Times kupd accepts from stored objects, annotations and reports. Arithmetic on them (a window's
+# end, a wake-up, a bake time) must not overflow datetime, so a wide margin is kept from its limits.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+
 
 def _utc(when: datetime) -> datetime:
     if when.tzinfo is None or when.utcoffset() is None:
@@ -43,7 +48,15 @@ def parse_time(text: object, field: str) -> datetime:
         raise ValidationError(field, f"{text!r} is not an RFC 3339 time like 2026-12-05T02:00:00Z") from e
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError(field, f"{text!r} has no time zone offset; add Z or +hh:mm")
-    return value.astimezone(UTC)
+    try:
+        # Within a day of year 1 or 9999 the offset can carry the instant out of datetime's range:
+        # the CRDs' date-time format allows `9999-12-31T23:59:59-01:00`.
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not MIN_TIME <= utc <= MAX_TIME:
+        raise ValidationError(field, f"{text!r} is outside the supported range {MIN_TIME:%Y}..{MAX_TIME:%Y}")
+    return utc
 
 
 def parse_or_none(text: object) -> datetime | None:

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from kupd import conditions, k8s, validate
@@ -72,6 +73,7 @@ R_RESOLVE_FAILED = "VersionResolutionFailed"
 R_NAME_CONFLICT = "NameConflict"
 R_CREATE_FAILED = "CreateFailed"
 R_NOT_YET = "NoFiringYet"
+R_EVALUATION_FAILED = "EvaluationFailed"
 
 _MINOR = re.compile(r"^v(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})$")
 
@@ -312,15 +314,18 @@ class Scheduler:
             uid = obj["metadata"]["uid"]
             child = next((c for c in by_uid.get(uid, [])
                           if c["metadata"]["name"] == obj["metadata"]["name"]), None)
-            wakes += self._run(SCHEDULEDUPDATES, obj, decide_scheduled_update(obj, child, now), now)
+            wakes += self._run(SCHEDULEDUPDATES, obj, partial(decide_scheduled_update, obj, child, now), now)
         for obj in recurring:
-            decision = decide_update_schedule(obj, by_uid.get(obj["metadata"]["uid"], []), now)
-            wakes += self._run(UPDATESCHEDULES, obj, decision, now)
+            children_of = by_uid.get(obj["metadata"]["uid"], [])
+            wakes += self._run(UPDATESCHEDULES, obj, partial(decide_update_schedule, obj, children_of, now), now)
         return min(wakes, default=None)
 
-    def _run(self, plural: str, obj: Obj, d: Decision, now: datetime) -> list[datetime]:
+    def _run(self, plural: str, obj: Obj, decide: Callable[[], Decision], now: datetime) -> list[datetime]:
+        """Decide and act for one object. Whatever goes wrong stays with that object: the others
+        of this pass still fire, and the failure is a Condition on the object that caused it."""
         name = obj["metadata"]["name"]
         try:
+            d = decide()
             self._execute(plural, obj, d, now)
         except RetryableError as e:
             log.warning("%s %s: %s; retrying", plural, name, e)
@@ -328,6 +333,16 @@ class Scheduler:
         except PermanentError as e:
             # A refusal (RBAC, admission): nothing to do but say so and look again later.
             log.warning("%s %s: %s; trying again in %s", plural, name, e, self.retry)
+        except Exception as e:  # a stored object kupd cannot evaluate must not stop the others
+            log.exception("%s %s could not be evaluated", plural, name)
+            failed = Decision(status={"observedGeneration": obj["metadata"].get("generation")}, conditions=[
+                Condition(COND_VALID, "False", R_EVALUATION_FAILED,
+                          f"kupd could not evaluate this object ({type(e).__name__}: {str(e)[:300]}); "
+                          "it is retried on every pass, and other schedules are not affected")])
+            try:
+                self._write_status(plural, obj, failed, now)
+            except Exception as e2:
+                log.warning("%s %s: writing its status: %s", plural, name, e2)
             return [now + self.retry]
         return [d.wake] if d.wake is not None else []
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kupd import k8s, rfc3339
+from kupd.api.conform import conform
+from kupd.api.models import DirectUpdateStatus
 from kupd.errors import KupdError
 from kupd.planner import PlanEvent
 
@@ -105,7 +107,8 @@ class StatusWriter:
         if not self.leading():
             return
         body = copy.deepcopy(obj)
-        body["status"] = status
+        # Valid by construction: one value out of the CRD's bounds would make every write fail.
+        body["status"] = conform(DirectUpdateStatus, status)
         t0 = time.monotonic()
         name = obj["metadata"]["name"]
         new = k8s.call(self.api.replace, f"write status of {name}",

@@ -8,6 +8,8 @@
 #   UNITDIR/kupd.service, /usr/lib/tmpfiles.d/kupd.conf
 #   /etc/kupd/config.d, /var/lib/kupd      (empty; the operator's config, the daemon's state)
 #   /usr/share/kupd/crds/*.yaml            CustomResourceDefinitions for kubectl apply
+#   /usr/share/kupd/grafana/kupd.json      Grafana dashboard (docs/usage/metrics.md)
+#   /usr/share/kupd/prometheus/kupd-rules.yaml  Prometheus alerting rules
 # Usage: install-tree.sh DESTDIR UNITDIR WHEELHOUSE BUILDDIR
 set -eu
 destdir=${1:?DESTDIR}; unitdir=${2:?UNITDIR}; wh=${3:?WHEELHOUSE}; build=${4:?BUILDDIR}
@@ -55,4 +57,6 @@ install -d -m 0755 "$destdir/usr/share/kupd/crds"
 for crd in "$src"/crds/*.yaml; do
     [ -e "$crd" ] && install -m 0644 "$crd" "$destdir/usr/share/kupd/crds/"
 done
+install -D -m 0644 "$src/packaging/grafana/kupd.json" "$destdir/usr/share/kupd/grafana/kupd.json"
+install -D -m 0644 "$src/packaging/prometheus/kupd-rules.yaml" "$destdir/usr/share/kupd/prometheus/kupd-rules.yaml"
 exit 0

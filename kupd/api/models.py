@@ -32,7 +32,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from kupd import validate
+from kupd import rfc3339, validate
 from kupd.errors import ValidationError
 
 # The largest integer JSON and float64 carry exactly; bound of every int64 field in the CRDs.
@@ -52,7 +52,12 @@ def _rfc3339_with_offset(value: object) -> object:
         return value
     if len(value) > 64 or not re.fullmatch(validate.RFC3339_TIME, value):
         raise ValueError("must be an RFC 3339 time with an explicit offset, like 2026-12-01T02:00:00Z")
-    # Parsed here: in strict mode the wrapped validator takes datetimes only.
+    # Parsed here: in strict mode the wrapped validator takes datetimes only. The range check is
+    # rfc3339's: `9999-12-31T23:59:59-01:00` matches the pattern but is no instant kupd can compute with.
+    try:
+        rfc3339.parse_time(value, "time")
+    except ValidationError as e:
+        raise ValueError(e.reason) from None
     return datetime.fromisoformat(value)
 
 

@@ -11,7 +11,9 @@ import base64
 import binascii
 import json
 import os
+import re
 import stat
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,24 +91,62 @@ class Credentials:
         return info
 
     def redact(self, text: str) -> str:
-        """`text` with every secret value replaced by ***: for messages that quote a library's error."""
-        for _, value in self._named():
-            if value and len(value) >= 4:
-                text = text.replace(value, "***")
+        """`text` with every secret value replaced by ***: for messages that quote a library's error.
+
+        A store may echo a value back transformed, so each value is also matched base64-encoded
+        (standard and URL-safe alphabets, at any byte alignment), URL-encoded, hex-encoded and
+        JSON-escaped, all regardless of case."""
+        pattern = self._pattern()
+        return pattern.sub("***", text) if pattern is not None else text
+
+    def _secrets(self) -> list[str]:
+        values = [value for name, value in self._named() if value and name != "accessKeyId"]
         if self.service_account_json:
             try:
                 info = json.loads(self.service_account_json)
             except ValueError:
                 info = None
             if isinstance(info, dict):
-                for key in ("private_key", "private_key_id"):
-                    value = info.get(key)
-                    if isinstance(value, str) and len(value) >= 4:
-                        text = text.replace(value, "***")
-        return text
+                values += [v for k in ("private_key", "private_key_id") if isinstance(v := info.get(k), str)]
+        if self.access_key_id:
+            values.append(self.access_key_id)
+        return [v for v in values if len(v) >= 4]
+
+    def _pattern(self) -> re.Pattern[str] | None:
+        forms: set[str] = set()
+        for value in self._secrets():
+            forms |= _encodings(value)
+            # A PEM key is echoed line by line as often as whole.
+            forms |= {line for line in value.splitlines() if len(line) >= 16}
+        if not forms:
+            return None
+        alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+        return re.compile(alternatives, re.IGNORECASE)
 
 
 NONE = Credentials()
+
+
+def _encodings(value: str) -> set[str]:
+    """The forms of `value` a store or library may echo: itself, URL-, hex- and JSON-encoded, and
+    base64 in both alphabets. Base64 depends on where the value starts in the encoded text, so
+    for each of the three alignments the part fully determined by the value is used."""
+    raw = value.encode()
+    forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value),
+             urllib.parse.quote(value), raw.hex(), json.dumps(value)[1:-1]}
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw).decode()
+        # Skip the characters that mix in the prefix's bits; stop before those mixing in padding.
+        start = (shift * 8 + 5) // 6
+        end = ((shift + len(raw)) * 8) // 6
+        core = encoded[start:end]
+        if len(core) >= 6:
+            forms.add(core)
+            forms.add(core.translate(_URLSAFE))
+    return {f for f in forms if len(f) >= 4}
+
+
+_URLSAFE = str.maketrans("+/", "-_")
 
 
 def from_mapping(values: Mapping[str, str], source: str) -> Credentials:

@@ -8,6 +8,12 @@ LAST_SUCCESS = Gauge(
     "kupd_backup_last_success_timestamp_seconds",
     "Unix time at which the last etcd backup was uploaded and verified.",
 )
+# Beside the failures counter: a labelled counter's first failure creates its series at 1, which
+# increase() cannot see; "the last attempt failed" is this gauge above the last success.
+LAST_FAILURE = Gauge(
+    "kupd_backup_last_failure_timestamp_seconds",
+    "Unix time at which the last etcd backup failed (0: none since the daemon started).",
+)
 LAST_SIZE = Gauge("kupd_backup_last_size_bytes", "Size of the last successful etcd snapshot.")
 LAST_REVISION = Gauge("kupd_backup_last_revision", "etcd revision of the last successful snapshot.")
 DURATION = Histogram(

@@ -200,6 +200,7 @@ def take_backup(
     except Exception as e:
         reason = reason_of(e)
         metrics.FAILURES.labels(reason=reason).inc()
+        metrics.LAST_FAILURE.set(clock.now().timestamp())
         if reason == UNEXPECTED:
             # No traceback: its frames could hold credential values; the redacted message says enough.
             log.error("etcd backup failed unexpectedly: %s: %s", type(e).__name__,

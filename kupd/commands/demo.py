@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,31 +42,23 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _bar(done: int, total: int, width: int = 24) -> str:
-    filled = int(width * done / total) if total else width
-    return "[" + "#" * filled + "." * (width - filled) + "]"
-
-
-def render(obj: dict[str, Any], elapsed: float) -> str:
-    st = obj.get("status") or {}
-    summary = st.get("summary") or {}
-    total = summary.get("total", 0)
-    done = summary.get("succeeded", 0) + summary.get("skipped", 0)
-    lines = [f"DirectUpdate {obj['metadata']['name']} -> {obj['spec']['version']}   "
-             f"phase {st.get('phase', '-'):<18} {_bar(done, total)} {done}/{total}   {elapsed:5.1f}s",
-             f"  coordinator {st.get('coordinator', '-')} (epoch {st.get('epoch', '-')})   "
-             f"hops {' -> '.join(st.get('hops') or []) or '-'}"]
-    if st.get("backup"):
-        b = st["backup"]
-        lines.append(f"  backup {b.get('location')} ({b.get('size')} bytes, revision {b.get('revision')}, "
-                     f"verified {b.get('verified')})")
-    lines.append(f"  {'NODE':<8} {'ROLE':<13} {'PHASE':<10} {'STEP':<16} MESSAGE")
-    for n in st.get("nodes") or []:
-        lines.append(f"  {n['name']:<8} {n['role']:<13} {n['phase']:<10} {n.get('step', ''):<16} "
-                     f"{n.get('message', '')[:60]}")
-    if st.get("message"):
-        lines.append(f"  {st['message'][:100]}")
-    return "\n".join(lines)
+def spec_summary(spec: dict[str, Any]) -> str:
+    """The applied spec in a few short lines: version, concurrency, backup store."""
+    backup = spec.get("backup") or {}
+    store = backup.get("store") or {}
+    if backup.get("required") is False and not store:
+        where = "off"
+    else:
+        if not store:
+            where = "the daemons' configured store"
+        elif store.get("type") == "file":
+            where = f"file {store.get('path')}"
+        else:
+            where = f"{store.get('type')} {store.get('bucket', '')}/{store.get('prefix', '')}".rstrip("/")
+        where += " (required)" if backup.get("required", True) else " (optional)"
+    return (f"  version      {spec.get('version')}\n"
+            f"  concurrency  {spec.get('concurrency', 1)}\n"
+            f"  etcd backup  {where}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     if not crds.is_dir():
         raise KupdError(f"CRD folder {crds} does not exist")
     work = Path(tempfile.mkdtemp(prefix="kupd-demo-"))
-    tty = sys.stdout.isatty()
     print(f"kupd demo: work folder {work}")
     print("starting a real etcd + kube-apiserver + disruption controller ...", flush=True)
     cp = devcluster.ControlPlane(work / "control-plane", binary)
@@ -107,23 +99,20 @@ def run(args: argparse.Namespace) -> int:
         manifest = {"apiVersion": "kupd.io/v1alpha1", "kind": "DirectUpdate", "metadata": {"name": "demo"},
                     "spec": spec}
         cp.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
-        print("applied DirectUpdate demo:", json.dumps(spec)[:200], flush=True)
+        print(f"applied DirectUpdate demo:\n{spec_summary(spec)}", flush=True)
+        from kupd.commands.live import LiveView
+
         started = time.monotonic()
-        last = ""
         obj: dict[str, Any] = {}
-        while time.monotonic() - started < args.timeout:
-            out = cp.kubectl("get", "directupdate", "demo", "-o", "json", check=False)
-            if out.returncode == 0:
-                obj = json.loads(out.stdout)
-                text = render(obj, time.monotonic() - started)
-                if text != last:
-                    if tty and last:
-                        sys.stdout.write(f"\x1b[{last.count(chr(10)) + 1}F\x1b[J")
-                    print(text, flush=True)
-                    last = text
-                if (obj.get("status") or {}).get("phase") in TERMINAL:
-                    break
-            time.sleep(0.5)
+        with LiveView(sys.stdout) as view:
+            while time.monotonic() - started < args.timeout:
+                out = cp.kubectl("get", "directupdate", "demo", "-o", "json", check=False)
+                if out.returncode == 0:
+                    obj = json.loads(out.stdout)
+                    view.show([obj], datetime.now(UTC))
+                    if (obj.get("status") or {}).get("phase") in TERMINAL:
+                        break
+                time.sleep(0.5)
         st = obj.get("status") or {}
         print()
         print(cp.kubectl("get", "directupdates").stdout.rstrip())

@@ -52,22 +52,23 @@ def _cluster_from_args(args: argparse.Namespace) -> tuple[list[planner.NodeView]
 
 
 def _cluster_from_api(kubeconfig: str) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
-    from kupd import k8s
+    from kupd import k8s, untrusted
 
     api = k8s.api_client(kubeconfig)
     nodes = []
+    kubelets = {}
     for n in k8s.call(api.list, "list nodes", k8s.node_path()).get("items") or []:
         labels = n["metadata"].get("labels") or {}
         nodes.append(planner.NodeView(n["metadata"]["name"], labels, p.LABEL_CONTROL_PLANE in labels))
+        kubelets[n["metadata"]["name"]] = untrusted.node_kubelet(n)
     members = {}
     leases = k8s.call(api.list, "list member leases",
                        k8s.lease_path("kupd-system"))
     for lease in leases.get("items") or []:
-        name = lease["metadata"]["name"]
-        if name.startswith(p.MEMBER_LEASE_PREFIX):
-            node = name[len(p.MEMBER_LEASE_PREFIX):]
-            kubelet = (lease["metadata"].get("annotations") or {}).get(p.ANN_KUBELET)
-            members[node] = planner.MemberView(node, True, Version.parse(kubelet) if kubelet else None)
+        m = p.decode_member_lease(lease, 60)
+        if m is not None:
+            # As the coordinator: the Node's version first; a dry run also takes what kupd says.
+            members[m.node] = planner.MemberView(m.node, True, kubelets.get(m.node) or m.kubelet)
     return nodes, members
 
 

@@ -2,7 +2,8 @@
 
 Reads the DirectUpdates with the given kubeconfig (default: $KUBECONFIG, else ~/.kube/config, else
 /etc/kupd/kubeconfig, the first that exists) and renders them with kupd.statusview. `--watch`
-redraws every `--interval` seconds and exits once the operation(s) shown are Succeeded or Failed:
+redraws every `--interval` seconds (in place on a terminal, through kupd.commands.live; appended on
+each change otherwise) and exits once the operation(s) shown are Succeeded or Failed:
 0 if all succeeded, 1 if any failed. `-o json` prints one document (with --watch: one compact
 document per line, whenever an operation changes).
 """
@@ -98,8 +99,28 @@ def run(args: argparse.Namespace) -> int:
 
 def watch(fetch: Callable[[str | None], list[dict[str, Any]]], name: str | None, fmt: str, interval: float,
           out: TextIO, sleep: Callable[[float], None] = time.sleep) -> int:
-    tty = out.isatty() and fmt == "table"
-    last_key: tuple[str, ...] | None = None
+    if fmt == "table":
+        # Imported here: `kupd daemon` loads this module through the CLI parser and must not load rich.
+        from kupd.commands.live import LiveView
+
+        with LiveView(out) as view:
+            return _watch(fetch, name, interval, sleep, view.show)
+    last_key: list[tuple[str, ...]] = []
+
+    def show_json(objs: Sequence[Mapping[str, Any]], now: datetime) -> None:
+        # One compact document per change, so logs and pipes stay readable.
+        key = tuple(str((o.get("metadata") or {}).get("resourceVersion")) for o in objs)
+        if last_key != [key]:
+            out.write(output(objs, fmt, now, compact=True) + "\n")
+            out.flush()
+            last_key[:] = [key]
+
+    return _watch(fetch, name, interval, sleep, show_json)
+
+
+def _watch(fetch: Callable[[str | None], list[dict[str, Any]]], name: str | None, interval: float,
+           sleep: Callable[[float], None], show: Callable[[Sequence[Mapping[str, Any]], datetime], None]) -> int:
+    seen = False
     while True:
         try:
             objs = fetch(name)
@@ -108,24 +129,12 @@ def watch(fetch: Callable[[str | None], list[dict[str, Any]]], name: str | None,
             sleep(interval)
             continue
         except KupdError:
-            if last_key is not None and name:
+            if seen and name:
                 raise PermanentError(f"directupdate {name!r} is gone") from None
             raise
-        now = datetime.now(UTC)
-        key = tuple(str((o.get("metadata") or {}).get("resourceVersion")) for o in objs)
-        done = bool(objs) and all(statusview.is_terminal(o) for o in objs)
-        if tty:
-            # Redraw in place every interval: durations and the ETA move on their own.
-            out.write("\x1b[H\x1b[2J" + output(objs, fmt, now) + "\n")
-            out.flush()
-        elif key != last_key:
-            # Not a terminal: a frame per change, so logs and pipes stay readable.
-            if fmt == "table" and last_key is not None:
-                out.write("\n")
-            out.write(output(objs, fmt, now, compact=True) + "\n")
-            out.flush()
-        last_key = key
-        if done:
+        seen = True
+        show(objs, datetime.now(UTC))
+        if objs and all(statusview.is_terminal(o) for o in objs):
             failed = [o for o in objs if (o.get("status") or {}).get("phase") != "Succeeded"]
             return 1 if failed else 0
         sleep(interval)

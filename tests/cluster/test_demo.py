@@ -16,5 +16,7 @@ def test_demo_upgrades_its_simulated_cluster() -> None:
         capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "result: Succeeded" in out.stdout
-    assert "verified True" in out.stdout, "the etcd snapshot was taken and verified before the control plane"
+    assert "(verified)" in out.stdout, "the etcd snapshot was taken and verified before the control plane"
+    # Not a terminal: plain frames appended, no escape sequences in a log or a pipe.
+    assert "\x1b" not in out.stdout
     assert "worker-2" in out.stdout

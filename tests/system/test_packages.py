@@ -24,6 +24,8 @@ COMMON_FILES = (
     "usr/lib/kupd/config.d/00-defaults.toml",
     "usr/lib/tmpfiles.d/kupd.conf",
     "usr/share/kupd/crds/directupdates.kupd.io.yaml",
+    "usr/share/kupd/grafana/kupd.json",
+    "usr/share/kupd/prometheus/kupd-rules.yaml",
 )
 COMMON_DIRS = ("etc/kupd/config.d", "var/lib/kupd")
 

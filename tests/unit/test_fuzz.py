@@ -298,3 +298,43 @@ def test_rpm_version_key_raises_only_typed_errors(evr: str) -> None:
     except (parsers.OutputError, ValidationError):
         return
     assert epoch >= 0 and isinstance(parts, list)
+
+
+# -- redaction of store answers -----------------------------------------------------------------
+
+
+def _encoded_forms(value: str) -> dict[str, str]:
+    import base64
+    import urllib.parse
+
+    raw = value.encode()
+    return {"plain": value, "upper": value.upper(), "lower": value.lower(), "swapcase": value.swapcase(),
+            "base64": base64.b64encode(raw).decode(), "base64url": base64.urlsafe_b64encode(raw).decode(),
+            "url": urllib.parse.quote(value, safe=""), "url-plus": urllib.parse.quote_plus(value),
+            "hex": raw.hex(), "HEX": raw.hex().upper()}
+
+
+@FUZZ
+@given(secret=st.text(alphabet=string.ascii_letters + string.digits + "/+=-_ :?&%~.", min_size=12, max_size=60),
+       prefix=st.binary(max_size=5), around=st.tuples(st.text(max_size=20), st.text(max_size=20)))
+def test_redaction_covers_the_encodings_a_store_may_echo(secret: str, prefix: bytes,
+                                                         around: tuple[str, str]) -> None:
+    import base64
+
+    from kupd.backup.credentials import Credentials
+
+    creds = Credentials(access_key_id="AKIAEXAMPLE", secret_access_key=secret)
+    forms = _encoded_forms(secret)
+    # Base64 of a longer text the secret is part of: each alignment encodes it differently.
+    forms["embedded-base64"] = base64.b64encode(prefix + secret.encode()).decode()
+    for how, form in forms.items():
+        out = creds.redact(around[0] + form + around[1])
+        assert "***" in out, f"{how}: {form!r} not redacted"
+        stripped = out.replace("***", "\x00")
+        if how in ("plain", "upper", "lower", "swapcase", "url", "url-plus", "hex", "HEX"):
+            assert form not in stripped and secret not in stripped, f"{how} leaked: {out!r}"
+        else:
+            # Base64: only the part fully determined by the secret is known; what remains is the
+            # prefix's own encoding, a character mixing its bits in, and the padded end.
+            residue = len(around[0]) + len(around[1]) + (len(prefix) * 4 + 2) // 3 + 1 + 4
+            assert len(out) <= residue + 3, f"{how} left too much: {out!r}"

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "kupd"
 PURE = {
     "kupd", "kupd.errors", "kupd.versions", "kupd.validate", "kupd.rfc3339", "kupd.conditions", "kupd.selectors",
     "kupd.windows", "kupd.schedule", "kupd.api", "kupd.api.models", "kupd.protocol", "kupd.planner",
-    "kupd.dryrun", "kupd.statusview", "kupd.k8s.paths", "kupd.k8s.objects",
+    "kupd.dryrun", "kupd.statusview", "kupd.k8s.paths", "kupd.k8s.objects", "kupd.untrusted", "kupd.api.conform",
 }
 # Libraries that reach the network, other processes or the machine.
 IO_LIBRARIES = {"subprocess", "socket", "urllib3", "urllib.request", "http.client", "boto3", "botocore", "google",

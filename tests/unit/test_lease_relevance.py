@@ -16,7 +16,7 @@ def lease(name: str = "kupd-node-w-1", renew: str = "t1", report: p.Report | Non
 
 
 def report(phase: str = "Upgrading", step: str = "drain", reason: str = "") -> p.Report:
-    return p.Report("op", "uid", 1, ["v1.32.0"], phase, step, granted_at="g1", reason=reason)
+    return p.Report("op", "uid", 1, ["v1.32.0"], phase, step, granted_at="2026-12-01T10:00:00Z", reason=reason)
 
 
 def test_renewals_and_step_progress_wait_for_the_tick() -> None:

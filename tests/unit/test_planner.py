@@ -198,6 +198,23 @@ def test_paused_and_window() -> None:
     assert granted(p) == ["cp-1"]
 
 
+@pytest.mark.parametrize("ann", [{"kupd.io/window-start": "not-a-time"},
+                                 {"kupd.io/window-end": "9999-12-31T23:59:59-01:00"},
+                                 {"kupd.io/window-start": "2026-11-27T13:00:00"},
+                                 {"kupd.io/window-start": "2026-11-27T15:00:00Z",
+                                  "kupd.io/window-end": "2026-11-27T13:00:00Z"}])
+def test_a_malformed_window_is_a_condition_and_holds_grants(ann: dict[str, str]) -> None:
+    nodes, members = cluster(1, 1)
+    p = run({"version": "v1.32.0", "backup": NO_BACKUP}, nodes, members, annotations=ann)
+    assert granted(p) == [] and p.status["phase"] == "Paused"
+    cond = next(c for c in p.status["conditions"] if c["type"] == "Progressing")
+    assert cond["reason"] == "InvalidWindow"
+    assert next(iter(ann)) in cond["message"] or "window-end" in cond["message"]
+    assert [e.reason for e in p.events] == ["InvalidWindow"] and p.events[0].warning
+    again = run({"version": "v1.32.0", "backup": NO_BACKUP}, nodes, members, status=p.status, annotations=ann)
+    assert again.events == []  # said once, not every round
+
+
 def test_done_when_every_node_is_at_the_target() -> None:
     nodes, members = cluster(1, 1)
     spec = {"version": "v1.32.0", "backup": NO_BACKUP}
@@ -387,6 +404,46 @@ def test_a_retry_is_not_undone_by_the_failed_grant_still_in_its_lease() -> None:
                   delivered={"w-1": _delivered(p, "w-1")})
     assert retried.status["nodes"][0]["phase"] == "Granted"
     assert retried.status["nodes"][0]["grant"]["grantedAt"] == "2026-11-27T12:05:00Z"
+
+
+def test_an_invalid_member_is_a_fact_about_its_node_only() -> None:
+    nodes, members = cluster(1, 3)
+    spec = {"version": "v1.32.0", "concurrency": 2, "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    assert granted(p) == ["w-1", "w-2"]
+    members["w-1"] = MemberView("w-1", True, Version.parse("v1.31.2"), None,
+                                "invalid report, field report.message: must be a string, got int")
+    p = run(spec, nodes, members, p.status)
+    w1 = next(e for e in p.status["nodes"] if e["name"] == "w-1")
+    assert w1["phase"] == "Granted" and w1["message"].startswith("node w-1: invalid report, field report.message")
+    assert [(e.reason, e.node, e.warning) for e in p.events] == [("InvalidReport", "w-1", True)]
+    # Said once; w-2 goes on as before.
+    finish(members, "w-2", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    assert "InvalidReport" not in [e.reason for e in p.events]
+    assert {e["name"]: e["phase"] for e in p.status["nodes"]}["w-2"] == "Succeeded"
+    assert granted(p) == ["w-1", "w-3"]
+
+
+def test_a_success_its_node_does_not_show_fails_verify_naming_both_versions() -> None:
+    nodes, members = cluster(1, 1)
+    spec = {"version": "v1.32.0", "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    grant = next(e for e in p.status["nodes"] if e["name"] == "cp-1")["grant"]
+    # The member claims success; its Node still reports v1.31.2.
+    members["cp-1"] = MemberView("cp-1", True, Version.parse("v1.31.2"), Report(
+        "op", UID, 3, grant["versions"], "Succeeded", "uncordon", finished_at="2026-11-27T12:00:00Z",
+        granted_at=grant["grantedAt"]))
+    p = run(spec, nodes, members, p.status, now=NOW + timedelta(seconds=3))
+    cp1 = next(e for e in p.status["nodes"] if e["name"] == "cp-1")
+    assert cp1["phase"] == "Granted" and "waiting for its Node" in cp1["message"]
+    p = run(spec, nodes, members, p.status, now=NOW + timedelta(seconds=30))
+    cp1 = next(e for e in p.status["nodes"] if e["name"] == "cp-1")
+    assert cp1["phase"] == "Failed" and cp1["step"] == "verify"
+    assert "reported kubelet v1.32.0" in cp1["message"] and "Node reports v1.31.2" in cp1["message"]
+    assert p.status["phase"] == "RequiresAttention" and granted(p) == []
 
 
 # -- spec edits and membership changes mid-rollout -----------------------------------------------

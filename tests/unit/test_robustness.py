@@ -230,7 +230,9 @@ def test_series_of_a_deleted_operation_are_removed() -> None:
     for name in ("kupd_coordinator_operation_phase", "kupd_coordinator_operation_nodes"):
         assert sample(name, {"operation": "gone", "phase": "Running"}) is None
         assert sample(name, {"operation": "gone", "phase": "Upgrading"}) is None
-    assert sample("kupd_coordinator_operation_state_change_timestamp_seconds", {"operation": "gone"}) is None
+    for name in ("kupd_coordinator_operation_state_change_timestamp_seconds",
+                 "kupd_coordinator_operation_progress_timestamp_seconds"):
+        assert sample(name, {"operation": "gone"}) is None
     assert sample("kupd_coordinator_operation_phase", {"operation": "kept", "phase": "Running"}) == 1
     metrics.forget_operations(set())
 

@@ -381,3 +381,18 @@ def test_merge_conditions_keeps_transition_time_when_status_unchanged() -> None:
     assert by["Valid"]["lastTransitionTime"] == "2026-01-01T00:00:00Z" and by["Valid"]["observedGeneration"] == 4
     assert by["Scheduled"]["lastTransitionTime"] == "2026-02-01T00:00:00Z"
     assert "Other" in by
+
+
+@pytest.mark.parametrize("start", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+14:00"])
+def test_a_start_time_out_of_range_is_invalid_on_that_object(start: str) -> None:
+    d = decide_scheduled_update(scheduled_update(start), None, utc(2026, 12, 5, 2))
+    assert d.create is None and d.status["phase"] == "Failed"
+    assert d.conditions[0].reason == R_INVALID_SPEC and "spec.startTime" in d.conditions[0].message
+    assert "supported range" in d.conditions[0].message
+
+
+@pytest.mark.parametrize("last", ["9999-12-31T23:59:59-01:00", "not-a-time", 12345])
+def test_a_stored_last_schedule_time_out_of_range_is_invalid_on_that_object(last: object) -> None:
+    d = decide_update_schedule(update_schedule(status={"lastScheduleTime": last}), [], utc(2026, 12, 5, 2, 0, 30))
+    assert d.create is None
+    assert d.conditions[0].reason == R_INVALID_SPEC and "status.lastScheduleTime" in d.conditions[0].message

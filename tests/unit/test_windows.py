@@ -121,3 +121,12 @@ def test_manual_clock() -> None:
     assert clock.advance(timedelta(hours=1)) == START + timedelta(seconds=3690)
     with pytest.raises(ValueError, match="naive"):
         clock.set(datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00",
+                                  "9999-12-31T23:59:59Z", "1969-12-31T23:59:59Z"])
+def test_times_outside_the_supported_range_are_validation_errors(text: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        window_from_annotations({ANN_WINDOW_START: text})
+    assert caught.value.field == f"metadata.annotations[{ANN_WINDOW_START}]"
+    assert "supported range" in str(caught.value)
