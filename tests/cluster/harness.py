@@ -145,6 +145,7 @@ class Monitor:
     _ops: dict[str, tuple[float, str, dict[str, Any]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _workers_in_flight: dict[str, set[str]] = field(default_factory=dict)
+    _generation: dict[str, Any] = field(default_factory=dict)
 
     def _progress(self, uid: str, name: str = "", status: dict[str, Any] | None = None) -> None:
         with self._lock:
@@ -166,7 +167,13 @@ class Monitor:
                    if n["role"] == "ControlPlane" and n["phase"] not in ("Succeeded", "Skipped")]
         new_ws = {w["name"] for w in ws} - self._workers_in_flight.get(uid, set())
         self._workers_in_flight[uid] = {w["name"] for w in ws}
-        if new_ws and cp_open:
+        # The status is written coalesced: across a spec edit (spec.version raised) the record that
+        # showed the control plane done may never have been stored, so the first record of a new
+        # generation is not judged here (the lease-based check of turns out still is).
+        generation = status.get("observedGeneration")
+        edited = self._generation.get(uid, generation) != generation
+        self._generation[uid] = generation
+        if new_ws and cp_open and not edited:
             self.worker_before_cp.append(f"{sorted(new_ws)} granted while {cp_open} not done")
         key = _progress_key(status)
         with self._lock:
