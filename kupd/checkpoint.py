@@ -13,7 +13,6 @@ and the agent reports its next turn Failed with reason CheckpointCorrupt naming 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -21,14 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kupd import untrusted as u
 from kupd.api.models import parse_directupdate_spec
 from kupd.errors import ValidationError
 from kupd.fsutil import atomic_write_json
 from kupd.protocol import Grant, TurnPhase
 
 log = logging.getLogger(__name__)
-
-STEP_STATES = ("pending", "started", "done")
 
 
 @dataclass
@@ -74,26 +72,86 @@ class CheckpointStore:
         self.path = Path(state_dir) / "checkpoint.json"
 
     def load(self) -> Checkpoint:
-        """The stored checkpoint; an empty one if there is none. A corrupt file is moved aside and
-        the empty checkpoint returned says where (`corrupt`)."""
+        """The checkpoint on disk; an empty one if there is none. One that cannot be read (corrupt,
+        or not what kupd writes) is moved aside, each to a name of its own (never deleted: it is
+        evidence), and the empty checkpoint returned says where (`corrupt`): the agent reports its
+        next turn Failed with reason CheckpointCorrupt, so an operator looks before a retry runs
+        every step again (each is idempotent)."""
         try:
-            raw = self.path.read_bytes()
+            with open(self.path, encoding="utf-8", errors="strict") as f:
+                text = f.read(MAX_BYTES + 1)
         except FileNotFoundError:
             return Checkpoint()
+        except UnicodeDecodeError as e:
+            return self._aside(e)
         try:
-            return _decode(raw)
-        except ValueError as e:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}")
-            os.replace(self.path, aside)
-            log.error("checkpoint %s is corrupt (%s); moved it to %s", self.path, str(e)[:200], aside)
-            cp = Checkpoint(corrupt=str(aside))
-            self.save(cp)
-            return cp
+            return decode_checkpoint(text)
+        except u.Invalid as e:
+            return self._aside(e)
+
+    def _aside(self, err: Exception) -> Checkpoint:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}")
+        os.replace(self.path, aside)
+        log.error("the checkpoint %s is corrupt (%s); it is kept as %s", self.path, str(err)[:300], aside)
+        cp = Checkpoint(corrupt=str(aside))
+        self.save(cp)
+        return cp
 
     def save(self, cp: Checkpoint) -> None:
         data = asdict(cp)
         data["grant"] = cp.grant.wire() if cp.grant is not None else None
         atomic_write_json(self.path, data)
+
+
+MAX_BYTES = 1024 * 1024
+STEP_STATES = ("pending", "started", "done")
+
+
+def decode_checkpoint(text: str) -> Checkpoint:
+    """A checkpoint from its JSON, every field checked (kupd.untrusted); raises `untrusted.Invalid`."""
+    data = u.bounded_json(text, "checkpoint", max_bytes=MAX_BYTES)
+    if not isinstance(data, dict):
+        raise u.Invalid("checkpoint", "must be a JSON object")
+    raw_steps = data.get("steps") or {}
+    if not isinstance(raw_steps, dict) or len(raw_steps) > 1024:
+        raise u.Invalid("checkpoint.steps", "must be an object of at most 1024 steps")
+    steps = {}
+    for key, v in raw_steps.items():
+        field_ = f"checkpoint.steps[{str(key)[:60]}]"
+        if len(key) > 128 or not isinstance(v, dict):
+            raise u.Invalid(field_, "must be a step record")
+        state = u.text(v, "state", f"{field_}.state", 16, default="pending")
+        if state not in STEP_STATES:
+            raise u.Invalid(f"{field_}.state", f"{state!r} is not one of {', '.join(STEP_STATES)}")
+        seconds = v.get("seconds", 0.0)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 1e9:
+            raise u.Invalid(f"{field_}.seconds", "must be a number of seconds")
+        steps[key] = StepRecord(state=state, attempts=u.integer(v, "attempts", f"{field_}.attempts", 0, 10_000),
+                                started_at=u.time_text(v, "started_at", f"{field_}.started_at"),
+                                finished_at=u.time_text(v, "finished_at", f"{field_}.finished_at"),
+                                seconds=float(seconds), boot_id=u.text(v, "boot_id", f"{field_}.boot_id", 128),
+                                message=u.message(v, "message", f"{field_}.message", 32768))
+    if "grant" in data:
+        grant = Grant.from_wire(data["grant"]) if data["grant"] is not None else None
+        if data["grant"] is not None and grant is None:
+            raise u.Invalid("checkpoint.grant", "is not a grant kupd can read")
+    else:
+        try:
+            grant = _legacy_grant(data)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise u.Invalid("checkpoint", f"an old-style grant of the wrong shape: {e}") from e
+    phase = u.text(data, "phase", "checkpoint.phase", 16)
+    if phase and phase not in tuple(TurnPhase):
+        raise u.Invalid("checkpoint.phase", f"{phase!r} is not one of {', '.join(TurnPhase)}")
+    if phase == TurnPhase.UPGRADING and grant is None:
+        raise u.Invalid("checkpoint.grant", "a turn in progress without its grant")
+    return Checkpoint(grant=grant, phase=phase, started_at=u.time_text(data, "started_at", "checkpoint.started_at"),
+                      finished_at=u.time_text(data, "finished_at", "checkpoint.finished_at"),
+                      message=u.message(data, "message", "checkpoint.message", 32768),
+                      reason=u.text(data, "reason", "checkpoint.reason", 64, u.REASON), steps=steps,
+                      backup_record=u.backup(data.get("backup_record"), "checkpoint.backup_record"),
+                      max_epoch_seen=u.integer(data, "max_epoch_seen", "checkpoint.max_epoch_seen"),
+                      corrupt=u.text(data, "corrupt", "checkpoint.corrupt", 4096))
 
 
 def _legacy_grant(data: dict[str, Any]) -> Grant | None:
@@ -110,58 +168,3 @@ def _legacy_grant(data: dict[str, Any]) -> Grant | None:
         return None
     return Grant(operation=str(data.get("operation") or ""), uid=str(data["uid"]), epoch=int(data.get("epoch") or 0),
                  granted_at=str(data.get("granted_at") or ""), work=work)
-
-
-# The types of a checkpoint's fields as stored (JSON), checked before anything is built from them.
-_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "phase": str, "started_at": str, "finished_at": str, "message": str, "reason": str,
-    "backup_record": dict, "max_epoch_seen": int, "corrupt": str}
-_STEP_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "state": str, "attempts": int, "started_at": str, "finished_at": str, "seconds": (int, float),
-    "boot_id": str, "message": str}
-
-
-def _check(data: dict[str, Any], types: dict[str, type | tuple[type, ...]], where: str) -> dict[str, Any]:
-    out = {}
-    for key, want in types.items():
-        if key in data:
-            value = data[key]
-            if isinstance(value, bool) or not isinstance(value, want):
-                raise ValueError(f"{where}{key}: {type(value).__name__}, not {want}")
-            out[key] = value
-    return out
-
-
-def _decode(raw: bytes) -> Checkpoint:
-    """A checkpoint from its file, checked: JSON object, fields of their types, a known phase and
-    step states, a valid grant when one is recorded. Raises ValueError on anything else; fields a
-    newer kupd added are ignored."""
-    data = json.loads(raw)  # ValueError on bad JSON or bad UTF-8
-    if not isinstance(data, dict):
-        raise ValueError(f"a JSON {type(data).__name__}, not an object")
-    fields = _check(data, _FIELDS, "")
-    if fields.get("phase", "") not in ("", *TurnPhase):
-        raise ValueError(f"unknown phase {str(fields['phase'])[:40]!r}")
-    steps_raw = data.get("steps", {})
-    if not isinstance(steps_raw, dict):
-        raise ValueError("steps: not an object")
-    steps = {}
-    for key, rec in steps_raw.items():
-        if not isinstance(rec, dict):
-            raise ValueError(f"steps[{key[:80]!r}]: not an object")
-        checked = _check(rec, _STEP_FIELDS, f"steps[{key[:80]!r}].")
-        if checked.get("state", "pending") not in STEP_STATES:
-            raise ValueError(f"steps[{key[:80]!r}]: unknown state {str(checked['state'])[:40]!r}")
-        steps[key] = StepRecord(**checked)
-    if "grant" in data:
-        grant = Grant.from_wire(data["grant"]) if data["grant"] is not None else None
-        if data["grant"] is not None and grant is None:
-            raise ValueError("grant: not a valid grant")
-    else:
-        try:
-            grant = _legacy_grant(data)
-        except (TypeError, AttributeError) as e:
-            raise ValueError(f"an old-style grant of the wrong shape: {e}") from e
-    if fields.get("phase") == TurnPhase.UPGRADING and grant is None:
-        raise ValueError("a turn in progress without its grant")
-    return Checkpoint(**fields, grant=grant, steps=steps)

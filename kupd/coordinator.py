@@ -14,6 +14,7 @@ bodies are protocol.py's pure codecs.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from kupd import k8s, logsetup, planner, untrusted
 from kupd import protocol as p
 from kupd.api.models import DirectUpdateSpec, HealthGates, parse_directupdate_spec
+from kupd.conditions import Condition, set_condition
 from kupd.election import Elector
 from kupd.errors import KupdError, ValidationError
 from kupd.statuswriter import EventWriter, StatusWriter
@@ -239,10 +241,12 @@ class Coordinator:
                 self._reconcile_one(first, nodes, members, now, grants)
             except KupdError:
                 raise
-            except Exception:
-                # A defect planning one operation must not keep the others' turns from being
-                # cleared below; it is logged with its traceback and tried again next round.
-                log.exception("planning %s", first["metadata"]["name"])
+            except Exception as e:
+                # Something in this operation kupd did not foresee (a status written by hand or by an
+                # older kupd, say): it stays with this operation and says so; turns of other operations
+                # are still cleared below, and the next round tries again.
+                log.exception("evaluating DirectUpdate %s", first["metadata"]["name"])
+                self._evaluation_failed(first, e, now)
         self._clear_grants(first["metadata"]["uid"] if first else None, ops, members, grants)
 
     def _on_refused(self, obj: dict[str, Any], err: k8s.Invalid) -> None:
@@ -263,6 +267,23 @@ class Coordinator:
             self.status.write(obj, stored)
         except KupdError as e:
             log.error("DirectUpdate %s: even the minimal status was not stored: %s", md["name"], e)
+
+    def _evaluation_failed(self, obj: dict[str, Any], e: Exception, now: datetime) -> None:
+        status = copy.deepcopy(obj.get("status") or {})
+        msg = (f"kupd could not evaluate this operation ({type(e).__name__}: {str(e)[:300]}); no node is "
+               "granted until it can, and it is tried again every round")
+        conds: list[dict[str, Any]] = status.setdefault("conditions", [])
+        if any(c.get("type") == "Progressing" and c.get("message") == msg for c in conds):
+            return
+        set_condition(conds, Condition("Progressing", "False", str(planner.Reason.EVALUATION_FAILED), msg), now,
+                      int(obj["metadata"].get("generation", 1)))
+        self.events.queue(obj, [planner.PlanEvent(str(planner.Reason.EVALUATION_FAILED), msg, warning=True)])
+        try:
+            self.status.write(obj, status)
+        except k8s.Invalid as e2:
+            self._on_refused(obj, e2)
+        except Exception as e2:
+            log.warning("writing the status of %s: %s", obj["metadata"]["name"], e2)
 
     def _reconcile_one(self, obj: dict[str, Any], nodes: list[planner.NodeView],
                        members: dict[str, planner.MemberView], now: datetime, grants: dict[str, str]) -> None:

@@ -80,6 +80,7 @@ class Reason(StrEnum):
     STEP_PAST_DEADLINE = "StepPastDeadline"
     QUEUED = "Queued"
     STATUS_REFUSED = "StatusRefused"
+    EVALUATION_FAILED = "EvaluationFailed"
 
 
 # Kubernetes' skew rules (kupd.versions.SkewError.rule) as Condition reasons.

@@ -490,6 +490,29 @@ def test_a_worker_claiming_success_its_node_does_not_show_fails_verify(f: Fleet)
     assert "v1.31.2" in e["message"] and target in e["message"], e
 
 
+def test_an_operation_the_coordinator_cannot_evaluate_says_so(f: Fleet) -> None:
+    """A status kupd did not write (by hand, or by an older kupd) that the round cannot handle: a
+    grant recorded without grantedAt. The operation gets a Condition and a Warning Event saying so;
+    the coordinator goes on (the next operation runs once this one is deleted)."""
+    f.apply("unt-eval", f.target(), ["cp-1", "w-1"], paused=True)
+    f.wait("the coordinator's first status", lambda: f.status("unt-eval").get("coordinator"))
+    entry = {"name": "w-1", "role": "Worker", "phase": "Granted", "attempts": 0,
+             "grant": {"epoch": 0, "versions": [f.current()]}}
+    f.custom.patch_cluster_custom_object_status(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, "unt-eval",
+                                                {"status": {"nodes": [entry]}})
+
+    def condition() -> dict[str, Any] | None:
+        conds = f.status("unt-eval").get("conditions") or []
+        return next((c for c in conds if c.get("reason") == "EvaluationFailed"), None)
+
+    c = f.wait("the EvaluationFailed Condition", condition)
+    assert "grantedAt" in c["message"] and c["status"] == "False", c
+    f.wait("a Warning Event", lambda: [e for e in f.events("EvaluationFailed") if e["type"] == "Warning"])
+    f.cp.kubectl("delete", "directupdate", "unt-eval")
+    f.apply("unt-after-eval", f.target(), ["cp-1", "w-1"])
+    f.wait("the next rollout", _succeeded(f, "unt-after-eval"))
+
+
 # -- 5. a malformed window annotation is a Condition -----------------------------------------------
 
 
