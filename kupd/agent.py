@@ -251,7 +251,7 @@ class Agent:
             rec.seconds = round(time.monotonic() - t0, 3)
             self.step_seconds[ref.step] = self.step_seconds.get(ref.step, 0.0) + rec.seconds
             self.store.save(cp)
-            log.info("step %s done in %.1fs", ref.key, rec.seconds)
+            log.info("step %s done in %.1fs", ref.key, rec.seconds, extra=logsetup.event(logsetup.STEP_DONE))
             return True
 
     def _do_within_deadline(self, ref: StepRef, boot_id: str) -> None:
@@ -285,7 +285,8 @@ class Agent:
     def _fail_attempt(self, ref: StepRef, rec: StepRecord, e: BaseException, max_attempts: int) -> bool:
         """Record a failed attempt; True when the node gives up (Failed)."""
         msg = _describe(e)
-        log.error("step %s failed (attempt %d/%d): %s", ref.key, rec.attempts, max_attempts, msg)
+        log.error("step %s failed (attempt %d/%d): %s", ref.key, rec.attempts, max_attempts, msg,
+                  extra=logsetup.event(logsetup.STEP_FAILED))
         rec.message = msg
         if rec.attempts >= max_attempts:
             self._set(phase=TurnPhase.FAILED, finished_at=utcnow(),

@@ -8,14 +8,16 @@ import importlib
 import sys
 
 from kupd import __version__
-from kupd.errors import KupdError
+from kupd.commands import common
+from kupd.errors import KupdError, NotFoundError, RetryableError, ValidationError
 
-COMMANDS = ("daemon", "demo", "plan", "status", "backup", "validate", "enroll")
+COMMANDS = ("daemon", "demo", "plan", "status", "backup", "validate", "enroll", "completion")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kupd", description="In-place, node-by-node upgrades of kubeadm Kubernetes clusters."
+        prog="kupd", description="In-place, node-by-node upgrades of kubeadm Kubernetes clusters.",
+        epilog=common.EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"kupd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -32,7 +34,18 @@ def main(argv: list[str] | None = None) -> int:
         rc: int = args.func(args)
     except KupdError as e:
         print(f"kupd {args.command}: {e}", file=sys.stderr)
-        return 1
+        return exit_code(e)
     except KeyboardInterrupt:
         return 130
     return rc
+
+
+def exit_code(e: KupdError) -> int:
+    """The documented exit code of an error (kupd.commands.common)."""
+    if isinstance(e, ValidationError):
+        return common.EXIT_INVALID
+    if isinstance(e, NotFoundError):
+        return common.EXIT_NOT_FOUND
+    if isinstance(e, RetryableError):
+        return common.EXIT_UNREACHABLE
+    return common.EXIT_FAILED

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from kupd import k8s, logsetup, metrics, oneversion
+import yaml
+
+from kupd import enroll, k8s, logsetup, metrics, oneversion
 from kupd import protocol as p
 from kupd.agent import Agent, BackupFn
 from kupd.api import models
@@ -23,12 +29,16 @@ from kupd.config import Settings
 from kupd.coordinator import Coordinator
 from kupd.election import Elector
 from kupd.errors import KupdError
+from kupd.fsutil import atomic_write
 from kupd.host.base import Host
 from kupd.member import Member
 from kupd.nodeops import NodeOps
 from kupd.notify import Notifier, watchdog_interval
 
 log = logging.getLogger(__name__)
+
+CREDENTIAL_POLL_SECONDS = 5.0
+NODE_POLL_SECONDS = (3.0, 30.0)  # first and longest pause between reads of the own Node
 
 
 def make_host(settings: Settings, node: str) -> Host:
@@ -59,42 +69,162 @@ def make_backup_fn(api: k8s.Client, settings: Settings, node: str) -> BackupFn:
     return backup
 
 
+def node_clock(settings: Settings) -> Callable[[], datetime]:
+    """The node's wall clock as its member Lease shows it: a simulated node may skew it (the
+    coordinator never trusts it anyway)."""
+    offset = timedelta(seconds=settings.simulated.clock_offset_seconds if settings.host == "simulated" else 0)
+    return lambda: datetime.now(UTC) + offset
+
+
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.node = settings.node_name or socket.gethostname().split(".")[0]
-        self.notifier = Notifier()
+        self.notifier = notifier or Notifier()
         self._stop = threading.Event()
+        self._waiting_for = ""
+        self._token_times: tuple[datetime, datetime] | None = None
         self.coordinator: Coordinator | None = None
+        self._restart = False
+        self._package: oneversion.PackageWatch | None = None
 
-    def _control_plane(self, api: k8s.Client) -> bool:
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+
+    # -- first boot: what the daemon waits for before it can take part ---------------------------
+    def _waiting(self, what: str, detail: str) -> None:
+        """STATUS says what kupd waits for; the log says it once per change, not once per poll."""
+        text = f"waiting for {what}: {detail}"
+        self.notifier.status(text)
+        if text != self._waiting_for:
+            log.warning("%s", text, extra=logsetup.event(logsetup.DAEMON_WAITING))
+            self._waiting_for = text
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, pinging the watchdog; False when the daemon is stopping."""
+        wd = watchdog_interval()
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            self.notifier.watchdog()
+            self._stop.wait(min(left, wd / 2) if wd else left)
+        return False
+
+    def _credential(self) -> k8s.Client | None:
+        """A client from the kubeconfig, polling while there is none or it is unusable.
+
+        A node provisioned before it is enrolled has no credential yet: exiting would make systemd
+        restart kupd every few seconds, forever; polling keeps one quiet process whose STATUS says
+        what is missing. None when the daemon is asked to stop first.
+        """
+        path = self.settings.kubeconfig
+        while not self._stop.is_set():
+            if not os.path.exists(path):
+                self._waiting("a credential", f"{path} does not exist (`kupd enroll {self.node}` writes it)")
+            else:
+                try:
+                    return k8s.api_client(path)
+                except (KupdError, ValueError, OSError) as e:  # ssl.SSLError is an OSError
+                    self._waiting("a usable credential", f"{path}: {e}")
+            self._pause(CREDENTIAL_POLL_SECONDS)
+        return None
+
+    def _own_token(self, api: k8s.Client) -> k8s.Client:
+        """Exchange an enrolment token for the node's own (first start) and renew it at half its
+        life (enroll.rotation_due). The token goes to STATE_DIR/token, which the kubeconfig then
+        names as its tokenFile: the client re-reads it on every request, so a renewal needs no
+        restart. Returns the client to use from now on. Certificates and static tokens are left
+        alone; a failed renewal is retried on a later tick while the current token works."""
+        path = Path(self.settings.kubeconfig)
+        token_file = str(Path(self.settings.state_dir) / "token")
+        try:
+            doc = yaml.safe_load(path.read_text())
+            inline, named = enroll.current_token(doc, path.resolve().parent)
+            token = inline or (Path(named).read_text().strip() if named else None)
+        except (OSError, yaml.YAMLError) as e:
+            log.warning("cannot read the credential %s to renew its token: %s", path, e)
+            return api
+        times = enroll.token_times(token) if token else None
+        self._token_times = times
+        if times is None or not enroll.rotation_due(times, datetime.now(UTC)):
+            return api
+        try:
+            new = enroll.request_token(api, self.node, enroll.NODE_TOKEN_SECONDS)
+        except KupdError as e:
+            log.warning("cannot renew the node's token (%s); the current one expires %s", e, times[1].isoformat())
+            return api
+        atomic_write(token_file, new.encode(), mode=0o600)
+        self._token_times = enroll.token_times(new)
+        expires = self._token_times[1].isoformat() if self._token_times else "?"
+        if named == token_file:
+            log.info("renewed the node's token; it expires %s", expires, extra=logsetup.event(logsetup.TOKEN_RENEWED))
+            return api
+        enroll.write_private(path, yaml.safe_dump(enroll.use_token_file(doc, token_file), sort_keys=False))
+        log.info("exchanged the enrolment token for the node's own (%s, expires %s); %s now reads it",
+                 token_file, expires, path, extra=logsetup.event(logsetup.TOKEN_RENEWED))
+        return k8s.api_client(str(path))
+
+    def _token_due(self) -> bool:
+        return self._token_times is not None and enroll.rotation_due(self._token_times, datetime.now(UTC))
+
+    def _control_plane(self, api: k8s.Client) -> bool | None:
+        """This node's role: from the config, else from its Node's label once the Node exists.
+        None when the daemon is asked to stop first."""
         if self.settings.control_plane is not None:
             return self.settings.control_plane
+        delay = NODE_POLL_SECONDS[0]
         while not self._stop.is_set():
             try:
                 node = k8s.call(api.get, "read own node", k8s.node_path(self.node))
                 return p.LABEL_CONTROL_PLANE in (node["metadata"].get("labels") or {})
+            except k8s.NotFound:
+                self._waiting("the Node", f"Node {self.node} is not registered yet (kubeadm join)")
+            except k8s.Forbidden as e:
+                self._waiting("permission", f"{e} (`kupd enroll {self.node}` grants it)")
             except KupdError as e:
-                log.warning("cannot read Node %s yet (%s); retrying", self.node, e)
-                self._stop.wait(3)
-        return False
+                self._waiting("the API server", str(e))
+            self._pause(delay)
+            delay = min(delay * 2, NODE_POLL_SECONDS[1])
+        return None
 
     def run(self) -> int:
-        s = self.settings
         logsetup.set_defaults(node=self.node)
+        s = self.settings
         # Everything this process may need, imported now: after a package upgrade it must not mix
-        # modules of the new version into the old one. It restarts itself instead (below).
+        # modules of the new version into the old one. It restarts itself instead (see _run).
         oneversion.preload(backends=s.host == "real" and s.control_plane is not False)
-        package = oneversion.PackageWatch()
-        restart = False
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        api = k8s.api_client(s.kubeconfig)
+        self._package = oneversion.PackageWatch()
+        # READY as soon as the daemon runs, so `systemctl start`, `apt install` and cloud-init's
+        # `enable --now` return at once; STATUS says what kupd still waits for. Never sent later.
+        self.notifier.ready(f"starting on {self.node}")
+        try:
+            rc = self._run()
+        finally:
+            if not self._restart:
+                self.notifier.stopping("stopping")
+        if self._restart:
+            # Not STOPPING=1: the service goes on in the same process (same PID), which says READY again.
+            self.notifier.status("restarting to run the upgraded kupd")
+            oneversion.reexec()
+        return rc
+
+    def _run(self) -> int:
+        s = self.settings
+        if s.metrics_address:
+            metrics.serve(s.metrics_address)
+        api = self._credential()
+        if api is None:
+            return 0
+        api = self._own_token(api)
         host = make_host(s, self.node)
         store = CheckpointStore(s.state_dir)
         nodeops = NodeOps(api, self.node)
-        if s.metrics_address:
-            metrics.serve(s.metrics_address)
 
         member_holder: list[Member] = []
 
@@ -118,11 +248,13 @@ class Daemon:
         # finishes without it. Its role is in the checkpoint, so no API read is needed first.
         control_plane = agent.cp.grant.control_plane if agent.cp.active and agent.cp.grant \
             else self._control_plane(api)
+        if control_plane is None:
+            agent.stop()
+            return 0
         lease = s.lease
-        offset = timedelta(seconds=s.simulated.clock_offset_seconds if s.host == "simulated" else 0)
         member = Member(api, lease.namespace, self.node, lease.member_duration_seconds,
                         lease.member_duration_seconds * lease.renew_fraction, host.facts, agent.report,
-                        control_plane, clock=lambda: datetime.now(UTC) + offset)
+                        control_plane, clock=node_clock(s))
         member_holder.append(member)
         member.start()
         agent.resume()
@@ -140,10 +272,10 @@ class Daemon:
 
         eligible = s.coordinator_eligible == "any" or (s.coordinator_eligible == "control-plane" and control_plane)
         elector = Elector(api, lease.namespace, self.node, lease.coordinator_duration_seconds)
-        self.notifier.ready(f"member of the cluster as {self.node}"
-                            + (", coordinator candidate" if eligible else ""))
+        self.notifier.status(f"member of the cluster as {self.node}"
+                             + (", coordinator candidate" if eligible else ""))
         log.info("kupd daemon started on %s (control plane: %s, coordinator candidate: %s)",
-                 self.node, control_plane, eligible)
+                 self.node, control_plane, eligible, extra=logsetup.event(logsetup.DAEMON_STARTED))
         wd = watchdog_interval()
         tick = lease.coordinator_duration_seconds * lease.renew_fraction
         if wd:
@@ -155,27 +287,28 @@ class Daemon:
             # A grant that arrived while the agent was still busy with an earlier one gets no
             # second watch event: look at the grant Lease again on every tick.
             offer()
+            if self._token_due():
+                self._own_token(api)  # rewrites the token file the client reads
             self.notifier.watchdog()
-            if package.changed() and agent.quiesce():
-                log.info("kupd's package changed on disk and no step runs: restarting to run the new version")
-                restart = True
-                break
+            self._restart_when_safe(agent)
             self._stop.wait(tick)
-        if restart:
-            # Not STOPPING=1: the service goes on in the same process (same PID), which says READY again.
-            self.notifier.status("restarting to run the upgraded kupd")
-        else:
-            log.info("stopping")
-            self.notifier.stopping("stopping")
+        log.info("stopping", extra=logsetup.event(logsetup.DAEMON_STOPPING))
         if self.coordinator:
             self.coordinator.stop()
         elector.release()
         agent.stop()
         member.stop()
         grants.stop()
-        if restart:
-            oneversion.reexec()
         return 0
+
+    def _restart_when_safe(self, agent: Agent) -> None:
+        """Once kupd's package changed on disk and no step runs (none will start), end the loop to
+        run the new version in this process (run() re-executes it after a clean stop)."""
+        if self._package is None or not self._package.changed() or not agent.quiesce():
+            return
+        log.info("kupd's package changed on disk and no step runs: restarting to run the new version")
+        self._restart = True
+        self._stop.set()
 
     def _elect(self, api: k8s.Client, elector: Elector, host: Host) -> None:
         try:
@@ -189,7 +322,7 @@ class Daemon:
             from kupd.clock import SystemClock
             from kupd.scheduler import Scheduler
 
-            log.info("coordinating at epoch %d", elector.epoch)
+            log.info("coordinating at epoch %d", elector.epoch, extra=logsetup.event(logsetup.COORDINATOR_ELECTED))
             self.coordinator = Coordinator(api, self.settings.lease.namespace, self.node,
                                            self.settings.lease.member_duration_seconds, elector,
                                            host.newest_patch, on_plan=metrics.operation_status,
@@ -199,11 +332,7 @@ class Daemon:
                                            on_refused=metrics.status_refused)
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
-            log.info("no longer coordinator")
+            log.info("no longer coordinator", extra=logsetup.event(logsetup.COORDINATOR_LOST))
             self.coordinator.stop()
             self.coordinator = None
             metrics.coordinator_stopped()
-
-
-
-

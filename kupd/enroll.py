@@ -4,8 +4,10 @@ Each node's daemon authenticates as its own ServiceAccount, `kupd-system/kupd-no
 token from the TokenRequest API, and is granted kupd's roles through per-node bindings (see
 packaging/rbac/ and docs/usage/security.md):
 
-- every node: ClusterRole kupd-member (cluster-wide) and kupd-member-leases (in kupd-system), and
-  a Role kupd-grant:<node> to read and watch its own grant Lease, kupd-grant-<node>, by name;
+- every node: ClusterRole kupd-member (cluster-wide) and kupd-member-leases (in kupd-system),
+  a Role kupd-grant:<node> to read and watch its own grant Lease, kupd-grant-<node>, by name, and
+  a Role kupd-token:<node> to request tokens for its own ServiceAccount, so the daemon replaces
+  the short-lived enrolment token with its own and keeps rotating it (`rotation_due`);
 - control-plane nodes, in addition: kupd-control-plane, kupd-control-plane-leases (in kupd-system),
   kupd-events (in default) and, when a backup Secret is named, get on that one Secret.
 
@@ -19,8 +21,11 @@ for a token and writes the node's kubeconfig (mode 0600 in a 0700 directory).
 from __future__ import annotations
 
 import base64
+import binascii
+import json
 import os
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +43,11 @@ USERNAME_PREFIX = f"system:serviceaccount:{NAMESPACE}:{SA_PREFIX}"
 LABELS = {"app.kubernetes.io/name": "kupd"}
 NODE_LABEL = "kupd.io/node"
 BACKUP_ROLE = "kupd-backup-credentials"
-DEFAULT_TOKEN_SECONDS = 365 * 24 * 3600
+# The enrolment token only has to last until the daemon's first start, which exchanges it for the
+# node's own token (NODE_TOKEN_SECONDS, renewed at half its life): no long-lived secret in
+# user-data or on an administrator's disk (docs/usage/security.md).
+DEFAULT_TOKEN_SECONDS = 24 * 3600
+NODE_TOKEN_SECONDS = 7 * 24 * 3600
 KUBECONFIG_PATH = "/etc/kupd/kubeconfig"
 
 
@@ -116,6 +125,17 @@ def grant_role(node: str) -> dict[str, Any]:
     }
 
 
+def token_role(node: str) -> dict[str, Any]:
+    """A Role to request tokens for exactly one ServiceAccount: the node's own."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": f"kupd-token:{node}", "namespace": NAMESPACE, "labels": _labels(node)},
+        "rules": [{"apiGroups": [""], "resources": ["serviceaccounts/token"],
+                   "resourceNames": [service_account(node)], "verbs": ["create"]}],
+    }
+
+
 def manifests(node: str, control_plane: bool, backup_secret: tuple[str, str] | None = None) -> list[dict[str, Any]]:
     """The objects that give `node` its identity and its roles, in apply order."""
     sa = service_account(node)
@@ -128,6 +148,8 @@ def manifests(node: str, control_plane: bool, backup_secret: tuple[str, str] | N
         _binding("RoleBinding", f"kupd-member:{node}", "ClusterRole", "kupd-member-leases", sa, node, NAMESPACE),
         grant_role(node),
         _binding("RoleBinding", f"kupd-grant:{node}", "Role", f"kupd-grant:{node}", sa, node, NAMESPACE),
+        token_role(node),
+        _binding("RoleBinding", f"kupd-token:{node}", "Role", f"kupd-token:{node}", sa, node, NAMESPACE),
     ]
     if control_plane:
         objs += [
@@ -230,3 +252,75 @@ def enroll(api: Client, node: str, control_plane: bool, server: str, ca_pem: byt
     apply(api, manifests(node, control_plane, backup_secret))
     token = request_token(api, node, seconds)
     return write_private(output, yaml.safe_dump(kubeconfig(server, ca_pem, token, node), sort_keys=False))
+
+
+# -- the node's own token: exchanged at first start, then rotated by the daemon ------------
+
+
+def token_times(token: str) -> tuple[datetime, datetime] | None:
+    """(issued, expires) from a ServiceAccount token's JWT claims; None when the token is not a
+    JWT with both (a static token, or anything unreadable: then nothing is rotated). The claims
+    are read, not verified: this is the daemon's own credential, and the API server verifies it."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    iat, exp = claims.get("iat"), claims.get("exp")
+    if not (isinstance(iat, int) and isinstance(exp, int)) or isinstance(iat, bool) or exp <= iat:
+        return None
+    try:
+        return datetime.fromtimestamp(iat, UTC), datetime.fromtimestamp(exp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def rotation_due(times: tuple[datetime, datetime], now: datetime, lifetime: int = NODE_TOKEN_SECONDS) -> bool:
+    """Whether to request a new token now: the token is an enrolment token (shorter-lived than the
+    node's own), or half of its life has passed."""
+    issued, expires = times
+    span = (expires - issued).total_seconds()
+    return span < 0.9 * lifetime or now >= issued + (expires - issued) / 2
+
+
+def _current_user_name(doc: dict[str, Any]) -> Any:
+    ctx_name = doc.get("current-context")
+    for c in doc.get("contexts") or []:
+        if isinstance(c, dict) and c.get("name") == ctx_name and isinstance(c.get("context"), dict):
+            return c["context"].get("user")
+    return None
+
+
+def current_token(doc: Any, base_dir: Path) -> tuple[str | None, str | None]:
+    """(inline token, token file) of a kubeconfig's current user; (None, None) for anything else
+    (client certificates, no user, not a kubeconfig)."""
+    if not isinstance(doc, dict):
+        return None, None
+    name = _current_user_name(doc)
+    for entry in doc.get("users") or []:
+        if isinstance(entry, dict) and entry.get("name") == name and isinstance(entry.get("user"), dict):
+            user = entry["user"]
+            token, token_file = user.get("token"), user.get("tokenFile")
+            return (token if isinstance(token, str) and token else None,
+                    str(base_dir / token_file) if isinstance(token_file, str) and token_file else None)
+    return None, None
+
+
+def use_token_file(kubeconfig_doc: dict[str, Any], token_file: str) -> dict[str, Any]:
+    """The kubeconfig with its current context's user reading `token_file` instead of an inline
+    token: the client re-reads the file on every request, so a rotation needs no restart."""
+    doc = dict(kubeconfig_doc)
+    user_name = _current_user_name(doc)
+    users = []
+    for entry in doc.get("users") or []:
+        if isinstance(entry, dict) and entry.get("name") == user_name:
+            user = {k: v for k, v in (entry.get("user") or {}).items() if k != "token"}
+            user["tokenFile"] = token_file
+            entry = {**entry, "user": user}
+        users.append(entry)
+    doc["users"] = users
+    return doc

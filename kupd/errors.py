@@ -16,6 +16,10 @@ class PermanentError(KupdError):
     """Retrying will not help; the operation must stop and say why."""
 
 
+class NotFoundError(PermanentError):
+    """A named object does not exist (the API's 404, a missing DirectUpdate)."""
+
+
 class RetryableError(KupdError):
     """The same action may succeed later."""
 
@@ -30,10 +34,13 @@ class ValidationError(PermanentError):
     `field` names the offending field so status Conditions and CLI errors can point at it.
     """
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, problems: list[tuple[str, str]] | None = None) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.reason = message
+        # Every (field, message) found, when the input had more than one problem; the message
+        # above names the first (as the API server does) and counts the rest.
+        self.problems = problems or [(field, message)]
 
 
 class DeadlineExceeded(PermanentError):

@@ -1,4 +1,4 @@
-"""Logging: journald with structured fields under systemd, plain stderr everywhere else.
+"""Logging: journald with structured fields under systemd; stderr elsewhere, as text or JSON lines.
 
 Every record carries the operation, node and step it belongs to, taken from context variables
 that the coordinator and agent set around their work::
@@ -19,19 +19,46 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
+import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from kupd.journal import SOCKET_PATH, JournalSocket
 
 OPERATION = "KUPD_OPERATION"
 NODE = "KUPD_NODE"
 STEP = "KUPD_STEP"
 FIELDS = (OPERATION, NODE, STEP)
 SYSLOG_IDENTIFIER = "kupd"
+
+MESSAGE_ID = "MESSAGE_ID"
+
+# journald MESSAGE_IDs of the key events (`journalctl -u kupd MESSAGE_ID=...`), fixed forever:
+# tools and alerts may match on them. Sent with ``log.info(..., extra=event(STEP_DONE))``.
+DAEMON_STARTED = "77a716acb0504fd59d826bb72d927c63"  # member of the cluster, loops running
+DAEMON_WAITING = "09a7a6438a6b4c48a980b9999e29750e"  # waiting for a credential, the API, permission, the Node
+DAEMON_STOPPING = "2610acc5274745c68472b282423765d3"
+COORDINATOR_ELECTED = "6e681aab8dd54a54868d31ca57828039"
+COORDINATOR_LOST = "e757c1fedf1346008b9ae16a9406ab04"
+STEP_DONE = "c8394c3cad8146f9a1204b23376d8c63"
+STEP_FAILED = "404fe6f424f649b3b7b8c87082e4d11f"
+TOKEN_RENEWED = "dcf13f437978452a844b02a2f8d12d79"  # noqa: S105 - an event id: the node's token renewed
+MESSAGE_IDS = {
+    "DAEMON_STARTED": DAEMON_STARTED, "DAEMON_WAITING": DAEMON_WAITING, "DAEMON_STOPPING": DAEMON_STOPPING,
+    "COORDINATOR_ELECTED": COORDINATOR_ELECTED, "COORDINATOR_LOST": COORDINATOR_LOST, "STEP_DONE": STEP_DONE,
+    "STEP_FAILED": STEP_FAILED, "TOKEN_RENEWED": TOKEN_RENEWED,
+}
+
+
+def event(message_id: str) -> dict[str, str]:
+    """``extra=`` for a record of a key event: journald gets it as MESSAGE_ID, JSON as message_id."""
+    return {MESSAGE_ID: message_id}
+
 
 _context: dict[str, contextvars.ContextVar[str | None]] = {
     name: contextvars.ContextVar(name, default=None) for name in FIELDS
@@ -116,6 +143,28 @@ class StderrFormatter(logging.Formatter):
         return text
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (`kupd daemon --log-format json`), for log shippers outside
+    journald: time (RFC 3339, UTC), level, logger, message, the KUPD_* fields as operation, node
+    and step, message_id for key events, exception when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record_fields(record).items():
+            doc[key.removeprefix("KUPD_").lower()] = value
+        message_id = getattr(record, MESSAGE_ID, None)
+        if message_id:
+            doc["message_id"] = str(message_id)
+        if record.exc_info and record.exc_info[0] is not None:
+            doc["exception"] = "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(doc, ensure_ascii=False)
+
+
 _PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 
 
@@ -149,6 +198,9 @@ class JournalHandler(logging.Handler):
                 extra["EXCEPTION_TEXT"] = text
                 message = f"{message}\n{text}"
             extra.update(record_fields(record))
+            message_id = getattr(record, MESSAGE_ID, None)
+            if message_id:
+                extra[MESSAGE_ID] = str(message_id)
             self._send(
                 message,
                 CODE_FILE=record.pathname,
@@ -178,12 +230,10 @@ def under_journald(environ: Mapping[str, str] | None = None, stderr: TextIO | No
 
 
 def _journal_sender() -> JournalSender | None:
-    try:
-        journal = importlib.import_module("systemd.journal")  # Debian's python3-systemd
-    except ImportError:
+    """journald's native protocol (kupd.journal), when its socket is there."""
+    if not JournalSocket.available():
         return None
-    send: JournalSender = journal.send
-    return send
+    return JournalSocket().send
 
 
 def setup_logging(
@@ -192,11 +242,12 @@ def setup_logging(
     environ: Mapping[str, str] | None = None,
     stream: TextIO | None = None,
     journal_sender: JournalSender | None = None,
+    log_format: str = "text",
 ) -> logging.Handler:
     """Configure the root logger once; returns the handler in use.
 
-    `journal_sender` replaces ``systemd.journal.send`` (tests); without python3-systemd the
-    daemon still logs, to stderr, and says why.
+    `journal_sender` replaces the native journal socket (tests); without the socket the daemon
+    still logs, to stderr, and says why.
     """
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -209,12 +260,12 @@ def setup_logging(
         if sender is not None:
             handler = JournalHandler(sender)
         else:
-            fallback_reason = "python3-systemd is not importable; logging to stderr without fields"
+            fallback_reason = f"no journald socket at {SOCKET_PATH}; logging to stderr without fields"
             handler = logging.StreamHandler(stream or sys.stderr)
             handler.setFormatter(StderrFormatter(with_time=False))
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(StderrFormatter())
+        handler.setFormatter(JsonFormatter() if log_format == "json" else StderrFormatter())
     handler.addFilter(ContextFilter())
     setattr(handler, "_kupd", True)  # noqa: B010 - marks our handler so a second setup replaces it
     root.addHandler(handler)

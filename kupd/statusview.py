@@ -219,7 +219,9 @@ def table(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
-def render_operation(view: Mapping[str, Any]) -> str:
+def render_operation(view: Mapping[str, Any], wide: bool = False) -> str:
+    """One operation's block; `wide` (`-o wide`) keeps messages whole."""
+    width = 1 << 20 if wide else MESSAGE_WIDTH
     prog = view["progress"]
     lines = [f"DirectUpdate {view['name']}: {view['phase']}"
              + ("  (spec.paused)" if view["paused"] and view["phase"] != "Paused" else "")]
@@ -253,15 +255,15 @@ def render_operation(view: Mapping[str, Any]) -> str:
                 role += " (canary)"
             rows.append((n["name"], role, n["phase"], n["step"] or "-", str(n["attempts"]),
                          n["fromVersion"] or "-", n["toVersion"] or "-", format_duration(n["durationSeconds"]),
-                         _clip(str(n["message"] or ""), MESSAGE_WIDTH)))
+                         _clip(str(n["message"] or ""), width)))
         lines.append("")
         lines.extend(table(rows))
     return "\n".join(lines)
 
 
-def render(objs: Sequence[Mapping[str, Any]], now: datetime) -> str:
+def render(objs: Sequence[Mapping[str, Any]], now: datetime, wide: bool = False) -> str:
     """The `kupd status` table: one block per operation, oldest first."""
     doc = document(objs, now)
     if not doc["operations"]:
         return "No DirectUpdates found."
-    return "\n\n".join(render_operation(v) for v in doc["operations"])
+    return "\n\n".join(render_operation(v, wide) for v in doc["operations"])

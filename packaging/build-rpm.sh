@@ -9,11 +9,14 @@ if [ -n "$rpmfile" ] && [ -z "${KUPD_REBUILD:-}" ]; then
     echo "$rpmfile"
     exit 0
 fi
-"$KUPD_SRC/packaging/fetch-wheels.sh" "$KUPD_WHEELHOUSE" >&2
+# The RHEL 9 family's python3.11 (its python3 is 3.9); this host's python3.11 builds the venv.
+pyver=3.11
+wh=$(kupd_wheelhouse "$pyver")
+"$KUPD_SRC/packaging/fetch-wheels.sh" "$wh" "$pyver" >&2
 work="$KUPD_CACHE/rpm-build/$hash"
 kupd_stage "$work/kupd"
 rpmbuild -bb --define "_topdir $work/rpmbuild" --define "_sourcedir $work/kupd" \
-    --define "kupd_wheelhouse $KUPD_WHEELHOUSE" "$work/kupd/rpm.spec" >"$work/build.log" 2>&1 || {
+    --define "kupd_wheelhouse $wh" --define "kupd_python /usr/bin/python$pyver" "$work/kupd/rpm.spec" >"$work/build.log" 2>&1 || {
     tail -40 "$work/build.log" >&2
     echo "build-rpm: rpmbuild failed; full log: $work/build.log" >&2
     exit 1

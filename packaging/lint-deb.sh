@@ -5,7 +5,7 @@ set -eu
 deb=${1:?usage: lint-deb.sh DEB}
 report="${deb%.deb}.lintian.txt"
 if [ ! -e "$report" ]; then
-    lintian --fail-on error "$deb" >"$report.tmp" 2>&1 || {
+    lintian --fail-on error --pedantic --display-info "$deb" >"$report.tmp" 2>&1 || {
         cat "$report.tmp"
         echo "lint-deb: lintian reported errors for $deb" >&2
         exit 1

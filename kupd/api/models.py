@@ -475,7 +475,8 @@ def parse_spec(model: type[M], obj: Mapping[str, Any], root: str = "spec") -> M:
         errors = e.errors(include_url=False)
         first = errors[0]
         more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
-        raise ValidationError(error_path(root, first), f"{first['msg']}{more}") from e
+        problems = [(error_path(root, err), str(err["msg"])) for err in errors]
+        raise ValidationError(error_path(root, first), f"{first['msg']}{more}", problems) from e
 
 
 def parse_directupdate_spec(obj: Mapping[str, Any]) -> DirectUpdateSpec:

@@ -2,20 +2,22 @@
 
 Settings come from a TOML file (`--config`, its `[backup]` table shaped like the CR's `spec.backup`,
 plus `cluster`, `node` and `workDir`), then from the flags, which win. Credentials come from
-`--credentials-file` (JSON, mode 0600) or `--credentials-secret NAMESPACE/NAME` (read with
-`--kubeconfig`), or the store's default chain (instance role, environment) when neither is given.
+`--credentials-file` (JSON, mode 0600) or `--credentials-secret NAMESPACE/NAME` (read with the
+kubeconfig resolved as kubectl resolves it: --kubeconfig, $KUBECONFIG, ~/.kube/config, then the
+node's /etc/kupd/kubeconfig; --context), or the store's default chain (instance role,
+environment) when neither is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 import tomllib
 from typing import TYPE_CHECKING, Any
 
 from kupd import validate
+from kupd.commands import common
 from kupd.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -23,11 +25,14 @@ if TYPE_CHECKING:
     from kupd.k8s import Client
 
 DEFAULT_CLUSTER = "kubernetes"  # kubeadm's default ClusterConfiguration.clusterName
-DEFAULT_KUBECONFIG = "/etc/kubernetes/admin.conf"
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("backup", help="etcd backups")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "backup", help="etcd backups",
+        description="etcd backups outside an upgrade. `kupd backup now` takes one on this control-plane node "
+        "the way the daemon does before the first control-plane change: snapshot, verify, upload, verify "
+        "the upload, apply retention.")
     actions = p.add_subparsers(dest="backup_command", metavar="ACTION", required=True)
     now = actions.add_parser(
         "now",
@@ -46,7 +51,7 @@ def register(sub: Any) -> None:
     store.add_argument("--retention", type=int, help="keep the newest N backups of the cluster (0: all)")
     store.add_argument("--credentials-file", metavar="FILE", help="JSON credentials, mode 0600")
     store.add_argument("--credentials-secret", metavar="NAMESPACE/NAME", help="read credentials from a Secret")
-    store.add_argument("--kubeconfig", help=f"for --credentials-secret (default {DEFAULT_KUBECONFIG})")
+    common.add_kubeconfig_flags(store)
     et = now.add_argument_group("etcd")
     et.add_argument("--etcd-endpoint", action="append", metavar="URL", help="repeatable; default the local member")
     et.add_argument("--cacert")
@@ -59,7 +64,7 @@ def register(sub: Any) -> None:
     now.add_argument("--work-dir", help="where the snapshot is written (default /var/lib/kupd/backup)")
     now.add_argument("--no-verify-download", action="store_true", help="check size and sha256 metadata only")
     now.add_argument("--keep-local", action="store_true", help="keep the local snapshot file")
-    now.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    common.add_output_flag(now)
     now.set_defaults(func=run_now)
 
 
@@ -144,13 +149,13 @@ def run_now(args: argparse.Namespace) -> int:
         creds = run.load_credentials(config.store, api)
         record = run.take_backup(config, creds, cluster, node, SystemClock())
     except (BackupFailed, BackupRetryable) as e:
-        if args.output == "json":
-            print(json.dumps({"error": str(e), "reason": e.reason}, indent=1))
+        if args.output in ("json", "yaml"):
+            common.emit({"error": str(e), "reason": e.reason}, args.output)
         print(f"kupd backup: {e.reason}: {e}", file=sys.stderr)
-        return 1
-    if args.output == "json":
-        print(json.dumps(record.to_json(), indent=1, sort_keys=True))
-    else:
+        return common.EXIT_FAILED
+    if args.output in ("json", "yaml"):
+        common.emit(dict(sorted(record.to_json().items())), args.output)
+    else:  # table and wide: the record is a list of fields either way
         status = record.to_status()
         width = max(len(k) for k in status)
         for k, v in status.items():
@@ -191,6 +196,4 @@ def backup_config(spec: dict[str, Any]) -> run.BackupConfig:
 
 
 def _api(args: argparse.Namespace) -> Client:
-    from kupd import k8s
-
-    return k8s.api_client(args.kubeconfig or DEFAULT_KUBECONFIG)
+    return common.api_client(args)

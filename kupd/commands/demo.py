@@ -26,7 +26,10 @@ INSTALLED_CRDS = "/usr/share/kupd/crds"
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "demo", help="upgrade a local control plane with simulated nodes, live in the terminal")
+        "demo", help="upgrade a local control plane with simulated nodes, live in the terminal",
+        description="Start a real etcd and kube-apiserver (the test control-plane build), a kupd daemon per "
+        "simulated node, apply a DirectUpdate and show the upgrade live. Needs a source checkout "
+        "(scripts/demo.sh builds the control plane first).")
     p.add_argument("--control-planes", type=int, default=1, help="control-plane nodes (default 1)")
     p.add_argument("--workers", type=int, default=3, help="worker nodes (default 3)")
     p.add_argument("--from-version", default="v1.31.2", help="version the nodes start at")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import urllib3
 
-from kupd.errors import KupdError, PermanentError, RetryableError
+from kupd.errors import KupdError, NotFoundError, PermanentError, RetryableError
 from kupd.k8s.client import ApiError, Client
 
 # What a call through the client raises when the API server answers with an error or not at all.
@@ -27,7 +27,7 @@ class Conflict(RetryableError):
     """Optimistic-concurrency conflict (or AlreadyExists): re-read and try again."""
 
 
-class NotFound(PermanentError):
+class NotFound(NotFoundError):
     pass
 
 

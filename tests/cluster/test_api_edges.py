@@ -48,7 +48,8 @@ def make_node(api: k8s.Client, name: str, labels: dict[str, str], kubelet: str |
 def test_enroll_writes_a_kubeconfig_that_authenticates_as_the_node(crds: ControlPlane, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "etc" / "kupd" / "kubeconfig"
-    args = ["enroll", NODE, "--kubeconfig", str(crds.admin_kubeconfig), "-o", str(out), "--duration", "3600"]
+    args = ["enroll", NODE, "--kubeconfig", str(crds.admin_kubeconfig), "--node-kubeconfig", str(out),
+            "--duration", "3600"]
     try:
         assert main(args) == 0
         # Again: the bindings exist now and are replaced, the ServiceAccount is kept.

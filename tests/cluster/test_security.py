@@ -647,3 +647,42 @@ def test_a_worker_cannot_fake_the_verified_backup(ids: Identities, daemons: SimC
         assert grant.get("backup") is True, f"cp-1 was granted without a backup: {grant}"
     finally:
         custom.delete_cluster_custom_object(k8s.GROUP, k8s.VERSION, k8s.DIRECTUPDATES, "sec-fake-backup")
+
+
+# -- the node's own token ----------------------------------------------------------------------
+
+
+def test_a_node_requests_tokens_for_itself_only(ids: Identities) -> None:
+    own = k8s.api_client(str(ids.kubeconfigs["w-1"]))
+    token = enroll.request_token(own, "w-1", 600)
+    assert enroll.token_times(token) is not None
+    with pytest.raises(k8s.Forbidden):
+        enroll.request_token(own, "w-2", 600)
+    with pytest.raises(k8s.Forbidden):
+        enroll.request_token(own, "cp-1", 600)
+
+
+def test_daemon_exchanges_its_enrolment_token_for_its_own(ids: Identities, daemons: SimCluster) -> None:
+    """The enrolment token (1 h here; `kupd enroll` gives 24 h) is replaced at the first start by a
+    token of the node's own (7 days, renewed at half its life) in STATE_DIR/token, which the
+    kubeconfig then names; the daemon keeps working with it."""
+    path = ids.kubeconfigs["cp-1"]
+    token_file = str(daemons.nodes["cp-1"].dir / "state" / "token")
+    deadline = time.monotonic() + 60
+    while enroll.current_token(yaml.safe_load(path.read_text()), path.parent) != (None, token_file):
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.5)
+    assert oct(Path(token_file).stat().st_mode & 0o777) == "0o600"
+    times = enroll.token_times(Path(token_file).read_text())
+    assert times is not None
+    assert (times[1] - times[0]).total_seconds() == enroll.NODE_TOKEN_SECONDS
+    fresh = k8s.api_client(str(path))  # reads the token file
+    # The exchange comes first at start-up; the member Lease follows once the daemon runs.
+    while True:
+        try:
+            lease = k8s.call(fresh.get, "own lease", k8s.lease_path(NS, p.member_lease_name("cp-1")))
+            break
+        except k8s.NotFound:
+            assert time.monotonic() < deadline + 60, "no member Lease of cp-1"
+            time.sleep(0.5)
+    assert lease["spec"]["holderIdentity"] == "cp-1"

@@ -97,7 +97,7 @@ def test_status_table_json_and_printer_columns(du: ControlPlane) -> None:
     assert [n["phase"] for n in op["nodes"]] == ["Succeeded", "Succeeded", "Upgrading", "Pending"]
 
     res = kupd(du, "no-such-update")
-    assert res.returncode == 1 and "not found" in res.stderr
+    assert res.returncode == 3 and "not found" in res.stderr  # exit code 3: not found
 
     # `kubectl get directupdates` shows the same at a glance.
     out = du.kubectl("get", "directupdates").stdout.splitlines()

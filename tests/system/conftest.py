@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -29,30 +30,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(1800))
 
 
-def _build(script: str, timeout: float) -> Path:
+def build_package(script: str, *args: str, timeout: float = 1800) -> Path:
+    """Run packaging/SCRIPT ARGS and return the package path it prints last."""
     started = time.monotonic()
     proc = subprocess.run(
-        [str(ROOT / "packaging" / script)], capture_output=True, text=True, timeout=timeout, check=False
+        [str(ROOT / "packaging" / script), *args], capture_output=True, text=True, timeout=timeout, check=False
     )
     if proc.returncode != 0:
         pytest.fail(f"packaging/{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}")
     path = Path(proc.stdout.strip().splitlines()[-1])
     if not path.is_file():
         pytest.fail(f"packaging/{script} printed {path}, which is not a file\n{proc.stderr[-3000:]}")
-    print(f"{script}: {path} in {time.monotonic() - started:.1f}s")
+    print(f"{script} {' '.join(args)}: {path} in {time.monotonic() - started:.1f}s")
     return path
 
 
 @pytest.fixture(scope="session")
 def deb_package() -> Path:
-    """The .deb of this tree (KUPD_DEB=path reuses a given one while iterating on the tests)."""
+    """The bookworm .deb of this tree (KUPD_DEB=path reuses a given one while iterating on the tests)."""
     given = os.environ.get("KUPD_DEB")
     if given:
         return Path(given)
     for tool in ("dpkg-buildpackage", "dh", "lintian"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: install debhelper, dpkg-dev, lintian (.ci/apt-packages.txt)")
-    return _build("build-deb.sh", timeout=1200)
+    return build_package("build-deb.sh", nspawn.SUITE)
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +64,7 @@ def rpm_package() -> Path:
         return Path(given)
     if shutil.which("rpmbuild") is None:
         pytest.fail("rpmbuild is missing: install the Debian package rpm (.ci/apt-packages.txt)")
-    return _build("build-rpm.sh", timeout=1200)
+    return build_package("build-rpm.sh")
 
 
 @pytest.fixture(scope="session")
@@ -84,9 +86,18 @@ def node_workdir() -> Iterator[Path]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def install_deb(node: nspawn.Node, deb: Path) -> None:
     """`apt-get install ./kupd_*.deb` inside the node: apt resolves Depends from the node's own
-    dpkg database (the base image has them), so no network is needed."""
+    dpkg database (the base image has them), so no network is needed. The package starts kupd,
+    which serves /metrics at once: the nodes share the host's network, so each gets its own port."""
+    node.write("/etc/kupd/config.d/40-system-test-metrics.toml", f'metrics_address = "127.0.0.1:{free_port()}"\n')
     node.copy_in(deb, f"{NODE_DEB_DIR}/{deb.name}")
     node.run(["apt-get", "install", "-y", f"{NODE_DEB_DIR}/{deb.name}"], timeout=300)
 

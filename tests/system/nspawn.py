@@ -13,7 +13,7 @@ The nodes share the host's network namespace, so they reach the test control pla
 127.0.0.1 and must not listen on the same ports.
 
 Usage from a shell (warms the cache, boots a node for poking around):
-    python -m tests.system.nspawn base
+    python -m tests.system.nspawn base [SUITE]
     python -m tests.system.nspawn boot NAME
 """
 
@@ -30,13 +30,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SUITE = "bookworm"
+# Releases the system tier boots (Debian's archive serves both; the host's debootstrap knows them).
+SUITES = ("bookworm", "trixie")
 # The packages kupd's .deb depends on are in the base image, so `apt-get install ./kupd.deb`
-# inside a node needs no network; the rest is what a minimal kubeadm node has.
+# inside a node needs no network; the rest is what a minimal kubeadm node has. No
+# python3-systemd: kupd writes to journald itself (kupd/journal.py), and the tests prove it.
 BASE_PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -44,7 +47,6 @@ BASE_PACKAGES = (
     "apt",
     "python3",
     "python3-apt",
-    "python3-systemd",
     "ca-certificates",
     "iproute2",
     "procps",
@@ -76,8 +78,8 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def base_key(mirror: str) -> str:
-    text = "\n".join([SUITE, mirror, "minbase", *sorted(BASE_PACKAGES)])
+def base_key(mirror: str, suite: str = SUITE, extra: Sequence[str] = ()) -> str:
+    text = "\n".join([suite, mirror, "minbase", *sorted(BASE_PACKAGES), *sorted(extra)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -90,11 +92,15 @@ def _require(*tools: str) -> None:
         )
 
 
-def base_image() -> Path:
-    """The cached debootstrapped root; built (a few minutes, once) when missing."""
+def base_image(suite: str = SUITE, extra: Sequence[str] = ()) -> Path:
+    """The cached debootstrapped root of `suite` (with `extra` packages too, e.g. cloud-init);
+    built (a few minutes, once) when missing."""
     _require("debootstrap", "systemd-nspawn", "nsenter")
     mirror = debian_mirror()
-    root = cache_dir() / f"nspawn-base-{base_key(mirror)}"
+    prefix = "nspawn-base" if suite == SUITE else f"nspawn-base-{suite}"
+    if extra:
+        prefix += "-" + "-".join(sorted(extra))
+    root = cache_dir() / f"{prefix}-{base_key(mirror, suite, extra)}"
     if (root / ".complete").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +113,8 @@ def base_image() -> Path:
         argv = [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
-            SUITE,
+            f"--include={','.join((*BASE_PACKAGES, *extra))}",
+            suite,
             str(tmp),
             mirror,
         ]
@@ -350,11 +356,15 @@ def make_node(name: str, workdir: Path, base: Path | None = None) -> Node:
 
 
 @contextlib.contextmanager
-def booted_nodes(names: Sequence[str], workdir: Path) -> Iterator[list[Node]]:
-    base = base_image()
+def booted_nodes(names: Sequence[str], workdir: Path, suite: str = SUITE, extra: Sequence[str] = (),
+                 prepare: Callable[[Node], None] | None = None) -> Iterator[list[Node]]:
+    """Boot copies of the base image; `prepare` runs on each node's root before it boots."""
+    base = base_image(suite, extra)
     nodes = [make_node(n, workdir, base) for n in names]
     try:
         for n in nodes:
+            if prepare is not None:
+                prepare(n)
             n.boot()
         yield nodes
     finally:
@@ -365,7 +375,7 @@ def booted_nodes(names: Sequence[str], workdir: Path) -> Iterator[list[Node]]:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["base"]:
-        print(base_image())
+        print(base_image(*argv[1:2]))
         return 0
     if len(argv) == 2 and argv[0] == "boot":
         workdir = cache_dir() / "nodes"

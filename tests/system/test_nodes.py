@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.system import nspawn
 from tests.system.conftest import NODE_DEB_DIR
 
-VENV_PY = "/usr/lib/kupd/venv/bin/python3.11"
+VENV_PY = "/usr/lib/kupd/venv/bin/python3"
 
 
 def wait_for(what: str, predicate: object, timeout: float = 60, interval: float = 0.5) -> None:
@@ -51,20 +51,24 @@ def test_package_layout_and_unit(kupd_nodes: list[nspawn.Node]) -> None:
         assert show(node, "kupd.service", "KillMode") == "process"
         version = node.run(["kupd", "--version"]).stdout.strip()
         assert version.startswith("kupd "), version
-        # The venv's python sees python3-apt and python3-systemd from Debian, the rest from the venv.
+        # The venv's python sees python3-apt from Debian, the rest from the venv.
         probe = node.run([VENV_PY, "-I", "-c", (
-            "import apt_pkg, systemd.journal, pydantic, kubernetes, boto3, croniter, yaml, "
-            "prometheus_client, google.cloud.storage, kupd, kupd.config as c;"
+            "import apt_pkg, pydantic, boto3, croniter, yaml, prometheus_client, google.cloud.storage, "
+            "kupd, kupd.daemon, kupd.config as c;"
             "print(pydantic.VERSION, kupd.__file__, c.load().host)")]).stdout
         assert probe.startswith("2."), probe
         assert "/usr/lib/kupd/venv/" in probe and probe.split()[-1] == "real", probe
+        # Test-only and dropped dependencies are not in the production venv.
+        for module in ("kubernetes", "sdnotify", "aiohttp", "systemd"):
+            r = node.run([VENV_PY, "-I", "-c", f"import {module}"], check=False)
+            assert r.returncode == 1 and "ModuleNotFoundError" in r.stderr, (module, r.stderr)
 
 
 def test_systemctl_status_works(kupd_nodes: list[nspawn.Node]) -> None:
     node = kupd_nodes[0]
     r = node.run(["systemctl", "status", "--no-pager", "kupd"], check=False)
-    # 0 running, 3 not running (no cluster credentials yet): both are a working status.
-    assert r.returncode in (0, 3), r.stdout + r.stderr
+    # Running (READY at once) although it has no cluster credential yet.
+    assert r.returncode == 0, r.stdout + r.stderr
     assert "kupd.service - kupd Kubernetes node upgrade daemon" in r.stdout
     assert "Loaded: loaded (/lib/systemd/system/kupd.service; enabled" in r.stdout
 
@@ -89,9 +93,40 @@ def test_kill_switch(kupd_nodes: list[nspawn.Node]) -> None:
         assert "ConditionPathExists=!/etc/kupd/disabled was not met" in status
     finally:
         node.run(["rm", "-f", "/etc/kupd/disabled"])
-    # --no-block: whether the daemon then gets READY depends on its credentials, not on packaging.
-    node.systemctl("start", "--no-block", "kupd")
-    wait_for("kupd's condition to pass again", lambda: show(node, "kupd.service", "ConditionResult") == "yes")
+    node.systemctl("start", "kupd")
+    assert show(node, "kupd.service", "ConditionResult") == "yes"
+    assert show(node, "kupd.service", "ActiveState") == "active"
+
+
+def test_first_boot_ready_at_once_and_waits_without_restarts(kupd_nodes: list[nspawn.Node]) -> None:
+    """No credential, then one for an API server that is not there: `systemctl restart` returns
+    at once (READY before anything), STATUS says what kupd waits for, and the same process keeps
+    waiting (no exit, no restart); a stop during the wait is clean."""
+    node = kupd_nodes[2]
+    node.run(["rm", "-f", "/etc/kupd/kubeconfig"])
+    started = time.monotonic()
+    node.systemctl("restart", "kupd")  # Type=notify: returns once READY=1 arrived
+    took = time.monotonic() - started
+    print(f"systemctl restart kupd without a credential returned in {took:.1f}s")
+    assert took < 30, took
+    assert show(node, "kupd.service", "ActiveState") == "active"
+    wait_for("STATUS naming the missing credential",
+             lambda: "waiting for a credential" in show(node, "kupd.service", "StatusText"), timeout=30)
+    assert "/etc/kupd/kubeconfig does not exist" in show(node, "kupd.service", "StatusText")
+    pid, restarts = show(node, "kupd.service", "MainPID"), show(node, "kupd.service", "NRestarts")
+    time.sleep(12)  # more than two restart intervals of the old behaviour (exit 1, RestartSec=5s)
+    assert (show(node, "kupd.service", "MainPID"), show(node, "kupd.service", "NRestarts")) == (pid, restarts)
+    # A credential for an API server where nothing listens: the same process moves on and says so.
+    node.write("/etc/kupd/kubeconfig", "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+               "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+               "contexts: [{name: c, context: {cluster: c}}]\n", mode=0o600)
+    wait_for("STATUS naming the API server",
+             lambda: "waiting for the API server" in show(node, "kupd.service", "StatusText"), timeout=30)
+    assert show(node, "kupd.service", "MainPID") == pid
+    node.systemctl("stop", "kupd")
+    assert show(node, "kupd.service", "Result") == "success"
+    node.run(["rm", "-f", "/etc/kupd/kubeconfig"])
+    node.systemctl("start", "kupd")
 
 
 PROBE = """
@@ -105,6 +140,8 @@ assert n.enabled, "NOTIFY_SOCKET missing"
 assert watchdog_interval() == 4.0, watchdog_interval()
 with logsetup.log_context(operation="probe-op", step="drain"):
     logging.getLogger("kupd.probe").info("probe draining")
+    # Larger than a datagram: kupd.journal passes it in a sealed memfd.
+    logging.getLogger("kupd.probe").info("probe big entry %s", "x" * 400000)
 n.ready("probe-op: NODE drain (probe)")
 for _ in range(int(sys.argv[1])):
     n.watchdog()
@@ -128,6 +165,7 @@ def test_notify_watchdog_and_journal_fields_under_systemd(kupd_nodes: list[nspaw
         assert "Status: \"probe-op: " + node.name + " drain (probe)\"" in status, status
         entries = node.journal("-u", unit, "KUPD_STEP=drain", "KUPD_OPERATION=probe-op", f"KUPD_NODE={node.name}")
         assert "probe draining" in entries, node.journal("-u", unit, "-o", "verbose")
+        assert "probe big entry " + "x" * 1000 in entries
         assert node.journal("-u", unit, "KUPD_STEP=verify") == "" or "probe draining" not in node.journal(
             "-u", unit, "KUPD_STEP=verify"
         )
@@ -183,6 +221,6 @@ def test_package_removal_and_purge(kupd_nodes: list[nspawn.Node]) -> None:
 def test_reboot_starts_kupd_again(kupd_nodes: list[nspawn.Node]) -> None:
     node = kupd_nodes[0]
     node.reboot()
-    # enabled: systemd starts it at boot (it may be restarting while it has no credentials)
-    state = show(node, "kupd.service", "ActiveState")
-    assert state in ("active", "activating"), state
+    # enabled: systemd starts it at boot; without a credential it is active and waits
+    assert show(node, "kupd.service", "ActiveState") == "active"
+    assert "waiting for a credential" in show(node, "kupd.service", "StatusText")

@@ -3,13 +3,11 @@ themselves and their effect on a real API server are tested in tests/cluster/tes
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kupd import enroll
-from kupd.commands.enroll import admin_kubeconfig
 from kupd.errors import PermanentError
 from kupd.k8s import ApiError
 
@@ -44,6 +42,8 @@ def test_apply_creates_each_object_at_its_path() -> None:
         ("create", f"{rbac}/namespaces/kupd-system/rolebindings"),
         ("create", f"{rbac}/namespaces/kupd-system/roles"),
         ("create", f"{rbac}/namespaces/kupd-system/rolebindings"),
+        ("create", f"{rbac}/namespaces/kupd-system/roles"),
+        ("create", f"{rbac}/namespaces/kupd-system/rolebindings"),
         ("create", f"{rbac}/clusterrolebindings"),
         ("create", f"{rbac}/namespaces/kupd-system/rolebindings"),
         ("create", f"{rbac}/namespaces/default/rolebindings"),
@@ -62,6 +62,8 @@ def test_apply_replaces_existing_bindings_but_keeps_the_service_account() -> Non
         "/apis/rbac.authorization.k8s.io/v1/namespaces/kupd-system/rolebindings/kupd-member%3Aw-1",
         "/apis/rbac.authorization.k8s.io/v1/namespaces/kupd-system/roles/kupd-grant%3Aw-1",
         "/apis/rbac.authorization.k8s.io/v1/namespaces/kupd-system/rolebindings/kupd-grant%3Aw-1",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/kupd-system/roles/kupd-token%3Aw-1",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/kupd-system/rolebindings/kupd-token%3Aw-1",
     ]
 
 
@@ -77,13 +79,3 @@ def test_token_request() -> None:
     assert api.calls == [("create", "/api/v1/namespaces/kupd-system/serviceaccounts/kupd-node-w-1/token", {
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
         "spec": {"audiences": [], "expirationSeconds": 3600}})]
-
-
-def test_admin_kubeconfig_is_the_flag_then_kubeconfig_then_home(tmp_path: Path) -> None:
-    there = tmp_path / "admin.conf"
-    there.write_text("")
-    home = tmp_path / "home"
-    assert admin_kubeconfig("/x/flag.conf", {"KUBECONFIG": str(there)}, home) == "/x/flag.conf"
-    assert admin_kubeconfig(None, {"KUBECONFIG": f"/absent:{there}"}, home) == str(there)
-    assert admin_kubeconfig(None, {"KUBECONFIG": "/absent"}, home) == str(home / ".kube" / "config")
-    assert admin_kubeconfig(None, {}, home) == str(home / ".kube" / "config")

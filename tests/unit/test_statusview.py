@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kupd import statusview as sv
 from kupd.commands import status as status_cmd
-from kupd.errors import PermanentError, RetryableError
+from kupd.errors import RetryableError
 
 NOW = datetime(2026, 11, 27, 4, 30, 0, tzinfo=UTC)
 
@@ -187,21 +186,6 @@ def test_render_terminal_has_no_eta_and_empty_list_says_so() -> None:
     text = sv.render([obj], NOW)
     assert "ETA" not in text and "elapsed   3m00s" in text
     assert sv.render([], NOW) == "No DirectUpdates found."
-
-
-@pytest.mark.parametrize(("flag", "env", "existing", "want"), [
-    ("/x/kc", {"KUBECONFIG": "/env/kc"}, set(), "/x/kc"),
-    (None, {"KUBECONFIG": "/env/a:/env/b"}, {"/env/b", "/home/u/.kube/config"}, "/env/b"),
-    (None, {}, {"/home/u/.kube/config", "/etc/kupd/kubeconfig"}, "/home/u/.kube/config"),
-    (None, {"KUBECONFIG": ""}, {"/etc/kupd/kubeconfig"}, "/etc/kupd/kubeconfig"),
-])
-def test_resolve_kubeconfig(flag: str | None, env: dict[str, str], existing: set[str], want: str) -> None:
-    assert status_cmd.resolve_kubeconfig(flag, env, Path("/home/u"), existing.__contains__) == want
-
-
-def test_resolve_kubeconfig_none_found() -> None:
-    with pytest.raises(PermanentError, match="--kubeconfig"):
-        status_cmd.resolve_kubeconfig(None, {}, Path("/home/u"), lambda p: False)
 
 
 def test_watch_prints_changes_and_exits_on_terminal() -> None:
