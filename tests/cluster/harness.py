@@ -157,6 +157,8 @@ class Monitor:
     # Operation uid -> (monotonic time of its last progress, name, last status seen).
     _ops: dict[str, tuple[float, str, dict[str, Any]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # (operation uid, node, grantedAt) of the worker turns already judged against the API servers.
+    _judged: set[tuple[str, str, Any]] = field(default_factory=set)
 
     def _progress(self, uid: str, name: str = "", status: dict[str, Any] | None = None) -> None:
         with self._lock:
@@ -173,12 +175,15 @@ class Monitor:
         uid, name = obj["metadata"]["uid"], obj["metadata"]["name"]
         # Workers may move between control-plane hops (a multi-minor plan interleaves them to keep
         # the skew policy), but never while a control-plane node is in its turn, and never past the
-        # oldest API server. (A control-plane node that joins while workers are in flight is no
-        # violation: it waits for them, which the lease-based check below watches.)
+        # oldest API server when granted. (A control-plane node that joins while workers are in
+        # flight, older than their target, is no violation: it waits for them, which the
+        # lease-based check below watches.)
         if ws and cps:
             self.worker_before_cp.append(f"{[w['name'] for w in ws]} granted while {[c['name'] for c in cps]} are")
         cp_versions = [v for n, v in self._kubelets.items() if self._member_cp.get(n)]
-        for w in ws:
+        new_ws = [w for w in ws if (uid, w["name"], (w.get("grant") or {}).get("grantedAt")) not in self._judged]
+        self._judged.update((uid, w["name"], (w.get("grant") or {}).get("grantedAt")) for w in ws)
+        for w in new_ws:
             last = ((w.get("grant") or {}).get("versions") or [""])[-1]
             if cp_versions and last and _minor(last) > min(_minor(v) for v in cp_versions):
                 self.worker_before_cp.append(f"{w['name']} granted {last} past the API servers {cp_versions}")
