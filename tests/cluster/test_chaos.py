@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from kupd.sim.simcluster import SimCluster
-from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_phase, wait_registered
+from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_members, wait_phase, wait_registered
 
 NO_BACKUP = {"required": False}
 ROOT = Path(__file__).resolve().parents[2]
@@ -257,8 +257,8 @@ def test_a_dead_member_on_a_pending_node_is_named(sim: SimCluster) -> None:
     sim.add_node("w-2")
     mon = Monitor(sim.cp).start()
     try:
-        _until(lambda: sim.cp.kubectl("-n", "kupd-system", "get", "lease", "kupd-node-w-2",
-                                      check=False).returncode == 0, 30, "w-2's member lease")
+        # Every member registered first: the operation must name w-2, not a node still starting.
+        wait_members(sim.cp, ["cp-1", "w-1", "w-2"])
         sim.kill("w-2", signal.SIGKILL)
         killed = time.monotonic()
         apply_du(sim.cp, "dead", {"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP})
