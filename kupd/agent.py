@@ -19,7 +19,9 @@ from typing import Any
 from kupd import logsetup
 from kupd.api.models import Backup
 from kupd.checkpoint import Checkpoint, CheckpointStore, StepRecord
-from kupd.errors import CommandError, KupdError, NeedsAttention, RetryableError
+from kupd.config import DEFAULT_STEP_DEADLINES
+from kupd.errors import CommandError, DeadlineExceeded, KupdError, NeedsAttention, RetryableError
+from kupd.host import runner
 from kupd.host.base import Host
 from kupd.nodeops import NodeOps
 from kupd.protocol import Grant, Report, Step, TurnPhase
@@ -28,6 +30,11 @@ from kupd.rfc3339 import now as utcnow
 log = logging.getLogger(__name__)
 
 BackupFn = Callable[[Backup], dict[str, Any]]
+DRAIN_MARGIN = 300.0  # a drain step's deadline is at least its own timeout plus this
+
+
+def default_deadline(step: str) -> float:
+    return DEFAULT_STEP_DEADLINES.get(step, 1800.0)
 
 
 @dataclass(frozen=True)
@@ -65,8 +72,9 @@ def step_sequence(versions: list[str], backup: bool, control_plane: bool, reboot
 class Agent:
     def __init__(self, node: str, host: Host, nodeops: NodeOps, store: CheckpointStore,
                  backup_fn: BackupFn | None = None, on_report: Callable[[], None] | None = None,
-                 retry_delay: float = 2.0) -> None:
+                 retry_delay: float = 2.0, deadline: Callable[[str], float] = default_deadline) -> None:
         self.node = node
+        self.deadline = deadline
         self.host = host
         self.nodeops = nodeops
         self.store = store
@@ -78,6 +86,7 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._reason = ""
+        self._held = False
         self.step_seconds: dict[str, float] = {}
 
     # -- what the member lease publishes -------------------------------------------------
@@ -103,12 +112,17 @@ class Agent:
         if grant is None:
             return
         with self._lock:
+            if self._held:
+                return  # the process is about to restart; the next one takes the grant
             if grant.epoch > self.cp.max_epoch_seen:
                 self.cp.max_epoch_seen = grant.epoch
             if self.busy:
                 return
             if grant.epoch < self.cp.max_epoch_seen:
                 log.info("ignoring a grant of epoch %s older than epoch %s", grant.epoch, self.cp.max_epoch_seen)
+                return
+            if self.cp.corrupt:
+                self._report_corrupt(grant)
                 return
             same = self.cp.same_work(grant)
             current = self.cp.grant
@@ -133,6 +147,27 @@ class Agent:
                 self.cp.grant = current.with_epoch(grant.epoch)
             self.store.save(self.cp)
             self._start()
+
+    def _report_corrupt(self, grant: Grant) -> None:
+        """The checkpoint was unreadable: which steps of this turn ran is unknown. Rather than guess,
+        the turn ends Failed, naming the file, so an operator looks at the node first; a retry then
+        runs every step again (each finds its effect present and does not repeat it)."""
+        msg = (f"CheckpointCorrupt: {self.store.path} could not be read and was moved to {self.cp.corrupt}; "
+               "check the node's disk and journal, then retry the node (kupd.io/retry-nodes)")
+        log.error("%s", msg)
+        now = utcnow()
+        self.cp = Checkpoint(grant=grant, phase=TurnPhase.FAILED, started_at=now, finished_at=now, message=msg,
+                             reason="CheckpointCorrupt", max_epoch_seen=grant.epoch)
+        self.store.save(self.cp)
+        self.on_report()
+
+    def quiesce(self) -> bool:
+        """Take no new turn from now on if no step runs; True then (the process may end safely)."""
+        with self._lock:
+            if self.busy:
+                return False
+            self._held = True
+            return True
 
     def resume(self) -> bool:
         """After a restart: carry on with an unfinished grant, API or not."""
@@ -187,7 +222,15 @@ class Agent:
             self._set(message=f"{ref.hop}: {ref.step}", reason="")
             t0 = time.monotonic()
             try:
-                self._steps[ref.step](ref.hop, rec.boot_id)
+                self._do_within_deadline(ref, rec.boot_id)
+            except DeadlineExceeded as e:
+                # A hung step ends the turn at once (another attempt would hang the same way): the
+                # node is Failed with the step named, so the operation says RequiresAttention and
+                # kupd.io/retry-nodes runs the step again once the cause is fixed.
+                log.error("step %s: %s", ref.key, e)
+                rec.message = str(e)
+                self._set(phase=TurnPhase.FAILED, finished_at=utcnow(), message=str(e), reason="StepDeadlineExceeded")
+                return False
             except RetryableError as e:
                 if ref.step == Step.BACKUP:
                     # An etcd or store that stays away must fail the operation before any
@@ -215,6 +258,34 @@ class Agent:
             self.store.save(cp)
             log.info("step %s done in %.1fs", ref.key, rec.seconds, extra=logsetup.event(logsetup.STEP_DONE))
             return True
+
+    def _do_within_deadline(self, ref: StepRef, boot_id: str) -> None:
+        seconds = self._deadline(ref.step)
+
+        def overrun(msg: str) -> None:
+            self._set(message=f"{ref.hop}: {ref.step}: {msg}", reason="DeadlineExceeded")
+
+        with runner.deadline(seconds, ref.step, on_overrun=overrun):
+            try:
+                self._steps[ref.step](ref.hop, boot_id)
+            except DeadlineExceeded:
+                raise
+            except Exception as e:
+                # Whatever a step's own code made of the deadline (a wrapped error), it is the deadline.
+                left = runner.remaining()
+                if left is not None and left <= 0:
+                    raise DeadlineExceeded(ref.step, seconds, _describe(e)) from e
+                raise
+
+    def _deadline(self, step: str) -> float:
+        seconds = self.deadline(step)
+        if step == Step.DRAIN and self.cp.grant is not None:
+            seconds = max(seconds, self.cp.grant.work.drain.timeout_seconds + DRAIN_MARGIN)
+        return seconds
+
+    def _sleep(self, seconds: float) -> bool:
+        """The waits inside a step: they end when the daemon stops or at the step's deadline."""
+        return runner.sleep(seconds, self._stop)
 
     def _fail_attempt(self, ref: StepRef, rec: StepRecord, e: BaseException, max_attempts: int) -> bool:
         """Record a failed attempt; True when the node gives up (Failed)."""
@@ -262,7 +333,7 @@ class Agent:
 
     def _drain(self, hop: str, boot_id: str) -> None:
         self.nodeops.drain(self._grant.work.drain, lambda reason, msg: self._set(message=msg, reason=reason),
-                           sleep=self._stop.wait)
+                           sleep=self._sleep)
 
     def _reboot(self, hop: str, boot_id: str) -> None:
         if self.host.facts().boot_id != boot_id:
@@ -271,12 +342,12 @@ class Agent:
             self.host.reboot()
             while self.host.facts().boot_id == boot_id:
                 # A real reboot ends this process; the checkpoint carries us on after boot.
-                if self._stop.wait(5):
+                if self._sleep(5):
                     raise RetryableError("stopping during reboot")
 
     def _verify(self, hop: str, boot_id: str) -> None:
         self.host.verify(hop)
-        self.nodeops.wait_ready(hop, sleep=self._stop.wait)
+        self.nodeops.wait_ready(hop, sleep=self._sleep)
 
 
 def _describe(e: BaseException) -> str:

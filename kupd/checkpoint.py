@@ -4,14 +4,19 @@ Written atomically (temp + fsync + rename) before and after every step, so after
 or a reboot the agent resumes at the first unfinished step. A step found "started" but not
 "done" is run again; every step is idempotent, so a repeat finds its effect present and
 returns without applying it twice.
+
+The file is local state, but still untrusted: a disk error, an operator's edit or a torn copy can
+leave it empty, truncated or of the wrong shape. Such a file is moved aside (never deleted: it
+is evidence), the daemon starts from an empty checkpoint that remembers where the old one went,
+and the agent reports its next turn Failed with reason CheckpointCorrupt naming both paths.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +53,7 @@ class Checkpoint:
     steps: dict[str, StepRecord] = field(default_factory=dict)
     backup_record: dict[str, Any] = field(default_factory=dict)
     max_epoch_seen: int = 0
+    corrupt: str = ""  # where an unreadable checkpoint was moved, until a turn reports it
 
     @property
     def active(self) -> bool:
@@ -66,22 +72,30 @@ class CheckpointStore:
         self.path = Path(state_dir) / "checkpoint.json"
 
     def load(self) -> Checkpoint:
-        """The checkpoint on disk. One that cannot be read (corrupt, or not what kupd writes) is
-        moved aside and the agent starts clean: its grant is still in its grant Lease, and every
-        step is idempotent, so the turn is done again from its first step without harm."""
-        if not self.path.exists():
-            return Checkpoint()
+        """The checkpoint on disk; an empty one if there is none. One that cannot be read (corrupt,
+        or not what kupd writes) is moved aside, each to a name of its own (never deleted: it is
+        evidence), and the empty checkpoint returned says where (`corrupt`): the agent reports its
+        next turn Failed with reason CheckpointCorrupt, so an operator looks before a retry runs
+        every step again (each is idempotent)."""
         try:
             with open(self.path, encoding="utf-8", errors="strict") as f:
                 text = f.read(MAX_BYTES + 1)
-            return decode_checkpoint(text)
-        except (u.Invalid, OSError, UnicodeDecodeError) as e:
-            aside = self.path.with_name(f"{self.path.name}.invalid")
-            log.error("the checkpoint %s is invalid (%s); it is kept as %s and the agent starts clean",
-                      self.path, e, aside)
-            with contextlib.suppress(OSError):
-                os.replace(self.path, aside)
+        except FileNotFoundError:
             return Checkpoint()
+        except UnicodeDecodeError as e:
+            return self._aside(e)
+        try:
+            return decode_checkpoint(text)
+        except u.Invalid as e:
+            return self._aside(e)
+
+    def _aside(self, err: Exception) -> Checkpoint:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}")
+        os.replace(self.path, aside)
+        log.error("the checkpoint %s is corrupt (%s); it is kept as %s", self.path, str(err)[:300], aside)
+        cp = Checkpoint(corrupt=str(aside))
+        self.save(cp)
+        return cp
 
     def save(self, cp: Checkpoint) -> None:
         data = asdict(cp)
@@ -122,16 +136,22 @@ def decode_checkpoint(text: str) -> Checkpoint:
         if data["grant"] is not None and grant is None:
             raise u.Invalid("checkpoint.grant", "is not a grant kupd can read")
     else:
-        grant = _legacy_grant(data)
+        try:
+            grant = _legacy_grant(data)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise u.Invalid("checkpoint", f"an old-style grant of the wrong shape: {e}") from e
     phase = u.text(data, "phase", "checkpoint.phase", 16)
     if phase and phase not in tuple(TurnPhase):
         raise u.Invalid("checkpoint.phase", f"{phase!r} is not one of {', '.join(TurnPhase)}")
+    if phase == TurnPhase.UPGRADING and grant is None:
+        raise u.Invalid("checkpoint.grant", "a turn in progress without its grant")
     return Checkpoint(grant=grant, phase=phase, started_at=u.time_text(data, "started_at", "checkpoint.started_at"),
                       finished_at=u.time_text(data, "finished_at", "checkpoint.finished_at"),
                       message=u.message(data, "message", "checkpoint.message", 32768),
                       reason=u.text(data, "reason", "checkpoint.reason", 64, u.REASON), steps=steps,
                       backup_record=u.backup(data.get("backup_record"), "checkpoint.backup_record"),
-                      max_epoch_seen=u.integer(data, "max_epoch_seen", "checkpoint.max_epoch_seen"))
+                      max_epoch_seen=u.integer(data, "max_epoch_seen", "checkpoint.max_epoch_seen"),
+                      corrupt=u.text(data, "corrupt", "checkpoint.corrupt", 4096))
 
 
 def _legacy_grant(data: dict[str, Any]) -> Grant | None:

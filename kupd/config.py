@@ -69,6 +69,41 @@ class SimulatedHostSettings(_Strict):
     node_labels: dict[str, str] = Field(
         default_factory=dict, description="Labels the simulated kubelet registers its Node with."
     )
+    clock_offset_seconds: float = Field(
+        0.0, ge=-86400, le=86400,
+        description="Offset of the simulated node's wall clock, as its member Lease shows it (clock-skew tests).",
+    )
+
+
+# A step's deadline bounds one run of it. Package managers and kubeadm are never killed at the
+# deadline: kupd waits for them to end their transaction, then reports the step Failed.
+DEFAULT_STEP_DEADLINES: dict[str, float] = {
+    "preflight": 600, "backup": 1800, "repository": 600, "kubeadm-package": 1800, "kubeadm-upgrade": 3600,
+    "drain": 7200, "kubelet-package": 1800, "restart": 600, "reboot": 1800, "verify": 900, "uncordon": 300,
+}
+
+
+class StepSettings(_Strict):
+    deadline_seconds: dict[str, float] = Field(
+        default_factory=dict,
+        description="How long one run of a step may take before the node reports it Failed "
+        "(StepDeadlineExceeded), by step name, over the defaults: "
+        + ", ".join(f"{k} {int(v)}" for k, v in DEFAULT_STEP_DEADLINES.items())
+        + ". The drain step's is at least spec.drain.timeoutSeconds plus 5 minutes.",
+    )
+
+    @field_validator("deadline_seconds")
+    @classmethod
+    def _steps(cls, v: dict[str, float]) -> dict[str, float]:
+        for step, seconds in v.items():
+            if step not in DEFAULT_STEP_DEADLINES:
+                raise ValueError(f"unknown step {step!r}; one of {', '.join(DEFAULT_STEP_DEADLINES)}")
+            if not 1 <= seconds <= 86400:
+                raise ValueError(f"deadline of {step} must be between 1 and 86400 seconds")
+        return v
+
+    def deadline(self, step: str) -> float:
+        return float(self.deadline_seconds.get(step, DEFAULT_STEP_DEADLINES.get(step, 1800)))
 
 
 class Settings(_Strict):
@@ -88,6 +123,7 @@ class Settings(_Strict):
         "info", description="Lowest level of messages written to the journal (or stderr).")
     lease: LeaseSettings = Field(default_factory=LeaseSettings)  # type: ignore[arg-type]
     simulated: SimulatedHostSettings = Field(default_factory=SimulatedHostSettings)  # type: ignore[arg-type]
+    steps: StepSettings = Field(default_factory=StepSettings)
     real: dict[str, Any] = Field(
         default_factory=dict,
         description="Overrides of the real host backend (RealHostConfig field names; docs/usage/hosts.md).",

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 PREFLIGHT_SECONDS = 5.0
 RESOLVE_RETRY_SECONDS = 30.0
 DEPRECATED_APIS_SECONDS = 60.0
+# A member Lease's own duration, as its node wrote it, bounded: a node cannot make itself immortal.
+MEMBER_DURATION_BOUNDS = (5, 600)
 
 __all__ = ["Coordinator", "Elector", "SchedulerLike"]
 
@@ -77,7 +79,9 @@ class Coordinator:
                  elector: Elector, newest_patch: Callable[[str, dict[str, Any] | None], str],
                  on_plan: Callable[[str, dict[str, Any]], None] | None = None,
                  scheduler: SchedulerLike | None = None,
-                 gates: Callable[[HealthGates], str | None] | None = None, watch_seconds: int = 240) -> None:
+                 gates: Callable[[HealthGates], str | None] | None = None, watch_seconds: int = 240,
+                 on_operations: Callable[[set[str]], None] | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self.identity = identity
@@ -85,6 +89,14 @@ class Coordinator:
         self.elector = elector
         self.newest_patch = newest_patch
         self.on_plan = on_plan or (lambda name, status: None)
+        self.on_operations = on_operations or (lambda names: None)
+        self.on_refused = on_refused or (lambda name: None)
+        # DirectUpdates whose status the API server refused (uid -> why): they are no longer run,
+        # and no longer hold up the operations queued behind them.
+        self._refused: dict[str, str] = {}
+        # Liveness without node clocks: when this coordinator saw each member Lease change, on its
+        # own monotonic clock (name -> (resourceVersion, when first seen)). renewTime is never used.
+        self._seen: dict[str, tuple[str, float]] = {}
         self.scheduler = scheduler
         self.evaluate_gates = gates
         self._dirty = threading.Event()
@@ -112,7 +124,8 @@ class Coordinator:
         # The kubelet rewrites its Node's status every few minutes; only what the planner reads wakes a round.
         self.nodes = k8s.Informer("nodes", api, k8s.node_path(), self._dirty.set, relevant=_node_changed,
                                   watch_seconds=watch_seconds)
-        self.status = StatusWriter(api, lambda: self.elector.leading, self.ops.put, self._dirty.set)
+        self.status = StatusWriter(api, lambda: self.elector.leading, self.ops.put, self._dirty.set,
+                                   refused=self._on_refused)
         self.events = EventWriter(api, identity)
         # Schedules: their own informers only wake the scheduler, which lists what it needs.
         self._sched_dirty = threading.Event()
@@ -196,11 +209,17 @@ class Coordinator:
             nodes.append(planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, k8s.ready(n),
                                           kubelets[name]))
         members: dict[str, planner.MemberView] = {}
+        mono = time.monotonic()
+        present = set()
         for lease in self.leases.items():
             name = lease["metadata"]["name"]
             if not name.startswith(p.MEMBER_LEASE_PREFIX):
                 continue
+            present.add(name)
             rv = str(lease["metadata"].get("resourceVersion", ""))
+            seen = self._seen.get(name)
+            if seen is None or seen[0] != rv or not rv:
+                seen = self._seen[name] = (rv, mono)
             cached = self._decoded.get(name)
             if cached is None or cached[0] != rv or not rv:
                 decoded = p.decode_member_lease(lease, self.member_duration)
@@ -208,13 +227,20 @@ class Coordinator:
                     continue
                 cached = self._decoded[name] = (rv, decoded)
             m = cached[1]
-            # An idle member declares a long lease (it renews hourly); during an operation it is
-            # judged by the active duration at most, so only a renewal since the operation began
-            # (or within the last active duration) makes it eligible for a turn.
-            alive = m.renew_time is not None and (now - m.renew_time).total_seconds() < min(
-                m.duration, self.member_duration)
+            # Alive while this coordinator saw the Lease change within its duration, on its own
+            # monotonic clock: renewTime is the node's clock and is never compared with anything.
+            # The informer records when it first saw each version, even while an idle coordinator
+            # runs no rounds; an idle member declares a long lease (it renews hourly), so during an
+            # operation it is judged by the active duration at most: only a renewal since the
+            # operation began (or within the last active duration) makes it eligible for a turn.
+            observed = self.leases.observed_at(k8s.Informer.key(lease))
+            since = mono - (observed if observed is not None else seen[1])
+            lo, hi = MEMBER_DURATION_BOUNDS
+            alive = since < min(max(m.duration, lo), hi, max(self.member_duration, lo))
             members[m.node] = planner.MemberView(m.node, alive, kubelets.get(m.node), m.report, m.problem,
                                                  facts=m.facts)
+        for name in [n for n in self._seen if n not in present]:
+            del self._seen[name]
         return nodes, members
 
     def _resolve(self, hops_needed: list[tuple[int, int]], source: dict[str, Any] | None
@@ -243,6 +269,7 @@ class Coordinator:
         now = datetime.now(UTC)
         ops = sorted(self.ops.items(), key=lambda o: (o["metadata"].get("creationTimestamp", ""),
                                                       o["metadata"]["name"]))
+        self.on_operations({o["metadata"]["name"] for o in ops})
         active = [o for o in ops if (o.get("status") or {}).get("phase") not in planner.TERMINAL_OP]
         # The grant Leases, read once a round and kept current with this round's own writes.
         grants = p.grant_values(self.leases.items())
@@ -252,30 +279,63 @@ class Coordinator:
             if any(grants.values()):
                 self._clear_grants(None, ops, self._views(now)[1], grants)
             return
+        # Liveness counts from when the informer first saw each Lease version (its own monotonic
+        # clock), so an idle coordinator that ran no rounds still judges members rightly here.
         nodes, members = self._views(now)
-        first = active[0]
-        for queued in active[1:]:
+        # Each DirectUpdate on its own: one whose status cannot be stored is set aside (it was
+        # reported), so it holds up nobody; the oldest of the others runs, the rest wait their turn.
+        runnable = [o for o in active if o["metadata"]["uid"] not in self._refused]
+        first = runnable[0] if runnable else None
+        for queued in runnable[1:]:
+            assert first is not None
             st = dict(queued.get("status") or {})
             msg = f"queued behind {first['metadata']['name']}"
             if st.get("message") != msg or st.get("phase") != planner.OP_PENDING:
-                st.update(phase=planner.OP_PENDING, message=msg)
-                self.status.write(queued, st)
+                st = planner.queued(st, msg, int(queued["metadata"].get("generation", 1)), now)
+                try:
+                    self.status.write(queued, st)
+                except k8s.Invalid as e:
+                    self._on_refused(queued, e)
+                except KupdError as e:
+                    log.warning("writing the status of %s: %s", queued["metadata"]["name"], e)
+        if first is not None:
+            try:
+                self._reconcile_one(first, nodes, members, now, grants)
+            except KupdError:
+                raise
+            except Exception as e:
+                # Something in this operation kupd did not foresee (a status written by hand or by an
+                # older kupd, say): it stays with this operation and says so; turns of other operations
+                # are still cleared below, and the next round tries again.
+                log.exception("evaluating DirectUpdate %s", first["metadata"]["name"])
+                self._evaluation_failed(first, e, now)
+            planned = self.status.planned.get(first["metadata"]["uid"]) or first.get("status") or {}
+            # Paused by spec.paused or outside its window, an operation may wait for days: members
+            # stay idle meanwhile (turns in flight keep their own members active) and renew at once
+            # when it resumes. A health gate's pause between waves is short: members stay active.
+            self._announce(None if _waiting(planned) else first)
+        else:
+            self._announce(None)
+        self._clear_grants(first["metadata"]["uid"] if first else None, ops, members, grants)
+
+    def _on_refused(self, obj: dict[str, Any], err: k8s.Invalid) -> None:
+        """A status the API server refused as invalid: a defect of kupd, reported as an Event, a log
+        line and a metric. The operation is set aside so it blocks no other, and marked Failed
+        with a minimal status (the phase and a bounded message are valid by construction) if it can be."""
+        md = obj["metadata"]
+        if md["uid"] in self._refused:
+            return
+        self._refused[md["uid"]] = str(err)
+        msg = f"the API server refused the status kupd wrote: {err}"[:1000]
+        log.error("DirectUpdate %s: %s", md["name"], msg)
+        self.on_refused(md["name"])
+        self.events.queue(obj, [planner.PlanEvent(str(planner.Reason.STATUS_REFUSED), msg, warning=True)])
+        stored = dict(obj.get("status") or {})
+        stored.update(phase=planner.OP_FAILED, message=f"kupd could not record this operation: {msg}"[:1000])
         try:
-            self._reconcile_one(first, nodes, members, now, grants)
-        except KupdError:
-            raise  # the API's answers (retryable or not) are the loop's to handle
-        except Exception as e:
-            # Something in this operation kupd did not foresee (a status written by hand or by an
-            # older kupd, say): it stays with this operation and says so; turns of other operations
-            # are still cleared below, and the next round tries again.
-            log.exception("evaluating DirectUpdate %s", first["metadata"]["name"])
-            self._evaluation_failed(first, e, now)
-        planned = self.status.planned.get(first["metadata"]["uid"]) or first.get("status") or {}
-        # Paused by spec.paused or outside its window, an operation may wait for days: members
-        # stay idle meanwhile (turns in flight keep their own members active) and renew at once
-        # when it resumes. A health gate's pause between waves is short: members stay active.
-        self._announce(None if _waiting(planned) else first)
-        self._clear_grants(first["metadata"]["uid"], ops, members, grants)
+            self.status.write(obj, stored)
+        except KupdError as e:
+            log.error("DirectUpdate %s: even the minimal status was not stored: %s", md["name"], e)
 
     def _evaluation_failed(self, obj: dict[str, Any], e: Exception, now: datetime) -> None:
         status = copy.deepcopy(obj.get("status") or {})
@@ -284,11 +344,13 @@ class Coordinator:
         conds: list[dict[str, Any]] = status.setdefault("conditions", [])
         if any(c.get("type") == "Progressing" and c.get("message") == msg for c in conds):
             return
-        set_condition(conds, Condition("Progressing", "False", "EvaluationFailed", msg), now,
+        set_condition(conds, Condition("Progressing", "False", str(planner.Reason.EVALUATION_FAILED), msg), now,
                       int(obj["metadata"].get("generation", 1)))
-        self.events.queue(obj, [planner.PlanEvent("EvaluationFailed", msg, warning=True)])
+        self.events.queue(obj, [planner.PlanEvent(str(planner.Reason.EVALUATION_FAILED), msg, warning=True)])
         try:
             self.status.write(obj, status)
+        except k8s.Invalid as e2:
+            self._on_refused(obj, e2)
         except Exception as e2:
             log.warning("writing the status of %s: %s", obj["metadata"]["name"], e2)
 
@@ -327,11 +389,15 @@ class Coordinator:
     def _hops(self, spec: DirectUpdateSpec | None, status: dict[str, Any], members: dict[str, planner.MemberView],
               name: str) -> tuple[dict[tuple[int, int], str], dict[tuple[int, int], str]]:
         """The newest patch of each intermediate minor in the operation's own package source, and
-        why a minor could not be resolved; asked while the operation's hops are not fixed yet."""
-        if spec is None or status.get("hops"):
+        why a minor could not be resolved; asked when the operation's hops are planned: at its
+        start, and when spec.version was raised past them."""
+        if spec is None:
             return {}, {}
         try:
             target = Version.parse(spec.version)
+            hops = status.get("hops") or []
+            if hops and Version.parse(str(hops[-1])) >= target:
+                return {}, {}
             versions = [m.kubelet for m in members.values() if m.kubelet]
             if versions and min(versions) < target:
                 return self._resolve(planner.hop_minors(min(versions), target)[:-1],

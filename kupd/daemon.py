@@ -13,13 +13,14 @@ import signal
 import socket
 import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kupd import enroll, k8s, logsetup, metrics
+from kupd import enroll, k8s, logsetup, metrics, oneversion
 from kupd import protocol as p
 from kupd.agent import Agent, BackupFn
 from kupd.api import models
@@ -81,6 +82,13 @@ def make_backup_fn(api: k8s.Client, settings: Settings, node: str) -> BackupFn:
     return backup
 
 
+def node_clock(settings: Settings) -> Callable[[], datetime]:
+    """The node's wall clock as its member Lease shows it: a simulated node may skew it (the
+    coordinator never trusts it anyway)."""
+    offset = timedelta(seconds=settings.simulated.clock_offset_seconds if settings.host == "simulated" else 0)
+    return lambda: datetime.now(UTC) + offset
+
+
 class Daemon:
     def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
@@ -91,6 +99,8 @@ class Daemon:
         self._token_times: tuple[datetime, datetime] | None = None
         self.coordinator: Coordinator | None = None
         self._wake = threading.Event()
+        self._restart = False
+        self._package: oneversion.PackageWatch | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -200,13 +210,24 @@ class Daemon:
 
     def run(self) -> int:
         logsetup.set_defaults(node=self.node)
+        s = self.settings
+        # Everything this process may need, imported now: after a package upgrade it must not mix
+        # modules of the new version into the old one. It restarts itself instead (see _run).
+        oneversion.preload(backends=s.host == "real" and s.control_plane is not False)
+        self._package = oneversion.PackageWatch()
         # READY as soon as the daemon runs, so `systemctl start`, `apt install` and cloud-init's
         # `enable --now` return at once; STATUS says what kupd still waits for. Never sent later.
         self.notifier.ready(f"starting on {self.node}")
         try:
-            return self._run()
+            rc = self._run()
         finally:
-            self.notifier.stopping("stopping")
+            if not self._restart:
+                self.notifier.stopping("stopping")
+        if self._restart:
+            # Not STOPPING=1: the service goes on in the same process (same PID), which says READY again.
+            self.notifier.status("restarting to run the upgraded kupd")
+            oneversion.reexec()
+        return rc
 
     def _run(self) -> int:
         s = self.settings
@@ -231,7 +252,7 @@ class Daemon:
                 self.notifier.status(f"{r.operation}: {r.phase} {r.step} {r.message}"[:200])
 
         agent = Agent(self.node, host, nodeops, store, backup_fn=make_backup_fn(api, s, self.node),
-                      on_report=on_report)
+                      on_report=on_report, deadline=s.steps.deadline)
         if s.host == "simulated":
             from kupd.sim.simkubelet import SimKubelet
             from kupd.sim.simulated import SimulatedHost
@@ -248,7 +269,7 @@ class Daemon:
         lease = s.lease
         member = Member(api, lease.namespace, self.node, lease.member_duration_seconds,
                         lease.member_duration_seconds * lease.renew_fraction, host.facts, agent.report,
-                        control_plane, idle_renew=lease.member_idle_renew_seconds)
+                        control_plane, idle_renew=lease.member_idle_renew_seconds, clock=node_clock(s))
         member_holder.append(member)
         member.start()
         agent.resume()
@@ -288,6 +309,7 @@ class Daemon:
             if self._token_due():
                 self._own_token(api)  # rewrites the token file the client reads
             self.notifier.watchdog()
+            self._restart_when_safe(agent)
             self._wake.wait(tick)
             self._wake.clear()
         log.info("stopping", extra=logsetup.event(logsetup.DAEMON_STOPPING))
@@ -318,6 +340,15 @@ class Daemon:
                                 watch_seconds=lease.watch_seconds, fieldSelector=f"metadata.name={p.ACTIVITY_LEASE}")
         return activity.start()
 
+    def _restart_when_safe(self, agent: Agent) -> None:
+        """Once kupd's package changed on disk and no step runs (none will start), end the loop to
+        run the new version in this process (run() re-executes it after a clean stop)."""
+        if self._package is None or not self._package.changed() or not agent.quiesce():
+            return
+        log.info("kupd's package changed on disk and no step runs: restarting to run the new version")
+        self._restart = True
+        self.stop()
+
     def _elect(self, api: k8s.Client, elector: Elector, host: Host) -> None:
         try:
             leading = elector.try_acquire_or_renew()
@@ -336,7 +367,9 @@ class Daemon:
                                            host.newest_patch, on_plan=metrics.operation_status,
                                            scheduler=Scheduler(api, SystemClock(), host.newest_patch),
                                            gates=health.GateRunner(functools.partial(health.evaluate, api)),
-                                           watch_seconds=self.settings.lease.watch_seconds)
+                                           watch_seconds=self.settings.lease.watch_seconds,
+                                           on_operations=metrics.forget_operations,
+                                           on_refused=metrics.status_refused)
             self.coordinator.start()
         elif not leading and self.coordinator is not None:
             log.info("no longer coordinator", extra=logsetup.event(logsetup.COORDINATOR_LOST))

@@ -53,6 +53,15 @@ class ValidationError(PermanentError):
         self.problems = problems or [(field, message)]
 
 
+class DeadlineExceeded(PermanentError):
+    """A step ran past its deadline; the node reports it Failed with the step named."""
+
+    def __init__(self, step: str, seconds: float, detail: str = "") -> None:
+        super().__init__(f"step {step} exceeded its deadline of {seconds:g}s" + (f": {detail}" if detail else ""))
+        self.step = step
+        self.seconds = seconds
+
+
 class CommandError(KupdError):
     """A subprocess exited non-zero, timed out or could not start."""
 

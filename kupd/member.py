@@ -38,7 +38,8 @@ IDLE_LEASE_FACTOR = 3
 class Member:
     def __init__(self, api: k8s.Client, namespace: str, node: str, duration: int, renew_every: float,
                  facts: Callable[[], HostFacts], report: Callable[[], p.Report | None],
-                 control_plane: bool, idle_renew: float | None = None) -> None:
+                 control_plane: bool, idle_renew: float | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self.node = node
@@ -51,6 +52,9 @@ class Member:
         self.facts = facts
         self.report = report
         self.control_plane = control_plane
+        # The node's wall clock, for renewTime; nobody judges liveness by it (the coordinator uses
+        # its own monotonic clock), but a simulated node may skew it to prove that.
+        self.clock = clock or (lambda: datetime.now(UTC))
         self._poke = threading.Event()
         self._stop = threading.Event()
         self.last_ok: datetime | None = None
@@ -106,7 +110,7 @@ class Member:
                          "labels": {"app.kubernetes.io/name": "kupd", "kupd.io/node": self.node,
                                     p.LABEL_LEASE_KIND: p.LEASE_KIND_MEMBER}},
             "spec": {"holderIdentity": self.node, "leaseDurationSeconds": self.duration,
-                     "renewTime": format_micro()},
+                     "renewTime": format_micro(self.clock())},
         }
 
     def renew(self) -> None:

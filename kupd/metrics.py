@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,9 @@ OPERATION_NODES = Gauge("kupd_coordinator_operation_nodes",
                         ["operation", "phase"])
 OPERATION_STATE_CHANGE = Gauge("kupd_coordinator_operation_state_change_timestamp_seconds",
                                "When this coordinator last changed the phase of the DirectUpdate.", ["operation"])
+STATUS_REFUSED = Counter("kupd_coordinator_status_writes_refused_total",
+                         "Status writes of a DirectUpdate the API server refused as invalid (a kupd defect).",
+                         ["operation"])
 OPERATION_PROGRESS = Gauge(
     "kupd_coordinator_operation_progress_timestamp_seconds",
     "When a node of the DirectUpdate last changed phase or step, as this coordinator saw it "
@@ -144,9 +148,29 @@ def _node_progress(name: str, status: Mapping[str, Any], now: float) -> None:
     seen.nodes = nodes
 
 
+def forget_operations(keep: Collection[str]) -> None:
+    """Drop the series of DirectUpdates that no longer exist (all but `keep`): a deleted operation's
+    series must not live on until the coordinator changes."""
+    for name in [n for n in _op_phase if n not in keep]:
+        for gauge, phases in ((OPERATION_PHASE, OPERATION_PHASES), (OPERATION_NODES, NODE_PHASES)):
+            for ph in phases:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name, ph)
+        for labelled in (OPERATION_STATE_CHANGE, OPERATION_PROGRESS, STATUS_REFUSED):
+            with contextlib.suppress(KeyError):
+                labelled.remove(name)
+        del _op_phase[name]
+        _progress.pop(name, None)
+
+
+def status_refused(name: str) -> None:
+    _op_phase.setdefault(name, "")  # so forget_operations drops the series with the operation
+    STATUS_REFUSED.labels(operation=name).inc()
+
+
 def coordinator_stopped() -> None:
     """Drop the per-operation series when this daemon stops coordinating: the new coordinator has them."""
-    for g in (OPERATION_PHASE, OPERATION_NODES, OPERATION_STATE_CHANGE, OPERATION_PROGRESS):
+    for g in (OPERATION_PHASE, OPERATION_NODES, OPERATION_STATE_CHANGE, OPERATION_PROGRESS, STATUS_REFUSED):
         g.clear()
     _op_phase.clear()
     _progress.clear()

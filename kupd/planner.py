@@ -13,6 +13,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from kupd import __version__, hazards, preflight, selectors, skew, windows
@@ -21,6 +22,7 @@ from kupd.conditions import Condition, set_condition
 from kupd.errors import ValidationError
 from kupd.protocol import (
     ANN_RETRY_NODES,
+    GRANT_LEASE_PREFIX,
     Grant,
     NodePhase,
     OpPhase,
@@ -48,6 +50,74 @@ VERIFY_GRACE_SECONDS = 10.0
 """How long a reported success may wait for the Node to show the new kubelet version."""
 # Reasons a node gives for stopping that name what the operator must do; others read NodeFailed.
 ATTENTION_REASONS = ("DrainRefused", "DrainTimedOut")
+
+
+class Reason(StrEnum):
+    """Every reason a DirectUpdate Condition may carry. CamelCase only: the CRD's pattern
+    (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`) refuses anything else, and a refused status
+    write would leave the operation unrecorded (a unit test checks each against the CRD)."""
+
+    SPEC_VALID = "SpecValid"
+    INVALID_SPEC = "InvalidSpec"
+    VERSION_SKEW = "VersionSkew"
+    NO_DOWNGRADE = "NoDowngrade"
+    SAME_MAJOR = "SameMajor"
+    KUBELET_NOT_NEWER = "KubeletNotNewerThanApiserver"
+    ONE_MINOR_AT_A_TIME = "OneMinorAtATime"
+    VERSION_LOWERED = "VersionLowered"
+    BACKUP_VERIFIED = "BackupVerified"
+    BACKUP_FAILED = "BackupFailed"
+    COMPLETED = "Completed"
+    UPGRADING = "Upgrading"
+    WAITING = "Waiting"
+    PAUSED = "Paused"
+    OUTSIDE_WINDOW = "OutsideWindow"
+    INVALID_WINDOW = "InvalidWindow"
+    GATE_FAILED = "GateFailed"
+    GATES_PASSED = "GatesPassed"
+    NO_PROBLEM = "NoProblem"
+    NODE_FAILED = "NodeFailed"
+    NODE_LOST = "NodeLost"
+    NO_MEMBER = "NoMember"
+    MEMBER_LOST = "MemberLost"
+    STEP_PAST_DEADLINE = "StepPastDeadline"
+    QUEUED = "Queued"
+    STATUS_REFUSED = "StatusRefused"
+    EVALUATION_FAILED = "EvaluationFailed"
+    # A drain an operator must see to (kupd.io/attention): the node's own reason is the operation's.
+    DRAIN_REFUSED = "DrainRefused"
+    DRAIN_TIMED_OUT = "DrainTimedOut"
+    UPLOADED = "Uploaded"
+    NO_STORE_CONFIGURED = "NoStoreConfigured"
+    UPLOAD_FAILED = "UploadFailed"
+    LOCAL_SNAPSHOT_ONLY = "LocalSnapshotOnly"
+    BEST_EFFORT_BACKUP_FAILED = "BestEffortBackupFailed"
+    PACKAGE_SOURCE_UNAVAILABLE = "PackageSourceUnavailable"
+    RESOLVED = "Resolved"
+    UPGRADE_HAZARD = "UpgradeHazard"
+    NO_HAZARD = "NoHazard"
+    WARN_ONLY = "WarnOnly"
+    CHECK_FAILED = "CheckFailed"
+    CHECK_PASSED = "CheckPassed"
+    CHECKS_FAILED = "ChecksFailed"
+    CHECKS_PASSED = "ChecksPassed"
+    # kupd.hazards' rules, each a Condition reason of UpgradeHazards.
+    CGROUP_V1 = hazards.CGROUP_V1
+    CONTAINERD_TOO_OLD = hazards.CONTAINERD_TOO_OLD
+    REMOVED_KUBELET_FLAG = hazards.REMOVED_KUBELET_FLAG
+    SWAP_ON = hazards.SWAP_ON
+    DEPRECATED_API_IN_USE = hazards.DEPRECATED_API_IN_USE
+
+
+# Kubernetes' skew rules (kupd.versions.SkewError.rule) as Condition reasons.
+SKEW_REASONS: Mapping[str, Reason] = {
+    "no-downgrade": Reason.NO_DOWNGRADE,
+    "same-major": Reason.SAME_MAJOR,
+    "kubelet-not-newer-than-apiserver": Reason.KUBELET_NOT_NEWER,
+    "one-minor-at-a-time": Reason.ONE_MINOR_AT_A_TIME,
+}
+# What a node reports while it waits inside a step (kupd/agent.py): the operation says so.
+WAITING_REASONS = ("DrainBlocked", "Waiting", "DeadlineExceeded")
 
 
 @dataclass(frozen=True)
@@ -175,17 +245,17 @@ class Round:
     events: list[PlanEvent] = field(default_factory=list)
     delivered: Mapping[str, Grant] = field(default_factory=dict)
 
-    def condition(self, ctype: str, value: bool, reason: str, message: str) -> None:
+    def condition(self, ctype: str, value: bool, reason: Reason, message: str) -> None:
         conds: list[dict[str, Any]] = self.status.setdefault("conditions", [])
-        set_condition(conds, Condition(ctype, "True" if value else "False", reason, message), self.now,
+        set_condition(conds, Condition(ctype, "True" if value else "False", str(reason), message), self.now,
                       self.op.generation)
 
     def event(self, reason: str, message: str, node: str | None = None, warning: bool = False) -> None:
         self.events.append(PlanEvent(reason, message, node, warning))
 
-    def fail(self, reason: str, message: str) -> None:
+    def fail(self, reason: Reason, message: str) -> None:
         if self.status.get("phase") != OP_FAILED:
-            self.event(reason, message, warning=True)
+            self.event(str(reason), message, warning=True)
         self.status["phase"] = OP_FAILED
         self.status["message"] = message[:1000]
         self.status.setdefault("finishedAt", format_time(self.now))
@@ -193,6 +263,18 @@ class Round:
 
     def plan(self) -> Plan:
         return Plan(self.status, self.events)
+
+    def elsewhere(self) -> dict[str, Grant]:
+        """Turns of another DirectUpdate that are not over yet (it was deleted or failed mid-turn
+        while its nodes still work): they hold their slots too, a turn ends only when its node says so."""
+        return {n: g for n, g in self.delivered.items()
+                if g.uid != self.op.uid and not turn_over(self.members.get(n), g)}
+
+    def departed(self, selection: Selection) -> list[dict[str, Any]]:
+        """Entries of nodes that left the selection or the cluster with a turn out: they keep their
+        slot until the turn is reported over (or is lost, which the operation then says)."""
+        names = {n.name for n in selection.nodes}
+        return [e for e in self.status.get("nodes") or [] if e["name"] not in names and e["phase"] in IN_FLIGHT]
 
 
 @dataclass(frozen=True)
@@ -250,44 +332,81 @@ def plan(
     retry(r, entries)
     record_backup(r, entries)
     ordered = observe(r, policy, selection, entries)
-    attention = conclude(r, policy, ordered)
+    departed = r.departed(selection)
+    attention = conclude(r, policy, ordered, departed)
     if attention is None or not gates(r, policy, ordered, attention, gate_failure):
         return r.plan()
     if not check_preflight(r, policy, ordered, attention, preflight_facts):
         return r.plan()
     refusals: list[hazards.Hazard] = []
-    held = grant(r, policy, ordered, hops, selection.canaries, refusals, deprecated_apis)
+    stuck, held = grant(r, policy, ordered, departed, hops, selection.canaries, refusals, deprecated_apis)
     hazard_conditions(r, refusals)
-    if held is not None:
+    if stuck is not None:
         # A skew no turn of this operation can fix: say so and grant nothing more.
-        if r.status.get("phase") != OP_ATTENTION or r.status.get("message") != held:
-            r.event("VersionSkew", held, warning=True)
-        r.status["phase"], r.status["message"] = OP_ATTENTION, held
-        r.condition("RequiresAttention", True, "VersionSkew", held)
+        if r.status.get("phase") != OP_ATTENTION or r.status.get("message") != stuck:
+            r.event("VersionSkew", stuck, warning=True)
+        r.status["phase"], r.status["message"] = OP_ATTENTION, stuck
+        r.condition("RequiresAttention", True, Reason.VERSION_SKEW, stuck)
         return r.plan()
     if refusals and not attention:
         r.status["phase"] = OP_ATTENTION
         r.status["message"] = f"upgrade hazard on {refusals[0].subject}: {refusals[0].message}"[:1000]
-        r.condition("RequiresAttention", True, "UpgradeHazard", r.status["message"])
+        r.condition("RequiresAttention", True, Reason.UPGRADE_HAZARD, r.status["message"])
         return r.plan()
+    progress(r, ordered, departed, held, bool(attention))
+    return r.plan()
+
+
+def progress(r: Round, ordered: list[dict[str, Any]], departed: list[dict[str, Any]], held: str | None,
+             attention: bool) -> None:
+    """The message and the Progressing condition after the grants. Every stall says what it waits
+    for: with nothing in flight, or only nodes waiting inside a step, Progressing is False with
+    reason Waiting and the wait in the message."""
     done = sum(1 for e in ordered if e["phase"] in DONE)
-    in_flight = [e for e in ordered if e["phase"] in IN_FLIGHT]
+    in_flight = [e for e in [*ordered, *departed] if e["phase"] in IN_FLIGHT]
+    waiting = [e for e in in_flight if (rep := _report(r, e)) is not None and rep.reason in WAITING_REASONS]
+    wait: str | None = None
+    if in_flight and len(waiting) == len(in_flight):
+        wait = "; ".join(f"{e['name']}: {e.get('message', '')}" for e in waiting)
+    elif not in_flight:
+        wait = held or "waiting for a node to become eligible"
     if not attention:
         r.status["phase"] = OP_RUNNING
-        r.status["message"] = (f"upgrading {', '.join(e['name'] for e in in_flight)}" if in_flight
-                               else r.status.get("message", ""))
-    r.status.setdefault("startedAt", format_time(now))
-    r.condition("Progressing", True, "Upgrading", f"{done}/{len(ordered)} nodes done")
-    return r.plan()
+        msg = wait or f"upgrading {', '.join(e['name'] for e in in_flight)}" + (f"; {held}" if held else "")
+        r.status["message"] = msg[:1000]
+    r.status.setdefault("startedAt", format_time(r.now))
+    if wait:
+        r.condition("Progressing", False, Reason.WAITING, wait)
+    else:
+        r.condition("Progressing", True, Reason.UPGRADING, f"{done}/{len(ordered)} nodes done")
+
+
+def _report(r: Round, e: dict[str, Any]) -> Report | None:
+    """The member's report on the turn the entry records, if that is what it reports."""
+    m = r.members.get(e["name"])
+    report = m.report if m is not None else None
+    g = e.get("grant") or {}
+    if report is None or report.uid != r.op.uid or report.granted_at not in ("", g.get("grantedAt")):
+        return None
+    return report
+
+
+def queued(status: Mapping[str, Any], message: str, generation: int, now: datetime) -> dict[str, Any]:
+    """The status of an operation waiting for an older one to finish."""
+    out = copy.deepcopy(dict(status))
+    out.update(phase=OP_PENDING, message=message[:1000])
+    set_condition(out.setdefault("conditions", []), Condition("Progressing", "False", str(Reason.QUEUED), message),
+                  now, generation)
+    return out
 
 
 def validate(r: Round) -> Policy | None:
     """The policy of a valid spec; None when the spec failed validation (the operation fails)."""
     if isinstance(r.op.spec, ValidationError):
-        r.condition("Valid", False, "InvalidSpec", str(r.op.spec))
-        r.fail("InvalidSpec", str(r.op.spec))
+        r.condition("Valid", False, Reason.INVALID_SPEC, str(r.op.spec))
+        r.fail(Reason.INVALID_SPEC, str(r.op.spec))
         return None
-    r.condition("Valid", True, "SpecValid", "the spec passed the daemon's validation")
+    r.condition("Valid", True, Reason.SPEC_VALID, "the spec passed the daemon's validation")
     return Policy.of(r.op.spec)
 
 
@@ -311,36 +430,52 @@ def select(r: Round, policy: Policy) -> Selection | None:
 
 def fix_hops(r: Round, policy: Policy, selection: Selection, resolved_minors: Mapping[tuple[int, int], str] | None,
              hop_errors: Mapping[tuple[int, int], str] | None = None) -> list[Version] | None:
-    """The hops, fixed when the operation starts from the oldest member among the selected nodes;
-    None when they cannot be fixed yet or break a version-skew rule (the operation fails)."""
+    """The hops, planned when the operation starts from the oldest member among the selected nodes,
+    and again when spec.version is raised mid-rollout: the hops already begun are kept (a minor is
+    never passed through at two patches), the new minors added. None when they cannot be planned
+    yet (a minor not resolved from the package source), break a version-skew rule, or the target
+    was lowered (the operation fails)."""
     status = r.status
-    if not status.get("hops"):
+    old_hops = [Version.parse(h) for h in status.get("hops") or []]
+    if old_hops and policy.target < old_hops[-1]:
+        msg = (f"spec.version was lowered to {policy.target} while the rollout went to {old_hops[-1]}; "
+               "kupd never downgrades: create a new DirectUpdate")
+        r.condition("Valid", False, Reason.VERSION_LOWERED, msg)
+        r.fail(Reason.VERSION_LOWERED, msg)
+        return None
+    if not old_hops or policy.target > old_hops[-1]:
         versions = [m.kubelet for n in selection.nodes if (m := r.members.get(n.name)) and m.kubelet]
         if not versions:
             status.setdefault("phase", OP_PENDING)
             status["message"] = "waiting for kupd members on the selected nodes"
             return None
+        kept = {h.minor_key: str(h) for h in old_hops}
         try:
             needed = hop_minors(min(versions), policy.target)[:-1]
         except SkewError as skew:
-            r.condition("Valid", False, skew.rule, str(skew))
-            r.fail("VersionSkew", str(skew))
+            r.condition("Valid", False, SKEW_REASONS.get(skew.rule, Reason.VERSION_SKEW), str(skew))
+            r.fail(Reason.VERSION_SKEW, str(skew))
             return None
         # The coordinator resolves each intermediate minor's newest patch from the operation's own
         # package source; one it could not resolve holds the operation (never a guessed .0). Only
-        # the dry run, which has no package source, passes None and shows .0 placeholders.
-        missing = [mk for mk in needed if resolved_minors is not None and mk not in resolved_minors]
+        # the dry run, which has no package source, passes None and shows .0 placeholders. A minor
+        # already begun keeps its patch (a raised spec.version adds only the new minors).
+        missing = [mk for mk in needed if resolved_minors is not None and mk not in resolved_minors
+                   and mk not in kept]
         if missing:
             mk = missing[0]
             why = (hop_errors or {}).get(mk) or "not resolved yet"
             msg = f"cannot resolve the newest v{mk[0]}.{mk[1]} patch from spec.packageSource: {why}; retrying"
             status.setdefault("phase", OP_PENDING)
             status["message"] = msg
-            r.condition("HopsResolved", False, "PackageSourceUnavailable", msg)
+            r.condition("HopsResolved", False, Reason.PACKAGE_SOURCE_UNAVAILABLE, msg)
             return None
-        status["hops"] = hops_for(min(versions), policy.target, resolved_minors or {})
+        planned = hops_for(min(versions), policy.target, {**(resolved_minors or {}), **kept})
+        if old_hops:
+            r.event("Replanned", f"spec.version raised to {policy.target}: hops {', '.join(planned)}")
+        status["hops"] = planned
         if needed:
-            r.condition("HopsResolved", True, "Resolved", f"hops {', '.join(status['hops'])} from spec.packageSource")
+            r.condition("HopsResolved", True, Reason.RESOLVED, f"hops {', '.join(planned)} from spec.packageSource")
     # The kubelet-never-newer rule: a worker-only selection cannot pass the control plane.
     if not any(n.control_plane for n in selection.nodes):
         cp_versions = [m.kubelet for n in r.nodes if n.control_plane
@@ -348,8 +483,8 @@ def fix_hops(r: Round, policy: Policy, selection: Selection, resolved_minors: Ma
         if cp_versions and policy.target.minor_key > min(cp_versions).minor_key:
             msg = (f"target {policy.target} is newer than the control plane {min(cp_versions)}; "
                    "select the control-plane nodes too (rule: kubelet-not-newer-than-apiserver)")
-            r.condition("Valid", False, "kubelet-not-newer-than-apiserver", msg)
-            r.fail("VersionSkew", msg)
+            r.condition("Valid", False, Reason.KUBELET_NOT_NEWER, msg)
+            r.fail(Reason.VERSION_SKEW, msg)
             return None
     return [Version.parse(h) for h in status["hops"]]
 
@@ -375,6 +510,12 @@ def adopt(r: Round, policy: Policy, selection: Selection) -> dict[str, dict[str,
                     e["phase"] = SKIPPED
                     e["message"] = f"already at {m.kubelet}"
             entries[n.name] = e
+        elif e["phase"] in DONE and m is not None and m.kubelet is not None and m.kubelet < policy.target:
+            # spec.version was raised: a node done with the old target has more to do.
+            e.update(phase=PENDING, toVersion=str(policy.target), message=f"target raised to {policy.target}")
+            e.pop("finishedAt", None)
+        if e["phase"] not in DONE:
+            e["toVersion"] = str(policy.target)
         _adopt(e, r.delivered.get(n.name), r.op, r.epoch)
     return entries
 
@@ -434,29 +575,30 @@ def _backup_conditions(r: Round, b: Mapping[str, Any]) -> None:
     message = str(b.get("message") or "")
     if b.get("verified") and b.get("uploaded", True):
         msg = f"etcd snapshot {where} verified before any change"
-        r.condition("BackupSucceeded", True, "BackupVerified", msg)
-        r.condition("BackupUploaded", True, "Uploaded", msg)
+        r.condition("BackupSucceeded", True, Reason.BACKUP_VERIFIED, msg)
+        r.condition("BackupUploaded", True, Reason.UPLOADED, msg)
         r.event("BackupTaken", msg)
     elif b.get("verified"):
         msg = f"etcd snapshot verified before any change; not uploaded: {message}"
-        reason = "NoStoreConfigured" if "no backup store" in message else "UploadFailed"
-        r.condition("BackupSucceeded", True, "LocalSnapshotOnly", msg)
+        reason = Reason.NO_STORE_CONFIGURED if "no backup store" in message else Reason.UPLOAD_FAILED
+        r.condition("BackupSucceeded", True, Reason.LOCAL_SNAPSHOT_ONLY, msg)
         r.condition("BackupUploaded", False, reason, msg)
         r.event("BackupNotUploaded", msg, warning=True)
     else:
         msg = f"etcd snapshot failed (policy BestEffort, going on without one): {message}"
-        r.condition("BackupSucceeded", False, "BestEffortBackupFailed", msg)
+        r.condition("BackupSucceeded", False, Reason.BEST_EFFORT_BACKUP_FAILED, msg)
         r.event("BackupFailed", msg, warning=True)
 
 
 def observe(r: Round, policy: Policy, selection: Selection, entries: dict[str, dict[str, Any]]
             ) -> list[dict[str, Any]]:
-    """Bring every selected node's entry up to date with what its member reports; returns the
-    selected entries in turn order and puts them (then the others, kept for the record) in the
+    """Bring every node's entry up to date with what its member reports: the selected ones, and those
+    that left the selection or the cluster with a turn out, which keep their slot until they report
+    it over. Returns the selected entries in turn order and puts them (then the others) in the
     status, with the summary counts."""
-    for n in selection.nodes:
-        _observe(r, entries[n.name], r.members.get(n.name), policy, n.name)
-        compact(entries[n.name])
+    for name, e in entries.items():
+        _observe(r, e, r.members.get(name), policy, name)
+        compact(e)
     ordered = [entries[n.name] for n in selection.nodes]
     selected_names = {n.name for n in selection.nodes}
     r.status["nodes"] = ordered + [e for name, e in entries.items() if name not in selected_names]
@@ -610,49 +752,82 @@ def _unverified(r: Round, e: dict[str, Any], m: MemberView, report: Report, hop:
     r.event("NodeFailed", f"{name} failed at step {Step.VERIFY}: {e['message']}", name, warning=True)
 
 
-def conclude(r: Round, policy: Policy, ordered: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+def conclude(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: list[dict[str, Any]]
+             ) -> list[tuple[Reason, str, str]] | None:
     """The operation's outcome so far: None when it ended (a required backup failed, every node is
-    done) or a failed node stops all grants; else the entries that need attention (Failed, Lost),
-    with RequiresAttention said for them or for a node without a member."""
+    done and no turn is out) or a failed node stops all grants; else what needs attention (empty
+    when nothing does), with RequiresAttention said for it."""
     failed = [e for e in ordered if e["phase"] == FAILED]
     backup_failed = [e for e in failed if e.get("step") == Step.BACKUP]
     if backup_failed:
         msg = f"backup failed on {backup_failed[0]['name']}: {backup_failed[0].get('message', '')}"
-        r.condition("BackupSucceeded", False, "BackupFailed", msg)
-        r.fail("BackupFailed", msg)
+        r.condition("BackupSucceeded", False, Reason.BACKUP_FAILED, msg)
+        r.fail(Reason.BACKUP_FAILED, msg)
         return None
-    if all(e["phase"] in DONE for e in ordered):
+    if all(e["phase"] in DONE for e in ordered) and not departed:
         if r.status.get("phase") != OP_SUCCEEDED:
             r.event("Succeeded", f"all {len(ordered)} nodes at {policy.target}")
         r.status["phase"] = OP_SUCCEEDED
         r.status["message"] = f"all {len(ordered)} selected nodes are at {policy.target}"
         r.status.setdefault("finishedAt", format_time(r.now))
         r.status["progress"] = f"{len(ordered)}/{len(ordered)}"
-        r.condition("Progressing", False, "Completed", r.status["message"])
-        r.condition("RequiresAttention", False, "NoProblem", "")
+        r.condition("Progressing", False, Reason.COMPLETED, r.status["message"])
+        r.condition("RequiresAttention", False, Reason.NO_PROBLEM, "")
         return None
     done = sum(1 for e in ordered if e["phase"] in DONE)
     r.status["progress"] = f"{done}/{len(ordered)}"
-    attention = [e for e in ordered if e["phase"] in (FAILED, LOST)]
-    no_member = [e for e in ordered if e["phase"] == PENDING and e["name"] not in r.members]
-    if not (attention or no_member):
-        r.condition("RequiresAttention", False, "NoProblem", "")
-        return attention
-    e0 = (attention or no_member)[0]
-    reason = {"Failed": str(e0.get("reason")) if e0.get("reason") in ATTENTION_REASONS else "NodeFailed",
-              "Lost": "NodeLost"}.get(e0["phase"], "NoMember")
-    msg = (f"node {e0['name']}: {e0.get('message') or reason}" if attention
-           else f"node {e0['name']} has no live kupd member; install or start kupd there")
-    if r.status.get("phase") != OP_ATTENTION:
-        r.event(reason, msg, e0["name"], warning=True)
+    attention = _attention(r, ordered, departed)
+    if attention is None:
+        r.condition("RequiresAttention", False, Reason.NO_PROBLEM, "")
+        return []
+    reason, node, msg = attention
+    if r.status.get("phase") != OP_ATTENTION or r.status.get("message") != msg:
+        r.event(str(reason), msg, node, warning=True)
     r.status["phase"] = OP_ATTENTION
     r.status["message"] = msg
     r.condition("RequiresAttention", True, reason, msg)
-    # A failed step stops all further grants until an operator acts.
-    return None if failed else attention
+    if failed:
+        # A failed step stops all further grants until an operator acts.
+        r.condition("Progressing", False, Reason.NODE_FAILED, msg)
+        return None
+    return [attention]
 
 
-def gates(r: Round, policy: Policy, ordered: list[dict[str, Any]], attention: list[dict[str, Any]],
+def _attention(r: Round, ordered: list[dict[str, Any]], departed: list[dict[str, Any]]
+               ) -> tuple[Reason, str, str] | None:
+    """What needs an operator, most pressing first: (reason, node, message), or None."""
+    for e in ordered:
+        if e["phase"] == FAILED:
+            reason = Reason(e["reason"]) if e.get("reason") in ATTENTION_REASONS else Reason.NODE_FAILED
+            return reason, e["name"], f"node {e['name']}: {e.get('message') or 'failed'}"
+    for e in [*ordered, *departed]:
+        if e["phase"] == LOST:
+            where = "" if e in ordered else " (it left the selection or the cluster mid-turn)"
+            return Reason.NODE_LOST, e["name"], f"node {e['name']}{where}: {e.get('message') or 'lost'}"
+    for e in ordered:
+        report = _report(r, e) if e["phase"] in IN_FLIGHT else None
+        if report is not None and report.reason == "DeadlineExceeded" and report.phase == TurnPhase.UPGRADING:
+            return Reason.STEP_PAST_DEADLINE, e["name"], f"node {e['name']}: {report.message}"
+    for node, g in sorted(r.elsewhere().items()):
+        m = r.members.get(node)
+        if m is None or not m.alive:
+            return (Reason.NODE_LOST, node,
+                    f"node {node} holds a turn of DirectUpdate {g.operation} and its kupd member is lost; "
+                    "the turn keeps its slot until it is reported over or its grant Lease "
+                    f"{GRANT_LEASE_PREFIX}{node} is deleted (runbook: a lost node)")
+    for e in ordered:
+        if e["phase"] != PENDING:
+            continue
+        m = r.members.get(e["name"])
+        if m is None:
+            return Reason.NO_MEMBER, e["name"], f"node {e['name']} has no kupd member; install or start kupd there"
+        if not m.alive:
+            return (Reason.MEMBER_LOST, e["name"],
+                    f"node {e['name']}: its kupd member stopped renewing its Lease; start kupd there")
+    return None
+
+
+def gates(r: Round, policy: Policy, ordered: list[dict[str, Any]], attention: list[tuple[Reason, str, str]],
           gate_failure: str | None) -> bool:
     """Whether a new turn may be given now: not paused, inside the maintenance window (if any),
     and every health gate passing. When not, the operation says why."""
@@ -660,7 +835,7 @@ def gates(r: Round, policy: Policy, ordered: list[dict[str, Any]], attention: li
     if policy.paused:
         status["phase"] = OP_PAUSED
         status["message"] = "paused by spec.paused; nodes already granted finish their turn"
-        r.condition("Progressing", False, "Paused", status["message"])
+        r.condition("Progressing", False, Reason.PAUSED, status["message"])
         return False
     try:
         window = _window_decision(r.op, ordered, policy, r.now)
@@ -673,25 +848,25 @@ def gates(r: Round, policy: Policy, ordered: list[dict[str, Any]], attention: li
         if not attention:
             status["phase"] = OP_PAUSED
             status["message"] = msg
-        r.condition("Progressing", False, "InvalidWindow", msg)
+        r.condition("Progressing", False, Reason.INVALID_WINDOW, msg)
         return False
     if window is not None and not window.allowed:
         if not attention:
             status["phase"] = OP_PAUSED
             status["message"] = window.reason
-        r.condition("Progressing", False, "OutsideWindow", window.reason)
+        r.condition("Progressing", False, Reason.OUTSIDE_WINDOW, window.reason)
         return False
     gate = _health_gate(policy.health_gates, ordered, r.nodes, r.now, gate_failure)
     if gate is not None:
         if status.get("phase") != OP_PAUSED or status.get("message") != gate:
             r.event("HealthGateFailed", gate, warning=True)
-        r.condition("HealthGates", False, "GateFailed", gate)
+        r.condition("HealthGates", False, Reason.GATE_FAILED, gate)
         if not attention:
             status["phase"] = OP_PAUSED
             status["message"] = f"health gate: {gate}"
         return False
     if policy.health_gates is not None:
-        r.condition("HealthGates", True, "GatesPassed", "every health gate passes")
+        r.condition("HealthGates", True, Reason.GATES_PASSED, "every health gate passes")
     return True
 
 
@@ -741,7 +916,7 @@ def _window_decision(op: Operation, ordered: list[dict[str, Any]], policy: Polic
 
 
 # -- preflight and hazards ----------------------------------------------------------------------
-def check_preflight(r: Round, policy: Policy, ordered: list[dict[str, Any]], attention: list[dict[str, Any]],
+def check_preflight(r: Round, policy: Policy, ordered: list[dict[str, Any]], attention: list[tuple[Reason, str, str]],
                     facts: preflight.ClusterFacts | None) -> bool:
     """The cluster preflight, until it has passed once: one Condition per failing check, and whether
     a turn may be given. Checks in spec.preflight.warnOnly only warn."""
@@ -758,18 +933,18 @@ def check_preflight(r: Round, policy: Policy, ordered: list[dict[str, Any]], att
             msg = preflight.condition_message(failing[check])
             if not any(c["type"] == ctype and c["status"] == "False" and c["message"] == msg for c in conds):
                 r.event(ctype, msg, warning=True)
-            r.condition(ctype, False, "WarnOnly" if check in policy.warn_only else "CheckFailed", msg)
+            r.condition(ctype, False, Reason.WARN_ONLY if check in policy.warn_only else Reason.CHECK_FAILED, msg)
         elif any(c["type"] == ctype for c in conds):
-            r.condition(ctype, True, "CheckPassed", "")
+            r.condition(ctype, True, Reason.CHECK_PASSED, "")
     if verdict.blocking:
         first = verdict.blocking[0]
         msg = (f"preflight {first.check}: {first.message}"
                + (f" (and {len(verdict.blocking) - 1} more findings)" if len(verdict.blocking) > 1 else ""))
-        r.condition("Preflight", False, "ChecksFailed", msg)
+        r.condition("Preflight", False, Reason.CHECKS_FAILED, msg)
         if not attention:
             r.status["phase"], r.status["message"] = OP_PENDING, msg
         return False
-    r.condition("Preflight", True, "ChecksPassed",
+    r.condition("Preflight", True, Reason.CHECKS_PASSED,
                 "every preflight check passed" + (" (some only warn)" if verdict.warnings else ""))
     return True
 
@@ -779,26 +954,29 @@ def hazard_conditions(r: Round, refusals: list[hazards.Hazard]) -> None:
     conds = r.status.get("conditions") or []
     if not refusals:
         if any(c["type"] == "UpgradeHazards" for c in conds):
-            r.condition("UpgradeHazards", True, "NoHazard", "")
+            r.condition("UpgradeHazards", True, Reason.NO_HAZARD, "")
         return
     msg = "; ".join(h.message for h in refusals)
     if not any(c["type"] == "UpgradeHazards" and c["status"] == "False" and c["message"] == msg[:1000]
                for c in conds):
         for h in refusals:
             r.event(h.rule, h.message, h.subject, warning=True)
-    r.condition("UpgradeHazards", False, refusals[0].rule, msg)
+    r.condition("UpgradeHazards", False, Reason(refusals[0].rule), msg)
 
 
 # -- grant ------------------------------------------------------------------------------------
 @dataclass
 class Turns:
-    """One grant stage's view: who may have a turn, and what a turn would break."""
+    """One grant stage's view: who may have a turn, what a turn would break, the turns out, and
+    what holds the next turn back (`held`, said in the operation's message)."""
 
     r: Round
     policy: Policy
     elsewhere: Mapping[str, Grant]
     refusals: list[hazards.Hazard]
     deprecated_apis: Sequence[hazards.DeprecatedApi]
+    out: _Out
+    held: str | None = None
 
     def current(self, e: dict[str, Any]) -> Version | None:
         m = self.r.members.get(e["name"])
@@ -824,47 +1002,68 @@ class Turns:
         return bool(found)
 
 
-def grant(r: Round, policy: Policy, ordered: list[dict[str, Any]], hops: list[Version],
-          canaries: frozenset[str], refusals: list[hazards.Hazard] | None = None,
-          deprecated_apis: Sequence[hazards.DeprecatedApi] | None = None) -> str | None:
+@dataclass(frozen=True)
+class _Out:
+    """The turns out, by role: this operation's (selected or not) and other operations'."""
+
+    own_cps: list[str]
+    own_workers: list[str]
+    other_cps: list[str]
+    other_workers: list[str]
+
+    @property
+    def workers(self) -> list[str]:
+        return self.own_workers + self.other_workers
+
+
+def grant(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: list[dict[str, Any]],
+          hops: list[Version], canaries: frozenset[str], refusals: list[hazards.Hazard] | None = None,
+          deprecated_apis: Sequence[hazards.DeprecatedApi] | None = None) -> tuple[str | None, str | None]:
     """Give the next turns within the limits: every in-flight grant re-stamped with this
     coordinator's epoch (agents ignore older ones), then the control plane one node at a time,
     hop-major, with worker waves between its hops wherever the next hop would leave a kubelet too
     far behind; then canaries, their bake, and the other workers up to `concurrency`. A turn whose
-    host would break on its target is refused (`refusals`). Returns why the operation cannot go on
-    without an operator (a version skew no turn of it can fix), or None.
+    host would break on its target is refused (`refusals`).
 
-    Turns of another DirectUpdate that are not over yet (it was deleted or failed mid-turn while
-    its nodes still work) hold their slots too: a turn ends only when its node says so."""
-    elsewhere = {n: g for n, g in r.delivered.items()
-                 if g.uid != r.op.uid and not turn_over(r.members.get(n), g)}
-    for e in ordered:
+    The limits count every turn out: this operation's, selected or not (a node that left the
+    selection or the cluster keeps its slot until its turn is over), and other operations' turns
+    not over yet. Returns (why the operation cannot go on without an operator — a version skew no
+    turn of it can fix —, what holds the next turn back), each None when nothing does."""
+    elsewhere = r.elsewhere()
+    for e in [*ordered, *departed]:
         if e["phase"] in IN_FLIGHT and e.get("grant"):
             e["grant"]["epoch"] = r.epoch
-    t = Turns(r, policy, elsewhere, refusals if refusals is not None else [], deprecated_apis or ())
+    out = [e for e in [*ordered, *departed] if e["phase"] in IN_FLIGHT]
+    limits = _Out([e["name"] for e in out if e.get("role") == CONTROL_PLANE],
+                  [e["name"] for e in out if e.get("role", WORKER) == WORKER],
+                  sorted(n for n, g in elsewhere.items() if g.control_plane),
+                  sorted(n for n, g in elsewhere.items() if not g.control_plane))
+    t = Turns(r, policy, elsewhere, refusals if refusals is not None else [], deprecated_apis or (), limits)
     cps = [e for e in ordered if e.get("role") == CONTROL_PLANE]
     workers = [e for e in ordered if e.get("role", WORKER) == WORKER]
     versions = cluster_versions(r.nodes, r.members)
     interleave: dict[str, str] = {}
     if any(e["phase"] not in DONE for e in cps):
-        held = _grant_control_plane(t, cps, workers, hops, versions, interleave)
-        if held is not None or not interleave:
-            return held
+        stuck = _grant_control_plane(t, cps, workers, hops, versions, interleave)
+        if stuck is not None or not interleave:
+            return stuck, t.held
     # Workers move only as far as every API server has: a kubelet is never newer than one.
     ceiling = min(versions.apiservers.values(), default=hops[-1])
     _grant_workers(t, workers, hops, canaries, ceiling, interleave)
-    return None
+    return None, t.held
 
 
-def _give(r: Round, e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool, why: str = "") -> None:
+def _give(r: Round, e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool,
+          why: str = "") -> bool:
     if not versions:
-        return
+        return False  # never an empty turn, and never a slot spent on one
     e["phase"] = GRANTED
     e["grant"] = grant_record(r.epoch, [str(v) for v in versions], first_cp, backup, format_time(r.now))
     # grant_reason reads `why` back out of this message.
     e["message"] = f"granted {', '.join(str(v) for v in versions)}" + (f" ({why})" if why else "")
     e.setdefault("startedAt", format_time(r.now))
     r.event("NodeGranted", f"{e['name']} may upgrade to {versions[-1]}", e["name"])
+    return True
 
 
 def grant_reason(message: str) -> str:
@@ -878,13 +1077,28 @@ def _grant_control_plane(t: Turns, cps: list[dict[str, Any]], workers: list[dict
                          versions: skew.ClusterVersions, interleave: dict[str, str]) -> str | None:
     """One control-plane node at a time, hop-major: every control-plane node reaches hop i before
     any starts hop i+1, so the API servers never drift more than one minor apart. Never while a
-    worker is in its turn, and never to a hop that would leave a kubelet (or kube-proxy) anywhere in
-    the cluster too far behind: the workers that would fall behind are put in `interleave` to move
-    first. Returns why nothing can move when no turn of this operation can fix it."""
-    r = t.r
-    if any(e["phase"] in IN_FLIGHT for e in cps + workers) or any(True for _ in t.elsewhere.values()):
+    worker is in its turn (one of a wave, one that joined mid-rollout, or one of another
+    operation: a worker's new kubelet must never meet an older API server), and never to a hop
+    that would leave a kubelet (or kube-proxy) anywhere in the cluster too far behind: the workers
+    that would fall behind are put in `interleave` to move first. Returns why nothing can move when
+    no turn of this operation can fix it; what merely holds it back goes in `t.held`."""
+    r, out = t.r, t.out
+    if out.own_cps:
+        return None
+    if out.other_cps:
+        t.held = f"waiting for the control-plane turn of {', '.join(out.other_cps)} (another operation) to end"
         return None
     cp_left = [e for e in cps if e["phase"] not in DONE]
+    if out.workers:
+        t.held = (f"control-plane node {cp_left[0]['name']} waits for the workers in flight "
+                  f"({', '.join(out.workers)}) to finish")
+        return None
+    unknown = [e["name"] for e in cp_left if t.current(e) is None]
+    if unknown:
+        # Which control-plane node goes first (kubeadm upgrade apply), and whether the API servers
+        # stay within one minor, depend on every one's version: wait to know them.
+        t.held = f"waiting for the kupd members of control-plane nodes {', '.join(unknown)} to report their versions"
+        return None
     for hop in hops:
         behind = [e for e in cp_left if (v := t.current(e)) is not None and v < hop]
         if not behind:
@@ -907,22 +1121,25 @@ def _grant_control_plane(t: Turns, cps: list[dict[str, Any]], workers: list[dict
             t.refusals.extend(removed)
             return None
         first_cp = all((v := t.current(e)) is None or v < hop for e in cps)
-        if t.eligible(nxt) and not t.refused(nxt, [hop]):
-            need_backup = t.policy.backup_required and not r.status.get("backup") and hop == hops[0] and first_cp
-            _give(r, nxt, [hop], first_cp, need_backup, f"control plane to v{hop.major}.{hop.minor}")
+        if t.eligible(nxt):
+            if not t.refused(nxt, [hop]):
+                need_backup = t.policy.backup_required and not r.status.get("backup") and hop == hops[0] and first_cp
+                _give(r, nxt, [hop], first_cp, need_backup, f"control plane to v{hop.major}.{hop.minor}")
+            return None
+        t.held = f"control-plane node {nxt['name']} is next and not eligible ({nxt.get('message') or 'no live member'})"
         return None
+    t.held = f"control-plane nodes {', '.join(e['name'] for e in cp_left)} have no hop left to take"
     return None
 
 
 def _grant_workers(t: Turns, workers: list[dict[str, Any]], hops: list[Version], canaries: frozenset[str],
                    ceiling: Version, interleave: Mapping[str, str]) -> None:
     """Canaries first, then (after their bake) the other workers, never more than `concurrency`
-    in flight, counting the turns of other operations still out; each up to `ceiling`, the oldest
-    API server. Between control-plane hops (`interleave`): only the workers that would fall too far
-    behind, canaries among them first."""
-    r, policy = t.r, t.policy
-    in_flight = [e for e in workers if e["phase"] in IN_FLIGHT]
-    slots = policy.concurrency - len(in_flight) - sum(1 for g in t.elsewhere.values() if not g.control_plane)
+    turns out, counting those of nodes that left the selection and of other operations; each up
+    to `ceiling`, the oldest API server. Between control-plane hops (`interleave`): only the
+    workers that would fall too far behind, canaries among them first."""
+    r, policy, out = t.r, t.policy, t.out
+    slots = policy.concurrency - len(out.workers)
     if interleave:
         pool = [e for e in workers if e["name"] in interleave and e["phase"] == PENDING]
         candidates = [e for e in pool if e["name"] in canaries] or pool
@@ -933,7 +1150,7 @@ def _grant_workers(t: Turns, workers: list[dict[str, Any]], hops: list[Version],
             if canary_entries and policy.canary_bake_seconds:
                 finished = [f for e in canary_entries if (f := parse_or_none(e.get("finishedAt")))]
                 if finished and r.now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
-                    r.status["message"] = "canaries upgraded; baking before the other workers"
+                    t.held = "canaries upgraded; baking before the other workers"
                     return
             candidates = [e for e in workers if e["phase"] == PENDING]
     for e in candidates:
@@ -946,8 +1163,10 @@ def _grant_workers(t: Turns, workers: list[dict[str, Any]], hops: list[Version],
         steps = [h for h in hops if v < h and h.minor_key <= ceiling.minor_key]
         if not steps or t.refused(e, steps):
             continue
-        _give(r, e, steps, False, False, interleave.get(e["name"], ""))
-        slots -= 1
+        if _give(r, e, steps, False, False, interleave.get(e["name"], "")):
+            slots -= 1
+    if candidates and slots <= 0 and out.workers and not out.own_workers:
+        t.held = f"every worker slot is held by a turn out ({', '.join(out.workers)})"
 
 
 def cluster_versions(nodes: Sequence[NodeView], members: Mapping[str, MemberView]) -> skew.ClusterVersions:

@@ -32,14 +32,17 @@ NODE_ONLY_EVENTS = frozenset({"StepStarted"})
 class StatusWriter:
     """Statuses planned but not yet stored, by DirectUpdate uid (plans build on these), and the
     thread that stores them. `leading` gates every write; `stored` gets the object the API server
-    returned (to keep the informer's cache current); `wake` runs after each write."""
+    returned (to keep the informer's cache current); `wake` runs after each write; `refused` gets
+    an operation whose status the API server refused as invalid (it is not retried)."""
 
     def __init__(self, api: k8s.Client, leading: Callable[[], bool], stored: Callable[[dict[str, Any]], None],
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None],
+                 refused: Callable[[dict[str, Any], k8s.Invalid], None] | None = None) -> None:
         self.api = api
         self.leading = leading
         self.stored = stored
         self.wake = wake
+        self.refused = refused or (lambda obj, err: None)
         self.planned: dict[str, dict[str, Any]] = {}
         self.writes = 0
         self._written_at = 0.0
@@ -84,6 +87,10 @@ class StatusWriter:
                     # A newer plan made meanwhile stays to be written next.
                     if self.planned.get(uid) is status:
                         self.planned.pop(uid, None)
+            except k8s.Invalid as e:
+                with self._lock:
+                    self.planned.pop(uid, None)
+                self.refused(obj, e)
             except KupdError as e:
                 log.warning("writing the status of %s: %s", obj["metadata"]["name"], e)
                 self._written_at = time.monotonic()  # try again after the usual interval

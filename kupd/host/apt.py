@@ -252,7 +252,8 @@ class AptManager:
         if self.root != "/":
             argv += [f"--root={self.root}", "--force-script-chrootless"]
         try:
-            return runner.run(argv + args, input_text=input_text, timeout=DPKG_TIMEOUT, env=env)
+            # dpkg is never killed mid-run: it waits past a deadline (runner's stop="wait").
+            return runner.run(argv + args, input_text=input_text, timeout=DPKG_TIMEOUT, env=env, stop="wait")
         except CommandError as e:
             if "no space left" in e.stderr.lower():
                 raise NoSpace(f"dpkg: disk full under {self.root}: {e}", 60.0) from e

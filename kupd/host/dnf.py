@@ -61,9 +61,10 @@ class DnfManager:
             argv.append(f"--releasever={self.releasever}")
         return argv
 
-    def _run(self, args: list[str], what: str, timeout: float = QUERY_TIMEOUT) -> runner.Result:
+    def _run(self, args: list[str], what: str, timeout: float = QUERY_TIMEOUT,
+             stop: runner.Stop = "kill") -> runner.Result:
         try:
-            return runner.run(self._base() + args, timeout=timeout)
+            return runner.run(self._base() + args, timeout=timeout, stop=stop)
         except CommandError as e:
             raise _classify(what, e) from e
 
@@ -126,7 +127,7 @@ class DnfManager:
         # `install` of an older version than installed would be refused; kupd never downgrades anyway.
         verb = "install"
         self._run([f"--disableexcludes={REPO_ID}", verb, "--", *specs], f"dnf install {' '.join(specs)}",
-                  timeout=INSTALL_TIMEOUT)
+                  timeout=INSTALL_TIMEOUT, stop="wait")  # an rpm transaction is never killed
         after = self._rpm_query(list(pins))
         changes = []
         for n in pins:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from kupd import validate
-from kupd.errors import CommandError, PermanentError, RetryableError
+from kupd.errors import CommandError, DeadlineExceeded, PermanentError, RetryableError
 from kupd.fsutil import atomic_write, atomic_write_json
 from kupd.host import parsers, runner
 from kupd.versions import Version, check_one_minor_step, check_target
@@ -118,11 +118,15 @@ class Kubeadm:
                                              "argv": argv[1:]}, 0o600)
 
         try:
+            # Never killed mid-upgrade: past a deadline kupd waits for it to end, then reports.
             result = runner.run_detached(argv, str(log_path), timeout=timeout, started=started)
         except CommandError:
             log.error("%s failed; the node is left for the next attempt (output in %s)", " ".join(argv[:3]),
                       log_path)
             self._record.unlink(missing_ok=True)
+            raise
+        except DeadlineExceeded:
+            self._record.unlink(missing_ok=True)  # it has ended: waited for past the deadline
             raise
         self._record.unlink(missing_ok=True)
         log.info("%s done in %.0fs", " ".join(argv[:3]), result.seconds)

@@ -17,6 +17,7 @@ from kupd.k8s.errors import (
     TRANSPORT_ERRORS,
     Conflict,
     Forbidden,
+    Invalid,
     NotFound,
     call,
     map_error,
@@ -41,7 +42,8 @@ from kupd.k8s.paths import (
 
 __all__ = [
     "API_VERSION", "DIRECTUPDATES", "GROUP", "SCHEDULEDUPDATES", "TRANSPORT_ERRORS", "UPDATESCHEDULES", "VERSION",
-    "ApiError", "Client", "Conflict", "Forbidden", "Informer", "NotFound", "Settings", "Watch", "api_client", "call",
+    "ApiError", "Client", "Conflict", "Forbidden", "Informer", "Invalid", "NotFound", "Settings", "Watch",
+    "api_client", "call",
     "kupd_path", "lease_path", "load_kubeconfig", "map_error", "node_path", "parse_kubeconfig", "patch_or_create",
     "path", "ready", "retry_delay",
 ]

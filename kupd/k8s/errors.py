@@ -35,6 +35,11 @@ class Forbidden(PermanentError):
     pass
 
 
+class Invalid(PermanentError):
+    """The API server refused the object itself (400 Bad Request, 422 Invalid): repeating the
+    same write cannot help."""
+
+
 def retry_delay(status: int | None) -> float | None:
     """Seconds to wait before repeating a request that failed with HTTP `status` (None: no answer
     at all, the connection failed or timed out), or None when repeating it cannot help. Pure.
@@ -70,6 +75,8 @@ def map_error(e: Exception, what: str) -> KupdError:
         return NotFound(f"{what}: not found")
     if e.status in (401, 403):
         return Forbidden(f"{what}: forbidden ({e.status}): {_reason(e)}")
+    if e.status in (400, 422):
+        return Invalid(f"{what}: refused ({e.status}): {_reason(e)}")
     return PermanentError(f"{what}: refused ({e.status}): {_reason(e)}")
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from kupd import hazards
 from kupd.api.models import PackageSource
 from kupd.errors import CommandError, PermanentError
 from kupd.fsutil import atomic_write_json, read_json
+from kupd.host import runner
 from kupd.host.base import HostFacts
 from kupd.versions import Version
 
@@ -81,7 +81,8 @@ class SimulatedHost:
     def _work(self, step: str) -> None:
         self._maybe_crash(step, "before")
         faults = self._faults()
-        time.sleep(self.step_seconds + float((faults.get("hang") or {}).get(step, 0)))
+        # Deadline-aware, like every wait of a step: a hang fault ends at the step's deadline.
+        runner.sleep(self.step_seconds + float((faults.get("hang") or {}).get(step, 0)))
         fail = faults.get("fail") or {}
         if fail.get(step, 0) > 0:
             fail[step] -= 1

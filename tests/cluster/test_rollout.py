@@ -9,7 +9,7 @@ from typing import Any
 
 from kupd.sim.devcluster import ControlPlane
 from kupd.sim.simcluster import SimCluster
-from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_members, wait_phase
+from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_members, wait_phase, wait_registered
 
 NO_BACKUP = {"required": False}
 
@@ -305,6 +305,7 @@ def test_multi_minor_target_goes_hop_by_hop_control_plane_first(sim: SimCluster)
     sim.add_node("cp-1", control_plane=True)
     sim.add_node("cp-2", control_plane=True)
     sim.add_node("w-1")
+    wait_registered(sim)  # cp-1 runs kubeadm upgrade apply only if it is there from the start
     mon = Monitor(sim.cp).start()
     try:
         wait_members(sim.cp, ["cp-1", "cp-2", "w-1"])

@@ -45,8 +45,12 @@ def test_a_checkpoint_kupd_wrote_reads_back_unchanged(tmp_path: Path) -> None:
 def test_an_unreadable_checkpoint_is_moved_aside_and_the_agent_starts_clean(tmp_path: Path, text: str) -> None:
     path = tmp_path / "checkpoint.json"
     path.write_text(text, errors="surrogateescape")
-    assert CheckpointStore(tmp_path).load() == Checkpoint()
-    assert not path.exists() and (tmp_path / "checkpoint.json.invalid").exists()
+    raw = path.read_bytes()
+    cp = CheckpointStore(tmp_path).load()
+    aside = list(tmp_path.glob("checkpoint.json.corrupt-*"))
+    # Clean, remembering where the unreadable one went (its next turn reports CheckpointCorrupt).
+    assert len(aside) == 1 and aside[0].read_bytes() == raw
+    assert cp == Checkpoint(corrupt=str(aside[0]))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,7 @@ import pytest
 import urllib3
 
 from kupd import k8s
-from kupd.errors import PermanentError, RetryableError
+from kupd.errors import RetryableError
 
 
 @pytest.mark.parametrize(("status", "delay"), [
@@ -21,7 +21,7 @@ def test_retry_policy(status: int | None, delay: float | None) -> None:
 
 @pytest.mark.parametrize(("status", "kind"), [
     (409, k8s.Conflict), (429, RetryableError), (503, RetryableError), (404, k8s.NotFound), (403, k8s.Forbidden),
-    (401, k8s.Forbidden), (422, PermanentError), (400, PermanentError),
+    (401, k8s.Forbidden), (422, k8s.Invalid), (400, k8s.Invalid),
 ])
 def test_statuses_map_by_the_policy(status: int, kind: type[Exception]) -> None:
     e = k8s.map_error(k8s.ApiError(status, "Reason", "the message"), "read x")

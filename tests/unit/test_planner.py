@@ -444,3 +444,124 @@ def test_a_success_its_node_does_not_show_fails_verify_naming_both_versions() ->
     assert cp1["phase"] == "Failed" and cp1["step"] == "verify"
     assert "reported kubelet v1.32.0" in cp1["message"] and "Node reports v1.31.2" in cp1["message"]
     assert p.status["phase"] == "RequiresAttention" and granted(p) == []
+
+
+# -- spec edits and membership changes mid-rollout -----------------------------------------------
+
+def _phase(p: planner.Plan, name: str) -> str:
+    return str(next(e for e in p.status["nodes"] if e["name"] == name)["phase"])
+
+
+def test_raising_the_version_mid_rollout_replans_keeping_the_hop_begun() -> None:
+    nodes, members = cluster(2, 1)
+    spec = {"version": "v1.32.0", "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    assert granted(p) == ["cp-2"]
+    raised = {**spec, "version": "v1.33.0"}
+    p = run(raised, nodes, members, p.status, resolved_minors={(1, 32): "v1.32.1"})
+    assert p.status["hops"] == ["v1.32.0", "v1.33.0"]
+    assert any(e.reason == "Replanned" for e in p.events)
+    assert _phase(p, "cp-1") == "Pending", "done with the old target, not with the new one"
+    assert granted(p) == ["cp-2"], "cp-2's turn in flight is left alone"
+    finish(members, "cp-2", "v1.32.0", p)
+    p = run(raised, nodes, members, p.status)
+    assert granted(p) == ["cp-1"]
+    g = next(e for e in p.status["nodes"] if e["name"] == "cp-1")["grant"]
+    assert g["versions"] == ["v1.33.0"] and g["firstControlPlane"] is True
+    finish(members, "cp-1", "v1.33.0", p)
+    p = run(raised, nodes, members, p.status)
+    assert granted(p) == ["cp-2"]
+    finish(members, "cp-2", "v1.33.0", p)
+    p = run(raised, nodes, members, p.status)
+    w = next(e for e in p.status["nodes"] if e["name"] == "w-1")
+    assert w["grant"]["versions"] == ["v1.32.0", "v1.33.0"] and w["toVersion"] == "v1.33.0"
+
+
+def test_lowering_the_version_mid_rollout_is_refused() -> None:
+    nodes, members = cluster(1, 1)
+    p = run({"version": "v1.33.0", "backup": NO_BACKUP}, nodes, members, resolved_minors={(1, 32): "v1.32.1"})
+    p = run({"version": "v1.32.0", "backup": NO_BACKUP}, nodes, members, p.status)
+    assert p.status["phase"] == "Failed"
+    valid = next(c for c in p.status["conditions"] if c["type"] == "Valid")
+    assert valid["reason"] == "VersionLowered"
+
+
+def test_a_node_leaving_the_selection_keeps_its_slot_until_its_turn_ends() -> None:
+    labels = {n: {"pool": "a"} for n in ("cp-1", "w-1", "w-2")}
+    nodes, members = cluster(1, 2, labels=labels)
+    spec = {"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP, "nodeSelector": {"matchLabels": {"pool": "a"}}}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    assert granted(p) == ["w-1"]
+    # w-1 leaves the selection (its label changes), or the cluster (its Node is deleted).
+    for moved in ([n if n.name != "w-1" else NodeView("w-1", {"pool": "b"}, False) for n in nodes],
+                  [n for n in nodes if n.name != "w-1"]):
+        q = run(spec, moved, members, p.status)
+        assert granted(q) == ["w-1"], "w-2 granted while w-1's turn is out"
+        assert q.status["phase"] == "Running"
+        grant = next(e for e in q.status["nodes"] if e["name"] == "w-1")["grant"]
+        done = dict(members, **{"w-1": MemberView("w-1", True, Version.parse("v1.32.0"), Report(
+            "op", UID, 3, grant["versions"], "Succeeded", "uncordon", granted_at=grant["grantedAt"]))})
+        q = run(spec, moved, done, q.status)
+        assert _phase(q, "w-1") == "Succeeded"
+        assert granted(q) == ["w-2"]
+        # Lost while out of the selection: named, and still holding the slot.
+        lost = dict(members, **{"w-1": MemberView("w-1", False, Version.parse("v1.31.2"))})
+        q = run(spec, moved, lost, p.status)
+        assert q.status["phase"] == "RequiresAttention" and "w-1" in q.status["message"]
+        assert granted(q) == ["w-1"]
+
+
+def test_a_lost_turn_of_another_operation_is_named_not_silent() -> None:
+    nodes, members = cluster(1, 2)
+    members["cp-1"] = MemberView("cp-1", True, Version.parse("v1.32.0"))
+    members["w-1"] = MemberView("w-1", False, Version.parse("v1.31.2"),
+                                Report("old", "uid-old", 3, ["v1.32.0"], "Upgrading", "drain", granted_at="t0"))
+    other = Grant("old", "uid-old", 3, "t0", typed({"version": "v1.32.0"}).node_work(  # type: ignore[union-attr]
+        ["v1.32.0"], control_plane=False, first_control_plane=False, backup=False))
+    p = run({"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP}, nodes, members, delivered={"w-1": other})
+    assert granted(p) == []
+    assert p.status["phase"] == "RequiresAttention"
+    assert "w-1" in p.status["message"] and "old" in p.status["message"] and "kupd-grant-w-1" in p.status["message"]
+
+
+def test_a_control_plane_node_joining_mid_rollout_waits_for_the_workers_in_flight() -> None:
+    nodes, members = cluster(1, 2)
+    spec = {"version": "v1.32.0", "concurrency": 2, "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    finish(members, "cp-1", "v1.32.0", p)
+    p = run(spec, nodes, members, p.status)
+    assert granted(p) == ["w-1", "w-2"]
+    joined = [*nodes, NodeView("cp-2", {}, True)]
+    members["cp-2"] = MemberView("cp-2", True, Version.parse("v1.31.2"))
+    p = run(spec, joined, members, p.status)
+    assert granted(p) == ["w-1", "w-2"]
+    assert "cp-2 waits for the workers in flight (w-1, w-2)" in p.status["message"]
+    finish(members, "w-1", "v1.32.0", p)
+    p = run(spec, joined, members, p.status)
+    assert granted(p) == ["w-2"], "neither cp-2 nor another worker while w-2 is out"
+    finish(members, "w-2", "v1.32.0", p)
+    p = run(spec, joined, members, p.status)
+    assert granted(p) == ["cp-2"]
+
+
+def test_a_dead_member_on_a_pending_node_is_named() -> None:
+    nodes, members = cluster(1, 2)
+    members["w-2"] = MemberView("w-2", False, Version.parse("v1.31.2"))
+    spec = {"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP}
+    p = run(spec, nodes, members)
+    assert p.status["phase"] == "RequiresAttention" and "w-2" in p.status["message"]
+    cond = next(c for c in p.status["conditions"] if c["type"] == "RequiresAttention")
+    assert cond["reason"] == "MemberLost"
+    assert granted(p) == ["cp-1"], "the others go on"
+
+
+def test_no_control_plane_turn_while_another_control_plane_version_is_unknown() -> None:
+    nodes, members = cluster(2, 1)
+    del members["cp-1"]
+    p = run({"version": "v1.32.0", "backup": NO_BACKUP}, nodes, members)
+    assert granted(p) == [], "cp-2 would run kubeadm upgrade apply before cp-1's version is known"
+    assert "cp-1" in p.status["message"]

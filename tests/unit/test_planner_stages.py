@@ -99,15 +99,15 @@ def test_record_backup_only_from_the_node_granted_it() -> None:
 def test_conclude_success_failure_and_attention() -> None:
     pol = policy({"version": "v1.32.0"})
     r = rnd({"version": "v1.32.0"}, NODES, {})
-    assert planner.conclude(r, pol, [{"name": "cp-1", "phase": "Succeeded"}, {"name": "w-1", "phase": "Skipped"}]) \
-        is None
+    assert planner.conclude(r, pol, [{"name": "cp-1", "phase": "Succeeded"}, {"name": "w-1", "phase": "Skipped"}],
+                            []) is None
     assert r.status["phase"] == "Succeeded"
     r = rnd({"version": "v1.32.0"}, NODES, {"cp-1": MemberView("cp-1", True, None)})
     lost = [{"name": "cp-1", "phase": "Lost", "message": "member lease expired"}, {"name": "w-1", "phase": "Pending"}]
-    assert planner.conclude(r, pol, lost) == lost[:1]
+    assert planner.conclude(r, pol, lost, []) == [("NodeLost", "cp-1", "node cp-1: member lease expired")]
     assert r.status["phase"] == "RequiresAttention" and r.status["progress"] == "0/2"
     r = rnd({"version": "v1.32.0"}, NODES, {})
-    assert planner.conclude(r, pol, [{"name": "cp-1", "phase": "Failed", "step": "backup"}]) is None
+    assert planner.conclude(r, pol, [{"name": "cp-1", "phase": "Failed", "step": "backup"}], []) is None
     assert r.status["phase"] == "Failed"
 
 
@@ -132,12 +132,12 @@ def test_grant_within_the_limits() -> None:
     roles = (("cp-1", "ControlPlane"), ("w-1", "Worker"), ("w-2", "Worker"), ("w-3", "Worker"))
     ordered: list[dict[str, Any]] = [{"name": n, "role": role, "phase": "Pending"} for n, role in roles]
     hops = [Version.parse("v1.32.0")]
-    planner.grant(r, pol, ordered, hops, frozenset())
+    planner.grant(r, pol, ordered, [], hops, frozenset())
     assert [e["name"] for e in ordered if e["phase"] == "Granted"] == ["cp-1"]
     assert ordered[0]["grant"]["backup"] and ordered[0]["grant"]["firstControlPlane"]
     ordered[0]["phase"] = "Succeeded"
-    planner.grant(r, pol, ordered, hops, frozenset())
+    planner.grant(r, pol, ordered, [], hops, frozenset())
     assert [e["name"] for e in ordered if e["phase"] == "Granted"] == [], "no worker past the API server"
     ms["cp-1"] = MemberView("cp-1", True, Version.parse("v1.32.0"))
-    planner.grant(r, pol, ordered, hops, frozenset())
+    planner.grant(r, pol, ordered, [], hops, frozenset())
     assert [e["name"] for e in ordered if e["phase"] == "Granted"] == ["w-1", "w-2"]
