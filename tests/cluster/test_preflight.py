@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from kupd.sim.simcluster import SimCluster
-from tests.cluster.harness import apply_du, get_du, wait_phase
+from tests.cluster.harness import apply_du, get_du, wait_phase, wait_registered
 
 NO_BACKUP = {"policy": "Disabled"}
 RS = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "db-rs", "uid": "0b7a3c1e-0000-4000-8000-000000000003",
@@ -72,6 +72,8 @@ def test_a_budget_that_never_allows_an_eviction_holds_the_first_grant(sim: SimCl
 def test_a_node_without_a_live_daemon_is_named_and_warn_only_lets_a_check_pass(sim: SimCluster) -> None:
     sim.add_node("cp-1", control_plane=True)
     sim.add_node("w-1")
+    # w-1 Ready and its member renewing first: the second operation's checks must pass on it.
+    wait_registered(sim)
     cp = sim.cp
     # A Node with no kupd on it: not Ready (no kubelet either), no member Lease.
     cp.kubectl("apply", "-f", "-", input_text=json.dumps({
