@@ -39,6 +39,9 @@ RESOLVE_RETRY_SECONDS = 30.0
 DEPRECATED_APIS_SECONDS = 60.0
 # A member Lease's own duration, as its node wrote it, bounded: a node cannot make itself immortal.
 MEMBER_DURATION_BOUNDS = (5, 600)
+# Seconds an operation's announcement gives idle members to renew before the planner judges them:
+# they renew within member.ACTIVATION_SPREAD of hearing it, through two watch deliveries.
+ACTIVATION_GRACE = 5.0
 
 __all__ = ["Coordinator", "Elector", "SchedulerLike"]
 
@@ -115,6 +118,8 @@ class Coordinator:
         # clear): then only a change wakes a round, not the 1 s tick, so an idle coordinator's CPU
         # does not grow with N.
         self._idle = False
+        # When the activity Lease last named an operation (monotonic), None while idle.
+        self._activated_at: float | None = None
         self.ops = k8s.Informer("directupdates", api, k8s.kupd_path(k8s.DIRECTUPDATES), self._dirty.set,
                                 watch_seconds=watch_seconds)
         # A renewal that changes nothing but renewTime needs no round: expiry is found by the
@@ -298,6 +303,12 @@ class Coordinator:
                     self._on_refused(queued, e)
                 except KupdError as e:
                     log.warning("writing the status of %s: %s", queued["metadata"]["name"], e)
+        if first is not None and self._activating(first):
+            # Members were idle (renewing hourly) until this operation's announcement: judging them
+            # now would call every one of them lost. They renew within ACTIVATION_SPREAD of hearing
+            # it; the next rounds plan with what they say.
+            self._clear_grants(first["metadata"]["uid"], ops, members, grants)
+            return
         if first is not None:
             try:
                 self._reconcile_one(first, nodes, members, now, grants)
@@ -419,6 +430,20 @@ class Coordinator:
             cached = self._specs[md["uid"]] = (generation, parsed)
         return cached[1]
 
+    def _activating(self, first: dict[str, Any]) -> bool:
+        """Whether `first` has just been announced to idle members (announcing it now if it was
+        not, unless it waits for an operator or a window) and they are still within the grace to
+        renew. While it holds, the operation is not planned."""
+        planned = self.status.planned.get(first["metadata"]["uid"]) or first.get("status") or {}
+        current = self.leases.get(f"{self.namespace}/{p.ACTIVITY_LEASE}")
+        value = f"{first['metadata']['name']}/{first['metadata']['uid']}"
+        if (current is None or p.activity_value(current) != value) and not _waiting(planned):
+            self._announce(first)
+        if self._activated_at is None:
+            return False
+        grace = min(ACTIVATION_GRACE, self.member_duration / 2)
+        return time.monotonic() - self._activated_at < grace
+
     def _announce(self, running: dict[str, Any] | None) -> None:
         """Keep the activity Lease naming the operation being run ("" when none): written only
         when that changes, so its watchers (every member) hear of operations starting and ending
@@ -435,6 +460,7 @@ class Coordinator:
         new = k8s.patch_or_create(self.api, k8s.lease_path(self.namespace, p.ACTIVITY_LEASE),
                                   k8s.lease_path(self.namespace), body, "announce activity")
         self.leases.put(new)
+        self._activated_at = time.monotonic() if value else None
         log.info("activity: %s", value or "idle")
 
     # -- grant Leases ------------------------------------------------------------------------
