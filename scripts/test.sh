@@ -6,7 +6,12 @@ bash scripts/setup.sh
 .venv/bin/ruff check kupd tests bench
 .venv/bin/mypy kupd bench
 set +e
-.venv/bin/pytest "$@"
+# The realcluster tier (a kubeadm cluster in nspawn nodes: ~16 min warm, ~35 min of builds cold)
+# runs when asked for: KUPD_REALCLUSTER=1 bash scripts/test.sh [tests/realcluster]. It is out of the
+# default run until it has been re-run against the merged coordinator (docs/development/testing.md).
+extra=()
+[ "${KUPD_REALCLUSTER:-0}" = 1 ] || extra+=(--ignore=tests/realcluster)
+.venv/bin/pytest "${extra[@]}" "$@"
 rc=$?
 set -e
 # pytest's 5 means no test ran: that is a failure here.

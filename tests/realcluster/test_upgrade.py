@@ -149,7 +149,8 @@ def test_directupdate_upgrades_the_cluster(realcluster: RealCluster) -> None:
         "concurrency": 1,
         "packageSource": cluster.PACKAGE_SOURCE,
         "backup": {"required": True, "store": {"type": "file", "path": BACKUP_DIR}},
-        "drain": {"timeoutSeconds": 300, "deleteEmptyDirData": True},
+        # force: the bare Pod is deleted, as kubectl drain --force does.
+        "drain": {"timeoutSeconds": 300, "deleteEmptyDirData": True, "force": True},
     })
     try:
         st = wait_phase(rc, "real-upgrade", ("Succeeded", "Failed", "RequiresAttention"),  # type: ignore[arg-type]
