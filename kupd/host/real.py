@@ -329,9 +329,11 @@ class RealHost:
         if self.config.node_name in versions:
             return versions[self.config.node_name]
         if not versions:
-            raise PermanentError("no kube-apiserver mirror pod in kube-system (label component=kube-apiserver) "
-                                 "names its version; kupd reads each API server's version there to check that "
-                                 "the kubelet is not newer (rule: kubelet-not-newer-than-apiserver)")
+            # No API server runs as a kubeadm static pod (an external or hand-run control plane): then
+            # there is no load balancer to look behind either, and /version is the only source.
+            log.warning("no kube-apiserver mirror pod in kube-system (label component=kube-apiserver); "
+                        "checking the kubelet against the API server's /version instead")
+            return self.cluster.apiserver_version()
         return min(versions.values())
 
     @property
