@@ -99,6 +99,26 @@ class Result:
     seconds: float
 
 
+
+def _argv(argv: Sequence[object]) -> list[str]:
+    """argv as strings, refused when empty or holding a NUL byte (no string reaches a shell)."""
+    args = [str(a) for a in argv]
+    if not args:
+        raise ValueError("empty argv")
+    for a in args:
+        if "\x00" in a:
+            raise ValueError("NUL byte in argv")
+    return args
+
+
+def _base_env() -> dict[str, str]:
+    """The minimal environment every command starts from (not the daemon's own)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        "LC_ALL": "C.UTF-8",
+        "LANG": "C.UTF-8",
+    }
+
 def run(
     argv: Sequence[str],
     *,
@@ -115,17 +135,8 @@ def run(
     `env` is added to a minimal environment rather than the daemon's own, so a value in the
     daemon's environment (a proxy, a locale) cannot change how apt or kubeadm behave by accident.
     """
-    args = [str(a) for a in argv]
-    if not args:
-        raise ValueError("empty argv")
-    for a in args:
-        if "\x00" in a:
-            raise ValueError("NUL byte in argv")
-    full_env = {
-        "PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-        "LC_ALL": "C.UTF-8",
-        "LANG": "C.UTF-8",
-    }
+    args = _argv(argv)
+    full_env = _base_env()
     if env:
         full_env.update(env)
     check_deadline()
@@ -257,17 +268,8 @@ def run_detached(
     it is waited for, then DeadlineExceeded (or CommandError) is raised.
     The Result holds the output (stdout and stderr together) in `stdout`.
     """
-    args = [str(a) for a in argv]
-    if not args:
-        raise ValueError("empty argv")
-    for a in args:
-        if "\x00" in a:
-            raise ValueError("NUL byte in argv")
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-        "LC_ALL": "C.UTF-8",
-        "LANG": "C.UTF-8",
-    }
+    args = _argv(argv)
+    env = _base_env()
     check_deadline()
     dl = _current()
     left = remaining()
