@@ -84,6 +84,7 @@ def test_snapshot_is_verified_uploaded_and_restores_the_data(etcd: Etcd, tmp_pat
         "verified": True,
         "takenAt": "2026-11-27T04:00:00Z",
         "node": "cp-1",
+        "uploaded": True,
     }
     assert "revision" in record.event_message()
     assert sample("kupd_backup_last_success_timestamp_seconds") == clock.now().timestamp()
