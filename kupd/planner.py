@@ -429,6 +429,18 @@ def ended(r: Round, edited: bool) -> None:
     r.condition("SpecApplied", False, Reason.OPERATION_ENDED, msg)
 
 
+def edited_after_end(op: Operation, now: datetime) -> Plan | None:
+    """The status of an ended operation whose spec was edited since its status was written (the
+    coordinator plans only running operations): None when there is nothing to say."""
+    status = dict(op.status)
+    if status.get("phase") not in TERMINAL_OP or status.get("observedGeneration") in (None, op.generation):
+        return None
+    r = Round(op, (), {}, int(status.get("epoch") or 0), now, copy.deepcopy(status))
+    ended(r, True)
+    r.status["observedGeneration"] = op.generation
+    return r.plan()
+
+
 def select(r: Round, policy: Policy) -> Selection:
     """Which nodes, in which order: control plane first, then canaries, then the rest, by name.
     With none, the operation is Pending and says so."""
