@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -24,12 +24,12 @@ from kupd.protocol import (
     ANN_RETRY_NODES,
     GRANT_LEASE_PREFIX,
     Grant,
+    GrantRecord,
     NodePhase,
     OpPhase,
     Report,
     Step,
     TurnPhase,
-    grant_record,
 )
 from kupd.rfc3339 import format_time, parse_or_none
 from kupd.versions import SkewError, Version, check_target
@@ -84,6 +84,8 @@ class Reason(StrEnum):
     QUEUED = "Queued"
     STATUS_REFUSED = "StatusRefused"
     EVALUATION_FAILED = "EvaluationFailed"
+    # A status record of a turn that cannot be a grant (written by hand, say): that node waits.
+    INVALID_GRANT = "InvalidGrant"
     # A drain an operator must see to (kupd.io/attention): the node's own reason is the operation's.
     DRAIN_REFUSED = "DrainRefused"
     DRAIN_TIMED_OUT = "DrainTimedOut"
@@ -528,7 +530,7 @@ def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> Non
     # must not undo a retry or a later hop. grantedAt values share one format, so they sort.
     if g.granted_at <= str((e.get("grant") or {}).get("grantedAt") or ""):
         return
-    e["grant"] = {**g.record(), "epoch": epoch}
+    e["grant"] = replace(g.record(), epoch=epoch).wire()
     e["phase"] = GRANTED
     e["message"] = f"granted {', '.join(g.versions)}"
     e.pop("finishedAt", None)
@@ -1058,7 +1060,7 @@ def _give(r: Round, e: dict[str, Any], versions: list[Version], first_cp: bool, 
     if not versions:
         return False  # never an empty turn, and never a slot spent on one
     e["phase"] = GRANTED
-    e["grant"] = grant_record(r.epoch, [str(v) for v in versions], first_cp, backup, format_time(r.now))
+    e["grant"] = GrantRecord(r.epoch, tuple(str(v) for v in versions), first_cp, backup, format_time(r.now)).wire()
     # grant_reason reads `why` back out of this message.
     e["message"] = f"granted {', '.join(str(v) for v in versions)}" + (f" ({why})" if why else "")
     e.setdefault("startedAt", format_time(r.now))

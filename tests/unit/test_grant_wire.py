@@ -37,7 +37,7 @@ def test_a_grant_carries_the_work_not_the_spec() -> None:
     back = Grant.decode(g.encode())
     assert back == g
     assert back is not None and back.work.drain.pod_selector == "app=web"
-    assert back.record() == ENTRY["grant"]
+    assert back.record().wire() == ENTRY["grant"]
 
 
 def test_defaults_come_from_the_spec_model() -> None:
