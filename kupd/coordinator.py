@@ -185,17 +185,7 @@ class Coordinator:
         runnable = [o for o in active if o["metadata"]["uid"] not in self._refused]
         first = runnable[0] if runnable else None
         for queued in runnable[1:]:
-            assert first is not None
-            st = dict(queued.get("status") or {})
-            msg = f"queued behind {first['metadata']['name']}"
-            if st.get("message") != msg or st.get("phase") != planner.OP_PENDING:
-                st = planner.queued(st, msg, int(queued["metadata"].get("generation", 1)), now)
-                try:
-                    self.status.write(queued, st)
-                except k8s.Invalid as e:
-                    self._on_refused(queued, e)
-                except KupdError as e:
-                    log.warning("writing the status of %s: %s", queued["metadata"]["name"], e)
+            self._queue_behind(queued, runnable[0], now)
         if first is not None and self.activity.activating(first, _waiting(self._planned(first))):
             # Members were idle (renewing hourly) until this operation's announcement: judging them
             # now would call every one of them lost. They renew within ACTIVATION_SPREAD of hearing
@@ -221,6 +211,20 @@ class Coordinator:
         else:
             self.activity.announce(None)
         self._clear_grants(first["metadata"]["uid"] if first else None, ops, members, grants)
+
+    def _queue_behind(self, queued: dict[str, Any], first: dict[str, Any], now: datetime) -> None:
+        """Say in `queued`'s status that it waits for `first` (written only when that changes)."""
+        st = dict(queued.get("status") or {})
+        msg = f"queued behind {first['metadata']['name']}"
+        if st.get("message") == msg and st.get("phase") == planner.OP_PENDING:
+            return
+        st = planner.queued(st, msg, int(queued["metadata"].get("generation", 1)), now)
+        try:
+            self.status.write(queued, st)
+        except k8s.Invalid as e:
+            self._on_refused(queued, e)
+        except KupdError as e:
+            log.warning("writing the status of %s: %s", queued["metadata"]["name"], e)
 
     def _on_refused(self, obj: dict[str, Any], err: k8s.Invalid) -> None:
         """A status the API server refused as invalid: a defect of kupd, reported as an Event, a log
