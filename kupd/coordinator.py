@@ -34,7 +34,6 @@ from kupd.grants import ActivityLease, GrantLeases
 from kupd.liveness import Liveness, node_changed
 from kupd.planinputs import PlanInputs
 from kupd.statuswriter import EventWriter, StatusWriter
-from kupd.untrusted import Invalid
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +73,6 @@ class Coordinator:
         # DirectUpdates whose status the API server refused (uid -> why): they are no longer run,
         # and no longer hold up the operations queued behind them.
         self._refused: dict[str, str] = {}
-        # Status records that cannot be a grant, already reported: (uid, node, why).
-        self._invalid_grants: set[tuple[str, str, str]] = set()
         self._dirty = threading.Event()
         self._stop = threading.Event()
         # The parsed spec of each DirectUpdate, by uid and generation: parsed once, not every round.
@@ -96,7 +93,7 @@ class Coordinator:
         self.liveness = Liveness(self.nodes, self.leases, member_duration)
         self.inputs = PlanInputs(newest_patch, functools.partial(clusterfacts.gather, api),
                                  functools.partial(api.get_text, "/metrics"), gates)
-        self.grants = GrantLeases(api, namespace, self.leases, elector, self._invalid_grant)
+        self.grants = GrantLeases(api, namespace, self.leases, elector)
         self.activity = ActivityLease(api, namespace, self.leases, elector, member_duration)
         self.status = StatusWriter(api, lambda: self.elector.leading, self.ops.put, self._dirty.set,
                                    refused=self._on_refused)
@@ -317,17 +314,3 @@ class Coordinator:
     def _clear_grants(self, active_uid: str | None, ops: list[dict[str, Any]],
                       members: dict[str, planner.MemberView], grants: dict[str, str]) -> None:
         self.grants.clear(active_uid, ops, self.status.planned, members, grants)
-
-    def _invalid_grant(self, obj: dict[str, Any], node: str, err: Invalid) -> None:
-        """A `status.nodes[].grant` record that cannot be a grant (written by hand, say): that node's
-        turn is not delivered, the others are; reported once per record, as a warning Event."""
-        md = obj["metadata"]
-        key = (md["uid"], node, str(err))
-        if key in self._invalid_grants:
-            return
-        if len(self._invalid_grants) > 10000:
-            self._invalid_grants.clear()
-        self._invalid_grants.add(key)
-        msg = f"node {node}: its turn is not delivered: the status records an invalid grant, field {err}"[:1000]
-        log.warning("DirectUpdate %s: %s", md["name"], msg)
-        self.events.queue(obj, [planner.PlanEvent(str(planner.Reason.INVALID_GRANT), msg, node, warning=True)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from kupd import k8s, planner
@@ -38,18 +38,17 @@ def _patch(api: k8s.Client, namespace: str, name: str, body: dict[str, Any], wha
 
 class GrantLeases:
     """Delivers and clears the grant Leases; `leases` is the coordinator's Lease informer, kept
-    current with these writes. `invalid(obj, node, error)` hears of a status record that cannot
-    be a grant (it is not delivered; that node alone waits)."""
+    current with these writes."""
 
-    def __init__(self, api: k8s.Client, namespace: str, leases: k8s.Informer, elector: Elector,
-                 invalid: Callable[[dict[str, Any], str, Invalid], None]) -> None:
+    def __init__(self, api: k8s.Client, namespace: str, leases: k8s.Informer, elector: Elector) -> None:
         self.api = api
         self.namespace = namespace
         self.leases = leases
         self.elector = elector
-        self.invalid = invalid
         self.writes = 0
         self._memo: dict[str, p.Grant | None] = {}
+        # Status records that cannot be a grant, logged once: (uid, node, why).
+        self._invalid: set[tuple[str, str, str]] = set()
 
     def decode(self, value: str) -> p.Grant | None:
         if value not in self._memo:
@@ -69,7 +68,9 @@ class GrantLeases:
 
     def deliver(self, obj: dict[str, Any], spec: DirectUpdateSpec, status: dict[str, Any],
                 grants: dict[str, str]) -> None:
-        """Write every in-flight grant of `status` that its node's grant Lease does not carry yet."""
+        """Write every in-flight grant of `status` that its node's grant Lease does not carry yet.
+        A record that cannot be a grant is not delivered (the planner says so: planner.invalid_grant);
+        the other nodes' turns are."""
         md = obj["metadata"]
         for e in status.get("nodes") or []:
             if e.get("phase") not in planner.IN_FLIGHT or not e.get("grant"):
@@ -77,11 +78,20 @@ class GrantLeases:
             try:
                 grant = p.Grant.from_record(md["name"], md["uid"], e, spec)
             except Invalid as err:
-                self.invalid(obj, str(e.get("name", "")), err)
+                self._not_delivered(md, str(e.get("name", "")), err)
                 continue
             have = grants.get(e["name"])
             if not have or self.decode(have) != grant:
                 self.write(e["name"], grant.encode(), grants)
+
+    def _not_delivered(self, md: dict[str, Any], node: str, err: Invalid) -> None:
+        key = (md["uid"], node, str(err))
+        if key not in self._invalid:
+            if len(self._invalid) > 10000:
+                self._invalid.clear()
+            self._invalid.add(key)
+            log.warning("DirectUpdate %s: not delivering the turn of %s: invalid grant record, field %s",
+                        md["name"], node, err)
 
     def clear(self, active_uid: str | None, ops: list[dict[str, Any]], planned: Mapping[str, dict[str, Any]],
               members: dict[str, planner.MemberView], grants: dict[str, str]) -> None:

@@ -32,6 +32,7 @@ from kupd.protocol import (
     TurnPhase,
 )
 from kupd.rfc3339 import format_time, parse_or_none
+from kupd.untrusted import Invalid
 from kupd.versions import SkewError, Version, check_target
 
 PENDING, GRANTED, UPGRADING, SUCCEEDED, FAILED, SKIPPED, LOST = (
@@ -391,6 +392,16 @@ def _report(r: Round, e: dict[str, Any]) -> Report | None:
     if report is None or report.uid != r.op.uid or report.granted_at not in ("", g.get("grantedAt")):
         return None
     return report
+
+
+def invalid_grant(e: Mapping[str, Any]) -> str | None:
+    """Why the entry's grant record cannot be delivered (the status was written by hand or by an
+    older kupd: the CRD leaves grantedAt optional, say); None when it can. That node alone waits."""
+    try:
+        GrantRecord.from_wire(e.get("grant"))
+    except Invalid as err:
+        return f"its turn cannot be delivered: the status records an invalid grant, field {err}"
+    return None
 
 
 def queued(status: Mapping[str, Any], message: str, generation: int, now: datetime) -> dict[str, Any]:
@@ -810,6 +821,8 @@ def _attention(r: Round, ordered: list[dict[str, Any]], departed: list[dict[str,
         report = _report(r, e) if e["phase"] in IN_FLIGHT else None
         if report is not None and report.reason == "DeadlineExceeded" and report.phase == TurnPhase.UPGRADING:
             return Reason.STEP_PAST_DEADLINE, e["name"], f"node {e['name']}: {report.message}"
+        if e["phase"] in IN_FLIGHT and e.get("grant") and (why := invalid_grant(e)):
+            return Reason.INVALID_GRANT, e["name"], f"node {e['name']}: {why}"
     for node, g in sorted(r.elsewhere().items()):
         m = r.members.get(node)
         if m is None or not m.alive:
