@@ -140,11 +140,19 @@ class Monitor:
         for w in self._watches:
             w.close()
 
+    # Monotonic times of the last failed and the last successful watch: while the API server is
+    # down (a test stops it on purpose) nothing can progress, and the stall clock restarts when
+    # it is back.
+    _api_failed: float = 0.0
+    _api_back: float = 0.0
+
     def _loop(self, api: k8s.Client, resource: str, handler: Callable[[dict[str, Any]], None]) -> None:
         # A watch without a resourceVersion starts with an ADDED event per existing object.
         while not self._stop.is_set():
             try:
                 w = api.watch(resource, timeout_seconds=30)
+                if self._api_failed > self._api_back:
+                    self._api_back = time.monotonic()
                 self._watches.append(w)
                 for ev in w:
                     if ev["type"] in ("ADDED", "MODIFIED"):
@@ -154,6 +162,7 @@ class Monitor:
                     elif ev["type"] == "DELETED" and handler == self._on_node:
                         self._cordoned.pop(ev["object"]["metadata"]["name"], None)
             except Exception:
+                self._api_failed = time.monotonic()
                 time.sleep(0.5)  # the API server may be stopped on purpose
 
     # Operation uid -> (monotonic time of its last progress, name, last status seen).
@@ -273,7 +282,10 @@ class Monitor:
             now = time.monotonic()
             with self._lock:
                 ops = list(self._ops.items())
+            if self._api_failed > self._api_back:
+                continue  # the API server is down: nobody can progress or say why
             for _uid, (since, name, status) in ops:
+                since = max(since, self._api_back)
                 if not name or now - since < self.stall_seconds or _explained(status):
                     continue
                 msg = (f"{name} stalled: no progress for {now - since:.0f}s in phase {status.get('phase')!r} "
