@@ -286,6 +286,7 @@ def real_cluster(names: list[str], workdir: Path, arts: Artifacts, release: Rele
     net = network.Network(net_name).create()
     nodes = make_nodes(names, workdir, net, arts)
     relay: network.ApiRelay | None = None
+    failed = False
     try:
         def prepare(cn: ClusterNode) -> None:
             try:
@@ -314,13 +315,64 @@ def real_cluster(names: list[str], workdir: Path, arts: Artifacts, release: Rele
         wait_ready(nodes[0], names)
         relay = network.ApiRelay(net.path, (CP_IP, 6443)).start()
         yield nodes, relay
+    except BaseException:
+        failed = True
+        print(diagnostics(nodes), flush=True)
+        raise
     finally:
         if relay is not None:
             relay.close()
-        for cn in nodes:
-            with contextlib.suppress(Exception):
-                cn.node.stop()
-        net.delete()
+        # A leak fails the run, but never hides the failure that is already on its way out.
+        teardown(nodes, net, report_only=failed)
+
+
+def diagnostics(nodes: list[ClusterNode], lines: int = 80) -> str:
+    """What a failure report needs from each node: failed units, the journals of kupd, the kubelet
+    and containerd, and the containers. Best effort: a node that is gone says so."""
+    out = []
+    for cn in nodes:
+        out.append(f"===== {cn.name}")
+        try:
+            out.append(cn.run(["systemctl", "--failed", "--no-legend", "--plain"], check=False, timeout=30).stdout)
+            for unit, n in (("kupd", lines * 3), ("kubelet", lines), ("containerd", lines // 2)):
+                out.append(f"----- journal of {unit} (last {n} lines)")
+                out.append(cn.node.journal("-u", unit, "-n", str(n)))
+            out.append("----- crictl ps -a")
+            out.append(cn.run(["crictl", "ps", "-a"], check=False, timeout=30).stdout)
+        except Exception as e:  # the node may be down: the report still gets the others
+            out.append(f"(no diagnostics: {e})\n{cn.node.console_tail(2000)}")
+    return "\n".join(out)
+
+
+def teardown(nodes: list[ClusterNode], net: network.Network, report_only: bool = False) -> None:
+    """Every node killed (their state is thrown away, so no clean power-off: that takes minutes),
+    their cgroups removed, the network namespace deleted; then checked, so that a leak fails the
+    test run instead of piling up on the machine."""
+    errors = []
+    for cn in nodes:
+        try:
+            cn.node.terminate()
+        except Exception as e:
+            errors.append(f"{cn.name}: {e}")
+    net.delete()
+    errors += leftovers(nodes, net)
+    if errors:
+        message = "the real cluster was not cleaned up: " + "; ".join(errors)
+        if report_only:
+            print(message, flush=True)
+            return
+        raise nspawn.NodeError(message)
+
+
+def leftovers(nodes: list[ClusterNode], net: network.Network) -> list[str]:
+    found = []
+    for cn in nodes:
+        if cn.node.proc is not None and cn.node.proc.poll() is None:
+            found.append(f"{cn.name}: systemd-nspawn {cn.node.proc.pid} still running")
+        found += [f"{cn.name}: cgroup {p} left" for p in nspawn.NodeCgroups(cn.node.cgroup_name).paths() if p.exists()]
+    if net.path.exists():
+        found.append(f"network namespace {net.name} left")
+    return found
 
 
 def main(argv: list[str]) -> int:
