@@ -59,8 +59,11 @@ def realcluster(realcluster_artifacts: artifacts.Artifacts, deb_package: Path) -
     parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="realcluster-", dir=parent))
     started = time.monotonic()
+    for leftover in cluster.sweep_stale():
+        print(f"removed what an earlier run left: {leftover}")
     try:
-        with cluster.real_cluster(NAMES, work, realcluster_artifacts, artifacts.FROM, f"kupd-rc-{os.getpid()}",
+        net_name = f"{cluster.NET_PREFIX}{os.getpid()}"
+        with cluster.real_cluster(NAMES, work, realcluster_artifacts, artifacts.FROM, net_name,
                                   deb_package) as (nodes, relay):
             object_store = store.ObjectStore(relay.netns, work / "moto.log").start()
             try:
