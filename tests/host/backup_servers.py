@@ -318,7 +318,7 @@ class S3Server:
     region: str = "us-east-1"
 
 
-def _boto_client(endpoint: str, key_id: str, secret: str, service: str = "s3") -> object:
+def boto_client(endpoint: str, key_id: str, secret: str, service: str = "s3") -> object:
     import boto3
 
     return boto3.client(
@@ -347,23 +347,28 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         )
     try:
         wait_for_port(port, proc, "moto_server")
-        endpoint = f"http://127.0.0.1:{port}"
-        iam: object = _boto_client(endpoint, "bootstrap", "bootstrap", "iam")
-        iam.create_user(UserName="kupd")  # type: ignore[attr-defined]
-        iam.put_user_policy(  # type: ignore[attr-defined]
-            UserName="kupd",
-            PolicyName="all",
-            PolicyDocument=json.dumps(
-                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-            ),
-        )
-        key = iam.create_access_key(UserName="kupd")["AccessKey"]  # type: ignore[attr-defined]
-        s3: object = _boto_client(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
-        s3.create_bucket(Bucket="kupd-backups")  # type: ignore[attr-defined]
-        _post(f"{endpoint}/moto-api/reset-auth", b"0", "text/plain")
-        yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], "kupd-backups")
+        yield moto_user_and_bucket(f"http://127.0.0.1:{port}", "kupd-backups")
     finally:
         stop(proc)
+
+
+def moto_user_and_bucket(endpoint: str, bucket: str) -> S3Server:
+    """On a fresh moto server: an IAM user with a key, a bucket, then signature checking switched
+    on, so that wrong credentials are refused as by a real store."""
+    iam: object = boto_client(endpoint, "bootstrap", "bootstrap", "iam")
+    iam.create_user(UserName="kupd")  # type: ignore[attr-defined]
+    iam.put_user_policy(  # type: ignore[attr-defined]
+        UserName="kupd",
+        PolicyName="all",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        ),
+    )
+    key = iam.create_access_key(UserName="kupd")["AccessKey"]  # type: ignore[attr-defined]
+    s3: object = boto_client(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    s3.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    _post(f"{endpoint}/moto-api/reset-auth", b"0", "text/plain")
+    return S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], bucket)
 
 
 # --------------------------------------------------------------------------- GCS emulator

@@ -34,6 +34,7 @@ REGISTRY = "registry.kupd.test"
 PAUSE_TAG = "3.10.2"
 WORKLOAD_IMAGE = f"{REGISTRY}/busybox:1.35"
 CRICTL_VERSION = "v1.37.0"
+ETCDUTL_VERSION = "v3.7.0"  # the etcd kubeadm 1.37 runs (etcdutl/go.mod pins it)
 CNI_DIR = Path("/usr/lib/cni")
 BUSYBOX_STATIC = Path("/bin/busybox")
 BUSYBOX_APPLETS = ("sh", "sleep", "httpd", "cat", "echo", "touch", "ls", "mkdir", "wget", "date", "true", "test")
@@ -68,6 +69,7 @@ class Artifacts:
     images: dict[str, Path]  # stamp -> OCI archive of its control-plane images; "common" -> pause + workload
     busybox: dict[str, Path]  # stamp -> kupd-k8s binary (on the machine, for kubeadm/kubectl/etcdutl use)
     image_list: dict[str, list[str]]  # stamp -> kubeadm's image references
+    etcdutl: Path  # upstream's etcdutl (on the machine: the test restores the uploaded snapshot with it)
 
 
 def _run(argv: list[str], timeout: float = 3600, **kw: object) -> str:
@@ -252,8 +254,9 @@ def build(releases: tuple[Release, ...] = (FROM, TO)) -> Artifacts:
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
     data = json.loads(meta.read_text())
+    etcdutl = Path(_run(["bash", str(HERE / "build-go.sh"), "etcdutl", ETCDUTL_VERSION]).strip().splitlines()[-1])
     return Artifacts(bundle=out / "bundle", images={k: out / v for k, v in data["images"].items()},
-                     busybox=busybox, image_list=data["image_list"])
+                     busybox=busybox, image_list=data["image_list"], etcdutl=etcdutl / "etcdutl")
 
 
 def main() -> int:

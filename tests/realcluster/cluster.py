@@ -23,7 +23,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -42,6 +44,7 @@ TOKEN = "kupdrc.0123456789abcdef"
 POD_SUBNET = "10.244.0.0/16"
 SERVICE_SUBNET = "10.96.0.0/16"
 CP_IP = f"{network.SUBNET}.10"
+NET_PREFIX = "kupd-rc-"  # + the test process's pid: the cluster's network namespace
 BUNDLE = "/srv/kupd-bundle"  # where the nodes see the repositories (world-readable, unlike the cache)
 KUPD_PYTHON = "/usr/lib/kupd/venv/bin/python3.11"
 SYSCALLS = "@keyring @privileged @raw-io @clock @module @swap @reboot @obsolete @cpu-emulation @debug"
@@ -54,6 +57,8 @@ IGNORED_PREFLIGHT = (
     "FileContent--proc-sys-net-ipv4-ip_forward",
     "Swap",
 )
+
+BOOT_UNITS_MASKED = ("systemd-modules-load.service", "systemd-remount-fs.service")
 
 PREP = f"""#!/bin/sh
 # What a kubeadm node inside systemd-nspawn needs before containerd and the kubelet start.
@@ -147,6 +152,13 @@ def make_nodes(names: list[str], workdir: Path, net: network.Network, arts: Arti
         node.write("/etc/kupd-test/node.env", f"NODE_IP={ips[name]}\n")
         node.write("/usr/local/sbin/kupd-test-node-prep", PREP, mode=0o755)
         node.write("/etc/systemd/system/kupd-test-node-prep.service", PREP_UNIT)
+        # Boot units with nothing to do in a container (no modules to load, nspawn mounts the
+        # root): masked, because with three nodes booting at once on a loaded machine they failed
+        # now and then with 219/CGROUP and left the node "degraded".
+        for unit in BOOT_UNITS_MASKED:
+            masked = node.root / "etc/systemd/system" / unit
+            masked.unlink(missing_ok=True)
+            masked.symlink_to("/dev/null")
         wants = node.root / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
@@ -286,6 +298,7 @@ def real_cluster(names: list[str], workdir: Path, arts: Artifacts, release: Rele
     net = network.Network(net_name).create()
     nodes = make_nodes(names, workdir, net, arts)
     relay: network.ApiRelay | None = None
+    failed = False
     try:
         def prepare(cn: ClusterNode) -> None:
             try:
@@ -314,13 +327,120 @@ def real_cluster(names: list[str], workdir: Path, arts: Artifacts, release: Rele
         wait_ready(nodes[0], names)
         relay = network.ApiRelay(net.path, (CP_IP, 6443)).start()
         yield nodes, relay
+    except BaseException:
+        failed = True
+        print(diagnostics(nodes), flush=True)
+        raise
     finally:
         if relay is not None:
             relay.close()
-        for cn in nodes:
-            with contextlib.suppress(Exception):
-                cn.node.stop()
+        # A leak fails the run, but never hides the failure that is already on its way out.
+        teardown(nodes, net, report_only=failed)
+
+
+def sweep_stale(prefix: str = NET_PREFIX) -> list[str]:
+    """What an earlier run killed outright (SIGKILL, a lost machine session) left behind: its
+    nodes, their cgroups, its network namespace. Only namespaces named `<prefix><pid>` whose pid
+    is no longer running are touched, so a run under way is never disturbed. Returns what it removed."""
+    removed = []
+    netns_dir = Path("/run/netns")
+    for ns in sorted(netns_dir.glob(f"{prefix}*")) if netns_dir.is_dir() else []:
+        owner = ns.name[len(prefix):]
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        inode = ns.stat().st_ino
+        # The nodes' systemd-nspawn processes run in that namespace (the nodes in their own):
+        # SIGKILL each one's container init first, which takes its whole PID namespace down.
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if (proc / "ns/net").stat().st_ino != inode:
+                    continue
+                if (proc / "comm").read_text().strip() != "systemd-nspawn":
+                    continue
+                children = (proc / "task" / proc.name / "children").read_text().split()
+            except OSError:
+                continue
+            for pid in [*children, proc.name]:
+                with contextlib.suppress(OSError):
+                    os.kill(int(pid), signal.SIGKILL)
+            removed.append(f"systemd-nspawn {proc.name} of {ns.name}")
+        time.sleep(2)
+        net = network.Network(ns.name)
         net.delete()
+        removed.append(f"network namespace {ns.name}")
+    # Node cgroups with nobody left in them (ours are named kupd-node-rc-...).
+    for base in nspawn.NodeCgroups("rc-").paths():
+        for stale in sorted(base.parent.glob("kupd-node-rc-*")):
+            with contextlib.suppress(nspawn.NodeError):
+                remove_cgroup_tree(stale)
+                removed.append(f"cgroup {stale}")
+    return removed
+
+
+def remove_cgroup_tree(path: Path) -> None:
+    """Remove a node's cgroup with its subtree, only if no process is anywhere in it (a live
+    node's init is in every one of its cgroups: a run under way is never touched)."""
+    dirs = [path, *(d for d in path.rglob("*") if d.is_dir())]
+    if any((d / "cgroup.procs").read_text().strip() for d in dirs if (d / "cgroup.procs").exists()):
+        raise nspawn.NodeError(f"{path} is in use")
+    for d in sorted((d for d in path.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    try:
+        path.rmdir()
+    except OSError as e:
+        raise nspawn.NodeError(f"{path}: {e}") from e
+
+
+def diagnostics(nodes: list[ClusterNode], lines: int = 80) -> str:
+    """What a failure report needs from each node: failed units, the journals of kupd, the kubelet
+    and containerd, and the containers. Best effort: a node that is gone says so."""
+    out = []
+    for cn in nodes:
+        out.append(f"===== {cn.name}")
+        try:
+            out.append(cn.run(["systemctl", "--failed", "--no-legend", "--plain"], check=False, timeout=30).stdout)
+            for unit, n in (("kupd", lines * 3), ("kubelet", lines), ("containerd", lines // 2)):
+                out.append(f"----- journal of {unit} (last {n} lines)")
+                out.append(cn.node.journal("-u", unit, "-n", str(n)))
+            out.append("----- crictl ps -a")
+            out.append(cn.run(["crictl", "ps", "-a"], check=False, timeout=30).stdout)
+        except Exception as e:  # the node may be down: the report still gets the others
+            out.append(f"(no diagnostics: {e})\n{cn.node.console_tail(2000)}")
+    return "\n".join(out)
+
+
+def teardown(nodes: list[ClusterNode], net: network.Network, report_only: bool = False) -> None:
+    """Every node killed (their state is thrown away, so no clean power-off: that takes minutes),
+    their cgroups removed, the network namespace deleted; then checked, so that a leak fails the
+    test run instead of piling up on the machine."""
+    errors = []
+    for cn in nodes:
+        try:
+            cn.node.terminate()
+        except Exception as e:
+            errors.append(f"{cn.name}: {e}")
+    net.delete()
+    errors += leftovers(nodes, net)
+    if errors:
+        message = "the real cluster was not cleaned up: " + "; ".join(errors)
+        if report_only:
+            print(message, flush=True)
+            return
+        raise nspawn.NodeError(message)
+
+
+def leftovers(nodes: list[ClusterNode], net: network.Network) -> list[str]:
+    found = []
+    for cn in nodes:
+        if cn.node.proc is not None and cn.node.proc.poll() is None:
+            found.append(f"{cn.name}: systemd-nspawn {cn.node.proc.pid} still running")
+        found += [f"{cn.name}: cgroup {p} left" for p in nspawn.NodeCgroups(cn.node.cgroup_name).paths() if p.exists()]
+    if net.path.exists():
+        found.append(f"network namespace {net.name} left")
+    return found
 
 
 def main(argv: list[str]) -> int:

@@ -12,15 +12,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.realcluster import artifacts, cluster
-from tests.realcluster.harness import RealCluster
+from tests.realcluster import artifacts, cluster, store
+from tests.realcluster.harness import NAMES, RealCluster
 from tests.system import nspawn
 from tests.system.conftest import deb_package  # noqa: F401 - the fixture, shared with the system tier
-
-NAMES = ["rc-cp-1", "rc-w-1", "rc-w-2"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -28,6 +27,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "tests/realcluster/" in str(item.fspath) and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(3600))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries each node's failed units, journals and containers."""
+    outcome: Any = yield
+    rep = outcome.get_result()
+    rc = getattr(item, "funcargs", {}).get("realcluster")
+    if rep.failed and rep.when == "call" and isinstance(rc, RealCluster):
+        rep.sections.append(("real cluster nodes", cluster.diagnostics(rc.nodes)))
 
 
 @pytest.fixture(scope="session")
@@ -50,14 +59,20 @@ def realcluster(realcluster_artifacts: artifacts.Artifacts, deb_package: Path) -
     parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="realcluster-", dir=parent))
     started = time.monotonic()
+    for leftover in cluster.sweep_stale():
+        print(f"removed what an earlier run left: {leftover}")
     try:
-        with cluster.real_cluster(NAMES, work, realcluster_artifacts, artifacts.FROM, f"kupd-rc-{os.getpid()}",
+        net_name = f"{cluster.NET_PREFIX}{os.getpid()}"
+        with cluster.real_cluster(NAMES, work, realcluster_artifacts, artifacts.FROM, net_name,
                                   deb_package) as (nodes, relay):
-            rc = RealCluster(nodes, relay, realcluster_artifacts, work)
-            rc.enroll_kupd()
-            print(f"real cluster up, kupd enrolled, in {time.monotonic() - started:.1f}s")
-            yield rc
-            rc.close()
+            object_store = store.ObjectStore(relay.netns, work / "moto.log").start()
+            try:
+                rc = RealCluster(nodes, relay, realcluster_artifacts, work, object_store)
+                rc.enroll_kupd()
+                print(f"real cluster up, kupd enrolled, in {time.monotonic() - started:.1f}s")
+                yield rc
+            finally:
+                object_store.close()
     finally:
         if not os.environ.get("KUPD_KEEP_NODES"):
             shutil.rmtree(work, ignore_errors=True)
