@@ -10,11 +10,11 @@ concurrency, lost nodes holding their slot — testable as a table.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from kupd import __version__, hazards, preflight, selectors, skew, windows
 from kupd.api.models import DirectUpdateSpec, HealthGates, to_wire
@@ -244,6 +244,16 @@ class Round:
     status: dict[str, Any]
     events: list[PlanEvent] = field(default_factory=list)
     delivered: Mapping[str, Grant] = field(default_factory=dict)
+    clean: Container[str] = frozenset()
+    """Nodes whose per-node rules (adopt, retry, backup record, observe) are known to leave their
+    entry as it is and say nothing this round (kupd/incremental.py proves it): they are skipped."""
+    _by_name: dict[str, NodeView] | None = None
+
+    def node(self, name: str) -> NodeView | None:
+        """The Node named `name` (the first one, as a scan of `nodes` would find it)."""
+        if self._by_name is None:
+            self._by_name = {n.name: n for n in reversed(self.nodes)}
+        return self._by_name.get(name)
 
     def condition(self, ctype: str, value: bool, reason: Reason, message: str) -> None:
         conds: list[dict[str, Any]] = self.status.setdefault("conditions", [])
@@ -285,6 +295,32 @@ class Selection:
     canaries: frozenset[str]
 
 
+class Memo(Protocol):
+    """What a round may reuse from earlier rounds (kupd/incremental.py): the selection, and which
+    nodes' per-node rules need not run. It must never change what `plan` returns."""
+
+    def select(self, r: Round, policy: Policy) -> Selection | None:
+        """`select(r, policy)`, or its earlier result when its inputs are the same."""
+
+    def clean(self, r: Round, policy: Policy, selection: Selection) -> Container[str]:
+        """The nodes whose per-node rules would leave their entry as it is and say nothing."""
+
+    def record(self, r: Round, entries: Mapping[str, Mapping[str, Any]]) -> None:
+        """The entries after the per-node rules (before the grants), to judge the next round by."""
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, scalars), as `copy.deepcopy` makes it but
+    several times faster: the status holds an entry per node and each round copies it."""
+    if isinstance(value, dict):
+        return {k: copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(copy_json(v) for v in value)
+    return value if isinstance(value, str | int | float | bool | None) else copy.deepcopy(value)
+
+
 # -- the planner: named stages ----------------------------------------------------------------
 def plan(
     op: Operation,
@@ -300,6 +336,7 @@ def plan(
     hop_errors: Mapping[tuple[int, int], str] | None = None,
     preflight_facts: preflight.ClusterFacts | None = None,
     deprecated_apis: Sequence[hazards.DeprecatedApi] | None = None,
+    memo: Memo | None = None,
 ) -> Plan:
     """Compute the next status of one DirectUpdate: validate → select → hops → adopt/retry →
     backup → observe → conclude → gates → grant, each a pure function below.
@@ -314,24 +351,30 @@ def plan(
     `delivered` holds the grants found in the nodes' grant Leases. A grant is delivered before
     the status recording it is written, so after a coordinator change the status may lag: a
     delivered grant the status does not know is adopted, and its slot is never given twice.
+    `memo` (kupd/incremental.py) lets a round skip the per-node rules of nodes where nothing
+    changed; the result is the same with or without it.
     """
-    r = Round(op, nodes, members, epoch, now, copy.deepcopy(dict(op.status)), delivered=delivered or {})
+    r = Round(op, nodes, members, epoch, now, copy_json(dict(op.status)), delivered=delivered or {})
     r.status.update(observedGeneration=op.generation, coordinator=coordinator, epoch=epoch)
     if r.status.get("phase") in TERMINAL_OP:
         return r.plan()
     policy = validate(r)
     if policy is None:
         return r.plan()
-    selection = select(r, policy)
+    selection = select(r, policy) if memo is None else memo.select(r, policy)
     if selection is None:
         return r.plan()
     hops = fix_hops(r, policy, selection, resolved_minors, hop_errors or {})
     if hops is None:
         return r.plan()
+    if memo is not None:
+        r.clean = memo.clean(r, policy, selection)
     entries = adopt(r, policy, selection)
     retry(r, entries)
     record_backup(r, entries)
     ordered = observe(r, policy, selection, entries)
+    if memo is not None:
+        memo.record(r, entries)
     departed = r.departed(selection)
     attention = conclude(r, policy, ordered, departed)
     if attention is None or not gates(r, policy, ordered, attention, gate_failure):
@@ -494,6 +537,8 @@ def adopt(r: Round, policy: Policy, selection: Selection) -> dict[str, dict[str,
     recorded adopted first, so that the retry, the backup record and the observation all see it."""
     entries: dict[str, dict[str, Any]] = {e["name"]: e for e in r.status.get("nodes") or []}
     for n in selection.nodes:
+        if n.name in r.clean:
+            continue
         m = r.members.get(n.name)
         e = entries.get(n.name)
         if e is None:
@@ -534,13 +579,16 @@ def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> Non
     e.pop("finishedAt", None)
 
 
+def retry_names(op: Operation) -> set[str]:
+    """The nodes an operator's retry request (annotation kupd.io/retry-nodes) names."""
+    token = op.annotations.get(ANN_RETRY_NODES, "")
+    return {x.strip() for x in token.split("#", 1)[0].split(",")} if token else set()
+
+
 def retry(r: Round, entries: dict[str, dict[str, Any]]) -> None:
     """An operator's retry request puts Failed nodes back in line, once per annotation value."""
     token = r.op.annotations.get(ANN_RETRY_NODES, "")
-    if not token:
-        return
-    wanted = {x.strip() for x in token.split("#", 1)[0].split(",")}
-    for name in wanted:
+    for name in retry_names(r.op):
         e = entries.get(name)
         if e is not None and e["phase"] == FAILED and e.get("retryToken") != token and e.get("grant"):
             # The same work again under a fresh grant. The node's slot was never given to anyone
@@ -597,6 +645,8 @@ def observe(r: Round, policy: Policy, selection: Selection, entries: dict[str, d
     it over. Returns the selected entries in turn order and puts them (then the others) in the
     status, with the summary counts."""
     for name, e in entries.items():
+        if name in r.clean:
+            continue
         _observe(r, e, r.members.get(name), policy, name)
         compact(e)
     ordered = [entries[n.name] for n in selection.nodes]
@@ -985,7 +1035,8 @@ class Turns:
     def eligible(self, e: dict[str, Any]) -> bool:
         """Pending, with a live member, not in another operation's turn, and its Node Ready."""
         m = self.r.members.get(e["name"])
-        ready = next((n.ready for n in self.r.nodes if n.name == e["name"]), True)
+        n = self.r.node(e["name"])
+        ready = n.ready if n is not None else True
         return (e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
                 and e["name"] not in self.elsewhere and ready)
 
