@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kupd import hazards, k8s, logsetup, planner, preflight, untrusted
+from kupd import hazards, incremental, k8s, logsetup, planner, preflight, untrusted
 from kupd import protocol as p
 from kupd.api.models import DirectUpdateSpec, HealthGates, parse_directupdate_spec, to_wire
 from kupd.conditions import Condition, set_condition
@@ -113,7 +113,13 @@ class Coordinator:
         self._specs: dict[str, tuple[int, DirectUpdateSpec | ValidationError]] = {}
         # Decoded member Leases by resourceVersion: a round re-reads N Leases, most unchanged.
         self._decoded: dict[str, tuple[str, p.MemberLease]] = {}
+        # The views themselves, by resourceVersion (and liveness): a view that did not change is
+        # the same object round after round, so the incremental planner compares it by identity.
+        self._node_views: dict[str, tuple[str, planner.NodeView]] = {}
+        self._member_views: dict[str, tuple[tuple[str, bool, Version | None], planner.MemberView]] = {}
         self._grant_memo: dict[str, p.Grant | None] = {}
+        # The planner's rules run each round only for the nodes where something changed.
+        self._planner = incremental.Incremental()
         # Whether the last round found nothing to do (no operation to run, no grant Lease to
         # clear): then only a change wakes a round, not the 1 s tick, so an idle coordinator's CPU
         # does not grow with N.
@@ -208,11 +214,18 @@ class Coordinator:
         nodes = []
         kubelets: dict[str, Version | None] = {}
         for n in self.nodes.items():
-            labels = n["metadata"].get("labels") or {}
             name = n["metadata"]["name"]
-            kubelets[name] = untrusted.node_kubelet(n)
-            nodes.append(planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, k8s.ready(n),
-                                          kubelets[name]))
+            rv = str(n["metadata"].get("resourceVersion", ""))
+            known = self._node_views.get(name)
+            if known is None or known[0] != rv or not rv:
+                labels = n["metadata"].get("labels") or {}
+                view = planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, k8s.ready(n),
+                                        untrusted.node_kubelet(n))
+                known = self._node_views[name] = (rv, view)
+            kubelets[name] = known[1].kubelet
+            nodes.append(known[1])
+        if len(self._node_views) > 2 * len(nodes) + 16:
+            self._node_views = {v.name: (r, v) for r, v in self._node_views.values() if v.name in kubelets}
         members: dict[str, planner.MemberView] = {}
         mono = time.monotonic()
         present = set()
@@ -242,10 +255,15 @@ class Coordinator:
             since = mono - (observed if observed is not None else seen[1])
             lo, hi = MEMBER_DURATION_BOUNDS
             alive = since < min(max(m.duration, lo), hi, max(self.member_duration, lo))
-            members[m.node] = planner.MemberView(m.node, alive, kubelets.get(m.node), m.report, m.problem,
-                                                 facts=m.facts)
+            key = (rv, alive, kubelets.get(m.node))
+            made = self._member_views.get(name)
+            if made is None or made[0] != key or not rv:
+                made = self._member_views[name] = (key, planner.MemberView(
+                    m.node, alive, kubelets.get(m.node), m.report, m.problem, facts=m.facts))
+            members[m.node] = made[1]
         for name in [n for n in self._seen if n not in present]:
             del self._seen[name]
+            self._member_views.pop(name, None)
         return nodes, members
 
     def _resolve(self, hops_needed: list[tuple[int, int]], source: dict[str, Any] | None
@@ -381,7 +399,7 @@ class Coordinator:
                                status, md.get("annotations") or {})
         typed = spec if isinstance(spec, DirectUpdateSpec) else None
         resolved, hop_errors = self._hops(typed, status, members, md["name"])
-        result = planner.plan(op, nodes, members, epoch=self.elector.epoch, coordinator=self.identity,
+        result = self._planner.plan(op, nodes, members, epoch=self.elector.epoch, coordinator=self.identity,
                               now=now, resolved_minors=resolved, hop_errors=hop_errors,
                               gate_failure=self._gates(typed.health_gates if typed else None),
                               delivered=self._delivered(grants),
@@ -500,13 +518,17 @@ class Coordinator:
         failed or deleted while the node still worked) is over when its node reports so.
         """
         by_uid = {o["metadata"]["uid"]: o for o in ops}
+        # The active operation's turns, stored or planned: found once, not once per grant Lease.
+        held: set[str] | None = None
         for node, value in list(grants.items()):
             if not value:
                 continue
             g = self._decode_grant(value)
             if g is not None and g.uid == active_uid and g.uid in by_uid:
-                keep = (node in _in_flight(by_uid[g.uid].get("status") or {})
-                        or node in _in_flight(self.status.planned.get(g.uid) or {}))
+                if held is None:
+                    held = (_in_flight(by_uid[g.uid].get("status") or {})
+                            | _in_flight(self.status.planned.get(g.uid) or {}))
+                keep = node in held
             else:
                 keep = g is not None and not planner.turn_over(members.get(node), g)
             if not keep:

@@ -45,8 +45,9 @@ class Incremental:
         # This round's evaluated nodes: their inputs and their entry before the rules ran.
         self._before: dict[str, tuple[_Context, dict[str, Any]]] = {}
         self._events_before = 0
-        # The last selection and what it was made from.
-        self._selection: tuple[list[NodeView], tuple[Any, ...], Selection] | None = None
+        # The last selection: what it was made from, and where its nodes were in the list given.
+        self._selection: tuple[tuple[Any, ...], list[tuple[str, bool, Mapping[str, str]]], list[int],
+                               frozenset[str]] | None = None
         self.evaluated = 0
         """Nodes whose per-node rules ran in the last round (the rest were skipped)."""
 
@@ -65,13 +66,19 @@ class Incremental:
 
     # -- planner.Memo ----------------------------------------------------------------------------
     def select(self, r: Round, policy: Policy) -> Selection | None:
+        # `select` reads each node's name, role and labels, in the order given, and the policy's
+        # selectors: with those the same, its order is the same; the views are this round's.
         key = (repr(policy.node_selector), repr(policy.canary_selector), policy.canary_count)
-        # A list comparison checks identity before equality: with the coordinator's views reused
-        # across rounds this is one pointer comparison per node.
-        if self._selection is not None and self._selection[1] == key and self._selection[0] == list(r.nodes):
-            return self._selection[2]
+        facts = [(n.name, n.control_plane, n.labels) for n in r.nodes]
+        if self._selection is not None and self._selection[0] == key and self._selection[1] == facts:
+            positions, canaries = self._selection[2], self._selection[3]
+            return Selection([r.nodes[i] for i in positions], canaries)
         selection = planner.select(r, policy)
-        self._selection = (list(r.nodes), key, selection) if selection is not None else None
+        if selection is None:
+            self._selection = None
+            return None
+        index = {id(n): i for i, n in enumerate(r.nodes)}
+        self._selection = (key, facts, [index[id(n)] for n in selection.nodes], selection.canaries)
         return selection
 
     def clean(self, r: Round, policy: Policy, selection: Selection) -> Container[str]:

@@ -309,16 +309,20 @@ class Memo(Protocol):
         """The entries after the per-node rules (before the grants), to judge the next round by."""
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def copy_json(value: Any) -> Any:
     """A deep copy of JSON-shaped data (dicts, lists, scalars), as `copy.deepcopy` makes it but
     several times faster: the status holds an entry per node and each round copies it."""
-    if isinstance(value, dict):
-        return {k: copy_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [copy_json(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(copy_json(v) for v in value)
-    return value if isinstance(value, str | int | float | bool | None) else copy.deepcopy(value)
+    kind = type(value)
+    if kind is dict:
+        return {k: v if type(v) in _SCALARS else copy_json(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _SCALARS else copy_json(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value  # a StrEnum (a phase), say: immutable
+    return copy.deepcopy(value)
 
 
 # -- the planner: named stages ----------------------------------------------------------------
