@@ -29,7 +29,7 @@ from kupd.api.models import DirectUpdateSpec, HealthGates, parse_directupdate_sp
 from kupd.conditions import Condition, set_condition
 from kupd.election import Elector
 from kupd.errors import KupdError, ValidationError
-from kupd.statuswriter import EventWriter, StatusWriter
+from kupd.statuswriter import ClearWriter, EventWriter, StatusWriter
 from kupd.versions import Version
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class Coordinator:
         self.status = StatusWriter(api, lambda: self.elector.leading, self.ops.put, self._dirty.set,
                                    refused=self._on_refused)
         self.events = EventWriter(api, identity)
+        self.clears = ClearWriter(lambda node: self._write_grant(node, "", {}))
         # Schedules: their own informers only wake the scheduler, which lists what it needs.
         self._sched_dirty = threading.Event()
         self._sched_dirty.set()
@@ -161,12 +162,14 @@ class Coordinator:
         threading.Thread(target=self._loop, name="coordinator", daemon=True).start()
         self.events.start()
         self.status.start()
+        self.clears.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._dirty.set()
         self.status.stop()
         self.events.stop()
+        self.clears.stop()
         for inf in (self.ops, self.leases, self.nodes, *self.schedules):
             inf.stop()
 
@@ -505,6 +508,8 @@ class Coordinator:
             if e.get("phase") not in planner.IN_FLIGHT or not e.get("grant"):
                 continue
             grant = p.Grant.from_record(md["name"], md["uid"], e, spec)
+            if self.clears.settle(e["name"]):
+                grants[e["name"]] = ""  # a clear landed meanwhile: the Lease carries nothing now
             have = grants.get(e["name"])
             if not have or self._decode_grant(have) != grant:
                 self._write_grant(e["name"], grant.encode(), grants)
@@ -532,7 +537,7 @@ class Coordinator:
             else:
                 keep = g is not None and not planner.turn_over(members.get(node), g)
             if not keep:
-                self._write_grant(node, "", grants)
+                self.clears.clear(node)
 
     def _write_grant(self, node: str, value: str, grants: dict[str, str]) -> None:
         if not self.elector.leading:

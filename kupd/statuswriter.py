@@ -175,3 +175,71 @@ class EventWriter:
                     self.api.create(k8s.path("", "v1", "events", namespace="default"), body)
                 except Exception as e:  # Events are best effort; status is the record
                     log.debug("event %s: %s", ev.reason, e)
+
+
+class ClearWriter:
+    """Clears grant Leases on its own thread. A clear ends a turn that is over and recorded: no
+    node waits for it. On the round's thread it cost one API call per ended turn, in a batch after
+    each status write (a dozen turns at 1000 nodes, each a PATCH of 0.1 to 0.3 s on a loaded API
+    server), and every grant of the next rounds waited behind them. `write(node)` clears one
+    (raising KupdError on failure: the next round asks again). A delivery to a node first
+    `settle`s it: a clear not begun is dropped, one under way is waited for, so a clear never
+    lands after the node's next grant."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+        self._pending: dict[str, None] = {}  # in order of asking
+        self._busy: str | None = None
+        self._cond = threading.Condition()
+        self._stop = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="coordinator-clears", daemon=True).start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def clear(self, node: str) -> None:
+        with self._cond:
+            if node != self._busy and node not in self._pending:
+                self._pending[node] = None
+                self._cond.notify_all()
+
+    def backlog(self) -> int:
+        """Clears asked for and not yet done."""
+        with self._cond:
+            return len(self._pending) + (self._busy is not None)
+
+    def settle(self, node: str) -> bool:
+        """Before a grant is delivered to `node`: no clear of it is left to land after that.
+        True when a clear of it was under way (the Lease may be empty now)."""
+        with self._cond:
+            self._pending.pop(node, None)
+            waited = False
+            while self._busy == node and not self._stop:
+                waited = True
+                self._cond.wait(1.0)
+            return waited
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stop:
+                    self._cond.wait(1.0)
+                if self._stop:
+                    return
+                node = next(iter(self._pending))
+                del self._pending[node]
+                self._busy = node
+            try:
+                self._write(node)
+            except KupdError as e:
+                log.warning("clearing the grant of %s: %s", node, e)
+            except Exception:
+                log.exception("clearing the grant of %s", node)
+            finally:
+                with self._cond:
+                    self._busy = None
+                    self._cond.notify_all()
