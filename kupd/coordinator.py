@@ -289,12 +289,30 @@ class Coordinator:
                 errors[mk] = cached[1]
         return resolved, errors
 
+    def _say_ended(self, obj: dict[str, Any], now: datetime) -> None:
+        """An ended operation whose spec was edited afterwards says that it is not acted on."""
+        md = obj["metadata"]
+        op = planner.Operation(md["name"], md["uid"], int(md.get("generation", 1)), ValidationError("spec", "-"),
+                               obj.get("status") or {})
+        out = planner.edited_after_end(op, now)
+        if out is None:
+            return
+        try:
+            self.status.write(obj, out.status)
+            self.events.queue(obj, out.events)
+        except k8s.Invalid as e:
+            self._on_refused(obj, e)
+        except KupdError as e:
+            log.warning("writing the status of %s: %s", md["name"], e)
+
     def reconcile(self) -> None:
         now = datetime.now(UTC)
         ops = sorted(self.ops.items(), key=lambda o: (o["metadata"].get("creationTimestamp", ""),
                                                       o["metadata"]["name"]))
         self.on_operations({o["metadata"]["name"] for o in ops})
         active = [o for o in ops if (o.get("status") or {}).get("phase") not in planner.TERMINAL_OP]
+        for o in ops:
+            self._say_ended(o, now)
         # The grant Leases, read once a round and kept current with this round's own writes.
         grants = p.grant_values(self.leases.items())
         self._idle = not active and not any(grants.values())

@@ -65,7 +65,7 @@ class Incremental:
                             deprecated_apis=deprecated_apis, memo=self)
 
     # -- planner.Memo ----------------------------------------------------------------------------
-    def select(self, r: Round, policy: Policy) -> Selection | None:
+    def select(self, r: Round, policy: Policy) -> Selection:
         # `select` reads each node's name, role and labels, in the order given, and the policy's
         # selectors: with those the same, its order is the same; the views are this round's.
         key = (repr(policy.node_selector), repr(policy.canary_selector), policy.canary_count)
@@ -74,9 +74,9 @@ class Incremental:
             positions, canaries = self._selection[2], self._selection[3]
             return Selection([r.nodes[i] for i in positions], canaries)
         selection = planner.select(r, policy)
-        if selection is None:
-            self._selection = None
-            return None
+        if not selection.nodes:
+            self._selection = None  # `select` also said so in the status: it runs every round then
+            return selection
         index = {id(n): i for i, n in enumerate(r.nodes)}
         self._selection = (key, facts, [index[id(n)] for n in selection.nodes], selection.canaries)
         return selection

@@ -70,6 +70,8 @@ class Reason(StrEnum):
     COMPLETED = "Completed"
     UPGRADING = "Upgrading"
     WAITING = "Waiting"
+    OPERATION_ENDED = "OperationEnded"
+    NOTHING_SELECTED = "NothingSelected"
     PAUSED = "Paused"
     OUTSIDE_WINDOW = "OutsideWindow"
     INVALID_WINDOW = "InvalidWindow"
@@ -299,7 +301,7 @@ class Memo(Protocol):
     """What a round may reuse from earlier rounds (kupd/incremental.py): the selection, and which
     nodes' per-node rules need not run. It must never change what `plan` returns."""
 
-    def select(self, r: Round, policy: Policy) -> Selection | None:
+    def select(self, r: Round, policy: Policy) -> Selection:
         """`select(r, policy)`, or its earlier result when its inputs are the same."""
 
     def clean(self, r: Round, policy: Policy, selection: Selection) -> Container[str]:
@@ -359,14 +361,18 @@ def plan(
     changed; the result is the same with or without it.
     """
     r = Round(op, nodes, members, epoch, now, copy_json(dict(op.status)), delivered=delivered or {})
+    edited = r.status.get("observedGeneration") not in (None, op.generation)
     r.status.update(observedGeneration=op.generation, coordinator=coordinator, epoch=epoch)
     if r.status.get("phase") in TERMINAL_OP:
+        ended(r, edited)
         return r.plan()
     policy = validate(r)
     if policy is None:
         return r.plan()
     selection = select(r, policy) if memo is None else memo.select(r, policy)
-    if selection is None:
+    if not selection.nodes:
+        # Nothing selected (any more): turns still out are followed until their nodes report them over.
+        observe(r, policy, selection, adopt(r, policy, selection))
         return r.plan()
     hops = fix_hops(r, policy, selection, resolved_minors, hop_errors or {})
     if hops is None:
@@ -374,7 +380,7 @@ def plan(
     if memo is not None:
         r.clean = memo.clean(r, policy, selection)
     entries = adopt(r, policy, selection)
-    retry(r, entries)
+    retry(r, entries, selection)
     record_backup(r, entries)
     ordered = observe(r, policy, selection, entries)
     if memo is not None:
@@ -457,14 +463,41 @@ def validate(r: Round) -> Policy | None:
     return Policy.of(r.op.spec)
 
 
-def select(r: Round, policy: Policy) -> Selection | None:
-    """Which nodes, in which order: control plane first, then canaries, then the rest, by name."""
+def ended(r: Round, edited: bool) -> None:
+    """An ended operation (Succeeded, Failed) is not acted on again: a spec edited afterwards is
+    said to be ignored, so the status never reads as if the new spec had been carried out."""
+    if not edited:
+        return
+    msg = (f"spec changed (generation {r.op.generation}) after the operation ended {r.status.get('phase')}; "
+           "an ended operation is not acted on: apply a new DirectUpdate")
+    conds = r.status.get("conditions") or []
+    if not any(c["type"] == "SpecApplied" and c.get("message") == msg for c in conds):
+        r.event(str(Reason.OPERATION_ENDED), msg, warning=True)
+    r.condition("SpecApplied", False, Reason.OPERATION_ENDED, msg)
+
+
+def edited_after_end(op: Operation, now: datetime) -> Plan | None:
+    """The status of an ended operation whose spec was edited since its status was written (the
+    coordinator plans only running operations): None when there is nothing to say."""
+    status = dict(op.status)
+    if status.get("phase") not in TERMINAL_OP or status.get("observedGeneration") in (None, op.generation):
+        return None
+    r = Round(op, (), {}, int(status.get("epoch") or 0), now, copy.deepcopy(status))
+    ended(r, True)
+    r.status["observedGeneration"] = op.generation
+    return r.plan()
+
+
+def select(r: Round, policy: Policy) -> Selection:
+    """Which nodes, in which order: control plane first, then canaries, then the rest, by name.
+    With none, the operation is Pending and says so."""
     selected = sorted((n for n in r.nodes if selectors.matches(policy.node_selector, n.labels)),
                       key=lambda n: (not n.control_plane, n.name))
     if not selected:
         r.status["phase"] = OP_PENDING
         r.status["message"] = "no node matches spec.nodeSelector"
-        return None
+        r.condition("Progressing", False, Reason.NOTHING_SELECTED, r.status["message"])
+        return Selection([], frozenset())
     workers = [n for n in selected if not n.control_plane]
     canaries: set[str] = set()
     if policy.canary_selector:
@@ -566,7 +599,23 @@ def adopt(r: Round, policy: Policy, selection: Selection) -> dict[str, dict[str,
         if e["phase"] not in DONE:
             e["toVersion"] = str(policy.target)
         _adopt(e, r.delivered.get(n.name), r.op, r.epoch)
+    _release_departed(r, entries, selection)
     return entries
+
+
+def _release_departed(r: Round, entries: dict[str, dict[str, Any]], selection: Selection) -> None:
+    """A turn whose node left the selection or the cluster holds its slot until it is reported over,
+    or until an operator deletes the node's grant Lease (runbook: a lost node). With its member
+    silent and its grant Lease deleted, nothing can report the turn over any more: the entry is
+    dropped and the slot freed."""
+    selected = {n.name for n in selection.nodes}
+    for name, e in list(entries.items()):
+        m = r.members.get(name)
+        if e["phase"] in IN_FLIGHT and name not in selected and name not in r.delivered \
+                and (m is None or not m.alive):
+            del entries[name]
+            r.event("TurnReleased", f"{name} left the selection or the cluster mid-turn and its grant Lease "
+                    "was deleted; its turn is released", name, warning=True)
 
 
 def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> None:
@@ -589,17 +638,27 @@ def retry_names(op: Operation) -> set[str]:
     return {x.strip() for x in token.split("#", 1)[0].split(",")} if token else set()
 
 
-def retry(r: Round, entries: dict[str, dict[str, Any]]) -> None:
-    """An operator's retry request puts Failed nodes back in line, once per annotation value."""
+def retry(r: Round, entries: dict[str, dict[str, Any]], selection: Selection) -> None:
+    """An operator's retry request puts Failed nodes of the selection back in line, once per
+    annotation value. They are Pending again, and the grant stage gives each its turn within the
+    limits like any other node: while a node was Failed its slot may have been given to another
+    (it left the selection and came back, or other turns were still out), so a retry is never
+    granted on the spot."""
     token = r.op.annotations.get(ANN_RETRY_NODES, "")
-    for name in retry_names(r.op):
+    if not token:
+        return
+    wanted = retry_names(r.op)
+    selected = {n.name for n in selection.nodes}
+    for name in sorted(wanted & selected):
         e = entries.get(name)
-        if e is not None and e["phase"] == FAILED and e.get("retryToken") != token and e.get("grant"):
-            # The same work again under a fresh grant. The node's slot was never given to anyone
-            # else (a failure stops all grants), so this stays within the limits.
-            e.update(phase=GRANTED, attempts=0, retryToken=token, message="retry requested")
-            e["grant"].update(epoch=r.epoch, grantedAt=format_time(r.now))
-            e.pop("finishedAt", None)
+        if e is not None and e["phase"] == FAILED and e.get("retryToken") != token:
+            e.update(phase=PENDING, attempts=0, retryToken=token, message="retry requested")
+            if e.get("grant"):
+                # Stamped now, so the failed grant still in the node's Lease is older and never
+                # adopted again; the grant stage replaces it with the turn it gives.
+                e["grant"].update(epoch=r.epoch, grantedAt=format_time(r.now))
+            for key in ("finishedAt", "reason", "step"):
+                e.pop(key, None)
             r.event("RetryRequested", f"{name}: retry requested by {ANN_RETRY_NODES}", name)
 
 
@@ -1042,7 +1101,7 @@ class Turns:
         n = self.r.node(e["name"])
         ready = n.ready if n is not None else True
         return (e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
-                and e["name"] not in self.elsewhere and ready)
+                and m.problem is None and e["name"] not in self.elsewhere and ready)
 
     def refused(self, e: dict[str, Any], versions: list[Version]) -> bool:
         """Whether the node's host would break on this turn's target: it then stays Pending with the
@@ -1088,6 +1147,7 @@ def grant(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: lis
     for e in [*ordered, *departed]:
         if e["phase"] in IN_FLIGHT and e.get("grant"):
             e["grant"]["epoch"] = r.epoch
+    _regrant_retried(r, policy, ordered, departed, elsewhere)
     out = [e for e in [*ordered, *departed] if e["phase"] in IN_FLIGHT]
     limits = _Out([e["name"] for e in out if e.get("role") == CONTROL_PLANE],
                   [e["name"] for e in out if e.get("role", WORKER) == WORKER],
@@ -1102,10 +1162,53 @@ def grant(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: lis
         stuck = _grant_control_plane(t, cps, workers, hops, versions, interleave)
         if stuck is not None or not interleave:
             return stuck, t.held
+    elif limits.own_cps or limits.other_cps:
+        # A control-plane turn is out though no selected control-plane node is left (it left the
+        # selection mid-turn, or another operation's): no worker moves while an API server does.
+        t.held = f"workers wait for the control-plane turn of {', '.join(limits.own_cps + limits.other_cps)} to end"
+        return None, t.held
     # Workers move only as far as every API server has: a kubelet is never newer than one.
     ceiling = min(versions.apiservers.values(), default=hops[-1])
-    _grant_workers(t, workers, hops, canaries, ceiling, interleave)
+    capped = _grant_workers(t, workers, hops, canaries, ceiling, interleave)
+    if capped and not interleave:
+        # Every control-plane node of this operation is done, yet an API server holds workers
+        # back: one this operation does not select, which no turn of it will move.
+        low = min(versions.apiservers, key=lambda n: versions.apiservers[n])
+        return (f"workers {', '.join(capped[:5])} cannot pass the API server of {low} at {ceiling}, which this "
+                f"operation does not upgrade (rule: kubelet-not-newer-than-apiserver); select {low}, upgrade it, "
+                "or leave it out of the cluster"), t.held
     return None, t.held
+
+
+def _regrant_retried(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: list[dict[str, Any]],
+                     elsewhere: Mapping[str, Grant]) -> None:
+    """Give each node an operator asked to retry (Pending, its failed grant kept by `retry`) the
+    same work again, as soon as the limits allow: a control-plane node when no other turn is
+    out, a worker when no control-plane turn is out and a worker slot is free; never past the
+    oldest API server. The agent then resumes at the step that failed."""
+    flying = [e for e in [*ordered, *departed] if e["phase"] in IN_FLIGHT]
+    cps_out = any(e.get("role") == CONTROL_PLANE for e in flying) or any(g.control_plane for g in elsewhere.values())
+    workers_out = (sum(1 for e in flying if e.get("role", WORKER) == WORKER)
+                   + sum(1 for g in elsewhere.values() if not g.control_plane))
+    apiservers = cluster_versions(r.nodes, r.members).apiservers.values()
+    for e in ordered:
+        g = e.get("grant")
+        if not (e["phase"] == PENDING and e.get("retryToken") and g):
+            continue
+        m = r.members.get(e["name"])
+        n = r.node(e["name"])
+        ready = n.ready if n is not None else False
+        if m is None or not m.alive or m.problem is not None or not ready or e["name"] in elsewhere:
+            continue
+        control_plane = e.get("role") == CONTROL_PLANE
+        if cps_out or (workers_out if control_plane else workers_out >= policy.concurrency):
+            continue
+        versions = [Version.parse(str(v)) for v in g.get("versions") or []]
+        if not control_plane and apiservers:
+            versions = [v for v in versions if v.minor_key <= min(apiservers).minor_key]
+        if _give(r, e, versions, bool(g.get("firstControlPlane")), bool(g.get("backup")), "retry"):
+            cps_out = cps_out or control_plane
+            workers_out += 0 if control_plane else 1
 
 
 def _give(r: Round, e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool,
@@ -1188,11 +1291,12 @@ def _grant_control_plane(t: Turns, cps: list[dict[str, Any]], workers: list[dict
 
 
 def _grant_workers(t: Turns, workers: list[dict[str, Any]], hops: list[Version], canaries: frozenset[str],
-                   ceiling: Version, interleave: Mapping[str, str]) -> None:
+                   ceiling: Version, interleave: Mapping[str, str]) -> list[str]:
     """Canaries first, then (after their bake) the other workers, never more than `concurrency`
     turns out, counting those of nodes that left the selection and of other operations; each up
     to `ceiling`, the oldest API server. Between control-plane hops (`interleave`): only the
-    workers that would fall too far behind, canaries among them first."""
+    workers that would fall too far behind, canaries among them first. Returns the eligible
+    workers that the ceiling alone keeps from their target."""
     r, policy, out = t.r, t.policy, t.out
     slots = policy.concurrency - len(out.workers)
     if interleave:
@@ -1206,22 +1310,24 @@ def _grant_workers(t: Turns, workers: list[dict[str, Any]], hops: list[Version],
                 finished = [f for e in canary_entries if (f := parse_or_none(e.get("finishedAt")))]
                 if finished and r.now < max(finished) + timedelta(seconds=policy.canary_bake_seconds):
                     t.held = "canaries upgraded; baking before the other workers"
-                    return
+                    return []
             candidates = [e for e in workers if e["phase"] == PENDING]
+    capped: list[str] = []
     for e in candidates:
-        if slots <= 0:
-            break
         if not t.eligible(e):
             continue
         v = t.current(e)
         assert v is not None
         steps = [h for h in hops if v < h and h.minor_key <= ceiling.minor_key]
-        if not steps or t.refused(e, steps):
+        if not steps and v < hops[-1]:
+            capped.append(e["name"])
+        if slots <= 0 or not steps or t.refused(e, steps):
             continue
         if _give(r, e, steps, False, False, interleave.get(e["name"], "")):
             slots -= 1
     if candidates and slots <= 0 and out.workers and not out.own_workers:
         t.held = f"every worker slot is held by a turn out ({', '.join(out.workers)})"
+    return capped
 
 
 def cluster_versions(nodes: Sequence[NodeView], members: Mapping[str, MemberView]) -> skew.ClusterVersions:

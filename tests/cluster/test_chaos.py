@@ -136,6 +136,27 @@ def test_raising_the_version_mid_rollout_replans_the_hops(sim: SimCluster) -> No
     assert all(mon.grant_times[w] >= mon.grant_times["cp-2"] for w in ("w-1", "w-2"))
 
 
+def test_a_spec_edited_after_the_operation_ended_is_said_to_be_ignored(sim: SimCluster) -> None:
+    sim.step_seconds = 0.1
+    sim.add_node("cp-1", control_plane=True)
+    wait_registered(sim)
+    apply_du(sim.cp, "ended", {"version": "v1.32.0", "backup": NO_BACKUP})
+    st = wait_phase(sim.cp, "ended", ENDS, timeout=90)
+    assert st["phase"] == "Succeeded", st
+    sim.cp.kubectl("patch", "directupdate", "ended", "--type=merge", "-p", '{"spec":{"version":"v1.33.0"}}')
+
+    def said() -> Any:
+        conds = {c["type"]: c for c in _status(sim, "ended").get("conditions") or []}
+        return conds.get("SpecApplied")
+    cond = _until(said, 30, "Condition SpecApplied")
+    assert cond["status"] == "False" and cond["reason"] == "OperationEnded", cond
+    assert "apply a new DirectUpdate" in cond["message"]
+    st = _status(sim, "ended")
+    assert st["phase"] == "Succeeded" and st["observedGeneration"] == 2, st
+    time.sleep(2)
+    assert _kubelet(sim, "cp-1") == "v1.32.0", "an ended operation was acted on"
+
+
 # -- 3. a node that leaves the selection or the cluster keeps its slot ----------------------------
 
 def test_a_node_leaving_the_selection_in_flight_keeps_its_slot(sim: SimCluster) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -714,3 +716,57 @@ def test_a_takeover_of_a_live_coordinator_is_detected_and_undone(f: Fleet) -> No
     assert back.spec.lease_transitions == epoch + 1
     f.apply("unt-after-takeover", f.target(), ["cp-1", "w-1"])
     f.wait("a rollout after the takeover", _succeeded(f, "unt-after-takeover"))
+
+
+def test_a_frozen_coordinator_is_fenced_at_the_api_server_and_steps_down(f: Fleet) -> None:
+    """A coordinator frozen (SIGSTOP) longer than its Lease, mid-rollout, with the per-node
+    identities and the admission policies on: a second control-plane daemon takes over at the next
+    epoch; every write the frozen one could still make with its own credential and its old term
+    (status, grant) is refused by the API server; resumed, it steps down, and the rollout ends
+    within the limits."""
+    f.sim.add_node("cp-2", control_plane=True, extra={"kubeconfig": str(f.ids.kubeconfigs["cp-2"])})
+    coordination = client.CoordinationV1Api(f.admin)
+
+    def lease() -> Any:
+        return coordination.read_namespaced_lease(p.COORDINATOR_LEASE, NS).spec
+
+    f.wait("cp-1 coordinating", lambda: lease().holder_identity == "cp-1")
+    f.wait("cp-2's member", lambda: any(x.metadata.name == p.member_lease_name("cp-2")
+                                        for x in coordination.list_namespaced_lease(NS).items))
+    f.sim.nodes["w-1"].faults({"hang": {"kubelet-package": 20}})
+    mon = harness.Monitor(f.cp).start()
+    proc = f.sim.nodes["cp-1"].proc
+    assert proc is not None
+    try:
+        f.apply("unt-frozen", f.target(), ["cp-1", "cp-2", "w-1"])
+        f.wait("w-1 upgrading", lambda: f.entry("unt-frozen", "w-1").get("phase") == "Upgrading")
+        old = lease()
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            taken = f.wait("cp-2 taking over", lambda: (x := lease()).holder_identity == "cp-2" and x)
+            assert taken.lease_transitions == old.lease_transitions + 1
+            # cp-1's own credential, its old term: refused by the API server, not only by the daemon.
+            api = k8s.api_client(str(f.ids.kubeconfigs["cp-1"]))
+            obj = api.get(k8s.kupd_path(k8s.DIRECTUPDATES, "unt-frozen"))
+            obj["status"] = dict(obj.get("status") or {}, coordinator="cp-1", epoch=old.lease_transitions,
+                                 message="written by a deposed coordinator")
+            with pytest.raises(k8s.ApiError) as refused:
+                api.replace(k8s.kupd_path(k8s.DIRECTUPDATES, "unt-frozen", subresource="status"), obj)
+            assert refused.value.status in (403, 422), refused.value
+            grant = {"metadata": {"annotations": {p.ANN_GRANT: "", p.ANN_EPOCH: str(old.lease_transitions)}}}
+            with pytest.raises(k8s.ApiError) as refused:
+                api.patch(k8s.lease_path(NS, p.grant_lease_name("w-1")), grant)
+            assert refused.value.status in (403, 422), refused.value
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        f.wait("the rollout", _succeeded(f, "unt-frozen"), timeout=120)
+        assert lease().holder_identity == "cp-2", "the resumed coordinator took the Lease back from a live holder"
+    finally:
+        mon.stop()
+        f.sim.kill("cp-2")
+        f.cp.kubectl("delete", "lease", "-n", NS, p.member_lease_name("cp-2"), p.grant_lease_name("cp-2"),
+                     "--ignore-not-found")
+        f.cp.kubectl("delete", "node", "cp-2", "--ignore-not-found")
+    mon.assert_invariants(concurrency=1)
+    st = f.status("unt-frozen")
+    assert st["coordinator"] == "cp-2" and "deposed" not in st.get("message", ""), st

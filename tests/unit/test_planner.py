@@ -510,9 +510,14 @@ def test_a_node_leaving_the_selection_keeps_its_slot_until_its_turn_ends() -> No
         assert granted(q) == ["w-2"]
         # Lost while out of the selection: named, and still holding the slot.
         lost = dict(members, **{"w-1": MemberView("w-1", False, Version.parse("v1.31.2"))})
-        q = run(spec, moved, lost, p.status)
+        lease = {"w-1": _delivered(p, "w-1")}
+        q = run(spec, moved, lost, p.status, delivered=lease)
         assert q.status["phase"] == "RequiresAttention" and "w-1" in q.status["message"]
         assert granted(q) == ["w-1"]
+        # The runbook: deleting its grant Lease declares the lost turn over; the slot is freed.
+        q = run(spec, moved, lost, q.status)
+        assert "w-1" not in [e["name"] for e in q.status["nodes"]]
+        assert granted(q) == ["w-2"] and any(e.reason == "TurnReleased" for e in q.events)
 
 
 def test_a_lost_turn_of_another_operation_is_named_not_silent() -> None:

@@ -47,34 +47,40 @@ def test_validate_fails_an_invalid_spec_naming_the_field() -> None:
 def test_select_orders_control_plane_canaries_rest() -> None:
     r = rnd({"version": "v1.32.0"}, NODES, {})
     sel = planner.select(r, policy({"version": "v1.32.0", "canary": {"selector": {"matchLabels": {"pool": "a"}}}}))
-    assert sel is not None and [n.name for n in sel.nodes] == ["cp-1", "w-2", "w-3", "w-1"]
+    assert [n.name for n in sel.nodes] == ["cp-1", "w-2", "w-3", "w-1"]
     assert sel.canaries == {"w-2", "w-3"}
     none = planner.select(r, policy({"version": "v1.32.0", "nodeSelector": {"matchLabels": {"pool": "z"}}}))
-    assert none is None and r.status["phase"] == "Pending"
+    assert none.nodes == [] and r.status["phase"] == "Pending"
+    assert r.status["conditions"][-1]["reason"] == "NothingSelected"
 
 
 def test_fix_hops_from_the_oldest_member_and_the_skew_rule() -> None:
     pol = policy({"version": "v1.33.1"})
     r = rnd({"version": "v1.33.1"}, NODES, members("v1.31.2", "cp-1", "w-1", "w-2", "w-3"))
     sel = planner.select(r, pol)
-    assert sel is not None
     hops = planner.fix_hops(r, pol, sel, {(1, 32): "v1.32.7"})
     assert [str(h) for h in hops or []] == ["v1.32.7", "v1.33.1"] and r.status["hops"] == ["v1.32.7", "v1.33.1"]
     workers_only = policy({"version": "v1.32.0", "nodeSelector": {"matchLabels": {"pool": "a"}}})
     r2 = rnd({"version": "v1.32.0"}, NODES, members("v1.31.2", "cp-1", "w-2", "w-3"))
     sel2 = planner.select(r2, workers_only)
-    assert sel2 is not None and planner.fix_hops(r2, workers_only, sel2, {}) is None
+    assert planner.fix_hops(r2, workers_only, sel2, {}) is None
     assert r2.status["phase"] == "Failed" and "kubelet-not-newer-than-apiserver" in r2.status["message"]
 
 
-def test_retry_regrants_a_failed_node_once_per_token() -> None:
+def test_retry_puts_a_failed_selected_node_back_in_line_once_per_token() -> None:
     failed = {"name": "w-1", "phase": "Failed", "grant": {"epoch": 1, "versions": ["v1.32.0"], "grantedAt": "t0"}}
-    r = rnd({"version": "v1.32.0"}, NODES, {}, annotations={"kupd.io/retry-nodes": "w-1"})
-    entries = {"w-1": dict(failed, grant=dict(failed["grant"]))}  # type: ignore[arg-type]
-    planner.retry(r, entries)
-    assert entries["w-1"]["phase"] == "Granted" and entries["w-1"]["grant"]["epoch"] == 5
+    r = rnd({"version": "v1.32.0"}, NODES, {}, annotations={"kupd.io/retry-nodes": "w-1,w-9"})
+    selection = planner.Selection(NODES, frozenset())
+    entries = {"w-1": dict(failed, grant=dict(failed["grant"])),  # type: ignore[arg-type]
+               "w-9": dict(failed, name="w-9", grant=dict(failed["grant"]))}  # type: ignore[arg-type]
+    planner.retry(r, entries, selection)
+    # Pending: the grant stage gives the turn within the limits. The kept grant is stamped now,
+    # so the failed one still in the node's Lease is older and never adopted again.
+    assert entries["w-1"]["phase"] == "Pending" and entries["w-1"]["grant"]["epoch"] == 5
+    assert entries["w-1"]["grant"]["grantedAt"] == "2026-11-27T12:00:00Z"
+    assert entries["w-9"]["phase"] == "Failed", "a node outside the selection is not retried"
     entries["w-1"]["phase"] = "Failed"
-    planner.retry(r, entries)
+    planner.retry(r, entries, selection)
     assert entries["w-1"]["phase"] == "Failed", "the same token retries once"
 
 
