@@ -75,8 +75,8 @@ def make_backup_fn(api: k8s.Client, settings: Settings, node: str) -> BackupFn:
             if cfg.policy != BEST_EFFORT:
                 raise
             log.warning("etcd backup failed under policy BestEffort; going on: %s", e)
-            return {"location": "", "verified": False, "uploaded": False, "node": node,
-                    "message": f"{reason_of(e)}: {str(e)[:1500]}"}
+            return models.to_wire(models.BackupRecord(location="", verified=False, uploaded=False, node=node,
+                                                      message=f"{reason_of(e)}: {str(e)[:1500]}"))
         return dict(record.to_status())
 
     return backup

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
@@ -24,14 +24,15 @@ from kupd.protocol import (
     ANN_RETRY_NODES,
     GRANT_LEASE_PREFIX,
     Grant,
+    GrantRecord,
     NodePhase,
     OpPhase,
     Report,
     Step,
     TurnPhase,
-    grant_record,
 )
 from kupd.rfc3339 import format_time, parse_or_none
+from kupd.untrusted import Invalid
 from kupd.versions import SkewError, Version, check_target
 
 PENDING, GRANTED, UPGRADING, SUCCEEDED, FAILED, SKIPPED, LOST = (
@@ -86,6 +87,8 @@ class Reason(StrEnum):
     QUEUED = "Queued"
     STATUS_REFUSED = "StatusRefused"
     EVALUATION_FAILED = "EvaluationFailed"
+    # A status record of a turn that cannot be a grant (written by hand, say): that node waits.
+    INVALID_GRANT = "InvalidGrant"
     # A drain an operator must see to (kupd.io/attention): the node's own reason is the operation's.
     DRAIN_REFUSED = "DrainRefused"
     DRAIN_TIMED_OUT = "DrainTimedOut"
@@ -444,6 +447,16 @@ def _report(r: Round, e: dict[str, Any]) -> Report | None:
     return report
 
 
+def invalid_grant(e: Mapping[str, Any]) -> str | None:
+    """Why the entry's grant record cannot be delivered (the status was written by hand or by an
+    older kupd: the CRD leaves grantedAt optional, say); None when it can. That node alone waits."""
+    try:
+        GrantRecord.from_wire(e.get("grant"))
+    except Invalid as err:
+        return f"its turn cannot be delivered: the status records an invalid grant, field {err}"
+    return None
+
+
 def queued(status: Mapping[str, Any], message: str, generation: int, now: datetime) -> dict[str, Any]:
     """The status of an operation waiting for an older one to finish."""
     out = copy.deepcopy(dict(status))
@@ -626,7 +639,7 @@ def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> Non
     # must not undo a retry or a later hop. grantedAt values share one format, so they sort.
     if g.granted_at <= str((e.get("grant") or {}).get("grantedAt") or ""):
         return
-    e["grant"] = {**g.record(), "epoch": epoch}
+    e["grant"] = replace(g.record(), epoch=epoch).wire()
     e["phase"] = GRANTED
     e["message"] = f"granted {', '.join(g.versions)}"
     e.pop("finishedAt", None)
@@ -921,6 +934,8 @@ def _attention(r: Round, ordered: list[dict[str, Any]], departed: list[dict[str,
         report = _report(r, e) if e["phase"] in IN_FLIGHT else None
         if report is not None and report.reason == "DeadlineExceeded" and report.phase == TurnPhase.UPGRADING:
             return Reason.STEP_PAST_DEADLINE, e["name"], f"node {e['name']}: {report.message}"
+        if e["phase"] in IN_FLIGHT and e.get("grant") and (why := invalid_grant(e)):
+            return Reason.INVALID_GRANT, e["name"], f"node {e['name']}: {why}"
     for node, g in sorted(r.elsewhere().items()):
         m = r.members.get(node)
         if m is None or not m.alive:
@@ -1216,7 +1231,7 @@ def _give(r: Round, e: dict[str, Any], versions: list[Version], first_cp: bool, 
     if not versions:
         return False  # never an empty turn, and never a slot spent on one
     e["phase"] = GRANTED
-    e["grant"] = grant_record(r.epoch, [str(v) for v in versions], first_cp, backup, format_time(r.now))
+    e["grant"] = GrantRecord(r.epoch, tuple(str(v) for v in versions), first_cp, backup, format_time(r.now)).wire()
     # grant_reason reads `why` back out of this message.
     e["message"] = f"granted {', '.join(str(v) for v in versions)}" + (f" ({why})" if why else "")
     e.setdefault("startedAt", format_time(r.now))

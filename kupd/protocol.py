@@ -211,22 +211,58 @@ class Grant:
 
     @classmethod
     def from_record(cls, operation: str, uid: str, entry: dict[str, Any], spec: DirectUpdateSpec) -> Grant:
-        """The grant of a `status.nodes[]` entry, as its node's grant Lease carries it."""
-        g = entry["grant"]
-        work = spec.node_work(list(g["versions"]), control_plane=entry.get("role") == "ControlPlane",
-                              first_control_plane=bool(g.get("firstControlPlane")), backup=bool(g.get("backup")))
-        return cls(operation=operation, uid=uid, epoch=int(g["epoch"]), granted_at=str(g["grantedAt"]), work=work)
+        """The grant of a `status.nodes[]` entry, as its node's grant Lease carries it. The status
+        may have been written by hand or by another kupd: raises `untrusted.Invalid` naming the
+        field when the entry's record is not a complete grant."""
+        rec = GrantRecord.from_wire(entry.get("grant"))
+        work = spec.node_work(list(rec.versions), control_plane=entry.get("role") == "ControlPlane",
+                              first_control_plane=rec.first_control_plane, backup=rec.backup)
+        return cls(operation=operation, uid=uid, epoch=rec.epoch, granted_at=rec.granted_at, work=work)
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> GrantRecord:
         """The grant as `status.nodes[].grant` records it."""
-        return grant_record(self.epoch, self.versions, self.first_control_plane, self.backup, self.granted_at)
+        return GrantRecord(self.epoch, tuple(self.versions), self.first_control_plane, self.backup, self.granted_at)
 
 
-def grant_record(epoch: int, versions: list[str], first_control_plane: bool, backup: bool,
-                 granted_at: str) -> dict[str, Any]:
-    """`status.nodes[].grant`: the record of a turn (camelCase, as the CRD has it)."""
-    return {"epoch": epoch, "versions": list(versions), "firstControlPlane": first_control_plane,
-            "backup": backup, "grantedAt": granted_at}
+@dataclass(frozen=True)
+class GrantRecord:
+    """`status.nodes[].grant`: the record of a turn, stamped with the epoch of the coordinator that
+    granted it. `wire()` and `from_wire` are its one camelCase conversion (the CRD's field names)."""
+
+    epoch: int
+    versions: tuple[str, ...]
+    first_control_plane: bool = False
+    backup: bool = False
+    granted_at: str = ""
+
+    def wire(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "versions": list(self.versions), "firstControlPlane": self.first_control_plane,
+                "backup": self.backup, "grantedAt": self.granted_at}
+
+    @classmethod
+    def from_wire(cls, data: object, field: str = "grant") -> GrantRecord:
+        """A record as the status holds it, every field checked; raises `untrusted.Invalid` naming
+        the field (`grant.grantedAt`, say) when it is not a complete one."""
+        if not isinstance(data, dict):
+            raise u.Invalid(field, f"must be an object, got {type(data).__name__}")
+        versions = data.get("versions")
+        if not isinstance(versions, list) or not 1 <= len(versions) <= 64:
+            raise u.Invalid(f"{field}.versions", "must be a list of 1 to 64 versions")
+        for i, v in enumerate(versions):
+            u.version(v, f"{field}.versions[{i}]")
+        if "epoch" not in data:
+            raise u.Invalid(f"{field}.epoch", "is required")
+        granted_at = u.time_text(data, "grantedAt", f"{field}.grantedAt")
+        if not granted_at:
+            raise u.Invalid(f"{field}.grantedAt", "is required")
+        flags = {}
+        for key in ("firstControlPlane", "backup"):
+            value = data.get(key, False)
+            if not isinstance(value, bool):
+                raise u.Invalid(f"{field}.{key}", f"must be a boolean, got {type(value).__name__}")
+            flags[key] = value
+        return cls(u.integer(data, "epoch", f"{field}.epoch"), tuple(versions), flags["firstControlPlane"],
+                   flags["backup"], granted_at)
 
 
 @dataclass(frozen=True)

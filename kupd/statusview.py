@@ -172,10 +172,11 @@ def operation_view(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     duration = None if started is None else max(((finished or now) - started).total_seconds(), 0.0)
     eta = eta_seconds(obj, now)
     entries = _entries(status)
+    target = spec.version if spec is not None else ""
     return {
         "name": md.get("name", ""),
         "phase": status.get("phase") or "Pending",
-        "target": spec.version if spec is not None else "",
+        "target": target,
         "hops": list(status.get("hops") or []),
         "concurrency": spec.concurrency if spec is not None else 1,
         "paused": spec.paused if spec is not None else False,
@@ -194,7 +195,7 @@ def operation_view(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "backup": dict(status["backup"]) if status.get("backup") else None,
         "observedGeneration": status.get("observedGeneration"),
         "generation": md.get("generation"),
-        "nodes": [node_view(e, now, str((obj.get("spec") or {}).get("version") or "")) for e in entries],
+        "nodes": [node_view(e, now, target) for e in entries],
     }
 
 

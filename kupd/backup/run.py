@@ -179,18 +179,11 @@ class BackupRecord:
     """What was not done and why, for the Warning Condition."""
 
     def to_status(self) -> dict[str, Any]:
-        """The `status.backup` object (the CRD's field names)."""
-        return {
-            "location": self.location,
-            "size": self.size,
-            "sha256": self.sha256,
-            "revision": self.revision,
-            "verified": self.verified,
-            "takenAt": self.taken_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "node": self.node,
-            "uploaded": self.uploaded,
-            **({"message": self.message[:2000]} if self.message else {}),
-        }
+        """The `status.backup` object: `models.BackupRecord`, the CRD's shape, on the wire."""
+        return models.to_wire(models.BackupRecord(
+            location=self.location, size=self.size, sha256=self.sha256, revision=self.revision,
+            verified=self.verified, taken_at=self.taken_at.astimezone(UTC).replace(microsecond=0), node=self.node,
+            uploaded=self.uploaded, message=self.message[:2000] or None))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -171,6 +171,8 @@ class Informer:
                     return
                 started = time.monotonic()
                 rv = self._consume(self._watch, rv)
+                if rv is None:
+                    log.info("informer %s: resourceVersion expired (410 Gone); relisting", self.name)
                 if self._stop.is_set():
                     return
                 backoff = 0.5
@@ -178,6 +180,7 @@ class Informer:
                     self._stop.wait(1.0)  # a watch the server ends at once must not become a busy loop
             except ApiError as e:
                 if e.status == 410:
+                    log.info("informer %s: resourceVersion expired (410 Gone); relisting", self.name)
                     rv = None
                     continue
                 # Refusals say the credential or its roles are wrong: the operator must see them.

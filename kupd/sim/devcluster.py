@@ -94,6 +94,8 @@ class ControlPlane:
     api_port: int = field(default_factory=free_port)
     identities: dict[str, Identity] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    apiserver_args: list[str] = field(default_factory=list)
+    """More kube-apiserver flags (a test that needs its watches served from etcd, say)."""
 
     @property
     def server(self) -> str:
@@ -266,6 +268,7 @@ class ControlPlane:
             "--profiling=false",
             "--endpoint-reconciler-type=none",
             "--v=1",
+            *self.apiserver_args,
         ])
         self.wait_ready(timeout)
 

@@ -120,6 +120,8 @@ class Monitor:
     grant_times: dict[str, float] = field(default_factory=dict)
     done_times: dict[str, float] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
+    max_concurrency: int = 1
+    """The largest spec.concurrency of any DirectUpdate seen: the worker limit when none is given."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _watches: list[k8s.Watch] = field(default_factory=list)
 
@@ -166,6 +168,9 @@ class Monitor:
             self._ops[uid] = (time.monotonic(), name or old_name, status if status is not None else old_status)
 
     def _on_du(self, obj: dict[str, Any]) -> None:
+        concurrency = (obj.get("spec") or {}).get("concurrency", 1)
+        if isinstance(concurrency, int):
+            self.max_concurrency = max(self.max_concurrency, concurrency)
         status = obj.get("status") or {}
         nodes = status.get("nodes") or []
         cps = [n for n in nodes if n.get("role") == "ControlPlane" and n["phase"] in IN_FLIGHT]
@@ -277,13 +282,19 @@ class Monitor:
                     self.violations.append(msg)
 
     def assert_invariants(self, concurrency: int) -> None:
+        self.assert_limits(concurrency)
+        self.assert_no_unexplained_cordon()
+
+    def assert_limits(self, concurrency: int | None = None) -> None:
+        """Limits, control plane first and no silent stall, as recorded while the monitor ran
+        (`concurrency`: the largest spec.concurrency seen when not given)."""
+        concurrency = concurrency or self.max_concurrency
         assert self.max_cp_granted <= 1, f"{self.max_cp_granted} control-plane nodes granted at once"
         assert self.max_workers_granted <= concurrency, f"{self.max_workers_granted} workers granted at once"
         assert self.max_cp_cordoned <= 1, f"{self.max_cp_cordoned} control-plane nodes cordoned at once"
         assert self.max_workers_cordoned <= concurrency, f"{self.max_workers_cordoned} workers cordoned at once"
         assert not self.worker_before_cp, self.worker_before_cp[:3]
         assert not self.violations, self.violations[:5]
-        self.assert_no_unexplained_cordon()
 
     def assert_no_unexplained_cordon(self) -> None:
         """Every node kupd cordoned is the node of a turn in flight, or of a failed or lost turn that

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from kupd import enroll, health, k8s
+from kupd import enroll, health, k8s, planner
 from kupd import protocol as p
-from kupd.api.models import HealthGates
+from kupd.api.models import HealthGates, parse_directupdate_spec
 from kupd.cli import main
+from kupd.election import Elector
+from kupd.grants import GrantLeases
 from kupd.host.real import KubeClusterView
 from kupd.sim.devcluster import ControlPlane
 from kupd.versions import Version
@@ -144,3 +146,29 @@ def test_removed_apis_still_requested_are_read_from_the_api_servers_metrics(api:
     # Whatever this release lists, every series parses into a removed release kupd can compare.
     for found in hazards.parse_deprecated_apis(text):
         assert found.resource and found.removed_release.count(".") == 1
+
+
+def test_a_grant_record_that_is_not_a_grant_holds_back_its_own_node_only(api: k8s.Client) -> None:
+    """The coordinator's grant delivery, against the real API server and its admission policy:
+    a status entry whose record lacks grantedAt (the CRD allows that; a status written by hand)
+    is not delivered (the planner says why: planner.invalid_grant), and the other node's turn is."""
+    elector = Elector(api, "kupd-system", "cp-1", 15)
+    assert elector.try_acquire_or_renew()
+    leases = k8s.Informer("leases", api, k8s.lease_path("kupd-system"), lambda: None)
+    grants = GrantLeases(api, "kupd-system", leases, elector)
+    record = {"epoch": elector.epoch, "versions": ["v1.32.0"], "firstControlPlane": False, "backup": False,
+              "grantedAt": "2026-12-01T10:00:00Z"}
+    status = {"nodes": [
+        {"name": "w-1", "phase": "Granted", "grant": record},
+        {"name": "w-2", "phase": "Granted", "grant": {k: v for k, v in record.items() if k != "grantedAt"}}]}
+    delivered: dict[str, str] = {}
+    grants.deliver({"metadata": {"name": "op", "uid": "uid-1"}}, parse_directupdate_spec({"version": "v1.32.0"}),
+                   status, delivered)
+    assert planner.invalid_grant(status["nodes"][1]) and not planner.invalid_grant(status["nodes"][0])
+    lease = api.get(k8s.lease_path("kupd-system", p.grant_lease_name("w-1")))
+    g = p.Grant.decode(p.grant_value(lease))
+    assert g is not None and (g.operation, g.granted_at, g.versions) == ("op", "2026-12-01T10:00:00Z", ["v1.32.0"])
+    assert list(delivered) == ["w-1"] and grants.writes == 1
+    with pytest.raises(k8s.ApiError) as e:
+        api.get(k8s.lease_path("kupd-system", p.grant_lease_name("w-2")))
+    assert e.value.status == 404

@@ -12,16 +12,20 @@ import json
 import re
 import shutil
 import signal
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from kupd.sim.devcluster import ControlPlane
 from kupd.sim.simcluster import SimCluster
+from tests.cluster import harness
 from tests.cluster.harness import Monitor, apply_du, effects_once, get_du, wait_members, wait_phase, wait_registered
+from tests.paths import CRD_DIR, control_plane_binary
 
 NO_BACKUP = {"required": False}
 ROOT = Path(__file__).resolve().parents[2]
@@ -420,3 +424,53 @@ def test_the_daemon_restarts_itself_into_an_upgraded_package_when_no_step_runs(
     assert st["phase"] == "Succeeded", st
     effects_once(sim, "w-1")
     assert "restarting in place to run the upgraded kupd" in w.log.read_text()
+
+
+# -- a forced watch expiry (410 Gone) while the daemons watch ---------------------------------------
+
+@pytest.fixture
+def expiring() -> Iterator[ControlPlane]:
+    """A control plane of its own whose watches expire for real: no watch cache (watches are served
+    from etcd) and etcd compacted every 2 s, so every watch re-opened from a resourceVersion older
+    than that gets 410 Gone from the API server."""
+    workdir = Path(tempfile.mkdtemp(prefix="kupd-cp-410-"))
+    cp = ControlPlane(workdir, control_plane_binary(),
+                      apiserver_args=["--watch-cache=false", "--etcd-compaction-interval=2s"])
+    try:
+        cp.start()
+        cp.install_crds(CRD_DIR)
+        yield cp
+    finally:
+        cp.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_watches_expiring_with_410_gone_mid_rollout(expiring: ControlPlane, tmp_path: Path) -> None:
+    sim = SimCluster(expiring, tmp_path / "sim", step_seconds=2.5)
+    watch = {"lease": {"watch_seconds": 30}}  # the shortest re-open period the settings allow
+    try:
+        sim.add_node("cp-1", control_plane=True, extra=watch)
+        for name in ("w-1", "w-2"):
+            sim.add_node(name, extra=watch)
+        wait_registered(sim)
+        mon = Monitor(expiring).start()
+        try:
+            apply_du(expiring, "expiring", {"version": "v1.32.0", "concurrency": 1, "backup": NO_BACKUP})
+            st = wait_phase(expiring, "expiring", ENDS, timeout=300)
+        finally:
+            mon.stop()
+        assert st["phase"] == "Succeeded", st
+        mon.assert_invariants(concurrency=1)
+        for name in sim.nodes:
+            assert _kubelet(sim, name) == "v1.32.0", name
+            effects_once(sim, name)
+        # The watches did expire (and were recovered by a relist), in the coordinator and the workers.
+        expired = {name: node.log.read_text(errors="replace").count("expired (410 Gone)")
+                   for name, node in sim.nodes.items()}
+        assert expired["cp-1"] >= 1 and expired["w-1"] + expired["w-2"] >= 1, expired
+    finally:
+        sim.stop()
+        for name, node in sim.nodes.items():
+            if node.log.exists():
+                print(f"==== {name} daemon log (tail)\n{node.log.read_text(errors='replace')[-3000:]}")
+        harness.cleanup(expiring)

@@ -502,10 +502,11 @@ def test_a_worker_claiming_success_its_node_does_not_show_fails_verify(f: Fleet)
     assert "v1.31.2" in e["message"] and target in e["message"], e
 
 
-def test_an_operation_the_coordinator_cannot_evaluate_says_so(f: Fleet) -> None:
-    """A status kupd did not write (by hand, or by an older kupd) that the round cannot handle: a
-    grant recorded without grantedAt. The operation gets a Condition and a Warning Event saying so;
-    the coordinator goes on (the next operation runs once this one is deleted)."""
+def test_a_grant_record_that_is_not_a_grant_holds_back_its_node_alone(f: Fleet) -> None:
+    """A status kupd did not write (by hand, or by an older kupd): a grant recorded without
+    grantedAt, which the CRD allows. That node's turn is not delivered and the operation says so,
+    naming the node and the field, in a Condition and a Warning Event; the coordinator goes on (the
+    next operation runs once this one is deleted)."""
     f.apply("unt-eval", f.target(), ["cp-1", "w-1"], paused=True)
     f.wait("the coordinator's first status", lambda: f.status("unt-eval").get("coordinator"))
     entry = {"name": "w-1", "role": "Worker", "phase": "Granted", "attempts": 0,
@@ -515,11 +516,14 @@ def test_an_operation_the_coordinator_cannot_evaluate_says_so(f: Fleet) -> None:
 
     def condition() -> dict[str, Any] | None:
         conds = f.status("unt-eval").get("conditions") or []
-        return next((c for c in conds if c.get("reason") == "EvaluationFailed"), None)
+        return next((c for c in conds if c.get("reason") == "InvalidGrant"), None)
 
-    c = f.wait("the EvaluationFailed Condition", condition)
-    assert "grantedAt" in c["message"] and c["status"] == "False", c
-    f.wait("a Warning Event", lambda: [e for e in f.events("EvaluationFailed") if e["type"] == "Warning"])
+    c = f.wait("the InvalidGrant Condition", condition)
+    assert c["type"] == "RequiresAttention" and c["status"] == "True", c
+    assert "w-1" in c["message"] and "grant.grantedAt" in c["message"], c
+    f.wait("a Warning Event", lambda: [e for e in f.events("InvalidGrant") if e["type"] == "Warning"])
+    lease = f.cp.kubectl("get", "lease", "-n", NS, p.grant_lease_name("w-1"), "-o", "json", check=False)
+    assert lease.returncode != 0 or not p.grant_value(json.loads(lease.stdout)), "an invalid record was delivered"
     f.cp.kubectl("delete", "directupdate", "unt-eval")
     f.apply("unt-after-eval", f.target(), ["cp-1", "w-1"])
     f.wait("the next rollout", _succeeded(f, "unt-after-eval"))

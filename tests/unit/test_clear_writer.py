@@ -1,4 +1,4 @@
-"""Grant clears on their own thread (statuswriter.ClearWriter): asking returns at once whatever the
+"""Grant clears on their own thread (grants.ClearWriter): asking returns at once whatever the
 API server's latency, each node is cleared once however often it is asked, and a delivery that
 settles a node first never has a clear land after it."""
 
@@ -8,7 +8,7 @@ import threading
 import time
 
 from kupd.errors import KupdError
-from kupd.statuswriter import ClearWriter
+from kupd.grants import ClearWriter
 
 
 class Writes:

@@ -90,6 +90,10 @@ def _scenarios() -> list[tuple[str, list[dict[str, Any]]]]:
     out.append(("failed node", _conditions({"version": "v1.32.0", "concurrency": 2}, nodes, failed, status)))
     lost = dict(failed, **{"w-1": MemberView("w-1", False, Version.parse("v1.31.2"))})
     out.append(("lost node", _conditions({"version": "v1.32.0", "concurrency": 2}, nodes, lost, status)))
+    no_time = {k: v for k, v in grant.items() if k != "grantedAt"}
+    by_hand = {**status, "nodes": [status["nodes"][0], {**status["nodes"][1], "grant": no_time}, status["nodes"][2]]}
+    out.append(("grant record without grantedAt",
+                _conditions({"version": "v1.32.0", "concurrency": 2}, nodes, members, by_hand)))
     window = {"kupd.io/window-start": "2026-11-27T13:00:00Z",
               "kupd.io/window-end": (NOW + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")}
     out.append(("outside the window", _conditions({"version": "v1.32.0"}, nodes, members, ann=window)))
@@ -117,3 +121,24 @@ def test_scheduler_reasons_match_their_crds(crd: str) -> None:
     assert len(reasons) >= 5
     for name, value in reasons.items():
         assert pattern.match(value), (name, value)
+
+
+def test_a_grant_record_that_is_not_a_grant_needs_attention_for_its_node_alone() -> None:
+    """A status written by hand or by an older kupd (the CRD leaves grantedAt optional): that
+    node's turn cannot be delivered, and the operation says so naming the field; the other nodes
+    are still granted their turns."""
+    nodes, members = _cluster()
+    members = dict(members, **{"cp-1": MemberView("cp-1", True, Version.parse("v1.32.0"))})
+    status = {"hops": ["v1.32.0"], "phase": "Running", "nodes": [
+        {"name": "cp-1", "role": "ControlPlane", "phase": "Succeeded"},
+        {"name": "w-1", "role": "Worker", "phase": "Granted", "grant": {"epoch": 1, "versions": ["v1.32.0"]}},
+        {"name": "w-2", "role": "Worker", "phase": "Pending"}]}
+    op = Operation("op", "uid-1", 1, parse_directupdate_spec({"version": "v1.32.0", "concurrency": 2,
+                                                              "backup": {"required": False}}), status, {})
+    result = plan(op, nodes, members, epoch=1, coordinator="cp-1", now=NOW)
+    attention = next(c for c in result.status["conditions"] if c["type"] == "RequiresAttention")
+    assert (attention["status"], attention["reason"]) == ("True", "InvalidGrant")
+    assert "w-1" in attention["message"] and "grant.grantedAt" in attention["message"]
+    assert any(e.reason == "InvalidGrant" and e.warning and e.node == "w-1" for e in result.events)
+    w2 = next(e for e in result.status["nodes"] if e["name"] == "w-2")
+    assert w2["phase"] == "Granted" and w2["grant"]["grantedAt"]

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from kupd.api.models import parse_directupdate_spec
 from kupd.checkpoint import Checkpoint, CheckpointStore
-from kupd.protocol import Grant, TurnPhase
+from kupd.protocol import Grant, GrantRecord, TurnPhase
+from kupd.untrusted import Invalid
 
 SPEC = {"version": "v1.32.0", "maxAttempts": 5, "reboot": "Never", "containerdVersion": "1.7.22",
         "drain": {"timeoutSeconds": 900, "podSelector": "app=web"},
@@ -37,7 +40,7 @@ def test_a_grant_carries_the_work_not_the_spec() -> None:
     back = Grant.decode(g.encode())
     assert back == g
     assert back is not None and back.work.drain.pod_selector == "app=web"
-    assert back.record() == ENTRY["grant"]
+    assert back.record().wire() == ENTRY["grant"]
 
 
 def test_defaults_come_from_the_spec_model() -> None:
@@ -68,3 +71,26 @@ def test_a_checkpoint_keeps_the_grant_and_reads_an_older_one(tmp_path: Path) -> 
     legacy = store.load()
     assert legacy.grant == grant() and legacy.active
     assert legacy.steps["v1.32.0/preflight"].state == "done"
+
+
+@pytest.mark.parametrize(("record", "field"), [
+    ({k: v for k, v in ENTRY["grant"].items() if k != "grantedAt"}, "grant.grantedAt"),
+    ({k: v for k, v in ENTRY["grant"].items() if k != "epoch"}, "grant.epoch"),
+    ({**ENTRY["grant"], "versions": "v1.32.0"}, "grant.versions"),
+    ({**ENTRY["grant"], "versions": ["1.32"]}, "grant.versions[0]"),
+    ({**ENTRY["grant"], "backup": "yes"}, "grant.backup"),
+    ({**ENTRY["grant"], "grantedAt": "yesterday"}, "grant.grantedAt"),
+    ("granted", "grant"),
+])
+def test_a_record_that_is_not_a_grant_is_refused_naming_the_field(record: object, field: str) -> None:
+    """The status may have been written by hand (the CRD leaves grantedAt optional): a clear
+    Invalid the coordinator reports for that node alone, never a KeyError that fails the round."""
+    with pytest.raises(Invalid) as e:
+        Grant.from_record("op", "uid-1", {**ENTRY, "grant": record}, parse_directupdate_spec(SPEC))
+    assert e.value.field == field
+
+
+def test_the_record_has_one_wire_form() -> None:
+    rec = GrantRecord.from_wire(ENTRY["grant"])
+    assert rec == GrantRecord(4, ("v1.32.0",), True, True, "2026-11-27T12:00:00Z")
+    assert rec.wire() == ENTRY["grant"] and grant().record() == rec

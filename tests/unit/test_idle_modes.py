@@ -7,9 +7,9 @@ from typing import Any, cast
 
 from kupd import k8s
 from kupd import protocol as p
-from kupd.coordinator import _node_changed
 from kupd.election import Elector
 from kupd.host.base import HostFacts
+from kupd.liveness import node_changed
 from kupd.member import IDLE_LEASE_FACTOR, Member
 
 
@@ -74,11 +74,11 @@ def _node(ready: str = "True", hb: str = "t1", labels: dict[str, str] | None = N
 
 
 def test_only_what_the_planner_reads_of_a_node_wakes_a_round() -> None:
-    assert not _node_changed(_node(hb="t1"), _node(hb="t2"))
-    assert _node_changed(_node(), _node(ready="False"))
-    assert _node_changed(_node(), _node(labels={"a": "c"}))
-    assert _node_changed(_node(), _node(kubelet="v1.32.0"))
-    assert _node_changed(None, _node())
+    assert not node_changed(_node(hb="t1"), _node(hb="t2"))
+    assert node_changed(_node(), _node(ready="False"))
+    assert node_changed(_node(), _node(labels={"a": "c"}))
+    assert node_changed(_node(), _node(kubelet="v1.32.0"))
+    assert node_changed(None, _node())
 
 
 def test_the_activity_lease_is_read_and_written_by_its_codec() -> None:

@@ -50,6 +50,7 @@ class ModelNode:
     hostile: bool = False
     report: Report | None = None
     fail_next: bool = False
+    lie_next: bool = False  # claims success without its kubelet moving (verify must catch it)
 
 
 @dataclass
@@ -150,7 +151,11 @@ class RolloutModel(RuleBasedStateMachine):
                 n.report = Report("op", g.uid, g.epoch, g.versions, TurnPhase.UPGRADING, "drain",
                                   started_at=format_time(self.now), granted_at=g.granted_at)
             elif rep.phase == TurnPhase.UPGRADING:
-                if n.fail_next:
+                if n.lie_next:
+                    n.lie_next = False
+                    n.report = replace(rep, phase=TurnPhase.SUCCEEDED, step="uncordon",
+                                       finished_at=format_time(self.now))
+                elif n.fail_next:
                     n.fail_next = False
                     n.report = replace(rep, phase=TurnPhase.FAILED, step="kubelet-package", message="apt failed",
                                        reason="StepFailed", finished_at=format_time(self.now))
@@ -279,6 +284,19 @@ class RolloutModel(RuleBasedStateMachine):
     def step_fails(self, data: st.DataObject) -> None:
         self.nodes[data.draw(st.sampled_from(sorted(self.nodes)))].fail_next = True
 
+    @rule(data=st.data())
+    def agent_lies(self, data: st.DataObject) -> None:
+        self.nodes[data.draw(st.sampled_from(sorted(self.nodes)))].lie_next = True
+
+    @rule(count=st.integers(0, 2), bake=st.sampled_from([0, 60, 600]))
+    def edit_canary(self, count: int, bake: int) -> None:
+        if count:
+            self.spec["canary"] = {"count": count, "bakeSeconds": bake}
+        else:
+            self.spec.pop("canary", None)
+        self.generation += 1
+        self.round()
+
     @rule()
     def lost_status_write(self) -> None:
         self.work()
@@ -306,7 +324,7 @@ class RolloutModel(RuleBasedStateMachine):
         if not self.spec:
             return
         for n in self.nodes.values():
-            n.member_alive, n.ready, n.hostile, n.fail_next = True, True, False, False
+            n.member_alive, n.ready, n.hostile, n.fail_next, n.lie_next = True, True, False, False, False
         self.spec["paused"] = False
         self.generation += 1
         for _ in range(400):
