@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kupd import planner
+from kupd import incremental, planner
 from kupd.api.models import parse_directupdate_spec
 from kupd.protocol import Report
 from kupd.versions import Version
@@ -202,10 +202,38 @@ def planner_time(nodes: int, concurrency: int = 50, repeat: int = 5) -> dict[str
     steady_op = planner.Operation("bench", "uid-1", 1, spec, second.status)
     steadies = [run(steady_op)[0] for _ in range(repeat)]
     in_flight = sum(1 for e in second.status["nodes"] if e["phase"] in planner.IN_FLIGHT)
+    # A turn ends: what the coordinator runs when a node reports Succeeded (its slot goes to the
+    # next node). Full: `plan`; incremental: the same round with the memo kept since the last one.
+    memo = incremental.Incremental()
+    status = second.status
+    for _ in range(2):
+        status = memo.plan(planner.Operation("bench", "uid-1", 1, spec, status), views, members, epoch=1,
+                           coordinator="cp-1", now=now).status
+    quiet = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        memo.plan(planner.Operation("bench", "uid-1", 1, spec, status), views, members, epoch=1,
+                  coordinator="cp-1", now=now)
+        quiet.append(time.perf_counter() - t0)
+    full_turns, inc_turns, evaluated = [], [], []
+    for _ in range(max(repeat, 5)):
+        e = next(x for x in status["nodes"] if x["phase"] in planner.IN_FLIGHT)
+        members[e["name"]] = planner.MemberView(e["name"], True, new, Report(
+            "bench", "uid-1", 1, [str(new)], "Succeeded", step="uncordon", granted_at=e["grant"]["grantedAt"]))
+        op_turn = planner.Operation("bench", "uid-1", 1, spec, status)
+        full_turns.append(run(op_turn)[0])
+        t0 = time.perf_counter()
+        status = memo.plan(op_turn, views, members, epoch=1, coordinator="cp-1", now=now).status
+        inc_turns.append(time.perf_counter() - t0)
+        evaluated.append(memo.evaluated)
     return {
         "nodes": float(nodes),
         "first_s": statistics.median(firsts),
         "steady_s": statistics.median(steadies),
+        "turn_full_s": statistics.median(full_turns),
+        "turn_incremental_s": statistics.median(inc_turns),
+        "quiet_incremental_s": statistics.median(quiet),
+        "turn_evaluated": float(statistics.median(evaluated)),
         "in_flight": float(in_flight),
         "status_bytes": float(len(json.dumps(second.status, separators=(",", ":")))),
     }

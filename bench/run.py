@@ -460,6 +460,10 @@ def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, fl
     if plan is not None:
         row(f"planner, {int(plan['nodes'])} nodes: first / steady round (s)",
             lambda r: f"{_f(plan['first_s'])} / {_f(plan['steady_s'])}")
+        row(f"planner, {int(plan['nodes'])} nodes: a turn ends, full / incremental round (s)",
+            lambda r: f"{_f(plan['turn_full_s'])} / {_f(plan['turn_incremental_s'], '{:.4f}')} "
+                      f"({plan['turn_evaluated']:.0f} nodes evaluated; nothing changed: "
+                      f"{_f(plan['quiet_incremental_s'], '{:.4f}')})")
         row(f"planner, {int(plan['nodes'])} nodes: status size",
             lambda r: f"{plan['status_bytes'] / 1024:.0f} KiB")
     for n, sz in (sizes or {}).items():

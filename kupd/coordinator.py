@@ -117,12 +117,14 @@ class Coordinator:
         threading.Thread(target=self._loop, name="coordinator", daemon=True).start()
         self.events.start()
         self.status.start()
+        self.grants.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._dirty.set()
         self.status.stop()
         self.events.stop()
+        self.grants.stop()
         for inf in (self.ops, self.leases, self.nodes, *self.schedules):
             inf.stop()
 

@@ -46,6 +46,10 @@ class Liveness:
         self._seen: dict[str, tuple[str, float]] = {}
         # Decoded member Leases by resourceVersion: a round re-reads N Leases, most unchanged.
         self._decoded: dict[str, tuple[str, p.MemberLease]] = {}
+        # The views themselves, by resourceVersion (and liveness): a round builds none for what did
+        # not change (at 1000 nodes, parsing every kubelet version each round cost as much as the plan).
+        self._node_views: dict[str, tuple[str, planner.NodeView]] = {}
+        self._member_views: dict[str, tuple[tuple[str, bool, Version | None], planner.MemberView]] = {}
 
     def kupd_version(self, node: str) -> str:
         """The kupd version `node`'s member Lease last claimed ("" when unknown)."""
@@ -57,11 +61,18 @@ class Liveness:
         nodes = []
         kubelets: dict[str, Version | None] = {}
         for n in self.nodes.items():
-            labels = n["metadata"].get("labels") or {}
             name = n["metadata"]["name"]
-            kubelets[name] = untrusted.node_kubelet(n)
-            nodes.append(planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, k8s.ready(n),
-                                          kubelets[name]))
+            rv = str(n["metadata"].get("resourceVersion", ""))
+            known = self._node_views.get(name)
+            if known is None or known[0] != rv or not rv:
+                labels = n["metadata"].get("labels") or {}
+                view = planner.NodeView(name, labels, p.LABEL_CONTROL_PLANE in labels, k8s.ready(n),
+                                        untrusted.node_kubelet(n))
+                known = self._node_views[name] = (rv, view)
+            kubelets[name] = known[1].kubelet
+            nodes.append(known[1])
+        if len(self._node_views) > 2 * len(nodes) + 16:
+            self._node_views = {v.name: (r, v) for r, v in self._node_views.values() if v.name in kubelets}
         members: dict[str, planner.MemberView] = {}
         mono = time.monotonic()
         present = set()
@@ -75,6 +86,7 @@ class Liveness:
                 members[m.node] = m
         for name in [n for n in self._seen if n not in present]:
             del self._seen[name]
+            self._member_views.pop(name, None)
         return nodes, members
 
     def _member(self, lease: dict[str, Any], name: str, mono: float,
@@ -100,4 +112,9 @@ class Liveness:
         since = mono - (observed if observed is not None else seen[1])
         lo, hi = MEMBER_DURATION_BOUNDS
         alive = since < min(max(m.duration, lo), hi, max(self.member_duration, lo))
-        return planner.MemberView(m.node, alive, kubelets.get(m.node), m.report, m.problem, facts=m.facts)
+        key = (rv, alive, kubelets.get(m.node))
+        made = self._member_views.get(name)
+        if made is None or made[0] != key or not rv:
+            made = self._member_views[name] = (key, planner.MemberView(
+                m.node, alive, kubelets.get(m.node), m.report, m.problem, facts=m.facts))
+        return made[1]

@@ -10,11 +10,11 @@ concurrency, lost nodes holding their slot — testable as a table.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from kupd import __version__, hazards, preflight, selectors, skew, windows
 from kupd.api.models import DirectUpdateSpec, HealthGates, to_wire
@@ -249,6 +249,16 @@ class Round:
     status: dict[str, Any]
     events: list[PlanEvent] = field(default_factory=list)
     delivered: Mapping[str, Grant] = field(default_factory=dict)
+    clean: Container[str] = frozenset()
+    """Nodes whose per-node rules (adopt, retry, backup record, observe) are known to leave their
+    entry as it is and say nothing this round (kupd/incremental.py proves it): they are skipped."""
+    _by_name: dict[str, NodeView] | None = None
+
+    def node(self, name: str) -> NodeView | None:
+        """The Node named `name` (the first one, as a scan of `nodes` would find it)."""
+        if self._by_name is None:
+            self._by_name = {n.name: n for n in reversed(self.nodes)}
+        return self._by_name.get(name)
 
     def condition(self, ctype: str, value: bool, reason: Reason, message: str) -> None:
         conds: list[dict[str, Any]] = self.status.setdefault("conditions", [])
@@ -290,6 +300,36 @@ class Selection:
     canaries: frozenset[str]
 
 
+class Memo(Protocol):
+    """What a round may reuse from earlier rounds (kupd/incremental.py): the selection, and which
+    nodes' per-node rules need not run. It must never change what `plan` returns."""
+
+    def select(self, r: Round, policy: Policy) -> Selection:
+        """`select(r, policy)`, or its earlier result when its inputs are the same."""
+
+    def clean(self, r: Round, policy: Policy, selection: Selection) -> Container[str]:
+        """The nodes whose per-node rules would leave their entry as it is and say nothing."""
+
+    def record(self, r: Round, entries: Mapping[str, Mapping[str, Any]]) -> None:
+        """The entries after the per-node rules (before the grants), to judge the next round by."""
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, scalars), as `copy.deepcopy` makes it but
+    several times faster: the status holds an entry per node and each round copies it."""
+    kind = type(value)
+    if kind is dict:
+        return {k: v if type(v) in _SCALARS else copy_json(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _SCALARS else copy_json(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value  # a StrEnum (a phase), say: immutable
+    return copy.deepcopy(value)
+
+
 # -- the planner: named stages ----------------------------------------------------------------
 def plan(
     op: Operation,
@@ -305,6 +345,7 @@ def plan(
     hop_errors: Mapping[tuple[int, int], str] | None = None,
     preflight_facts: preflight.ClusterFacts | None = None,
     deprecated_apis: Sequence[hazards.DeprecatedApi] | None = None,
+    memo: Memo | None = None,
 ) -> Plan:
     """Compute the next status of one DirectUpdate: validate → select → hops → adopt/retry →
     backup → observe → conclude → gates → grant, each a pure function below.
@@ -319,8 +360,10 @@ def plan(
     `delivered` holds the grants found in the nodes' grant Leases. A grant is delivered before
     the status recording it is written, so after a coordinator change the status may lag: a
     delivered grant the status does not know is adopted, and its slot is never given twice.
+    `memo` (kupd/incremental.py) lets a round skip the per-node rules of nodes where nothing
+    changed; the result is the same with or without it.
     """
-    r = Round(op, nodes, members, epoch, now, copy.deepcopy(dict(op.status)), delivered=delivered or {})
+    r = Round(op, nodes, members, epoch, now, copy_json(dict(op.status)), delivered=delivered or {})
     edited = r.status.get("observedGeneration") not in (None, op.generation)
     r.status.update(observedGeneration=op.generation, coordinator=coordinator, epoch=epoch)
     if r.status.get("phase") in TERMINAL_OP:
@@ -329,7 +372,7 @@ def plan(
     policy = validate(r)
     if policy is None:
         return r.plan()
-    selection = select(r, policy)
+    selection = select(r, policy) if memo is None else memo.select(r, policy)
     if not selection.nodes:
         # Nothing selected (any more): turns still out are followed until their nodes report them over.
         observe(r, policy, selection, adopt(r, policy, selection))
@@ -337,10 +380,14 @@ def plan(
     hops = fix_hops(r, policy, selection, resolved_minors, hop_errors or {})
     if hops is None:
         return r.plan()
+    if memo is not None:
+        r.clean = memo.clean(r, policy, selection)
     entries = adopt(r, policy, selection)
     retry(r, entries, selection)
     record_backup(r, entries)
     ordered = observe(r, policy, selection, entries)
+    if memo is not None:
+        memo.record(r, entries)
     departed = r.departed(selection)
     attention = conclude(r, policy, ordered, departed)
     if attention is None or not gates(r, policy, ordered, attention, gate_failure):
@@ -540,6 +587,8 @@ def adopt(r: Round, policy: Policy, selection: Selection) -> dict[str, dict[str,
     recorded adopted first, so that the retry, the backup record and the observation all see it."""
     entries: dict[str, dict[str, Any]] = {e["name"]: e for e in r.status.get("nodes") or []}
     for n in selection.nodes:
+        if n.name in r.clean:
+            continue
         m = r.members.get(n.name)
         e = entries.get(n.name)
         if e is None:
@@ -596,6 +645,12 @@ def _adopt(e: dict[str, Any], g: Grant | None, op: Operation, epoch: int) -> Non
     e.pop("finishedAt", None)
 
 
+def retry_names(op: Operation) -> set[str]:
+    """The nodes an operator's retry request (annotation kupd.io/retry-nodes) names."""
+    token = op.annotations.get(ANN_RETRY_NODES, "")
+    return {x.strip() for x in token.split("#", 1)[0].split(",")} if token else set()
+
+
 def retry(r: Round, entries: dict[str, dict[str, Any]], selection: Selection) -> None:
     """An operator's retry request puts Failed nodes of the selection back in line, once per
     annotation value. They are Pending again, and the grant stage gives each its turn within the
@@ -605,7 +660,7 @@ def retry(r: Round, entries: dict[str, dict[str, Any]], selection: Selection) ->
     token = r.op.annotations.get(ANN_RETRY_NODES, "")
     if not token:
         return
-    wanted = {x.strip() for x in token.split("#", 1)[0].split(",")}
+    wanted = retry_names(r.op)
     selected = {n.name for n in selection.nodes}
     for name in sorted(wanted & selected):
         e = entries.get(name)
@@ -666,6 +721,8 @@ def observe(r: Round, policy: Policy, selection: Selection, entries: dict[str, d
     it over. Returns the selected entries in turn order and puts them (then the others) in the
     status, with the summary counts."""
     for name, e in entries.items():
+        if name in r.clean:
+            continue
         _observe(r, e, r.members.get(name), policy, name)
         compact(e)
     ordered = [entries[n.name] for n in selection.nodes]
@@ -1056,7 +1113,8 @@ class Turns:
     def eligible(self, e: dict[str, Any]) -> bool:
         """Pending, with a live member, not in another operation's turn, and its Node Ready."""
         m = self.r.members.get(e["name"])
-        ready = next((n.ready for n in self.r.nodes if n.name == e["name"]), True)
+        n = self.r.node(e["name"])
+        ready = n.ready if n is not None else True
         return (e["phase"] == PENDING and m is not None and m.alive and m.kubelet is not None
                 and m.problem is None and e["name"] not in self.elsewhere and ready)
 
@@ -1153,7 +1211,8 @@ def _regrant_retried(r: Round, policy: Policy, ordered: list[dict[str, Any]], de
         if not (e["phase"] == PENDING and e.get("retryToken") and g):
             continue
         m = r.members.get(e["name"])
-        ready = next((n.ready for n in r.nodes if n.name == e["name"]), False)
+        n = r.node(e["name"])
+        ready = n.ready if n is not None else False
         if m is None or not m.alive or m.problem is not None or not ready or e["name"] in elsewhere:
             continue
         control_plane = e.get("role") == CONTROL_PLANE

@@ -175,3 +175,4 @@ class EventWriter:
                     self.api.create(k8s.path("", "v1", "events", namespace="default"), body)
                 except Exception as e:  # Events are best effort; status is the record
                     log.debug("event %s: %s", ev.reason, e)
+

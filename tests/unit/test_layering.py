@@ -20,7 +20,7 @@ PURE = {
     "kupd", "kupd.errors", "kupd.versions", "kupd.validate", "kupd.rfc3339", "kupd.conditions", "kupd.selectors",
     "kupd.windows", "kupd.schedule", "kupd.api", "kupd.api.models", "kupd.protocol", "kupd.planner",
     "kupd.dryrun", "kupd.statusview", "kupd.k8s.paths", "kupd.k8s.objects", "kupd.untrusted", "kupd.api.conform",
-    "kupd.skew", "kupd.hazards", "kupd.preflight",
+    "kupd.skew", "kupd.hazards", "kupd.preflight", "kupd.incremental",
 }
 # Libraries that reach the network, other processes or the machine.
 IO_LIBRARIES = {"subprocess", "socket", "urllib3", "urllib.request", "http.client", "boto3", "botocore", "google",
