@@ -1,18 +1,16 @@
 """End to end on real hosts: three systemd-nspawn Debian nodes run the installed kupd .deb
-under systemd, join the real local control plane, and a DirectUpdate upgrades their Kubernetes
-packages (v1.30.5 -> v1.31.2) from a local signed apt repository, while one daemon is killed
-with SIGKILL and another node reboots. The invariants are checked by watching the API.
+under systemd (`host = "real"`), join the real local control plane, and a DirectUpdate upgrades
+their Kubernetes packages (v1.30.5 -> v1.31.2) with apt from a local signed repository, while one
+daemon is killed with SIGKILL and another node reboots. The invariants are checked by watching
+the API.
 
-WHAT NEEDS THE DAEMON (status when written): everything from `test_directupdate_...` on needs
-`kupd daemon` with `host = "real"` to join the cluster from /etc/kupd/config.d/*.toml, run
-the steps with apt inside the node and report sd_notify STATUS and KUPD_* journal fields. The
-node set-up (boot, apt install of kupd, the v1.30 packages, credentials, config, the stand-in
-kubelet) is done here and works without the daemon. Points the lead may need to wire:
-  - the etcd backup: a file-store snapshot of the test etcd (spec.backup.etcd.endpoints), with
-    kubeadm's client certificates copied to /etc/kubernetes/pki/etcd on the control-plane node
-    and etcdctl from Debian's etcd-client in the base image;
-  - reboot detection: nodes share the host kernel, so /proc/sys/kernel/random/boot_id does not
-    change when a node reboots; the stand-in kubelet reports a per-boot id instead.
+What stands in here, and why (docs/development/testing.md, "What the system tier stands in"):
+the packages' kubeadm prints a captured `kubeadm upgrade plan` and does nothing else, kubelet and
+containerd are `sleep infinity` units, and `StandInKubelet` (a thread of the test) posts each
+Node's status. This tier is about the .deb under systemd: apt inside the node, reboots, the
+journal and sd_notify. The real kubeadm, kubelet and containerd run in tests/realcluster. The
+nodes share the machine's kernel, so /proc/sys/kernel/random/boot_id does not change when a node
+reboots; the stand-in kubelet reports a per-boot id instead.
 """
 
 from __future__ import annotations
