@@ -168,15 +168,24 @@ class Coordinator:
         op = planner.Operation(md["name"], md["uid"], int(md.get("generation", 1)), ValidationError("spec", "-"),
                                obj.get("status") or {})
         out = planner.edited_after_end(op, now)
-        if out is None:
-            return
+        if out is not None:
+            self._write_status(obj, out.status, out.events)
+
+    def _write_status(self, obj: dict[str, Any], status: dict[str, Any],
+                      events: list[planner.PlanEvent] | None = None) -> None:
+        """Store a status outside the operation's own round, then queue its Events. A refused
+        write sets the operation aside (`_on_refused`); an API error is logged, and the next round
+        writes it again."""
         try:
-            self.status.write(obj, out.status)
-            self.events.queue(obj, out.events)
+            self.status.write(obj, status)
         except k8s.Invalid as e:
             self._on_refused(obj, e)
+            return
         except KupdError as e:
-            log.warning("writing the status of %s: %s", md["name"], e)
+            log.warning("writing the status of %s: %s", obj["metadata"]["name"], e)
+            return
+        if events:
+            self.events.queue(obj, events)
 
     def reconcile(self) -> None:
         now = datetime.now(UTC)
@@ -235,13 +244,7 @@ class Coordinator:
         msg = f"queued behind {first['metadata']['name']}"
         if st.get("message") == msg and st.get("phase") == planner.OP_PENDING:
             return
-        st = planner.queued(st, msg, int(queued["metadata"].get("generation", 1)), now)
-        try:
-            self.status.write(queued, st)
-        except k8s.Invalid as e:
-            self._on_refused(queued, e)
-        except KupdError as e:
-            log.warning("writing the status of %s: %s", queued["metadata"]["name"], e)
+        self._write_status(queued, planner.queued(st, msg, int(queued["metadata"].get("generation", 1)), now))
 
     def _on_refused(self, obj: dict[str, Any], err: k8s.Invalid) -> None:
         """A status the API server refused as invalid: a defect of kupd, reported as an Event, a log

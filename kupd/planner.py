@@ -492,10 +492,9 @@ def ended(r: Round, edited: bool) -> None:
 def edited_after_end(op: Operation, now: datetime) -> Plan | None:
     """The status of an ended operation whose spec was edited since its status was written (the
     coordinator plans only running operations): None when there is nothing to say."""
-    status = dict(op.status)
-    if status.get("phase") not in TERMINAL_OP or status.get("observedGeneration") in (None, op.generation):
+    if op.status.get("phase") not in TERMINAL_OP or op.status.get("observedGeneration") in (None, op.generation):
         return None
-    r = Round(op, (), {}, int(status.get("epoch") or 0), now, copy.deepcopy(status))
+    r = Round(op, (), {}, int(op.status.get("epoch") or 0), now, copy.deepcopy(dict(op.status)))
     ended(r, True)
     r.status["observedGeneration"] = op.generation
     return r.plan()
@@ -1162,16 +1161,14 @@ def grant(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: lis
     for e in [*ordered, *departed]:
         if e["phase"] in IN_FLIGHT and e.get("grant"):
             e["grant"]["epoch"] = r.epoch
-    _regrant_retried(r, policy, ordered, departed, elsewhere)
-    out = [e for e in [*ordered, *departed] if e["phase"] in IN_FLIGHT]
-    limits = _Out([e["name"] for e in out if e.get("role") == CONTROL_PLANE],
-                  [e["name"] for e in out if e.get("role", WORKER) == WORKER],
-                  sorted(n for n, g in elsewhere.items() if g.control_plane),
-                  sorted(n for n, g in elsewhere.items() if not g.control_plane))
-    t = Turns(r, policy, elsewhere, refusals if refusals is not None else [], deprecated_apis or (), limits)
+    versions = cluster_versions(r.nodes, r.members)
+    t = Turns(r, policy, elsewhere, refusals if refusals is not None else [], deprecated_apis or (),
+              _turns_out(ordered, departed, elsewhere))
+    if _regrant_retried(t, ordered, versions):
+        t.out = _turns_out(ordered, departed, elsewhere)
+    limits = t.out
     cps = [e for e in ordered if e.get("role") == CONTROL_PLANE]
     workers = [e for e in ordered if e.get("role", WORKER) == WORKER]
-    versions = cluster_versions(r.nodes, r.members)
     interleave: dict[str, str] = {}
     if any(e["phase"] not in DONE for e in cps):
         stuck = _grant_control_plane(t, cps, workers, hops, versions, interleave)
@@ -1195,35 +1192,37 @@ def grant(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: lis
     return None, t.held
 
 
-def _regrant_retried(r: Round, policy: Policy, ordered: list[dict[str, Any]], departed: list[dict[str, Any]],
-                     elsewhere: Mapping[str, Grant]) -> None:
-    """Give each node an operator asked to retry (Pending, its failed grant kept by `retry`) the
-    same work again, as soon as the limits allow: a control-plane node when no other turn is
-    out, a worker when no control-plane turn is out and a worker slot is free; never past the
-    oldest API server. The agent then resumes at the step that failed."""
-    flying = [e for e in [*ordered, *departed] if e["phase"] in IN_FLIGHT]
-    cps_out = any(e.get("role") == CONTROL_PLANE for e in flying) or any(g.control_plane for g in elsewhere.values())
-    workers_out = (sum(1 for e in flying if e.get("role", WORKER) == WORKER)
-                   + sum(1 for g in elsewhere.values() if not g.control_plane))
-    apiservers = cluster_versions(r.nodes, r.members).apiservers.values()
+def _turns_out(ordered: list[dict[str, Any]], departed: list[dict[str, Any]], elsewhere: Mapping[str, Grant]) -> _Out:
+    out = [e for e in [*ordered, *departed] if e["phase"] in IN_FLIGHT]
+    return _Out([e["name"] for e in out if e.get("role") == CONTROL_PLANE],
+                [e["name"] for e in out if e.get("role", WORKER) == WORKER],
+                sorted(n for n, g in elsewhere.items() if g.control_plane),
+                sorted(n for n, g in elsewhere.items() if not g.control_plane))
+
+
+def _regrant_retried(t: Turns, ordered: list[dict[str, Any]], versions: skew.ClusterVersions) -> bool:
+    """Give each eligible node an operator asked to retry (Pending, its failed grant kept by
+    `retry`) the same work again, as soon as the limits allow: a control-plane node when no other
+    turn is out, a worker when no control-plane turn is out and a worker slot is free; never past
+    the oldest API server. The agent then resumes at the step that failed. Whether any was given."""
+    cps_out, workers_out = bool(t.out.own_cps or t.out.other_cps), len(t.out.workers)
+    given = False
     for e in ordered:
         g = e.get("grant")
-        if not (e["phase"] == PENDING and e.get("retryToken") and g):
-            continue
-        m = r.members.get(e["name"])
-        n = r.node(e["name"])
-        ready = n.ready if n is not None else False
-        if m is None or not m.alive or m.problem is not None or not ready or e["name"] in elsewhere:
+        if not (e.get("retryToken") and g and t.eligible(e)):
             continue
         control_plane = e.get("role") == CONTROL_PLANE
-        if cps_out or (workers_out if control_plane else workers_out >= policy.concurrency):
+        if cps_out or (workers_out if control_plane else workers_out >= t.policy.concurrency):
             continue
-        versions = [Version.parse(str(v)) for v in g.get("versions") or []]
-        if not control_plane and apiservers:
-            versions = [v for v in versions if v.minor_key <= min(apiservers).minor_key]
-        if _give(r, e, versions, bool(g.get("firstControlPlane")), bool(g.get("backup")), "retry"):
+        work = [Version.parse(str(v)) for v in g.get("versions") or []]
+        if not control_plane and versions.apiservers:
+            ceiling = min(versions.apiservers.values())
+            work = [v for v in work if v.minor_key <= ceiling.minor_key]
+        if _give(t.r, e, work, bool(g.get("firstControlPlane")), bool(g.get("backup")), "retry"):
+            given = True
             cps_out = cps_out or control_plane
             workers_out += 0 if control_plane else 1
+    return given
 
 
 def _give(r: Round, e: dict[str, Any], versions: list[Version], first_cp: bool, backup: bool,
