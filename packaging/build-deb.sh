@@ -13,6 +13,11 @@ suite=${1:-${KUPD_SUITE:-$(. /etc/os-release && echo "$VERSION_CODENAME")}}
 mirror=${2:-${KUPD_MIRROR:-$(kupd_host_mirror)}}
 hash=$(kupd_sources_hash)
 out="$KUPD_CACHE/deb/$suite-$hash"
+# One build at a time per output: two builds of the same inputs would share $work (CI's
+# background prebuild and the system tier may ask at once); the second reuses the first's .deb.
+mkdir -p "$KUPD_CACHE/deb"
+exec 8>"$out.lock"
+flock 8
 deb=$(ls "$out"/kupd_*.deb 2>/dev/null | head -1 || true)
 if [ -n "$deb" ] && [ -z "${KUPD_REBUILD:-}" ]; then
     echo "$deb"

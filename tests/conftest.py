@@ -13,15 +13,22 @@ import pytest
 from kupd.sim import devcluster
 from tests.paths import control_plane_binary
 
-TIERS = ("unit", "cluster", "host", "system", "realcluster", "bench")
+TIERS = ("unit", "cluster", "host", "system", "bench", "realcluster")
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
-        if parts and parts[0] in TIERS:
-            item.add_marker(getattr(pytest.mark, parts[0]))
+        if _tier(item) in TIERS:
+            item.add_marker(getattr(pytest.mark, _tier(item)))
+    # Tiers run in TIERS' order, the slowest to set up last: scripts/test.sh builds the realcluster
+    # tier's parts in the background meanwhile. The sort is stable, so a module's tests stay together.
+    items.sort(key=lambda item: TIERS.index(_tier(item)) if _tier(item) in TIERS else len(TIERS))
+
+
+def _tier(item: pytest.Item) -> str:
+    parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+    return parts[0] if parts else ""
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${KUPD_CACHE:-$HOME/.cache/kupd}
 hash=$(cd "$here" && cat go.mod go.sum ./*.go build.sh | sha256sum | cut -c1-16)
 out="$cache/testcp-$hash/kupd-testcp"
+# One build at a time per output: CI's background prebuild (scripts/prebuild.sh) and a test may
+# ask for the same binary at once; the second waits for the first and reuses its result.
+mkdir -p "$cache"
+exec 9>"$cache/.testcp-$hash.lock"
+flock 9
 if [ ! -x "$out" ]; then
   echo "building kupd-testcp: a cold build takes about 12 minutes on 2 cores (later builds reuse Go's" \
        "build cache and take a minute or two); the binary is cached in $cache" >&2

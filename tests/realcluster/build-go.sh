@@ -33,6 +33,10 @@ case "$what" in
     tags="" ;;
   *) echo "unknown tool $what" >&2; exit 2 ;;
 esac
+# One build at a time per output (CI's background prebuild and the tier may ask at once).
+mkdir -p "$cache"
+exec 9>"$out.lock"
+flock 9
 if [ ! -f "$out/.complete" ]; then
   echo "building $what $version (cold: 2-5 minutes; cached in $cache)" >&2
   rm -rf "$out" && mkdir -p "$out"

@@ -14,6 +14,10 @@ src="$here/$release"
 cache=${KUPD_CACHE:-$HOME/.cache/kupd}
 hash=$( (cd "$src" && cat go.mod go.sum; cat "$here/main.go" "$here/build.sh"; echo "$stamp") | sha256sum | cut -c1-16)
 out="$cache/k8s-$stamp-$hash/kupd-k8s"
+# One build at a time per output (CI's background prebuild and the tier may ask at once).
+mkdir -p "$cache"
+exec 9>"$cache/.k8s-$stamp-$hash.lock"
+flock 9
 if [ ! -x "$out" ]; then
   echo "building kupd-k8s $release as $stamp (cold: 15-30 minutes; cached in $cache)" >&2
   mkdir -p "$(dirname "$out")"
