@@ -36,6 +36,7 @@ from kupd.agent import Agent
 from kupd.checkpoint import Checkpoint, CheckpointStore
 from kupd.member import Member
 from kupd.nodeops import NodeOps
+from kupd.rfc3339 import parse_or_none
 from kupd.sim.simulated import SimulatedHost
 from kupd.versions import Version
 
@@ -294,6 +295,7 @@ class Timeline:
     finished: dict[str, float] = field(default_factory=dict)  # agent set phase Succeeded
     published: dict[str, float] = field(default_factory=dict)  # its lease carried that report
     granted: dict[str, float] = field(default_factory=dict)  # its grant reached the fleet's informer
+    written: dict[str, float] = field(default_factory=dict)  # the coordinator wrote that grant (renewTime)
     # What the DirectUpdate status said, for every node (the coordinator's node too).
     status_granted: dict[str, float] = field(default_factory=dict)
     status_succeeded: dict[str, float] = field(default_factory=dict)
@@ -345,6 +347,7 @@ class Fleet:
         self.activity_informer: k8s.Informer | None = None
         self.namespace = namespace
         self._granted_seen: set[str] = set()
+        self._grant_rvs: dict[str, str] = {}
 
     # -- per-node callbacks -----------------------------------------------------------------
     def _kubelet_cb(self, name: str) -> Callable[[str], None]:
@@ -413,17 +416,26 @@ class Fleet:
     def _offer_grants(self) -> None:
         # One informer over every grant Lease stands in for each agent's watch of its own one
         # (the daemon watches `metadata.name=kupd-grant-<node>`): the same objects, N times fewer
-        # connections. Only leases carrying a grant are offered.
+        # connections. A Lease is looked at only when its version changed: decoding all N on
+        # every event made this callback O(N) per grant, and its queue was measured as handoff.
         assert self.grant_informer is not None
         for lease in self.grant_informer.items():
             name = lease["metadata"]["name"][len(p.GRANT_LEASE_PREFIX):]
+            rv = str(lease["metadata"].get("resourceVersion", ""))
+            if self._grant_rvs.get(name) == rv or name not in self.agents:
+                continue
+            self._grant_rvs[name] = rv
             grant = p.Grant.decode(p.grant_value(lease))
-            if grant is None or name not in self.agents:
+            if grant is None:
                 continue
             if name not in self._granted_seen:
                 self._granted_seen.add(name)
+                now = time.monotonic()
+                written = parse_or_none((lease.get("spec") or {}).get("renewTime"))
                 with self.timeline.lock:
-                    self.timeline.granted.setdefault(name, time.monotonic())
+                    self.timeline.granted.setdefault(name, now)
+                    if written is not None:  # the coordinator's clock is this machine's
+                        self.timeline.written.setdefault(name, now - (time.time() - written.timestamp()))
             self.agents[name].offer(grant)
 
     def _on_activity(self) -> None:

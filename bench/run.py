@@ -67,8 +67,12 @@ class RunResult:
     handoff_p50_s: float = math.nan
     handoff_p99_s: float = math.nan
     handoff_max_s: float = math.nan
-    publish_p50_s: float = math.nan  # agent finished -> its lease carries the report
-    coordinate_p50_s: float = math.nan  # report in the API -> the next grant reached the agent
+    # The handoff in three parts, p50 and p99 of each (s): the freed node's agent finished -> its
+    # Lease carries the report (publish); -> the coordinator wrote the next grant (the grant
+    # Lease's renewTime: its watch, its round, up to the write); -> that grant reached the agent.
+    publish_s: tuple[float, float] = (math.nan, math.nan)
+    coordinate_s: tuple[float, float] = (math.nan, math.nan)
+    deliver_s: tuple[float, float] = (math.nan, math.nan)
     node_p50_s: float = math.nan  # worker: grant reached the agent -> agent finished
     timed_node_s: float = math.nan  # the simulated steps alone
     cp_node_s: float = math.nan  # the coordinator's own node, granted -> Succeeded in status
@@ -129,17 +133,17 @@ def _by_resource(c: measure.Counts) -> dict[str, int]:
 
 
 def handoffs(timeline_finished: dict[str, float], timeline_granted: dict[str, float],
-             initial_fill: int) -> list[tuple[float, str]]:
+             initial_fill: int) -> list[tuple[float, str, str]]:
     """Pair every grant after the first `initial_fill` with the earliest slot freed before it.
 
-    Returns (latency, name of the node whose finish freed the slot). A grant that comes before
-    any unmatched finish (the coordinator granted a slot it had free) is not a handoff.
+    Returns (latency, the node whose finish freed the slot, the node granted it). A grant that
+    comes before any unmatched finish (the coordinator granted a slot it had free) is not a handoff.
     """
     events = sorted([(t, 0, n) for n, t in timeline_finished.items()]
                     + [(t, 1, n) for n, t in timeline_granted.items()])
     free: list[tuple[float, str]] = []
     grants = 0
-    out: list[tuple[float, str]] = []
+    out: list[tuple[float, str, str]] = []
     for t, kind, name in events:
         if kind == 0:
             free.append((t, name))
@@ -148,7 +152,7 @@ def handoffs(timeline_finished: dict[str, float], timeline_granted: dict[str, fl
         if grants <= initial_fill or not free:
             continue
         t_free, freed_by = free.pop(0)
-        out.append((t - t_free, freed_by))
+        out.append((t - t_free, freed_by, name))
     return out
 
 
@@ -311,16 +315,19 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         tl = fleet.timeline
         with tl.lock:
             finished, granted, published = dict(tl.finished), dict(tl.granted), dict(tl.published)
+            written = dict(tl.written)
         pairs = handoffs(finished, granted, initial_fill=min(concurrency, n - 1))
-        lat = [x for x, _ in pairs]
+        lat = [x for x, _, _ in pairs]
         res.handoffs = len(lat)
         res.handoff_p50_s = measure.percentile(lat, 50)
         res.handoff_p99_s = measure.percentile(lat, 99)
         res.handoff_max_s = max(lat) if lat else math.nan
-        pub = [published[w] - finished[w] for _, w in pairs if w in published]
-        coordinate = [x - (published[w] - finished[w]) for x, w in pairs if w in published]
-        res.publish_p50_s = measure.percentile(pub, 50)
-        res.coordinate_p50_s = measure.percentile(coordinate, 50)
+        parts = [(published[w] - finished[w], written[g] - published[w], granted[g] - written[g])
+                 for _, w, g in pairs if w in published and g in written]
+
+        def p50_p99(xs: list[float]) -> tuple[float, float]:
+            return measure.percentile(xs, 50), measure.percentile(xs, 99)
+        res.publish_s, res.coordinate_s, res.deliver_s = (p50_p99([x[i] for x in parts]) for i in range(3))
         res.renew_errors = fleet.renewer.errors
         res.upgraded_workers = len(finished)
         res.node_p50_s = measure.percentile([finished[w] - granted[w] for w in finished if w in granted], 50)
@@ -430,8 +437,9 @@ def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, fl
     row("rollout result", result)
     row("handoff latency p50 / p99 / max (s)",
         lambda r: f"{_f(r.handoff_p50_s)} / {_f(r.handoff_p99_s)} / {_f(r.handoff_max_s)} ({r.handoffs} handoffs)")
-    row("  of which: report published p50 / coordinator+watch p50 (s)",
-        lambda r: f"{_f(r.publish_p50_s)} / {_f(r.coordinate_p50_s)}")
+    row("  of which, p50 / p99: report published; coordinator (watch, round) to the grant's write; "
+        "grant delivered (s)",
+        lambda r: "; ".join(f"{_f(a)} / {_f(b)}" for a, b in (r.publish_s, r.coordinate_s, r.deliver_s)))
     row("wall time / ideal time (s)", lambda r: f"{_f(r.wall_s, '{:.1f}')} / {_f(r.ideal_s, '{:.1f}')}")
     row("overhead ratio", lambda r: _f(r.overhead_ratio))
     row("node time: timed steps / worker p50 / coordinator's node (s)",

@@ -196,7 +196,7 @@ class Coordinator:
         for o in ops:
             self._say_ended(o, now)
         # The grant Leases, read once a round and kept current with this round's own writes.
-        grants = p.grant_values(self.leases.items())
+        grants = self.grants.values()
         self._idle = not active and not any(grants.values())
         if not active:
             self.activity.announce(None)

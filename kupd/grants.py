@@ -59,6 +59,10 @@ class GrantLeases:
         self._writers = ThreadPoolExecutor(DELIVERY_WRITERS, thread_name_prefix="coordinator-grant")
         # Status records that cannot be a grant, logged once: (uid, node, why).
         self._invalid: set[tuple[str, str, str]] = set()
+        # What every grant Lease carries (node -> value), kept from the informer's journal: a
+        # round costs what changed, not a pass over the N member Leases beside them.
+        self._values: dict[str, str] = {}
+        self._seq = -1
 
     def start(self) -> None:
         self.clears.start()
@@ -66,6 +70,23 @@ class GrantLeases:
     def stop(self) -> None:
         self.clears.stop()
         self._writers.shutdown(wait=False)
+
+    def values(self) -> dict[str, str]:
+        """node -> the grant annotation of its grant Lease (a copy: a round keeps it current with
+        its own writes)."""
+        self._seq, keys = self.leases.changes(self._seq)
+        if keys is None:
+            self._values = p.grant_values(self.leases.items())
+        for key in keys or ():
+            name = key.rpartition("/")[2]
+            if name.startswith(p.GRANT_LEASE_PREFIX):
+                lease = self.leases.get(key)
+                node = name[len(p.GRANT_LEASE_PREFIX):]
+                if lease is None:
+                    self._values.pop(node, None)
+                else:
+                    self._values[node] = p.grant_value(lease)
+        return dict(self._values)
 
     def decode(self, value: str) -> p.Grant | None:
         if value not in self._memo:

@@ -25,6 +25,7 @@ from kupd.api.models import DirectUpdateSpec, NodeWork, parse_node_work, to_wire
 from kupd.errors import ValidationError
 from kupd.hazards import NodeFacts
 from kupd.hazards import decode as decode_node_facts
+from kupd.rfc3339 import format_micro
 from kupd.versions import Version
 
 COORDINATOR_LEASE = "kupd-coordinator"
@@ -350,12 +351,14 @@ def grant_values(leases: list[dict[str, Any]]) -> dict[str, str]:
 def grant_lease_body(namespace: str, node: str, value: str, epoch: int) -> dict[str, Any]:
     """The merge patch (or the new object) of a node's grant Lease carrying `value` ("" clears it).
     The epoch annotation lets admission policy kupd.io-grants check it against the coordinator
-    Lease: a deposed coordinator's late write is refused by the API server itself."""
+    Lease: a deposed coordinator's late write is refused by the API server itself. renewTime is
+    when the coordinator wrote it, to the microsecond (status times are whole seconds): when a turn
+    was handed over, for an operator reading the Lease and for the bench's handoff breakdown."""
     return {"metadata": {"name": grant_lease_name(node), "namespace": namespace,
                          "annotations": {ANN_GRANT: value, ANN_EPOCH: str(epoch)},
                          "labels": {"app.kubernetes.io/name": "kupd", "kupd.io/node": node,
                                     LABEL_LEASE_KIND: LEASE_KIND_GRANT}},
-            "spec": {"holderIdentity": node}}
+            "spec": {"holderIdentity": node, "renewTime": format_micro()}}
 
 
 def activity_value(lease: dict[str, Any] | None) -> str:

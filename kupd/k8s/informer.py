@@ -60,6 +60,13 @@ class Informer:
         # (an idle coordinator runs no rounds, yet must know at an operation's start how long
         # ago each member Lease last changed).
         self._observed: dict[str, float] = {}
+        # A journal of changes for consumers that keep something derived per object (the
+        # coordinator's views): key -> the sequence number of its last change (deletion included),
+        # oldest first, so `changes` costs what changed, not the cache's size. A relist (or a
+        # journal grown past twice the cache, by churn) starts it over: consumers rebuild.
+        self._seq = 0
+        self._journal: dict[str, int] = {}
+        self._restarted = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.synced = threading.Event()
@@ -88,6 +95,35 @@ class Informer:
                 self._cache[key] = obj
                 if old is None or _rv(old) != _rv(obj):
                     self._observed[key] = time.monotonic()
+                if old is None or _rv(old) != _rv(obj) or not _rv(obj):
+                    self._note(key)
+
+    def changes(self, since: int) -> tuple[int, list[str] | None]:
+        """(the sequence number now, the keys changed after `since`, oldest first); None instead of
+        the keys when the journal started over after `since` (a relist): read everything again."""
+        with self._lock:
+            if since < self._restarted or since > self._seq:
+                return self._seq, None
+            keys = []
+            for key in reversed(self._journal):
+                if self._journal[key] <= since:
+                    break
+                keys.append(key)
+            keys.reverse()
+            return self._seq, keys
+
+    def _note(self, key: str) -> None:
+        """Journal a change of `key` (under the lock)."""
+        self._seq += 1
+        self._journal.pop(key, None)
+        self._journal[key] = self._seq
+        if len(self._journal) > 2 * len(self._cache) + 64:
+            self._restart()
+
+    def _restart(self) -> None:
+        self._seq += 1
+        self._restarted = self._seq
+        self._journal = {}
 
     def observed_at(self, key: str) -> float | None:
         """time.monotonic() when this informer first saw the cached version of `key`."""
@@ -106,8 +142,15 @@ class Informer:
 
     def _relist(self) -> str:
         data = self._api.list(self._resource, **self._query)
+        self._replace(data.get("items") or [])
+        self.synced.set()
+        self._on_change()
+        return str(data["metadata"]["resourceVersion"])
+
+    def _replace(self, items: list[dict[str, Any]]) -> None:
+        """The cache becomes a list's `items` (objects put() meanwhile kept when newer)."""
         with self._lock:
-            fresh = {self.key(o): o for o in data.get("items") or []}
+            fresh = {self.key(o): o for o in items}
             now = time.monotonic()
             for k, o in fresh.items():
                 mine = self._cache.get(k)
@@ -117,9 +160,7 @@ class Informer:
                     self._observed[k] = now
             self._observed = {k: t for k, t in self._observed.items() if k in fresh}
             self._cache = fresh
-        self.synced.set()
-        self._on_change()
-        return str(data["metadata"]["resourceVersion"])
+            self._restart()
 
     def _consume(self, watch: Watch, rv: str | None) -> str | None:
         """Apply a watch's events to the cache until it ends; returns the resourceVersion to resume
@@ -144,6 +185,7 @@ class Informer:
             if typ == "DELETED":
                 old = self._cache.pop(key, None)
                 self._observed.pop(key, None)
+                self._note(key)
             else:
                 old = self._cache.get(key)
                 if _older(obj, old):
@@ -151,6 +193,8 @@ class Informer:
                 self._cache[key] = obj
                 if old is None or _rv(old) != _rv(obj):
                     self._observed[key] = time.monotonic()
+                if old is None or _rv(old) != _rv(obj) or not _rv(obj):
+                    self._note(key)
         return not (typ == "MODIFIED" and self._relevant is not None and not self._relevant(old, obj))
 
     def _watch_timeout(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from kupd import protocol as p
@@ -59,6 +60,8 @@ def test_grant_lease_codec() -> None:
     assert body["metadata"]["name"] == "kupd-grant-w-1"
     assert body["metadata"]["annotations"] == {p.ANN_GRANT: "{}", p.ANN_EPOCH: "7"}
     assert body["metadata"]["labels"][p.LABEL_LEASE_KIND] == p.LEASE_KIND_GRANT
+    # When the grant was written, to the microsecond (metav1.MicroTime), for operators and the bench.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", body["spec"]["renewTime"])
     assert p.grant_values([body, lease()]) == {"w-1": "{}"}
 
 
