@@ -22,14 +22,16 @@ MEMBER_DURATION_BOUNDS = (5, 600)
 
 
 def _node_facts(node: dict[str, Any]) -> tuple[Any, ...]:
-    md, spec = node.get("metadata") or {}, node.get("spec") or {}
+    md = node.get("metadata") or {}
     info = (node.get("status") or {}).get("nodeInfo") or {}
-    return (md.get("labels"), k8s.ready(node), spec.get("unschedulable"), info.get("kubeletVersion"))
+    return (md.get("labels"), k8s.ready(node), info.get("kubeletVersion"))
 
 
 def node_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """Whether a Node's change can change a plan: its labels, readiness, cordon or kubelet version,
-    not the heartbeat times the kubelet rewrites every few minutes."""
+    """Whether a Node's change can change a plan: its labels, readiness or kubelet version (what a
+    NodeView holds). Not the heartbeat times the kubelet rewrites every few minutes, nor a cordon:
+    every turn cordons and uncordons its node, and a round for each (two of the ~six changes a turn
+    makes) changed nothing; the 1 s tick still sees everything."""
     return old is None or _node_facts(old) != _node_facts(new)
 
 
