@@ -59,6 +59,7 @@ class RunResult:
     nodes: int
     concurrency: int
     step_seconds: float
+    member_seconds: int = 0  # the active member lease (config member_duration_seconds)
     phase: str = ""
     wall_s: float = math.nan
     ideal_s: float = math.nan
@@ -204,11 +205,12 @@ def _start_daemon(sc: SimCluster, name: str, source: Path | None) -> None:
 
 def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, workers: int = 48,
             settle: float | None = None, coordinator_source: Path | None = None,
-            max_rollout: float = 0.0) -> RunResult:
-    res = RunResult(nodes=n, concurrency=concurrency, step_seconds=step)
+            max_rollout: float = 0.0, member_seconds: int | None = None) -> RunResult:
+    member = member_seconds or LEASE.member_duration_seconds
+    res = RunResult(nodes=n, concurrency=concurrency, step_seconds=step, member_seconds=member)
     cp = _start_control_plane(workdir)
     sc = SimCluster(cp, workdir / "sim", step_seconds=step, initial_version=INITIAL, available=AVAILABLE,
-                    member_seconds=LEASE.member_duration_seconds,
+                    member_seconds=member,
                     coordinator_seconds=LEASE.coordinator_duration_seconds,
                     coordinator_idle_seconds=LEASE.coordinator_idle_duration_seconds, log_level="warning")
     fleet: Fleet | None = None
@@ -229,7 +231,7 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         _wait(coordinating, 90, "cp-1 coordinating")
         names = [f"w-{i:04d}" for i in range(1, n)]
         fleet = Fleet(cp.admin_kubeconfig, names, step_seconds=step, initial_version=INITIAL,
-                      member_duration=LEASE.member_duration_seconds, renew_fraction=LEASE.renew_fraction,
+                      member_duration=member, renew_fraction=LEASE.renew_fraction,
                       available=AVAILABLE, workers=workers, idle_renew=LEASE.member_idle_renew_seconds,
                       watch_seconds=LEASE.watch_seconds)
         t0 = time.monotonic()
@@ -428,7 +430,8 @@ def table(runs: list[RunResult], daemon: DaemonResult | None, plan: dict[str, fl
     def row(name: str, fn: Callable[[RunResult], str]) -> None:
         rows.append([name] + [fn(r) for r in runs])
 
-    row("worker concurrency / step duration", lambda r: f"{r.concurrency} / {r.step_seconds:g} s")
+    row("worker concurrency / step duration / active member lease",
+        lambda r: f"{r.concurrency} / {r.step_seconds:g} s / {r.member_seconds} s")
     def result(r: RunResult) -> str:
         if r.phase in ("Succeeded", "Failed"):
             return r.phase
@@ -502,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="run the coordinator's daemon with the kupd package from this folder (a patched copy)")
     ap.add_argument("--max-rollout-seconds", type=float, default=0.0,
                     help="stop waiting for the rollout after this long and report what it did (default: 6 x ideal)")
+    ap.add_argument("--member-seconds", type=int, nargs="*", default=[],
+                    help="per size: the active member lease (member_duration_seconds; default the config's);"
+                         " members renew at a third of it while an operation runs")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     ap.add_argument("--workdir", type=Path, help="keep control planes and logs here (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -528,8 +534,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, n in enumerate(args.nodes):
             c = args.concurrency[i] if i < len(args.concurrency) else default_concurrency(n)
             log.info("N=%d: concurrency %d, step %.3g s", n, c, args.step_seconds)
+            ms = args.member_seconds[i] if i < len(args.member_seconds) else None
             r = run_one(n, c, args.step_seconds, args.idle_seconds, root / f"n{n}", args.workers,
-                       coordinator_source=args.coordinator_source, max_rollout=args.max_rollout_seconds)
+                        coordinator_source=args.coordinator_source, max_rollout=args.max_rollout_seconds,
+                        member_seconds=ms)
             log.info("N=%d: %s in %.1f s (ideal %.1f s), handoff p99 %.3f s", n, r.phase, r.wall_s, r.ideal_s,
                      r.handoff_p99_s)
             runs.append(r)
