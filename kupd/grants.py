@@ -74,7 +74,8 @@ class GrantLeases:
     def values(self) -> dict[str, str]:
         """node -> the grant annotation of its grant Lease (a copy: a round keeps it current with
         its own writes)."""
-        self._seq, keys = self.leases.changes(self._seq)
+        seq, keys = self.leases.changes(self._seq)
+        self._seq = -1  # until applied: a round that fails half-way reads everything again
         if keys is None:
             self._values = p.grant_values(self.leases.items())
         for key in keys or ():
@@ -86,6 +87,7 @@ class GrantLeases:
                     self._values.pop(node, None)
                 else:
                     self._values[node] = p.grant_value(lease)
+        self._seq = seq
         return dict(self._values)
 
     def decode(self, value: str) -> p.Grant | None:

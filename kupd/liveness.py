@@ -75,12 +75,17 @@ class Liveness:
     def views(self) -> tuple[list[planner.NodeView], dict[str, planner.MemberView]]:
         """The planner's inputs: every Node, and the member of every member Lease, alive or not."""
         mono = time.monotonic()
-        self._node_seq, node_keys = self.nodes.changes(self._node_seq)
-        self._lease_seq, lease_keys = self.leases.changes(self._lease_seq)
-        if node_keys is None or lease_keys is None:
-            self._rebuild(mono)
-        else:
-            self._update(node_keys, lease_keys, mono)
+        node_seq, node_keys = self.nodes.changes(self._node_seq)
+        lease_seq, lease_keys = self.leases.changes(self._lease_seq)
+        try:
+            if node_keys is None or lease_keys is None:
+                self._rebuild(mono)
+            else:
+                self._update(node_keys, lease_keys, mono)
+        except BaseException:
+            self._node_seq = self._lease_seq = -1  # half applied: the next round rebuilds everything
+            raise
+        self._node_seq, self._lease_seq = node_seq, lease_seq
         if self._order is None:
             self._order = sorted(self._node_views)
         return [self._node_views[n] for n in self._order], dict(self._members)
@@ -95,7 +100,7 @@ class Liveness:
             name = lease["metadata"]["name"]
             if name.startswith(p.MEMBER_LEASE_PREFIX):
                 present.add(name)
-                self._put_member(k8s.Informer.key(lease), lease, mono)
+                self._put_member(k8s.Informer.key(lease), lease, mono, changed=True)
         for name in [n for n in self._seen if n not in present]:
             self._forget(name)
 
@@ -120,7 +125,7 @@ class Liveness:
                 if lease is None:
                     self._forget(name)
                 else:
-                    self._put_member(key, lease, mono)
+                    self._put_member(key, lease, mono, changed=True)
         for node in again:
             member_key = self._lease_keys.get(node)
             lease = self.leases.get(member_key) if member_key else None
@@ -145,9 +150,15 @@ class Liveness:
         self._members.pop(node, None)
         self._lease_keys.pop(node, None)
 
-    def _put_member(self, key: str, lease: dict[str, Any], mono: float) -> None:
+    def _put_member(self, key: str, lease: dict[str, Any], mono: float, changed: bool = False) -> None:
+        """(Re)build the view of a member Lease: `changed` when the journal (or a rebuild) says the
+        Lease changed, so nothing cached under its resourceVersion is trusted (a Lease deleted and
+        created again may come back with a resourceVersion seen before and other content)."""
         name = lease["metadata"]["name"]
         rv = str(lease["metadata"].get("resourceVersion", ""))
+        if changed:
+            self._seen.pop(name, None)
+            self._decoded.pop(name, None)
         seen = self._seen.get(name)
         if seen is None or seen[0] != rv or not rv:
             seen = self._seen[name] = (rv, mono)
@@ -155,6 +166,7 @@ class Liveness:
         if cached is None or cached[0] != rv or not rv:
             decoded = p.decode_member_lease(lease, self.member_duration)
             if decoded is None:
+                self._forget(name)
                 return
             cached = self._decoded[name] = (rv, decoded)
         m = cached[1]

@@ -5,7 +5,6 @@ same moment."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 
 import pytest
@@ -47,14 +46,15 @@ class Cluster:
                 "status": {"nodeInfo": {"kubeletVersion": version},
                            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
-    def member(self, node: str, duration: object, phase: str | None, bad: bool) -> dict[str, Any]:
-        anns: dict[str, str] = {}
+    def member(self, node: str, duration: object, phase: str | None, bad: bool, rv: str | None = None,
+               kupd: str = "0.1.0") -> dict[str, Any]:
+        anns: dict[str, str] = {p.ANN_KUPD_VERSION: kupd}
         if phase is not None:
-            anns[p.ANN_REPORT] = json.dumps({"uid": "u", "phase": phase, "step": "", "versions": ["v1.31.2"]})
+            anns[p.ANN_REPORT] = p.Report("op", "u", 1, ["v1.31.2"], phase).encode()
         if bad:
             anns[p.ANN_REPORT] = "[not a report"
-        return {"metadata": {"name": p.member_lease_name(node), "namespace": NS, "resourceVersion": self._next_rv(),
-                             "annotations": anns},
+        return {"metadata": {"name": p.member_lease_name(node), "namespace": NS,
+                             "resourceVersion": rv or self._next_rv(), "annotations": anns},
                 "spec": {"holderIdentity": node, "leaseDurationSeconds": duration,
                          "renewTime": "2026-12-01T10:00:00.000000Z"}}
 
@@ -70,11 +70,18 @@ def steps(draw: st.DrawFn) -> list[tuple[Any, ...]]:
                   st.booleans(), st.booleans()),
         st.tuples(st.just("delete-node"), st.sampled_from(NODES)),
         st.tuples(st.just("member"), st.sampled_from(NODES), st.sampled_from([20, 60, 3, 100000, "x", None]),
-                  st.sampled_from([None, "Granted", "Upgrading", "Succeeded"]), st.booleans()),
+                  st.sampled_from([None, "Upgrading", "Failed", "Succeeded"]), st.booleans()),
         st.tuples(st.just("put-member"), st.sampled_from(NODES), st.sampled_from([20, 60])),
         st.tuples(st.just("delete-member"), st.sampled_from(NODES)),
         st.tuples(st.just("grant"), st.sampled_from(NODES), st.sampled_from(["", "{}", '{"epoch": 1}'])),
         st.tuples(st.just("delete-grant"), st.sampled_from(NODES)),
+        # Deleted and created again with a resourceVersion seen before and other content.
+        st.tuples(st.just("recreate-member"), st.sampled_from(NODES), st.sampled_from(["Upgrading", "Succeeded"]),
+                  st.sampled_from(["0.1.0", "0.2.0"])),
+        # An event older than what the cache holds (ignored), and churn of other Leases (enough
+        # names to start the journal over).
+        st.tuples(st.just("stale-member"), st.sampled_from(NODES)),
+        st.tuples(st.just("churn"), st.integers(1, 120)),
         st.tuples(st.just("relist")),
         st.tuples(st.just("tick"), st.sampled_from([0.0, 0.5, 2.9, 3.0, 5.0, 19.9, 20.0, 61.0])),
         st.tuples(st.just("views")),
@@ -113,6 +120,23 @@ def test_incremental_views_equal_views_built_from_scratch(ops: list[tuple[Any, .
                 key = f"{NS}/{p.grant_lease_name(op[1])}"
                 if c.leases.get(key) is not None:
                     c.leases._apply("DELETED", c.leases.get(key) or {})
+            elif kind == "recreate-member":
+                key = f"{NS}/{p.member_lease_name(op[1])}"
+                old = c.leases.get(key)
+                if old is not None:
+                    c.leases._apply("DELETED", old)
+                    c.leases._apply("ADDED", c.member(op[1], 20, op[2], False, rv=old["metadata"]["resourceVersion"],
+                                                      kupd=op[3]))
+            elif kind == "stale-member":
+                key = f"{NS}/{p.member_lease_name(op[1])}"
+                if c.leases.get(key) is not None:
+                    c.leases._apply("MODIFIED", c.member(op[1], 60, "Failed", False, rv="0"))
+            elif kind == "churn":
+                for i in range(op[1]):
+                    other = {"metadata": {"name": f"other-{c.rv}-{i}", "namespace": NS,
+                                          "resourceVersion": c._next_rv()}}
+                    c.leases._apply("ADDED", other)
+                    c.leases._apply("DELETED", other)
             elif kind == "relist":
                 c.nodes._replace(c.nodes.items())
                 c.leases._replace(c.leases.items())
@@ -120,8 +144,9 @@ def test_incremental_views_equal_views_built_from_scratch(ops: list[tuple[Any, .
                 clock.now += op[1]
             else:
                 got = live.views()
-                want = Liveness(c.nodes, c.leases, 20).views()
-                assert got == want
+                fresh = Liveness(c.nodes, c.leases, 20)
+                assert got == fresh.views()
+                assert [live.kupd_version(n) for n in NODES] == [fresh.kupd_version(n) for n in NODES]
                 assert grants.values() == p.grant_values(c.leases.items())
         assert live.views() == Liveness(c.nodes, c.leases, 20).views()
         assert grants.values() == p.grant_values(c.leases.items())
@@ -154,3 +179,14 @@ def test_the_journal_reports_what_changed_and_starts_over_on_a_relist() -> None:
     assert c.nodes.changes(seq2) == (seq2, [])
     c.nodes._replace(c.nodes.items())
     assert c.nodes.changes(seq2)[1] is None
+
+
+def test_a_lease_created_again_under_a_resource_version_seen_before_is_read_again() -> None:
+    c = Cluster()
+    c.leases._apply("ADDED", c.member("n0", 20, "Upgrading", False, rv="5", kupd="0.1.0"))
+    live = Liveness(c.nodes, c.leases, 20)
+    assert live.views()[1]["n0"].report.phase == "Upgrading"  # type: ignore[union-attr]
+    c.leases._apply("DELETED", c.leases.get(f"{NS}/{p.member_lease_name('n0')}") or {})
+    c.leases._apply("ADDED", c.member("n0", 20, "Succeeded", False, rv="5", kupd="0.2.0"))
+    assert live.views()[1]["n0"].report.phase == "Succeeded"  # type: ignore[union-attr]
+    assert live.kupd_version("n0") == "0.2.0"
