@@ -213,6 +213,12 @@ KUBELET_CONFIG = {
     "failCgroupV1": False,
     "failSwapOn": False,
     "protectKernelDefaults": False,
+    # The nodes' disk is the machine's, shared with everything else on it, so the kubelet must not
+    # judge it (kind's nodes do the same): no eviction for disk and no image garbage collection.
+    # With the machine's disk 85 % full, image GC deleted the imported images (there is no registry
+    # to pull them from again) and the workloads never started.
+    "evictionHard": {"nodefs.available": "0%", "nodefs.inodesFree": "0%", "imagefs.available": "0%"},
+    "imageGCHighThresholdPercent": 100,
 }
 
 
