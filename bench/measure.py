@@ -58,6 +58,43 @@ def scrape_durations(server: str, token: str, ca_file: str | Path) -> Durations:
     return {k: (sums.get(k, 0.0), counts[k]) for k in counts}
 
 
+_BUCKET = re.compile(r"^apiserver_request_duration_seconds_bucket\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$")
+Buckets = dict[float, float]  # upper bound (le) -> requests at or under it
+
+
+def scrape_buckets(server: str, token: str, ca_file: str | Path, verb: str, resource: str) -> Buckets:
+    """The API server's own latency histogram of one verb on one resource (every scope summed)."""
+    out: Buckets = {}
+    for line in _get_metrics(server, token, ca_file).splitlines():
+        m = _BUCKET.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group("labels")))
+        if labels.get("verb") != verb or labels.get("resource") != resource or labels.get("subresource"):
+            continue
+        le = float(labels["le"]) if labels.get("le") not in (None, "+Inf") else math.inf
+        out[le] = out.get(le, 0.0) + float(m.group("value"))
+    return out
+
+
+def bucket_quantile(after: Buckets, before: Buckets, q: float) -> float:
+    """The q-quantile (0..1) of the requests between two scrapes, interpolated within its bucket
+    as Prometheus' histogram_quantile does; NaN when there were none."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return math.nan
+    rank = q * counts[-1]
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return prev_bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / max(count - prev_count, 1e-9)
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
 def mean_durations(after: Durations, before: Durations, top: int = 6) -> dict[str, float]:
     """Mean seconds per request over an interval, for the most frequent (verb, resource) pairs."""
     rows = []
