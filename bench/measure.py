@@ -32,18 +32,19 @@ _DURATION = re.compile(
 Durations = dict[tuple[str, str], tuple[float, float]]  # (verb, resource) -> (seconds summed, requests)
 
 
-def _get_metrics(server: str, token: str, ca_file: str | Path) -> str:
+def metrics_text(server: str, token: str, ca_file: str | Path) -> str:
+    """The API server's /metrics (one fetch; the parsers below read what they need of it)."""
     ctx = ssl.create_default_context(cafile=str(ca_file))
     req = urllib.request.Request(f"{server}/metrics", headers={"Authorization": f"Bearer {token}"})  # noqa: S310
     with urllib.request.urlopen(req, timeout=30, context=ctx) as r:  # noqa: S310 - our own API server
         return str(r.read().decode())
 
 
-def scrape_durations(server: str, token: str, ca_file: str | Path) -> Durations:
+def durations(text: str) -> Durations:
     """apiserver_request_duration_seconds sum and count by verb and resource (WATCH left out)."""
     sums: dict[tuple[str, str], float] = {}
     counts: dict[tuple[str, str], float] = {}
-    for line in _get_metrics(server, token, ca_file).splitlines():
+    for line in text.splitlines():
         m = _DURATION.match(line)
         if not m:
             continue
@@ -62,10 +63,10 @@ _BUCKET = re.compile(r"^apiserver_request_duration_seconds_bucket\{(?P<labels>[^
 Buckets = dict[float, float]  # upper bound (le) -> requests at or under it
 
 
-def scrape_buckets(server: str, token: str, ca_file: str | Path, verb: str, resource: str) -> Buckets:
+def buckets(text: str, verb: str, resource: str) -> Buckets:
     """The API server's own latency histogram of one verb on one resource (every scope summed)."""
     out: Buckets = {}
-    for line in _get_metrics(server, token, ca_file).splitlines():
+    for line in text.splitlines():
         m = _BUCKET.match(line)
         if not m:
             continue
@@ -106,12 +107,11 @@ def mean_durations(after: Durations, before: Durations, top: int = 6) -> dict[st
     return {name: mean for _, name, mean in rows[:top]}
 
 
-def scrape_requests(server: str, token: str, ca_file: str | Path) -> Counts:
+def requests(text: str) -> Counts:
     """apiserver_request_total from the API server's /metrics, summed by verb and resource.
 
     Requests without a resource (/metrics, /readyz, discovery) are left out.
     """
-    text = _get_metrics(server, token, ca_file)
     out: Counts = Counter()
     for line in text.splitlines():
         m = _LINE.match(line)

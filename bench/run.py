@@ -71,12 +71,12 @@ class RunResult:
     # The handoff in three parts, p50 and p99 of each (s): the freed node's agent finished -> its
     # Lease carries the report (publish); -> the coordinator wrote the next grant (the grant
     # Lease's renewTime: its watch, its round, up to the write); -> that grant reached the agent.
-    # A Lease PATCH (member renewals and reports, grants) as the API server timed it, p50 and p99:
-    # every part of a handoff is such a write.
-    lease_patch_s: tuple[float, float] = (math.nan, math.nan)
     publish_s: tuple[float, float] = (math.nan, math.nan)
     coordinate_s: tuple[float, float] = (math.nan, math.nan)
     deliver_s: tuple[float, float] = (math.nan, math.nan)
+    # A Lease PATCH (member renewals and reports, grants) as the API server timed it, p50 and p99:
+    # every part of a handoff is such a write.
+    lease_patch_s: tuple[float, float] = (math.nan, math.nan)
     node_p50_s: float = math.nan  # worker: grant reached the agent -> agent finished
     timed_node_s: float = math.nan  # the simulated steps alone
     cp_node_s: float = math.nan  # the coordinator's own node, granted -> Succeeded in status
@@ -128,8 +128,12 @@ def _start_control_plane(workdir: Path) -> ControlPlane:
     return cp
 
 
+def _metrics(cp: ControlPlane) -> str:
+    return measure.metrics_text(cp.server, cp.token("admin"), cp.ca_file)
+
+
 def _scrape(cp: ControlPlane) -> measure.Counts:
-    return measure.scrape_requests(cp.server, cp.token("admin"), cp.ca_file)
+    return measure.requests(_metrics(cp))
 
 
 def _by_resource(c: measure.Counts) -> dict[str, int]:
@@ -268,8 +272,8 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
         body = {"apiVersion": k8s.API_VERSION, "kind": "DirectUpdate", "metadata": {"name": "bench"},
                 "spec": {"version": TARGET, "concurrency": concurrency, "backup": {"required": False}}}
         t_start = time.monotonic()
-        d1 = measure.scrape_durations(cp.server, cp.token("admin"), cp.ca_file)
-        b1 = measure.scrape_buckets(cp.server, cp.token("admin"), cp.ca_file, "PATCH", "leases")
+        text = _metrics(cp)
+        d1, b1 = measure.durations(text), measure.buckets(text, "PATCH", "leases")
         api.create(k8s.kupd_path(k8s.DIRECTUPDATES), body)
 
         def phase() -> str:
@@ -298,10 +302,9 @@ def run_one(n: int, concurrency: int, step: float, idle: float, workdir: Path, w
             log.error("%s", e)
         res.wall_s = time.monotonic() - t_start
         res.phase = phase()
-        m2, c2 = _scrape(cp), measure.cpu_seconds(pid)
-        d2 = measure.scrape_durations(cp.server, cp.token("admin"), cp.ca_file)
+        text, c2 = _metrics(cp), measure.cpu_seconds(pid)
+        m2, d2, b2 = measure.requests(text), measure.durations(text), measure.buckets(text, "PATCH", "leases")
         res.rollout_mean_request_s = measure.mean_durations(d2, d1)
-        b2 = measure.scrape_buckets(cp.server, cp.token("admin"), cp.ca_file, "PATCH", "leases")
         res.lease_patch_s = (measure.bucket_quantile(b2, b1, 0.5), measure.bucket_quantile(b2, b1, 0.99))
         s2, n2 = d2.get(("PUT", "directupdates/status"), (0.0, 0.0))
         s1, n1 = d1.get(("PUT", "directupdates/status"), (0.0, 0.0))

@@ -49,10 +49,8 @@ class Liveness:
         self.nodes = nodes
         self.leases = leases
         self.member_duration = member_duration
-        # Liveness without node clocks: when this coordinator saw each member Lease change, on its
-        # own monotonic clock (name -> (resourceVersion, when first seen)). renewTime is never used.
-        self._seen: dict[str, tuple[str, float]] = {}
-        # Decoded member Leases by resourceVersion.
+        # Decoded member Leases by resourceVersion (a Lease rebuilt for its Node's kubelet or its
+        # deadline is not decoded again).
         self._decoded: dict[str, tuple[str, p.MemberLease]] = {}
         # The views, kept between rounds: Nodes (handed out by name: the order does not depend
         # on when the informer learnt of each), members by node, and the informer key of each
@@ -77,14 +75,11 @@ class Liveness:
         mono = time.monotonic()
         node_seq, node_keys = self.nodes.changes(self._node_seq)
         lease_seq, lease_keys = self.leases.changes(self._lease_seq)
-        try:
-            if node_keys is None or lease_keys is None:
-                self._rebuild(mono)
-            else:
-                self._update(node_keys, lease_keys, mono)
-        except BaseException:
-            self._node_seq = self._lease_seq = -1  # half applied: the next round rebuilds everything
-            raise
+        self._node_seq = self._lease_seq = -1  # until applied: a round failing half-way rebuilds all
+        if node_keys is None or lease_keys is None:
+            self._rebuild(mono)
+        else:
+            self._update(node_keys, lease_keys, mono)
         self._node_seq, self._lease_seq = node_seq, lease_seq
         if self._order is None:
             self._order = sorted(self._node_views)
@@ -101,7 +96,7 @@ class Liveness:
             if name.startswith(p.MEMBER_LEASE_PREFIX):
                 present.add(name)
                 self._put_member(k8s.Informer.key(lease), lease, mono, changed=True)
-        for name in [n for n in self._seen if n not in present]:
+        for name in [n for n in self._decoded if n not in present]:
             self._forget(name)
 
     def _update(self, node_keys: list[str], lease_keys: list[str], mono: float) -> None:
@@ -144,7 +139,6 @@ class Liveness:
                                 untrusted.node_kubelet(n))
 
     def _forget(self, name: str) -> None:
-        self._seen.pop(name, None)
         self._decoded.pop(name, None)
         node = name[len(p.MEMBER_LEASE_PREFIX):]
         self._members.pop(node, None)
@@ -157,11 +151,7 @@ class Liveness:
         name = lease["metadata"]["name"]
         rv = str(lease["metadata"].get("resourceVersion", ""))
         if changed:
-            self._seen.pop(name, None)
             self._decoded.pop(name, None)
-        seen = self._seen.get(name)
-        if seen is None or seen[0] != rv or not rv:
-            seen = self._seen[name] = (rv, mono)
         cached = self._decoded.get(name)
         if cached is None or cached[0] != rv or not rv:
             decoded = p.decode_member_lease(lease, self.member_duration)
@@ -178,7 +168,7 @@ class Liveness:
         # operation began (or within the last active duration) makes it eligible for a turn.
         observed = self.leases.observed_at(key)
         lo, hi = MEMBER_DURATION_BOUNDS
-        deadline = (observed if observed is not None else seen[1]) + min(
+        deadline = (observed if observed is not None else mono) + min(
             max(m.duration, lo), hi, max(self.member_duration, lo))
         alive = mono < deadline
         if alive:

@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if _tier(item) in TIERS:
-            item.add_marker(getattr(pytest.mark, _tier(item)))
+        tier = _tier(item)
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
     # Tiers run in TIERS' order, the slowest to set up last: scripts/test.sh builds the realcluster
     # tier's parts in the background meanwhile. The sort is stable, so a module's tests stay together.
     items.sort(key=lambda item: TIERS.index(_tier(item)) if _tier(item) in TIERS else len(TIERS))

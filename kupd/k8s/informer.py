@@ -89,14 +89,21 @@ class Informer:
     def put(self, obj: dict[str, Any]) -> None:
         """Record an object this process just wrote, before its watch event arrives."""
         with self._lock:
-            key = self.key(obj)
-            old = self._cache.get(key)
-            if not _older(obj, old):
-                self._cache[key] = obj
-                if old is None or _rv(old) != _rv(obj):
-                    self._observed[key] = time.monotonic()
-                if old is None or _rv(old) != _rv(obj) or not _rv(obj):
-                    self._note(key)
+            self._store(self.key(obj), obj)
+
+    def _store(self, key: str, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Cache `obj` unless the cache holds a newer version (under the lock); returns the version
+        it held. A new version is observed now and journaled (an object without one, always)."""
+        old = self._cache.get(key)
+        if _older(obj, old):
+            return old
+        self._cache[key] = obj
+        if old is None or _rv(old) != _rv(obj):
+            self._observed[key] = time.monotonic()
+            self._note(key)
+        elif not _rv(obj):
+            self._note(key)
+        return old
 
     def changes(self, since: int) -> tuple[int, list[str] | None]:
         """(the sequence number now, the keys changed after `since`, oldest first); None instead of
@@ -187,14 +194,9 @@ class Informer:
                 self._observed.pop(key, None)
                 self._note(key)
             else:
-                old = self._cache.get(key)
-                if _older(obj, old):
+                if _older(obj, self._cache.get(key)):
                     return False  # this process already put() a newer version
-                self._cache[key] = obj
-                if old is None or _rv(old) != _rv(obj):
-                    self._observed[key] = time.monotonic()
-                if old is None or _rv(old) != _rv(obj) or not _rv(obj):
-                    self._note(key)
+                old = self._store(key, obj)
         return not (typ == "MODIFIED" and self._relevant is not None and not self._relevant(old, obj))
 
     def _watch_timeout(self) -> int:
